@@ -1,0 +1,38 @@
+# The two commands: `make run` and `make test`. Everything else is here for them or for you.
+CARGO ?= cargo
+BIN := target/release/modelgate
+
+.PHONY: run test build ort lint validate models clean
+
+## run: fetch ONNX Runtime, build, and serve the demo routes.yaml on 127.0.0.1:8080
+run: ort build
+	./scripts/run-demo.sh
+
+## test: fetch ONNX Runtime, check formatting and lints, run every test
+test: ort lint
+	$(CARGO) test --locked --workspace
+
+## build: release build of the gateway
+build:
+	$(CARGO) build --locked --release --bin modelgate
+
+## ort: the pinned ONNX Runtime library into .ort/ (pip download + sha256 check)
+ort:
+	./scripts/fetch-ort.sh
+
+## lint: rustfmt and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+## validate: check routes.yaml and load every model in it
+validate: ort build
+	$(BIN) validate routes.yaml
+
+## models: regenerate models/ (needs the Python packages in models/requirements.txt)
+models:
+	python3 models/generate.py
+
+clean:
+	$(CARGO) clean
+	rm -rf .ort

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Regenerate the demo models, sample data and expected outputs in models/.
+
+    python3 -m venv /tmp/mg && /tmp/mg/bin/pip install -r models/requirements.txt
+    /tmp/mg/bin/python models/generate.py
+
+Everything is deterministic (fixed seeds). The gateway never needs these packages: the .onnx
+files, the samples and the expected outputs are committed.
+"""
+import json
+import pathlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+HERE = pathlib.Path(__file__).resolve().parent
+SEED = 42
+
+
+def save(model, name):
+    path = HERE / name
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def run(path, feeds):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, feeds)))
+
+
+def tolist(a):
+    return np.asarray(a).tolist()
+
+
+def main():
+    expected = {}
+
+    # --- breast cancer: two versions of one model, same signature --------------------------
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x.astype(np.float32)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, random_state=SEED, stratify=y)
+
+    # v1 is deliberately weaker (a strong L2 penalty: about 90% against v2's 94% on the holdout),
+    # so that A/B tests on accuracy have a real difference to find.
+    v1 = make_pipeline(StandardScaler(), LogisticRegression(C=0.001, max_iter=1000))
+    v2 = GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=SEED)
+    accuracy = {}
+    for name, clf in (("breast-cancer-v1", v1), ("breast-cancer-v2", v2)):
+        clf.fit(x_tr, y_tr)
+        onx = convert_sklearn(
+            clf,
+            initial_types=[("input", FloatTensorType([None, x.shape[1]]))],
+            options={id(clf): {"zipmap": False}} if not hasattr(clf, "steps")
+            else {id(clf.steps[-1][1]): {"zipmap": False}},
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
+        onx.doc_string = f"{name}: {type(clf).__name__} on sklearn breast-cancer, seed {SEED}"
+        path = save(onx, f"{name}.onnx")
+        out = run(path, {"input": x_te})
+        acc = float((out["label"] == y_te).mean())
+        accuracy[name] = acc
+        few = x_te[:5]
+        got = run(path, {"input": few})
+        expected[name] = {
+            "inputs": {"input": {"datatype": "FP32", "shape": list(few.shape), "data": tolist(few.ravel())}},
+            "outputs": {
+                "label": {"datatype": "INT64", "shape": list(got["label"].shape), "data": tolist(got["label"].ravel())},
+                "probabilities": {"datatype": "FP32", "shape": list(got["probabilities"].shape),
+                                  "data": tolist(got["probabilities"].ravel())},
+            },
+            "holdout_accuracy": acc,
+        }
+
+    samples = [{"features": tolist(row), "label": int(lbl)} for row, lbl in zip(x_te, y_te)]
+    (HERE / "breast-cancer-holdout.json").write_text(json.dumps(
+        {"dataset": "sklearn.datasets.load_breast_cancer", "split": f"test_size=0.3 random_state={SEED} stratified",
+         "input": "input", "datatype": "FP32", "features": int(x.shape[1]), "samples": samples}) + "\n")
+
+    # --- diabetes regression: a different signature (FP64 in, FP64 out) --------------------
+    dx, dy = load_diabetes(return_X_y=True)
+    dx_tr, dx_te, dy_tr, _ = train_test_split(dx, dy, test_size=0.3, random_state=SEED)
+    reg = LinearRegression().fit(dx_tr, dy_tr)
+    onx = convert_sklearn(reg, initial_types=[("features", DoubleTensorType([None, dx.shape[1]]))],
+                          target_opset={"": 17, "ai.onnx.ml": 3})
+    onx.doc_string = "diabetes-v1: LinearRegression on sklearn diabetes"
+    path = save(onx, "diabetes-v1.onnx")
+    few = dx_te[:4]
+    got = run(path, {"features": few})
+    (oname, oval), = got.items()
+    expected["diabetes-v1"] = {
+        "inputs": {"features": {"datatype": "FP64", "shape": list(few.shape), "data": tolist(few.ravel())}},
+        "outputs": {oname: {"datatype": "FP64", "shape": list(oval.shape), "data": tolist(oval.ravel())}},
+    }
+
+    # --- datatypes: a tiny graph that passes INT32/INT64/BOOL/FP32/FP64 through --------------
+    # Not trained: it exists so that tests cover every OIP datatype end to end through ORT.
+    kinds = [("i32", TensorProto.INT32), ("i64", TensorProto.INT64), ("flag", TensorProto.BOOL),
+             ("f32", TensorProto.FLOAT), ("f64", TensorProto.DOUBLE)]
+    nodes, ins, outs = [], [], []
+    for n, t in kinds:
+        ins.append(helper.make_tensor_value_info(n, t, ["batch", 2]))
+        outs.append(helper.make_tensor_value_info(f"{n}_out", t, ["batch", 2]))
+        nodes.append(helper.make_node("Identity", [n], [f"{n}_out"]))
+    graph = helper.make_graph(nodes, "dtypes", ins, outs)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    save(m, "dtypes.onnx")
+
+    (HERE / "expected-outputs.json").write_text(json.dumps(
+        {"generator": "models/generate.py", "onnxruntime": ort.__version__, "models": expected}, indent=1) + "\n")
+    print(json.dumps(accuracy))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+//! Backends: things that can answer a request — an ONNX model run in-process, or an upstream server.
+
+pub mod onnx;
+pub mod runtime;
+pub mod upstream;
+
+pub use onnx::{InferError, OnnxBackend};
+pub use upstream::{Body, BodyError, UpstreamBackend};
+
+use crate::config::{BackendKind, Config, ConfigErrors, ConfigIssue};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// One loaded backend.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per backend, always behind an Arc
+pub enum Backend {
+    /// In-process ONNX model with its worker pool.
+    Onnx(OnnxBackend),
+    /// Upstream HTTP server.
+    Upstream(UpstreamBackend),
+}
+
+/// Loaded backends by name.
+pub type BackendSet = HashMap<String, Arc<Backend>>;
+
+/// Loads every backend of `config`: ONNX models are loaded and warmed up (ONNX Runtime comes
+/// from `ort_library` the first time it is needed). Every failure is reported with its place.
+/// Blocking: call it off the async threads.
+pub fn load_all(config: &Config, ort_library: &Path) -> Result<BackendSet, ConfigErrors> {
+    let mut set = BackendSet::new();
+    let mut issues = Vec::new();
+    for (i, spec) in config.backends.iter().enumerate() {
+        let backend = match &spec.kind {
+            BackendKind::Upstream(up) => Backend::Upstream(UpstreamBackend::new(&spec.name, up)),
+            BackendKind::Onnx(onnx) => {
+                let loaded = runtime::environment(ort_library)
+                    .map_err(|e| ("server.ort_library".to_string(), e.to_string()))
+                    .and_then(|env| {
+                        OnnxBackend::load(&spec.name, onnx, &env)
+                            .map_err(|e| (format!("backends[{i}].onnx.path"), e))
+                    });
+                match loaded {
+                    Ok(b) => Backend::Onnx(b),
+                    Err((place, message)) => {
+                        let issue = ConfigIssue { place, message };
+                        if !issues.contains(&issue) {
+                            issues.push(issue);
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        set.insert(spec.name.clone(), Arc::new(backend));
+    }
+    if issues.is_empty() {
+        Ok(set)
+    } else {
+        Err(ConfigErrors {
+            file: config.source.clone(),
+            issues,
+        })
+    }
+}

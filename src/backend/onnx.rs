@@ -1,0 +1,311 @@
+//! In-process ONNX models: a pool of ORT sessions, each owned by one dedicated worker thread.
+//!
+//! ORT's `Session::run` takes `&mut self` and blocks, so a session never leaves its worker and
+//! no inference runs on a tokio thread: async callers queue a [`Job`] and await a oneshot reply.
+//! Dropping the backend closes the queue; workers finish what is queued, then exit.
+
+use crate::config::OnnxSpec;
+use crate::protocol::{DataType, Signature, Tensor, TensorData, TensorSpec};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use ort::environment::Environment;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, TensorElementType, ValueType};
+use std::borrow::Cow;
+use tokio::sync::oneshot;
+
+/// Why an inference did not produce outputs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InferError {
+    /// Every session is busy and the queue is full.
+    #[error("model {model:?} is overloaded: {queued} requests are already waiting")]
+    Overloaded {
+        /// Backend name.
+        model: String,
+        /// Queue capacity.
+        queued: usize,
+    },
+    /// ONNX Runtime refused the inputs.
+    #[error("model {model:?} refused the inputs: {message}")]
+    Invalid {
+        /// Backend name.
+        model: String,
+        /// ORT's message.
+        message: String,
+    },
+    /// ONNX Runtime failed while running.
+    #[error("model {model:?} failed: {message}")]
+    Failed {
+        /// Backend name.
+        model: String,
+        /// ORT's message.
+        message: String,
+    },
+}
+
+struct Job {
+    inputs: Vec<Tensor>,
+    outputs: Option<Vec<String>>,
+    reply: oneshot::Sender<Result<Vec<Tensor>, InferError>>,
+}
+
+/// A loaded, warmed-up ONNX model with its worker pool.
+pub struct OnnxBackend {
+    name: String,
+    signature: Signature,
+    jobs: Sender<Job>,
+    queue: usize,
+}
+
+impl std::fmt::Debug for OnnxBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxBackend")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnnxBackend {
+    /// Loads `spec.sessions` sessions, reads the signature, runs one warm-up inference on each
+    /// session and starts the workers. Blocking: call it off the async threads.
+    pub fn load(name: &str, spec: &OnnxSpec, env: &Environment) -> Result<OnnxBackend, String> {
+        let mut sessions = Vec::with_capacity(spec.sessions);
+        for _ in 0..spec.sessions {
+            sessions.push(build_session(spec, env)?);
+        }
+        let signature = signature(&sessions[0])?;
+        let warmup = warmup_inputs(&signature);
+        for session in &mut sessions {
+            run(session, name, warmup.clone(), None)
+                .map_err(|e| format!("warm-up inference failed: {e}"))?;
+        }
+        let (jobs, rx) = crossbeam_channel::bounded::<Job>(spec.queue);
+        for (i, session) in sessions.into_iter().enumerate() {
+            let rx = rx.clone();
+            let model = name.to_string();
+            std::thread::Builder::new()
+                .name(format!("onnx-{name}-{i}"))
+                .spawn(move || worker(session, &model, rx))
+                .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        }
+        Ok(OnnxBackend {
+            name: name.to_string(),
+            signature,
+            jobs,
+            queue: spec.queue,
+        })
+    }
+
+    /// What the model takes and gives.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Runs the model on a worker thread. `inputs` must already fit the signature, in its order;
+    /// `outputs` selects outputs by name (all when `None`).
+    pub async fn infer(
+        &self,
+        inputs: Vec<Tensor>,
+        outputs: Option<Vec<String>>,
+    ) -> Result<Vec<Tensor>, InferError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .try_send(Job {
+                inputs,
+                outputs,
+                reply,
+            })
+            .map_err(|e| match e {
+                TrySendError::Full(_) | TrySendError::Disconnected(_) => InferError::Overloaded {
+                    model: self.name.clone(),
+                    queued: self.queue,
+                },
+            })?;
+        answer.await.unwrap_or_else(|_| {
+            Err(InferError::Failed {
+                model: self.name.clone(),
+                message: "worker thread stopped".into(),
+            })
+        })
+    }
+}
+
+fn build_session(spec: &OnnxSpec, env: &Environment) -> Result<Session, String> {
+    let err = |e: ort::Error<_>| format!("cannot configure ONNX Runtime session: {e}");
+    Session::builder(env)
+        .map_err(|e| format!("cannot create ONNX Runtime session: {e}"))?
+        .with_intra_threads(spec.intra_op_threads)
+        .map_err(err)?
+        .with_inter_threads(1)
+        .map_err(err)?
+        .with_intra_op_spinning(false)
+        .map_err(err)?
+        .with_inter_op_spinning(false)
+        .map_err(err)?
+        .commit_from_file(&spec.path)
+        .map_err(|e| format!("cannot load model {}: {e}", spec.path.display()))
+}
+
+fn datatype(ty: TensorElementType) -> Option<DataType> {
+    Some(match ty {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::Uint8,
+        TensorElementType::Int8 => DataType::Int8,
+        TensorElementType::Int16 => DataType::Int16,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        _ => return None,
+    })
+}
+
+fn spec_of(kind: &str, name: &str, ty: &ValueType) -> Result<TensorSpec, String> {
+    match ty {
+        ValueType::Tensor { ty, shape, .. } => {
+            let datatype = datatype(*ty).ok_or_else(|| {
+                format!("{kind} {name:?} has element type {ty:?}, which the Open Inference Protocol gateway cannot carry")
+            })?;
+            Ok(TensorSpec { name: name.to_string(), datatype, shape: shape.to_vec() })
+        }
+        other => Err(format!(
+            "{kind} {name:?} is a {other:?}, not a tensor; for scikit-learn classifiers convert with \
+             options={{id(clf): {{'zipmap': False}}}}"
+        )),
+    }
+}
+
+fn signature(session: &Session) -> Result<Signature, String> {
+    let inputs = session
+        .inputs()
+        .iter()
+        .map(|o| spec_of("input", o.name(), o.dtype()))
+        .collect::<Result<_, _>>()?;
+    let outputs = session
+        .outputs()
+        .iter()
+        .map(|o| spec_of("output", o.name(), o.dtype()))
+        .collect::<Result<_, _>>()?;
+    Ok(Signature { inputs, outputs })
+}
+
+/// Zeros for every input, dynamic dimensions set to 1.
+pub(crate) fn warmup_inputs(sig: &Signature) -> Vec<Tensor> {
+    sig.inputs
+        .iter()
+        .map(|s| {
+            let shape: Vec<usize> = s
+                .shape
+                .iter()
+                .map(|&d| if d < 0 { 1 } else { d as usize })
+                .collect();
+            Tensor {
+                name: s.name.clone(),
+                data: TensorData::zeros(s.datatype, shape.iter().product()),
+                shape,
+            }
+        })
+        .collect()
+}
+
+fn worker(mut session: Session, model: &str, jobs: Receiver<Job>) {
+    debug_assert!(
+        tokio::runtime::Handle::try_current().is_err(),
+        "ONNX workers must not run inside a tokio runtime"
+    );
+    while let Ok(job) = jobs.recv() {
+        if job.reply.is_closed() {
+            continue; // the caller gave up (timeout, disconnect): don't spend a session on it
+        }
+        let result = run(&mut session, model, job.inputs, job.outputs.as_deref());
+        let _ = job.reply.send(result);
+    }
+    tracing::debug!(model, "onnx worker stopped");
+}
+
+fn ort_value(t: Tensor) -> ort::Result<DynValue> {
+    use ort::value::Tensor as OrtTensor;
+    let shape = t.shape;
+    Ok(match t.data {
+        TensorData::Bool(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Uint8(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Int8(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Int16(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Int32(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Int64(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Fp32(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Fp64(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
+    })
+}
+
+fn tensor_of(name: &str, value: &DynValue) -> ort::Result<Tensor> {
+    macro_rules! extract {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>()?;
+            (
+                shape.iter().map(|&d| d.max(0) as usize).collect(),
+                TensorData::$variant(data.to_vec()),
+            )
+        }};
+    }
+    let ty = value.dtype().tensor_type();
+    let (shape, data) = match ty.and_then(datatype) {
+        Some(DataType::Bool) => extract!(bool, Bool),
+        Some(DataType::Uint8) => extract!(u8, Uint8),
+        Some(DataType::Int8) => extract!(i8, Int8),
+        Some(DataType::Int16) => extract!(i16, Int16),
+        Some(DataType::Int32) => extract!(i32, Int32),
+        Some(DataType::Int64) => extract!(i64, Int64),
+        Some(DataType::Fp32) => extract!(f32, Fp32),
+        Some(DataType::Fp64) => extract!(f64, Fp64),
+        None => {
+            return Err(ort::Error::new(format!(
+                "output {name:?} has a type the gateway cannot carry: {:?}",
+                value.dtype()
+            )))
+        }
+    };
+    Ok(Tensor {
+        name: name.to_string(),
+        shape,
+        data,
+    })
+}
+
+fn run(
+    session: &mut Session,
+    model: &str,
+    inputs: Vec<Tensor>,
+    outputs: Option<&[String]>,
+) -> Result<Vec<Tensor>, InferError> {
+    let failed = |e: ort::Error| {
+        let message = e.message().to_string();
+        if e.code() == ort::ErrorCode::InvalidArgument {
+            InferError::Invalid {
+                model: model.to_string(),
+                message,
+            }
+        } else {
+            InferError::Failed {
+                model: model.to_string(),
+                message,
+            }
+        }
+    };
+    let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+    for t in inputs {
+        let name = t.name.clone();
+        values.push((Cow::Owned(name), ort_value(t).map_err(failed)?.into()));
+    }
+    let result = session.run(values).map_err(failed)?;
+    let mut out = Vec::new();
+    for (name, value) in result.iter() {
+        if outputs.is_some_and(|wanted| !wanted.iter().any(|w| w == name)) {
+            continue;
+        }
+        out.push(tensor_of(name, &value).map_err(failed)?);
+    }
+    if let Some(wanted) = outputs {
+        out.sort_by_key(|t| wanted.iter().position(|w| *w == t.name));
+    }
+    Ok(out)
+}

@@ -1,0 +1,67 @@
+//! The shape of `routes.yaml` as written by an operator: plain serde structs, no invariants.
+//! [`super::Config`] is what the rest of the gateway uses; it is made from these by validation.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `server:` — listeners, limits and timeouts. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub header_read_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub ort_library: Option<String>,
+}
+
+/// One entry of `backends:`; exactly one of `onnx` and `upstream` must be set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: String,
+    pub onnx: Option<RawOnnx>,
+    pub upstream: Option<RawUpstream>,
+}
+
+/// `backends[i].onnx:` — a model file run in-process.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnnx {
+    pub path: String,
+    pub sessions: Option<i64>,
+    pub intra_op_threads: Option<i64>,
+    pub queue: Option<i64>,
+}
+
+/// `backends[i].upstream:` — another HTTP server that requests are forwarded to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: String,
+    pub connect_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+}
+
+/// One entry of `routes:`; exactly one of `model` and `path_prefix` must be set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub model: Option<String>,
+    pub path_prefix: Option<String>,
+    pub backend: String,
+    pub rewrite: Option<String>,
+    pub upstream_model: Option<String>,
+}

@@ -1,0 +1,156 @@
+use super::*;
+use std::io::Write;
+
+fn write_model(dir: &Path, name: &str) {
+    std::fs::File::create(dir.join(name))
+        .unwrap()
+        .write_all(b"not really onnx")
+        .unwrap();
+}
+
+fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(text, &dir.join("routes.yaml"))
+}
+
+fn places(e: &ConfigErrors) -> Vec<String> {
+    e.issues.iter().map(|i| i.to_string()).collect()
+}
+
+#[test]
+fn valid_file_gets_defaults_and_resolves_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "m.onnx");
+    let c = parse_in(
+        dir.path(),
+        r#"
+backends:
+  - name: m
+    onnx: {path: m.onnx, sessions: 2}
+  - name: up
+    upstream: {url: "http://127.0.0.1:9000/base", request_timeout: 250ms}
+routes:
+  - model: risk
+    backend: m
+  - path_prefix: /echo
+    backend: up
+    rewrite: /
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.server, ServerSettings::default());
+    let BackendKind::Onnx(o) = &c.backends[0].kind else {
+        panic!()
+    };
+    assert_eq!(o.path, dir.path().join("m.onnx"));
+    assert_eq!((o.sessions, o.intra_op_threads), (2, 1));
+    let BackendKind::Upstream(u) = &c.backends[1].kind else {
+        panic!()
+    };
+    assert_eq!(u.request_timeout, Duration::from_millis(250));
+    assert_eq!(
+        c.routes[1].kind,
+        RouteKind::Prefix {
+            prefix: "/echo/".into(),
+            rewrite: Some("/".into())
+        }
+    );
+}
+
+#[test]
+fn every_error_is_reported_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "m.onnx");
+    let e = parse_in(
+        dir.path(),
+        r#"
+server:
+  listen: "nowhere"
+  request_timeout: soon
+backends:
+  - name: m
+    onnx: {path: m.onnx, sessions: 0}
+  - name: m
+    onnx: {path: missing.onnx}
+  - name: up
+    upstream: {url: "ftp://example"}
+  - name: "bad name"
+    upstream: {url: "http://127.0.0.1:1"}
+routes:
+  - model: risk
+    backend: m
+  - model: risk
+    backend: risk-v3
+  - path_prefix: /v2/models/
+    backend: up
+  - path_prefix: /x
+    backend: m
+  - backend: m
+"#,
+    )
+    .unwrap_err();
+    let got = places(&e);
+    let expect = [
+        "server.listen: invalid address \"nowhere\"",
+        "server.request_timeout: invalid duration \"soon\"",
+        "backends[0].onnx.sessions: must be between 1 and 64, got 0",
+        "backends[1].name: duplicate backend name \"m\" (first at backends[0])",
+        "backends[1].onnx.path: cannot open model file",
+        "backends[2].upstream.url: invalid upstream URL \"ftp://example\": scheme must be http://",
+        "backends[3].name: invalid name \"bad name\"",
+        "routes[1].backend: unknown backend \"risk-v3\"",
+        "routes[1].model: duplicate model \"risk\" (first at routes[0])",
+        "routes[2].path_prefix: \"/v2/models/\" overlaps the Open Inference Protocol paths",
+        "routes[3].backend: backend \"m\" is an ONNX model; path_prefix routes need an upstream backend",
+        "routes[4]: missing `model: <name>` or `path_prefix: /<path>/`",
+    ];
+    for want in expect {
+        assert!(
+            got.iter().any(|g| g.starts_with(want)),
+            "missing {want:?} in {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), expect.len(), "{got:#?}");
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!(
+            "{}: 12 errors",
+            dir.path().join("routes.yaml").display()
+        )),
+        "{shown}"
+    );
+}
+
+#[test]
+fn syntax_and_unknown_fields_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = parse_in(
+        dir.path(),
+        "backends:\n  - name: m\n    onnx: {path: m.onnx, sesions: 2}\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.issues.len(), 1);
+    assert!(e.issues[0].place.starts_with("line 3 column"), "{e}");
+    assert!(
+        e.issues[0].message.contains("unknown field `sesions`"),
+        "{e}"
+    );
+    let e = parse_in(dir.path(), "routes: [\n").unwrap_err();
+    assert!(e.issues[0].place.starts_with("line "), "{e}");
+}
+
+#[test]
+fn empty_file_is_a_valid_gateway_with_no_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(dir.path(), "").unwrap();
+    assert!(c.routes.is_empty() && c.backends.is_empty());
+}
+
+#[test]
+fn unreadable_file_is_reported_by_name() {
+    let e = Config::load(Path::new("/nonexistent/routes.yaml")).unwrap_err();
+    assert!(
+        e.to_string().contains("/nonexistent/routes.yaml: 1 error"),
+        "{e}"
+    );
+    assert_eq!(e.issues[0].place, "file");
+}

@@ -1,0 +1,19 @@
+//! modelgate: a model-serving traffic gateway.
+//!
+//! Rooms, each with one job (see `DESIGN.md`):
+//! - [`config`] — `routes.yaml` → validated domain types, every error with its place;
+//! - [`backend`] — ONNX models on dedicated worker threads, upstream servers through a pooled client;
+//! - [`protocol`] — Open Inference Protocol v2 JSON ↔ tensors, error bodies;
+//! - [`routing`] — the immutable routing table, published with `ArcSwap`;
+//! - [`server`] — the listener, request handling, graceful shutdown;
+//! - [`telemetry`] — logs.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod config;
+pub mod protocol;
+pub mod routing;
+pub mod server;
+pub mod telemetry;
+
+pub use backend::runtime::LIBRARY_FILE as ORT_LIBRARY_FILE;

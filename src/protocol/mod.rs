@@ -1,0 +1,11 @@
+//! Wire formats: Open Inference Protocol v2 JSON ↔ tensors, and client-facing error bodies.
+
+pub mod error;
+pub mod oip;
+pub mod tensor;
+
+pub use error::ApiError;
+pub use tensor::{DataType, Signature, Tensor, TensorData, TensorSpec};
+
+#[cfg(test)]
+mod tests;

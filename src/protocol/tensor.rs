@@ -1,0 +1,169 @@
+//! Tensors as the gateway carries them between the protocol and the backends.
+
+use std::fmt;
+
+/// An Open Inference Protocol datatype that modelgate can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataType {
+    /// `BOOL`
+    Bool,
+    /// `UINT8`
+    Uint8,
+    /// `INT8`
+    Int8,
+    /// `INT16`
+    Int16,
+    /// `INT32`
+    Int32,
+    /// `INT64`
+    Int64,
+    /// `FP32`
+    Fp32,
+    /// `FP64`
+    Fp64,
+}
+
+impl DataType {
+    /// Every datatype, for messages that list them.
+    pub const ALL: [DataType; 8] = [
+        DataType::Bool,
+        DataType::Uint8,
+        DataType::Int8,
+        DataType::Int16,
+        DataType::Int32,
+        DataType::Int64,
+        DataType::Fp32,
+        DataType::Fp64,
+    ];
+
+    /// The protocol's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataType::Bool => "BOOL",
+            DataType::Uint8 => "UINT8",
+            DataType::Int8 => "INT8",
+            DataType::Int16 => "INT16",
+            DataType::Int32 => "INT32",
+            DataType::Int64 => "INT64",
+            DataType::Fp32 => "FP32",
+            DataType::Fp64 => "FP64",
+        }
+    }
+
+    /// Parses the protocol's spelling.
+    pub fn parse(text: &str) -> Option<DataType> {
+        DataType::ALL.into_iter().find(|d| d.as_str() == text)
+    }
+}
+
+impl fmt::Display for DataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The elements of a tensor, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    /// `BOOL`
+    Bool(Vec<bool>),
+    /// `UINT8`
+    Uint8(Vec<u8>),
+    /// `INT8`
+    Int8(Vec<i8>),
+    /// `INT16`
+    Int16(Vec<i16>),
+    /// `INT32`
+    Int32(Vec<i32>),
+    /// `INT64`
+    Int64(Vec<i64>),
+    /// `FP32`
+    Fp32(Vec<f32>),
+    /// `FP64`
+    Fp64(Vec<f64>),
+}
+
+impl TensorData {
+    /// The datatype of these elements.
+    pub fn datatype(&self) -> DataType {
+        match self {
+            TensorData::Bool(_) => DataType::Bool,
+            TensorData::Uint8(_) => DataType::Uint8,
+            TensorData::Int8(_) => DataType::Int8,
+            TensorData::Int16(_) => DataType::Int16,
+            TensorData::Int32(_) => DataType::Int32,
+            TensorData::Int64(_) => DataType::Int64,
+            TensorData::Fp32(_) => DataType::Fp32,
+            TensorData::Fp64(_) => DataType::Fp64,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::Bool(v) => v.len(),
+            TensorData::Uint8(v) => v.len(),
+            TensorData::Int8(v) => v.len(),
+            TensorData::Int16(v) => v.len(),
+            TensorData::Int32(v) => v.len(),
+            TensorData::Int64(v) => v.len(),
+            TensorData::Fp32(v) => v.len(),
+            TensorData::Fp64(v) => v.len(),
+        }
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `len` zeros (or `false`s) of `datatype`: the input of a warm-up run.
+    pub fn zeros(datatype: DataType, len: usize) -> TensorData {
+        match datatype {
+            DataType::Bool => TensorData::Bool(vec![false; len]),
+            DataType::Uint8 => TensorData::Uint8(vec![0; len]),
+            DataType::Int8 => TensorData::Int8(vec![0; len]),
+            DataType::Int16 => TensorData::Int16(vec![0; len]),
+            DataType::Int32 => TensorData::Int32(vec![0; len]),
+            DataType::Int64 => TensorData::Int64(vec![0; len]),
+            DataType::Fp32 => TensorData::Fp32(vec![0.0; len]),
+            DataType::Fp64 => TensorData::Fp64(vec![0.0; len]),
+        }
+    }
+}
+
+/// A named tensor with a concrete shape; `data.len()` equals the product of `shape`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Input or output name.
+    pub name: String,
+    /// Concrete dimensions.
+    pub shape: Vec<usize>,
+    /// Row-major elements.
+    pub data: TensorData,
+}
+
+/// The declared shape of a model input or output; `-1` marks a dynamic dimension.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TensorSpec {
+    /// Input or output name.
+    pub name: String,
+    /// Element type.
+    #[serde(serialize_with = "ser_datatype")]
+    pub datatype: DataType,
+    /// Dimensions, `-1` where any size is accepted.
+    pub shape: Vec<i64>,
+}
+
+fn ser_datatype<S: serde::Serializer>(d: &DataType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(d.as_str())
+}
+
+/// What a model takes and gives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Signature {
+    /// Inputs, in model order.
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs, in model order.
+    pub outputs: Vec<TensorSpec>,
+}

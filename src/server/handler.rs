@@ -1,0 +1,101 @@
+//! One request: request id, deadline, dispatch to the OIP handlers or a proxy route.
+
+use super::{oip, response};
+use crate::backend::{Backend, Body, BodyError};
+use crate::config::{RouteKind, ServerSettings};
+use crate::protocol::ApiError;
+use crate::routing::SharedTable;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// The published routing table.
+    pub table: SharedTable,
+    /// Limits and timeouts.
+    pub settings: ServerSettings,
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// A client's `x-request-id` is kept when it is short printable ASCII; otherwise one is made.
+fn request_id(req: &Request<Incoming>) -> HeaderValue {
+    req.headers()
+        .get(REQUEST_ID)
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
+                .unwrap_or(HeaderValue::from_static("-"))
+        })
+}
+
+pub(super) async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    let id = request_id(&req);
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let req = req.map(|b| b.map_err(BodyError::new).boxed());
+    let deadline = state.settings.request_timeout;
+    let mut resp = match tokio::time::timeout(deadline, dispatch(&state, req, peer)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => response::error(&e),
+        Err(_) => response::error(&ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("request did not finish within the gateway's request_timeout of {deadline:?}"),
+        )),
+    };
+    resp.headers_mut().insert(REQUEST_ID, id.clone());
+    let status = resp.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    let request_id = id.to_str().unwrap_or("-");
+    if status >= 500 {
+        tracing::warn!(%method, path, status, micros, request_id, %peer, "request failed");
+    } else {
+        tracing::debug!(%method, path, status, micros, request_id, "request");
+    }
+    resp
+}
+
+async fn dispatch(
+    state: &AppState,
+    req: Request<Body>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_string();
+    if path == "/v2" || path.starts_with("/v2/") {
+        return oip::handle(state, req, peer).await;
+    }
+    let table = state.table.load();
+    let Some((route, rest)) = table.prefix(&path) else {
+        return Err(ApiError::not_found(format!("no route for path {path:?}")));
+    };
+    let RouteKind::Prefix { prefix, rewrite } = &route.kind else {
+        return Err(ApiError::internal("prefix table holds a model route"));
+    };
+    let variant = route.variant(None)?;
+    let Backend::Upstream(up) = variant.backend.as_ref() else {
+        return Err(ApiError::internal(format!(
+            "route {prefix:?} points at an in-process model"
+        )));
+    };
+    let target = match req.uri().query() {
+        Some(q) => format!("{}{rest}?{q}", rewrite.as_deref().unwrap_or(prefix)),
+        None => format!("{}{rest}", rewrite.as_deref().unwrap_or(prefix)),
+    };
+    response::check_length(req.headers(), state.settings.max_body_bytes)?;
+    let limit = state.settings.max_body_bytes;
+    let req = req.map(|b| response::limited(b, limit));
+    up.forward(req, &target, peer).await
+}
