@@ -4,7 +4,7 @@ use super::{oip, response};
 use crate::backend::{Backend, Body, BodyError};
 use crate::config::{RouteKind, ServerSettings};
 use crate::protocol::ApiError;
-use crate::routing::SharedTable;
+use crate::routing::{normalize_path, SharedTable};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -70,10 +70,19 @@ pub(super) async fn handle(
 
 async fn dispatch(
     state: &AppState,
-    req: Request<Body>,
+    mut req: Request<Body>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
-    let path = req.uri().path().to_string();
+    let path = normalize_path(req.uri().path())?.into_owned();
+    if path != req.uri().path() {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        *req.uri_mut() = pq
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("invalid path {path:?}: {e}")))?;
+    }
     if path == "/v2" || path.starts_with("/v2/") {
         return oip::handle(state, req, peer).await;
     }

@@ -1,0 +1,279 @@
+//! Test support: a gateway on 127.0.0.1:0 in this process, real upstream HTTP servers, and a
+//! small HTTP client. Everything is real: sockets, ONNX Runtime, HTTP.
+#![allow(dead_code)] // each test file uses a different part
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use modelgate::backend::{self, runtime};
+use modelgate::config::Config;
+use modelgate::routing::{RouteTable, SharedTable};
+use modelgate::server::{self, AppState};
+use serde_json::Value;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The checkout's root: routes in tests name models as `models/...` relative to it.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A gateway serving in this process until dropped.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Validates `yaml` as if it were `<root>/test-routes.yaml`, loads its backends and serves it.
+    pub async fn start(yaml: &str) -> Gateway {
+        let path = root().join("test-routes.yaml");
+        let yaml = yaml.to_string();
+        let (config, backends) = tokio::task::spawn_blocking(move || {
+            let config = Config::parse(&yaml, &path).unwrap_or_else(|e| panic!("{e}"));
+            let lib = runtime::locate(None, None);
+            let backends = backend::load_all(&config, &lib).unwrap_or_else(|e| panic!("{e}"));
+            (config, backends)
+        })
+        .await
+        .unwrap();
+        let table = SharedTable::new(RouteTable::build(&config, &backends, 1));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(AppState {
+            table,
+            settings: config.server.clone(),
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(server::serve(listener, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Gateway {
+            addr,
+            state,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Begins a graceful shutdown and returns once the server has stopped.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.unwrap();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// What a test upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP upstream on 127.0.0.1:0. It answers `/slow/...` after `slow` has passed, `/status/N`
+/// with status N, and everything else with 200 and a JSON echo of the request. It records what it saw.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(slow: Duration) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (seen2, hits2) = (seen.clone(), hits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, hits) = (seen2.clone(), hits2.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (seen, hits) = (seen.clone(), hits.clone());
+                        async move {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let pq = parts
+                                .uri
+                                .path_and_query()
+                                .map_or("/".into(), |p| p.to_string());
+                            seen.lock().unwrap().push(Seen {
+                                method: parts.method.clone(),
+                                path_and_query: pq.clone(),
+                                headers: parts.headers.clone(),
+                                body: body.clone(),
+                            });
+                            if pq.starts_with("/slow") {
+                                tokio::time::sleep(slow).await;
+                            }
+                            let status = pq
+                                .strip_prefix("/status/")
+                                .and_then(|s| s.parse::<u16>().ok())
+                                .and_then(|s| StatusCode::from_u16(s).ok())
+                                .unwrap_or(StatusCode::OK);
+                            let echo = serde_json::json!({
+                                "method": parts.method.as_str(),
+                                "path": pq,
+                                "body": String::from_utf8_lossy(&body),
+                            });
+                            let resp = hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .header("x-upstream", "yes")
+                                .header("connection", "keep-alive, x-hop")
+                                .header("x-hop", "must not pass")
+                                .body(Full::new(Bytes::from(echo.to_string())))
+                                .unwrap();
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            hits,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An answer as a test sees it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "answer is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+    /// The `error` field of a JSON error body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {:?}", self.json()))
+            .to_string()
+    }
+}
+
+/// A pooled HTTP/1.1 client.
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(
+    method: Method,
+    url: &str,
+    body: impl Into<Bytes>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client()
+        .request(req.body(Full::new(body.into())).unwrap())
+        .await
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+pub async fn get(url: &str) -> Answer {
+    send(Method::GET, url, Bytes::new(), &[]).await
+}
+
+pub async fn post_json(url: &str, body: &Value) -> Answer {
+    send(
+        Method::POST,
+        url,
+        body.to_string(),
+        &[("content-type", "application/json")],
+    )
+    .await
+}
+
+/// The expected outputs that models/generate.py recorded from Python onnxruntime.
+pub fn expected_outputs() -> Value {
+    let text = std::fs::read_to_string(root().join("models/expected-outputs.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A path under the checkout, as a string for YAML.
+pub fn model(name: &str) -> String {
+    root().join("models").join(name).display().to_string()
+}

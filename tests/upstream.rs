@@ -1,0 +1,228 @@
+//! Forwarding to real upstream HTTP servers started by the test.
+
+mod support;
+
+use http::{Method, StatusCode};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn routes(upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+server:
+  max_body_bytes: 100000
+backends:
+  - name: up
+    upstream: {{url: "{upstream}/base", connect_timeout: 500ms, request_timeout: 300ms}}
+  - name: up-root
+    upstream: {{url: "{upstream}"}}
+{extra}
+routes:
+  - path_prefix: /api/
+    backend: up
+    rewrite: /v1/
+  - path_prefix: /keep
+    backend: up-root
+"#
+    )
+}
+
+#[tokio::test]
+async fn plain_proxy_forwards_method_path_query_headers_and_body() {
+    let up = Upstream::start(Duration::from_millis(0)).await;
+    let gw = Gateway::start(&routes(&up.url(), "")).await;
+    let a = send(
+        Method::PUT,
+        &gw.url("/api/items/7?x=1&y=two"),
+        "payload-bytes",
+        &[
+            ("x-custom", "kept"),
+            ("connection", "keep-alive, x-drop"),
+            ("x-drop", "gone"),
+            ("te", "trailers"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["x-upstream"], "yes");
+    assert!(
+        !a.headers.contains_key("x-hop"),
+        "hop-by-hop header named in the upstream's Connection leaked"
+    );
+    let seen = up.last();
+    assert_eq!(seen.method, Method::PUT);
+    assert_eq!(seen.path_and_query, "/base/v1/items/7?x=1&y=two");
+    assert_eq!(seen.body, "payload-bytes");
+    assert_eq!(seen.headers["x-custom"], "kept");
+    assert!(!seen.headers.contains_key("x-drop"));
+    assert!(!seen.headers.contains_key("te"));
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["host"], up.addr.to_string());
+
+    // Without a rewrite the prefix is kept; the bare prefix matches too.
+    send(Method::GET, &gw.url("/keep"), "", &[]).await;
+    assert_eq!(up.last().path_and_query, "/keep/");
+    send(Method::DELETE, &gw.url("/keep/a/b"), "", &[]).await;
+    assert_eq!(up.last().path_and_query, "/keep/a/b");
+    assert_eq!(up.last().method, Method::DELETE);
+
+    // Upstream statuses pass through untouched.
+    // Dot segments cannot climb out of a prefix; encoded ones are refused.
+    let a = send(Method::GET, &gw.url("/keep/../status/418"), "", &[]).await;
+    assert_eq!(
+        a.status,
+        StatusCode::NOT_FOUND,
+        "a path outside every prefix is not forwarded: {:?}",
+        a.body
+    );
+    assert_eq!(a.error(), "no route for path \"/status/418\"");
+    let a = send(Method::GET, &gw.url("/keep/%2e%2e/status/418"), "", &[]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    send(Method::GET, &gw.url("/keep/x/../y"), "", &[]).await;
+    assert_eq!(up.last().path_and_query, "/keep/y");
+    let a = send(Method::GET, &gw.url("/api/status/418"), "", &[]).await;
+    assert_eq!(up.last().path_and_query, "/base/v1/status/418");
+    assert_eq!(a.status, StatusCode::OK); // the echo upstream only reads /status/ at its root
+}
+
+#[tokio::test]
+async fn a_large_body_is_streamed_and_the_limit_applies() {
+    let up = Upstream::start(Duration::from_millis(0)).await;
+    let gw = Gateway::start(&routes(&up.url(), "")).await;
+    let body = "x".repeat(90_000);
+    let a = send(Method::POST, &gw.url("/keep/upload"), body.clone(), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.last().body.len(), 90_000);
+    let hits = up.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let a = send(
+        Method::POST,
+        &gw.url("/keep/upload"),
+        "x".repeat(100_001),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        a.error(),
+        "request body is larger than the limit of 100000 bytes"
+    );
+    assert_eq!(
+        up.hits.load(std::sync::atomic::Ordering::SeqCst),
+        hits,
+        "a declared oversized body is refused before forwarding"
+    );
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_too_slow_is_504() {
+    let up = Upstream::start(Duration::from_secs(5)).await;
+    // A port that was just free: nothing listens there.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let extra = format!("  - name: dead\n    upstream: {{url: \"http://{dead}\"}}\n");
+    let yaml = routes(&up.url(), &extra).replace(
+        "routes:\n",
+        "routes:\n  - path_prefix: /dead/\n    backend: dead\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+
+    let a = get(&gw.url("/dead/anything")).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    let e = a.error();
+    assert!(
+        e.starts_with(&format!(
+            "upstream \"dead\" at http://{dead}/ refused the connection"
+        )),
+        "{e}"
+    );
+
+    let started = Instant::now();
+    drop(gw);
+    let yaml = format!(
+        "backends:\n  - name: slow\n    upstream: {{url: \"{}\", request_timeout: 200ms}}\nroutes:\n  - path_prefix: /slow/\n    backend: slow\n",
+        up.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let a = get(&gw.url("/slow/x")).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(a.error(), "upstream \"slow\" did not answer within 200ms");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the gateway gave up before the upstream answered"
+    );
+    // The gateway still serves afterwards.
+    assert_eq!(get(&gw.url("/v2/health/live")).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn oip_routes_forward_to_another_model_server() {
+    // The upstream is a second gateway serving the real model: a real OIP model server.
+    let model_server = Gateway::start(&format!(
+        "backends:\n  - name: v2\n    onnx: {{path: \"{}\"}}\nroutes:\n  - model: breast-cancer\n    backend: v2\n",
+        model("breast-cancer-v2.onnx")
+    ))
+    .await;
+    let gw = Gateway::start(&format!(
+        "backends:\n  - name: remote\n    upstream: {{url: \"{}\"}}\nroutes:\n  - model: remote-risk\n    backend: remote\n    upstream_model: breast-cancer\n",
+        model_server.url("")
+    ))
+    .await;
+    let e = &expected_outputs()["models"]["breast-cancer-v2"];
+    let mut input = e["inputs"]["input"].clone();
+    input["name"] = json!("input");
+    let a = post_json(
+        &gw.url("/v2/models/remote-risk/infer"),
+        &json!({"id": "r1", "inputs": [input]}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.headers["x-modelgate-variant"], "remote");
+    let body = a.json();
+    assert_eq!(body["id"], "r1");
+    assert_eq!(body["outputs"][0]["data"], e["outputs"]["label"]["data"]);
+    let meta = get(&gw.url("/v2/models/remote-risk")).await;
+    assert_eq!(meta.json()["inputs"][0]["shape"], json!([-1, 30]));
+    assert_eq!(
+        get(&gw.url("/v2/models/remote-risk/ready")).await.status,
+        StatusCode::OK
+    );
+    // An upstream's own errors come through as they are.
+    let a = post_json(
+        &gw.url("/v2/models/remote-risk/infer"),
+        &json!({"inputs": []}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(
+        a.error().starts_with("missing input \"input\""),
+        "{}",
+        a.error()
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_requests_finish() {
+    let up = Upstream::start(Duration::from_millis(400)).await;
+    let gw = Gateway::start(&format!(
+        "backends:\n  - name: up\n    upstream: {{url: \"{}\"}}\nroutes:\n  - path_prefix: /slow/\n    backend: up\n",
+        up.url()
+    ))
+    .await;
+    let url = gw.url("/slow/work");
+    let addr = gw.addr;
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    // Wait until the upstream holds the request, then shut down.
+    while up.hits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gw.shutdown().await;
+    let a = in_flight.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK, "the in-flight request finished");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
