@@ -331,7 +331,7 @@ async fn each_bad_input_gets_its_status_and_names_the_problem_and_serving_goes_o
 
     // Oversized body without a Content-Length (chunked) is cut off while streaming.
     let big = input("input", "FP32", json!([1, 30]), json!(vec![1.0; 20_000]));
-    let stream = futures_body(big);
+    let stream = chunked_body(big);
     let req = http::Request::post(&infer).body(stream).unwrap();
     let resp = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http()
@@ -345,14 +345,11 @@ async fn each_bad_input_gets_its_status_and_names_the_problem_and_serving_goes_o
     assert_eq!(post_json(&infer, &req).await.status, StatusCode::OK);
 }
 
+type Chunk = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>;
+type ChunkedBody = http_body_util::StreamBody<tokio_stream::Iter<std::vec::IntoIter<Chunk>>>;
+
 /// A body sent in chunks with no Content-Length.
-fn futures_body(
-    text: String,
-) -> http_body_util::StreamBody<
-    tokio_stream::Iter<
-        std::vec::IntoIter<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>,
-    >,
-> {
+fn chunked_body(text: String) -> ChunkedBody {
     let chunks: Vec<_> = text
         .into_bytes()
         .chunks(8192)
