@@ -9,9 +9,11 @@
 //! - [`telemetry`] — logs.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod protocol;
+pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod telemetry;

@@ -2,10 +2,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use modelgate::backend::{self, runtime};
+use modelgate::backend::runtime;
 use modelgate::config::Config;
-use modelgate::routing::{RouteTable, SharedTable};
-use modelgate::server::{self, AppState};
+use modelgate::rollout::Controller;
+use modelgate::server::{self, AppState, ListenerSettings};
 use modelgate::telemetry::{self, LogFormat};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the routes of a routes.yaml.
+    /// Serve the routes of a routes.yaml; edits to the file (or SIGHUP) reload it.
     Serve {
         /// The routes file.
         #[arg(long, short, default_value = "routes.yaml")]
@@ -32,6 +32,9 @@ enum Command {
         /// Inference listener address; overrides server.listen.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Admin listener address; overrides server.admin_listen.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
         /// ONNX Runtime shared library; overrides ORT_DYLIB_PATH and server.ort_library.
         #[arg(long)]
         ort_library: Option<PathBuf>,
@@ -50,17 +53,21 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format);
-    let result = match cli.command {
-        Command::Validate {
-            config,
-            ort_library,
-        } => validate(&config, ort_library.as_deref()),
-        Command::Serve {
-            config,
-            listen,
-            ort_library,
-        } => serve(&config, listen, ort_library.as_deref()),
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("modelgate-io").build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("modelgate: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
     };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Validate { config, ort_library } => validate(&config, ort_library.as_deref()).await,
+            Command::Serve { config, listen, admin_listen, ort_library } => {
+                serve(&config, listen, admin_listen, ort_library.as_deref()).await
+            }
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -70,45 +77,67 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads, validates and loads every backend: the same steps for `validate` and `serve`.
-fn load(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<(Config, backend::BackendSet)> {
+/// Reads, validates, loads every routed backend and builds the first table: the same steps for
+/// `validate` and `serve`.
+async fn start(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<(Config, Arc<Controller>)> {
     let config = Config::load(path)?;
     let library = runtime::locate(ort_flag, config.server.ort_library.as_deref());
-    let backends = backend::load_all(&config, &library)?;
-    Ok((config, backends))
+    let controller = Controller::start(config.clone(), library).await?;
+    Ok((config, controller))
 }
 
-fn validate(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<()> {
-    let (config, backends) = load(path, ort_flag)?;
-    println!(
-        "{}: ok ({} backends loaded, {} routes)",
-        path.display(),
-        backends.len(),
-        config.routes.len()
-    );
+async fn validate(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<()> {
+    let (config, _) = start(path, ort_flag).await?;
+    println!("{}: ok ({} backends, {} routes)", path.display(), config.backends.len(), config.routes.len());
     Ok(())
 }
 
-fn serve(path: &Path, listen: Option<SocketAddr>, ort_flag: Option<&Path>) -> anyhow::Result<()> {
-    let (mut config, backends) = load(path, ort_flag)?;
-    if let Some(addr) = listen {
-        config.server.listen = addr;
-    }
-    let table = SharedTable::new(RouteTable::build(&config, &backends, 1));
-    drop(backends);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("modelgate-io")
-        .build()?;
-    runtime.block_on(async {
-        let addr = config.server.listen;
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (server.listen / --listen)"))?;
-        let local = listener.local_addr()?;
-        tracing::info!(%local, routes = table.load().routes().len(), config = %path.display(), "modelgate serving");
-        println!("modelgate: listening on http://{local}");
-        let state = Arc::new(AppState { table, settings: config.server.clone() });
-        server::serve(listener, state, server::shutdown_signal()).await;
-        Ok(())
-    })
+async fn serve(
+    path: &Path,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    ort_flag: Option<&Path>,
+) -> anyhow::Result<()> {
+    let (config, controller) = start(path, ort_flag).await?;
+    let mut settings = config.server.clone();
+    settings.listen = listen.unwrap_or(settings.listen);
+    settings.admin_listen = admin_listen.unwrap_or(settings.admin_listen);
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen / --listen)", settings.listen))?;
+    let admin = tokio::net::TcpListener::bind(settings.admin_listen).await.with_context(|| {
+        format!("cannot listen on {} (server.admin_listen / --admin-listen)", settings.admin_listen)
+    })?;
+    let (local, admin_local) = (listener.local_addr()?, admin.local_addr()?);
+
+    let (_watch, reload) = controller.watch_file().with_context(|| format!("cannot watch {}", path.display()))?;
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading routes");
+            let _ = reload.send(()).await;
+        }
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let listener_settings =
+        ListenerSettings { header_read_timeout: settings.header_read_timeout, shutdown_grace: settings.shutdown_grace };
+    let admin_controller = controller.clone();
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(server::serve_with(
+        admin,
+        listener_settings,
+        async move {
+            let _ = admin_stop.changed().await;
+        },
+        move |req, _peer| modelgate::admin::handle(admin_controller.clone(), req),
+    ));
+
+    tracing::info!(%local, admin = %admin_local, routes = config.routes.len(), config = %path.display(), "modelgate serving");
+    println!("modelgate: listening on http://{local} (admin http://{admin_local})");
+    let state = Arc::new(AppState { table: controller.table(), settings });
+    server::serve(listener, state, server::shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    Ok(())
 }

@@ -43,7 +43,7 @@ fn expect_every_error(stderr: &str, file: &std::path::Path) {
         format!("{f}: backends[1].onnx.path: cannot open model file"),
         format!("{f}: backends[2].upstream.url: invalid upstream URL \"localhost:9000\""),
         format!("{f}: routes[0].backend: unknown backend \"risk-v3\" (backends: bc, bc, up)"),
-        format!("{f}: routes[1].backend: backend \"bc\" is an ONNX model; path_prefix routes need an upstream backend"),
+        format!("{f}: routes[1].backend: backend \"bc\" is an ONNX model; path_prefix routes need upstream backends"),
     ] {
         assert!(stderr.contains(&line), "missing {line:?} in:\n{stderr}");
     }
@@ -51,48 +51,25 @@ fn expect_every_error(stderr: &str, file: &std::path::Path) {
 
 #[test]
 fn validate_accepts_the_demo_and_loads_every_model() {
-    let out = modelgate()
-        .args(["validate", "routes.yaml"])
-        .output()
-        .unwrap();
+    let out = modelgate().args(["validate", "routes.yaml"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("routes.yaml: ok (4 backends loaded, 5 routes)"),
-        "{stdout}"
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("routes.yaml: ok (4 backends, 6 routes)"), "{stdout}");
 }
 
 #[test]
 fn validate_and_serve_refuse_a_bad_file_listing_every_error() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write(
-        &dir,
-        "routes.yaml",
-        &BAD.replace("models/", &format!("{}/models/", root().display())),
-    );
+    let file = write(&dir, "routes.yaml", &BAD.replace("models/", &format!("{}/models/", root().display())));
     for args in [
         vec!["validate", file.to_str().unwrap()],
-        vec![
-            "serve",
-            "--config",
-            file.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
+        vec!["serve", "--config", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
     ] {
         let out = modelgate().args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         expect_every_error(&stderr, &file);
-        assert!(
-            !String::from_utf8_lossy(&out.stdout).contains("listening"),
-            "{args:?} must not serve"
-        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"), "{args:?} must not serve");
     }
 }
 
@@ -100,110 +77,75 @@ fn validate_and_serve_refuse_a_bad_file_listing_every_error() {
 fn a_model_that_onnx_runtime_cannot_load_is_refused_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
     write(&dir, "broken.onnx", "this is not a model");
-    let file = write(&dir, "routes.yaml", "backends:\n  - name: b\n    onnx: {path: broken.onnx}\nroutes:\n  - model: m\n    backend: b\n");
-    let out = modelgate()
-        .args(["validate", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let file = write(
+        &dir,
+        "routes.yaml",
+        "backends:\n  - name: b\n    onnx: {path: broken.onnx}\nroutes:\n  - model: m\n    backend: b\n",
+    );
+    let out = modelgate().args(["validate", file.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("backends[0].onnx.path: cannot load model"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("backends[0].onnx.path: cannot load model"), "{stderr}");
     assert!(stderr.contains("broken.onnx"), "{stderr}");
 }
 
 #[test]
 fn a_missing_onnx_runtime_says_which_command_fixes_it() {
     let out = modelgate()
-        .args([
-            "validate",
-            "routes.yaml",
-            "--ort-library",
-            "/nonexistent/libonnxruntime.so",
-        ])
+        .args(["validate", "routes.yaml", "--ort-library", "/nonexistent/libonnxruntime.so"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("ONNX Runtime library not found at /nonexistent/libonnxruntime.so"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("ONNX Runtime library not found at /nonexistent/libonnxruntime.so"), "{stderr}");
     assert!(stderr.contains("Run `make ort`"), "{stderr}");
     // ORT_DYLIB_PATH is honoured the same way.
-    let out = modelgate()
-        .args(["validate", "routes.yaml"])
-        .env("ORT_DYLIB_PATH", "/elsewhere/lib.so")
-        .output()
-        .unwrap();
+    let out =
+        modelgate().args(["validate", "routes.yaml"]).env("ORT_DYLIB_PATH", "/elsewhere/lib.so").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found at /elsewhere/lib.so"));
 }
 
 #[test]
 fn serve_runs_the_demo_and_stops_cleanly_on_sigterm() {
     let mut child = modelgate()
-        .args([
-            "serve",
-            "--config",
-            "routes.yaml",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["serve", "--config", "routes.yaml", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line
         .trim()
         .strip_prefix("modelgate: listening on http://")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_string();
+        .and_then(|rest| rest.split_once(' '))
+        .map(|(addr, _)| addr.to_string())
+        .unwrap_or_else(|| panic!("{line:?}"));
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let e = &expected_outputs()["models"]["breast-cancer-v1"];
         let mut input = e["inputs"]["input"].clone();
         input["name"] = serde_json::json!("input");
         let a = post_json(
-            &format!("http://{addr}/v2/models/breast-cancer/infer"),
+            &format!("http://{addr}/v2/models/breast-cancer/versions/bc-v1/infer"),
             &serde_json::json!({"inputs": [input]}),
         )
         .await;
         assert_eq!(a.status, http::StatusCode::OK);
         let got = a.json()["outputs"][1]["data"].clone();
-        for (g, w) in got
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(e["outputs"]["probabilities"]["data"].as_array().unwrap())
-        {
+        for (g, w) in got.as_array().unwrap().iter().zip(e["outputs"]["probabilities"]["data"].as_array().unwrap()) {
             assert!((g.as_f64().unwrap() - w.as_f64().unwrap()).abs() < 1e-6);
         }
     });
 
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serve did not stop after SIGTERM"
-        );
+        assert!(std::time::Instant::now() < deadline, "serve did not stop after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");

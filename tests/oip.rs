@@ -50,10 +50,7 @@ fn recorded_request(model: &str) -> (Value, Value) {
             t
         })
         .collect();
-    (
-        json!({ "id": format!("req-{model}"), "inputs": inputs }),
-        e["outputs"].clone(),
-    )
+    (json!({ "id": format!("req-{model}"), "inputs": inputs }), e["outputs"].clone())
 }
 
 fn assert_close(got: &Value, want: &Value, what: &str) {
@@ -62,21 +59,16 @@ fn assert_close(got: &Value, want: &Value, what: &str) {
     for (i, (g, w)) in g.iter().zip(w).enumerate() {
         let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
         // FP32 outputs through JSON: the same float to ~7 significant digits.
-        assert!(
-            (g - w).abs() <= 1e-6 * w.abs().max(1.0),
-            "{what}[{i}]: got {g}, Python onnxruntime gave {w}"
-        );
+        assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{what}[{i}]: got {g}, Python onnxruntime gave {w}");
     }
 }
 
 #[tokio::test]
 async fn infer_matches_python_onnxruntime_for_every_shipped_model() {
     let gw = Gateway::start(&routes()).await;
-    for (route, model) in [
-        ("breast-cancer", "breast-cancer-v1"),
-        ("breast-cancer-v2", "breast-cancer-v2"),
-        ("diabetes", "diabetes-v1"),
-    ] {
+    for (route, model) in
+        [("breast-cancer", "breast-cancer-v1"), ("breast-cancer-v2", "breast-cancer-v2"), ("diabetes", "diabetes-v1")]
+    {
         let (req, expected) = recorded_request(model);
         let a = post_json(&gw.url(&format!("/v2/models/{route}/infer")), &req).await;
         assert_eq!(a.status, StatusCode::OK, "{route}: {:?}", a.body);
@@ -96,10 +88,7 @@ async fn infer_matches_python_onnxruntime_for_every_shipped_model() {
                 assert_close(&out["data"], &want["data"], &format!("{route}.{name}"));
             }
         }
-        assert_eq!(
-            a.headers["x-modelgate-variant"],
-            model.replace("breast-cancer", "bc")
-        );
+        assert_eq!(a.headers["x-modelgate-variant"], model.replace("breast-cancer", "bc"));
     }
 }
 
@@ -119,17 +108,8 @@ async fn every_datatype_round_trips_through_ort() {
     let a = post_json(&gw.url("/v2/models/dtypes/infer"), &req).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     let outs = a.json()["outputs"].clone();
-    let names: Vec<&str> = outs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        names,
-        ["f64_out", "i32_out", "flag_out", "i64_out", "f32_out"],
-        "outputs come in the order asked"
-    );
+    let names: Vec<&str> = outs.as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["f64_out", "i32_out", "flag_out", "i64_out", "f32_out"], "outputs come in the order asked");
     assert_eq!(outs[1]["data"], json!([1, -2, 2147483647, -2147483648i64]));
     assert_eq!(outs[1]["datatype"], "INT32");
     assert_eq!(outs[2]["data"], json!([true, false, false, true]));
@@ -147,11 +127,7 @@ async fn outputs_selection_returns_only_what_was_asked() {
     let a = post_json(&gw.url("/v2/models/breast-cancer/infer"), &req).await;
     let outs = a.json()["outputs"].clone();
     assert_eq!(outs.as_array().unwrap().len(), 1);
-    assert_close(
-        &outs[0]["data"],
-        &expected["probabilities"]["data"],
-        "probabilities",
-    );
+    assert_close(&outs[0]["data"], &expected["probabilities"]["data"], "probabilities");
 }
 
 #[tokio::test]
@@ -162,49 +138,26 @@ async fn server_health_and_model_endpoints() {
     assert_eq!(a.json()["name"], "modelgate");
     assert!(a.json()["version"].is_string());
     assert_eq!(get(&gw.url("/v2/health/live")).await.status, StatusCode::OK);
-    assert_eq!(
-        get(&gw.url("/v2/health/ready")).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(get(&gw.url("/v2/health/ready")).await.status, StatusCode::OK);
 
     let meta = get(&gw.url("/v2/models/breast-cancer")).await.json();
     assert_eq!(meta["name"], "breast-cancer");
     assert_eq!(meta["platform"], "onnxruntime_onnx");
     assert_eq!(meta["versions"], json!(["bc-v1"]));
-    assert_eq!(
-        meta["inputs"],
-        json!([{"name": "input", "datatype": "FP32", "shape": [-1, 30]}])
-    );
-    assert_eq!(
-        meta["outputs"][0],
-        json!({"name": "label", "datatype": "INT64", "shape": [-1]})
-    );
-    assert_eq!(
-        meta["outputs"][1],
-        json!({"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]})
-    );
-    let meta = get(&gw.url("/v2/models/diabetes/versions/diabetes-v1"))
-        .await
-        .json();
+    assert_eq!(meta["inputs"], json!([{"name": "input", "datatype": "FP32", "shape": [-1, 30]}]));
+    assert_eq!(meta["outputs"][0], json!({"name": "label", "datatype": "INT64", "shape": [-1]}));
+    assert_eq!(meta["outputs"][1], json!({"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}));
+    let meta = get(&gw.url("/v2/models/diabetes/versions/diabetes-v1")).await.json();
     assert_eq!(meta["inputs"][0]["datatype"], "FP64");
 
     let ready = get(&gw.url("/v2/models/breast-cancer/ready")).await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.json()["ready"], true);
-    assert_eq!(
-        get(&gw.url("/v2/models/breast-cancer/versions/bc-v1/ready"))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(get(&gw.url("/v2/models/breast-cancer/versions/bc-v1/ready")).await.status, StatusCode::OK);
 
     // The version form pins the variant.
     let (req, _) = recorded_request("breast-cancer-v1");
-    let a = post_json(
-        &gw.url("/v2/models/breast-cancer/versions/bc-v1/infer"),
-        &req,
-    )
-    .await;
+    let a = post_json(&gw.url("/v2/models/breast-cancer/versions/bc-v1/infer"), &req).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json()["model_version"], "bc-v1");
 }
@@ -212,13 +165,7 @@ async fn server_health_and_model_endpoints() {
 #[tokio::test]
 async fn request_ids_are_echoed_or_made() {
     let gw = Gateway::start(&routes()).await;
-    let a = send(
-        Method::GET,
-        &gw.url("/v2/health/live"),
-        "",
-        &[("x-request-id", "trace-42")],
-    )
-    .await;
+    let a = send(Method::GET, &gw.url("/v2/health/live"), "", &[("x-request-id", "trace-42")]).await;
     assert_eq!(a.headers["x-request-id"], "trace-42");
     let a = get(&gw.url("/v2/health/live")).await;
     let made = a.headers["x-request-id"].to_str().unwrap().to_string();
@@ -226,10 +173,7 @@ async fn request_ids_are_echoed_or_made() {
     let b = get(&gw.url("/v2/health/live")).await;
     assert_ne!(b.headers["x-request-id"], made.as_str());
     // Errors carry one too.
-    assert!(get(&gw.url("/v2/models/nope"))
-        .await
-        .headers
-        .contains_key("x-request-id"));
+    assert!(get(&gw.url("/v2/models/nope")).await.headers.contains_key("x-request-id"));
 }
 
 #[tokio::test]
@@ -238,12 +182,17 @@ async fn each_bad_input_gets_its_status_and_names_the_problem_and_serving_goes_o
     let infer = gw.url("/v2/models/breast-cancer/infer");
     let row: Vec<f32> = vec![1.0; 30];
     let input = |name: &str, datatype: &str, shape: Value, data: Value| {
-        json!({"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]})
-            .to_string()
+        json!({"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]}).to_string()
     };
     let cases: Vec<(&str, String, String, StatusCode, &str)> = vec![
         ("malformed JSON", infer.clone(), "{\"inputs\": [".into(), StatusCode::BAD_REQUEST, "malformed JSON"),
-        ("not a request", infer.clone(), "{\"inputz\": []}".into(), StatusCode::BAD_REQUEST, "invalid inference request: missing field `inputs`"),
+        (
+            "not a request",
+            infer.clone(),
+            "{\"inputz\": []}".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid inference request: missing field `inputs`",
+        ),
         (
             "unknown model",
             gw.url("/v2/models/risk-v3/infer"),
@@ -300,29 +249,27 @@ async fn each_bad_input_gets_its_status_and_names_the_problem_and_serving_goes_o
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body is larger than the limit of 65536 bytes",
         ),
-        ("unknown endpoint", gw.url("/v2/models/breast-cancer/explain"), "{}".into(), StatusCode::NOT_FOUND, "no Open Inference Protocol endpoint"),
-        ("no route", gw.url("/nothing/here"), "{}".into(), StatusCode::NOT_FOUND, "no route for path \"/nothing/here\""),
+        (
+            "unknown endpoint",
+            gw.url("/v2/models/breast-cancer/explain"),
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+            "no Open Inference Protocol endpoint",
+        ),
+        (
+            "no route",
+            gw.url("/nothing/here"),
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+            "no route for path \"/nothing/here\"",
+        ),
     ];
     for (what, url, body, status, message) in cases {
-        let a = send(
-            Method::POST,
-            &url,
-            body,
-            &[("content-type", "application/json")],
-        )
-        .await;
-        assert_eq!(
-            a.status,
-            status,
-            "{what}: {:?}",
-            String::from_utf8_lossy(&a.body)
-        );
+        let a = send(Method::POST, &url, body, &[("content-type", "application/json")]).await;
+        assert_eq!(a.status, status, "{what}: {:?}", String::from_utf8_lossy(&a.body));
         assert_eq!(a.headers["content-type"], "application/json", "{what}");
         let error = a.error();
-        assert!(
-            error.starts_with(message),
-            "{what}: got {error:?}, want it to start with {message:?}"
-        );
+        assert!(error.starts_with(message), "{what}: got {error:?}, want it to start with {message:?}");
     }
     // Wrong method.
     let a = send(Method::GET, &infer, "", &[]).await;
@@ -366,9 +313,7 @@ async fn h2c_prior_knowledge_is_served() {
         .build_http::<http_body_util::Full<bytes::Bytes>>();
     let (req, _) = recorded_request("breast-cancer-v1");
     let req = http::Request::post(gw.url("/v2/models/breast-cancer/infer"))
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            req.to_string(),
-        )))
+        .body(http_body_util::Full::new(bytes::Bytes::from(req.to_string())))
         .unwrap();
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
@@ -381,27 +326,14 @@ async fn inference_runs_on_named_worker_threads_not_on_tokio() {
     // debug builds, as tests run) that it is not inside a tokio runtime.
     let gw = Gateway::start(&routes()).await;
     let (req, _) = recorded_request("breast-cancer-v1");
-    assert_eq!(
-        post_json(&gw.url("/v2/models/breast-cancer/infer"), &req)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(post_json(&gw.url("/v2/models/breast-cancer/infer"), &req).await.status, StatusCode::OK);
     let names: Vec<String> = std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .map(|s| s.trim().to_string())
         .collect();
-    for worker in [
-        "onnx-bc-v1-0",
-        "onnx-bc-v1-1",
-        "onnx-bc-v2-0",
-        "onnx-dtypes-0",
-    ] {
-        assert!(
-            names.iter().any(|n| n == worker),
-            "no thread {worker} in {names:?}"
-        );
+    for worker in ["onnx-bc-v1-0", "onnx-bc-v1-1", "onnx-bc-v2-0", "onnx-dtypes-0"] {
+        assert!(names.iter().any(|n| n == worker), "no thread {worker} in {names:?}");
     }
 }
 
@@ -413,9 +345,7 @@ async fn concurrent_batched_requests_all_answer() {
     let mut tasks = Vec::new();
     for _ in 0..64 {
         let (url, req) = (url.clone(), req.clone());
-        tasks.push(tokio::spawn(
-            async move { post_json(&url, &req).await.status },
-        ));
+        tasks.push(tokio::spawn(async move { post_json(&url, &req).await.status }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::OK);

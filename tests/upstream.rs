@@ -36,20 +36,12 @@ async fn plain_proxy_forwards_method_path_query_headers_and_body() {
         Method::PUT,
         &gw.url("/api/items/7?x=1&y=two"),
         "payload-bytes",
-        &[
-            ("x-custom", "kept"),
-            ("connection", "keep-alive, x-drop"),
-            ("x-drop", "gone"),
-            ("te", "trailers"),
-        ],
+        &[("x-custom", "kept"), ("connection", "keep-alive, x-drop"), ("x-drop", "gone"), ("te", "trailers")],
     )
     .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.headers["x-upstream"], "yes");
-    assert!(
-        !a.headers.contains_key("x-hop"),
-        "hop-by-hop header named in the upstream's Connection leaked"
-    );
+    assert!(!a.headers.contains_key("x-hop"), "hop-by-hop header named in the upstream's Connection leaked");
     let seen = up.last();
     assert_eq!(seen.method, Method::PUT);
     assert_eq!(seen.path_and_query, "/base/v1/items/7?x=1&y=two");
@@ -70,12 +62,7 @@ async fn plain_proxy_forwards_method_path_query_headers_and_body() {
     // Upstream statuses pass through untouched.
     // Dot segments cannot climb out of a prefix; encoded ones are refused.
     let a = send(Method::GET, &gw.url("/keep/../status/418"), "", &[]).await;
-    assert_eq!(
-        a.status,
-        StatusCode::NOT_FOUND,
-        "a path outside every prefix is not forwarded: {:?}",
-        a.body
-    );
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "a path outside every prefix is not forwarded: {:?}", a.body);
     assert_eq!(a.error(), "no route for path \"/status/418\"");
     let a = send(Method::GET, &gw.url("/keep/%2e%2e/status/418"), "", &[]).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
@@ -95,18 +82,9 @@ async fn a_large_body_is_streamed_and_the_limit_applies() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(up.last().body.len(), 90_000);
     let hits = up.hits.load(std::sync::atomic::Ordering::SeqCst);
-    let a = send(
-        Method::POST,
-        &gw.url("/keep/upload"),
-        "x".repeat(100_001),
-        &[],
-    )
-    .await;
+    let a = send(Method::POST, &gw.url("/keep/upload"), "x".repeat(100_001), &[]).await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(
-        a.error(),
-        "request body is larger than the limit of 100000 bytes"
-    );
+    assert_eq!(a.error(), "request body is larger than the limit of 100000 bytes");
     assert_eq!(
         up.hits.load(std::sync::atomic::Ordering::SeqCst),
         hits,
@@ -123,21 +101,13 @@ async fn upstream_down_is_502_and_too_slow_is_504() {
         l.local_addr().unwrap()
     };
     let extra = format!("  - name: dead\n    upstream: {{url: \"http://{dead}\"}}\n");
-    let yaml = routes(&up.url(), &extra).replace(
-        "routes:\n",
-        "routes:\n  - path_prefix: /dead/\n    backend: dead\n",
-    );
+    let yaml = routes(&up.url(), &extra).replace("routes:\n", "routes:\n  - path_prefix: /dead/\n    backend: dead\n");
     let gw = Gateway::start(&yaml).await;
 
     let a = get(&gw.url("/dead/anything")).await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
     let e = a.error();
-    assert!(
-        e.starts_with(&format!(
-            "upstream \"dead\" at http://{dead}/ refused the connection"
-        )),
-        "{e}"
-    );
+    assert!(e.starts_with(&format!("upstream \"dead\" at http://{dead}/ refused the connection")), "{e}");
 
     let started = Instant::now();
     drop(gw);
@@ -149,10 +119,7 @@ async fn upstream_down_is_502_and_too_slow_is_504() {
     let a = get(&gw.url("/slow/x")).await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(a.error(), "upstream \"slow\" did not answer within 200ms");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the gateway gave up before the upstream answered"
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "the gateway gave up before the upstream answered");
     // The gateway still serves afterwards.
     assert_eq!(get(&gw.url("/v2/health/live")).await.status, StatusCode::OK);
 }
@@ -173,11 +140,7 @@ async fn oip_routes_forward_to_another_model_server() {
     let e = &expected_outputs()["models"]["breast-cancer-v2"];
     let mut input = e["inputs"]["input"].clone();
     input["name"] = json!("input");
-    let a = post_json(
-        &gw.url("/v2/models/remote-risk/infer"),
-        &json!({"id": "r1", "inputs": [input]}),
-    )
-    .await;
+    let a = post_json(&gw.url("/v2/models/remote-risk/infer"), &json!({"id": "r1", "inputs": [input]})).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     assert_eq!(a.headers["x-modelgate-variant"], "remote");
     let body = a.json();
@@ -185,22 +148,11 @@ async fn oip_routes_forward_to_another_model_server() {
     assert_eq!(body["outputs"][0]["data"], e["outputs"]["label"]["data"]);
     let meta = get(&gw.url("/v2/models/remote-risk")).await;
     assert_eq!(meta.json()["inputs"][0]["shape"], json!([-1, 30]));
-    assert_eq!(
-        get(&gw.url("/v2/models/remote-risk/ready")).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(get(&gw.url("/v2/models/remote-risk/ready")).await.status, StatusCode::OK);
     // An upstream's own errors come through as they are.
-    let a = post_json(
-        &gw.url("/v2/models/remote-risk/infer"),
-        &json!({"inputs": []}),
-    )
-    .await;
+    let a = post_json(&gw.url("/v2/models/remote-risk/infer"), &json!({"inputs": []})).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert!(
-        a.error().starts_with("missing input \"input\""),
-        "{}",
-        a.error()
-    );
+    assert!(a.error().starts_with("missing input \"input\""), "{}", a.error());
 }
 
 #[tokio::test]
@@ -221,8 +173,5 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     gw.shutdown().await;
     let a = in_flight.await.unwrap();
     assert_eq!(a.status, StatusCode::OK, "the in-flight request finished");
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no new connections after shutdown"
-    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no new connections after shutdown");
 }

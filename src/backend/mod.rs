@@ -25,21 +25,26 @@ pub enum Backend {
 /// Loaded backends by name.
 pub type BackendSet = HashMap<String, Arc<Backend>>;
 
-/// Loads every backend of `config`: ONNX models are loaded and warmed up (ONNX Runtime comes
-/// from `ort_library` the first time it is needed). Every failure is reported with its place.
-/// Blocking: call it off the async threads.
+/// Loads every backend of `config`. See [`load`].
 pub fn load_all(config: &Config, ort_library: &Path) -> Result<BackendSet, ConfigErrors> {
+    let all: Vec<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
+    load(config, &all, ort_library)
+}
+
+/// Loads the backends of `config` named in `names`: ONNX models are loaded and warmed up (ONNX
+/// Runtime comes from `ort_library` the first time it is needed). Every failure is reported
+/// with its place. Blocking: call it off the async threads.
+pub fn load(config: &Config, names: &[&str], ort_library: &Path) -> Result<BackendSet, ConfigErrors> {
     let mut set = BackendSet::new();
     let mut issues = Vec::new();
-    for (i, spec) in config.backends.iter().enumerate() {
+    for (i, spec) in config.backends.iter().enumerate().filter(|(_, b)| names.contains(&b.name.as_str())) {
         let backend = match &spec.kind {
             BackendKind::Upstream(up) => Backend::Upstream(UpstreamBackend::new(&spec.name, up)),
             BackendKind::Onnx(onnx) => {
                 let loaded = runtime::environment(ort_library)
                     .map_err(|e| ("server.ort_library".to_string(), e.to_string()))
                     .and_then(|env| {
-                        OnnxBackend::load(&spec.name, onnx, &env)
-                            .map_err(|e| (format!("backends[{i}].onnx.path"), e))
+                        OnnxBackend::load(&spec.name, onnx, &env).map_err(|e| (format!("backends[{i}].onnx.path"), e))
                     });
                 match loaded {
                     Ok(b) => Backend::Onnx(b),
@@ -58,9 +63,6 @@ pub fn load_all(config: &Config, ort_library: &Path) -> Result<BackendSet, Confi
     if issues.is_empty() {
         Ok(set)
     } else {
-        Err(ConfigErrors {
-            file: config.source.clone(),
-            issues,
-        })
+        Err(ConfigErrors { file: config.source.clone(), issues })
     }
 }

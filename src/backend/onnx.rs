@@ -54,13 +54,12 @@ pub struct OnnxBackend {
     signature: Signature,
     jobs: Sender<Job>,
     queue: usize,
+    workers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for OnnxBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnnxBackend")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("OnnxBackend").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -75,24 +74,31 @@ impl OnnxBackend {
         let signature = signature(&sessions[0])?;
         let warmup = warmup_inputs(&signature);
         for session in &mut sessions {
-            run(session, name, warmup.clone(), None)
-                .map_err(|e| format!("warm-up inference failed: {e}"))?;
+            run(session, name, warmup.clone(), None).map_err(|e| format!("warm-up inference failed: {e}"))?;
         }
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(spec.queue);
+        let mut workers = Vec::with_capacity(sessions.len());
         for (i, session) in sessions.into_iter().enumerate() {
             let rx = rx.clone();
             let model = name.to_string();
-            std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name(format!("onnx-{name}-{i}"))
                 .spawn(move || worker(session, &model, rx))
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
+            workers.push(handle);
         }
-        Ok(OnnxBackend {
-            name: name.to_string(),
-            signature,
-            jobs,
-            queue: spec.queue,
-        })
+        Ok(OnnxBackend { name: name.to_string(), signature, jobs, queue: spec.queue, workers })
+    }
+
+    /// Closes the queue, lets the workers finish what is queued, and waits until every session
+    /// is released. Blocking: call it off the async threads. (Dropping the backend does the
+    /// same without waiting.)
+    pub fn shutdown(self) {
+        let OnnxBackend { jobs, workers, .. } = self;
+        drop(jobs);
+        for w in workers {
+            let _ = w.join();
+        }
     }
 
     /// What the model takes and gives.
@@ -102,29 +108,15 @@ impl OnnxBackend {
 
     /// Runs the model on a worker thread. `inputs` must already fit the signature, in its order;
     /// `outputs` selects outputs by name (all when `None`).
-    pub async fn infer(
-        &self,
-        inputs: Vec<Tensor>,
-        outputs: Option<Vec<String>>,
-    ) -> Result<Vec<Tensor>, InferError> {
+    pub async fn infer(&self, inputs: Vec<Tensor>, outputs: Option<Vec<String>>) -> Result<Vec<Tensor>, InferError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .try_send(Job {
-                inputs,
-                outputs,
-                reply,
-            })
-            .map_err(|e| match e {
-                TrySendError::Full(_) | TrySendError::Disconnected(_) => InferError::Overloaded {
-                    model: self.name.clone(),
-                    queued: self.queue,
-                },
-            })?;
+        self.jobs.try_send(Job { inputs, outputs, reply }).map_err(|e| match e {
+            TrySendError::Full(_) | TrySendError::Disconnected(_) => {
+                InferError::Overloaded { model: self.name.clone(), queued: self.queue }
+            }
+        })?;
         answer.await.unwrap_or_else(|_| {
-            Err(InferError::Failed {
-                model: self.name.clone(),
-                message: "worker thread stopped".into(),
-            })
+            Err(InferError::Failed { model: self.name.clone(), message: "worker thread stopped".into() })
         })
     }
 }
@@ -163,7 +155,9 @@ fn spec_of(kind: &str, name: &str, ty: &ValueType) -> Result<TensorSpec, String>
     match ty {
         ValueType::Tensor { ty, shape, .. } => {
             let datatype = datatype(*ty).ok_or_else(|| {
-                format!("{kind} {name:?} has element type {ty:?}, which the Open Inference Protocol gateway cannot carry")
+                format!(
+                    "{kind} {name:?} has element type {ty:?}, which the Open Inference Protocol gateway cannot carry"
+                )
             })?;
             Ok(TensorSpec { name: name.to_string(), datatype, shape: shape.to_vec() })
         }
@@ -175,16 +169,8 @@ fn spec_of(kind: &str, name: &str, ty: &ValueType) -> Result<TensorSpec, String>
 }
 
 fn signature(session: &Session) -> Result<Signature, String> {
-    let inputs = session
-        .inputs()
-        .iter()
-        .map(|o| spec_of("input", o.name(), o.dtype()))
-        .collect::<Result<_, _>>()?;
-    let outputs = session
-        .outputs()
-        .iter()
-        .map(|o| spec_of("output", o.name(), o.dtype()))
-        .collect::<Result<_, _>>()?;
+    let inputs = session.inputs().iter().map(|o| spec_of("input", o.name(), o.dtype())).collect::<Result<_, _>>()?;
+    let outputs = session.outputs().iter().map(|o| spec_of("output", o.name(), o.dtype())).collect::<Result<_, _>>()?;
     Ok(Signature { inputs, outputs })
 }
 
@@ -193,25 +179,14 @@ pub(crate) fn warmup_inputs(sig: &Signature) -> Vec<Tensor> {
     sig.inputs
         .iter()
         .map(|s| {
-            let shape: Vec<usize> = s
-                .shape
-                .iter()
-                .map(|&d| if d < 0 { 1 } else { d as usize })
-                .collect();
-            Tensor {
-                name: s.name.clone(),
-                data: TensorData::zeros(s.datatype, shape.iter().product()),
-                shape,
-            }
+            let shape: Vec<usize> = s.shape.iter().map(|&d| if d < 0 { 1 } else { d as usize }).collect();
+            Tensor { name: s.name.clone(), data: TensorData::zeros(s.datatype, shape.iter().product()), shape }
         })
         .collect()
 }
 
 fn worker(mut session: Session, model: &str, jobs: Receiver<Job>) {
-    debug_assert!(
-        tokio::runtime::Handle::try_current().is_err(),
-        "ONNX workers must not run inside a tokio runtime"
-    );
+    debug_assert!(tokio::runtime::Handle::try_current().is_err(), "ONNX workers must not run inside a tokio runtime");
     while let Ok(job) = jobs.recv() {
         if job.reply.is_closed() {
             continue; // the caller gave up (timeout, disconnect): don't spend a session on it
@@ -241,10 +216,7 @@ fn tensor_of(name: &str, value: &DynValue) -> ort::Result<Tensor> {
     macro_rules! extract {
         ($t:ty, $variant:ident) => {{
             let (shape, data) = value.try_extract_tensor::<$t>()?;
-            (
-                shape.iter().map(|&d| d.max(0) as usize).collect(),
-                TensorData::$variant(data.to_vec()),
-            )
+            (shape.iter().map(|&d| d.max(0) as usize).collect(), TensorData::$variant(data.to_vec()))
         }};
     }
     let ty = value.dtype().tensor_type();
@@ -264,11 +236,7 @@ fn tensor_of(name: &str, value: &DynValue) -> ort::Result<Tensor> {
             )))
         }
     };
-    Ok(Tensor {
-        name: name.to_string(),
-        shape,
-        data,
-    })
+    Ok(Tensor { name: name.to_string(), shape, data })
 }
 
 fn run(
@@ -280,15 +248,9 @@ fn run(
     let failed = |e: ort::Error| {
         let message = e.message().to_string();
         if e.code() == ort::ErrorCode::InvalidArgument {
-            InferError::Invalid {
-                model: model.to_string(),
-                message,
-            }
+            InferError::Invalid { model: model.to_string(), message }
         } else {
-            InferError::Failed {
-                model: model.to_string(),
-                message,
-            }
+            InferError::Failed { model: model.to_string(), message }
         }
     };
     let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());

@@ -29,12 +29,9 @@ pub fn locate(flag: Option<&Path>, config: Option<&Path>) -> PathBuf {
     if local.exists() {
         return local;
     }
-    let from_exe = std::env::current_exe().ok().and_then(|exe| {
-        exe.ancestors()
-            .skip(1)
-            .map(|dir| dir.join(".ort").join(LIBRARY_FILE))
-            .find(|p| p.exists())
-    });
+    let from_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().skip(1).map(|dir| dir.join(".ort").join(LIBRARY_FILE)).find(|p| p.exists()));
     from_exe.unwrap_or(local)
 }
 
@@ -60,20 +57,10 @@ pub fn environment(library: &Path) -> Result<Environment, RuntimeError> {
         )));
     }
     let env = ort::init_from(library)
-        .map_err(|e| {
-            RuntimeError(format!(
-                "cannot load ONNX Runtime from {}: {e}",
-                library.display()
-            ))
-        })?
+        .map_err(|e| RuntimeError(format!("cannot load ONNX Runtime from {}: {e}", library.display())))?
         .with_name("modelgate")
         .with_telemetry(false)
         .build()
-        .map_err(|e| {
-            RuntimeError(format!(
-                "cannot start ONNX Runtime from {}: {e}",
-                library.display()
-            ))
-        })?;
+        .map_err(|e| RuntimeError(format!("cannot start ONNX Runtime from {}: {e}", library.display())))?;
     Ok(ENVIRONMENT.get_or_init(|| env).clone())
 }

@@ -95,9 +95,7 @@ impl UpstreamBackend {
             .authority(self.base.authority().map_or("", |a| a.as_str()))
             .path_and_query(format!("{}{}", self.base_path, path_and_query))
             .build()
-            .map_err(|e| {
-                ApiError::bad_request(format!("cannot forward path {path_and_query:?}: {e}"))
-            })?;
+            .map_err(|e| ApiError::bad_request(format!("cannot forward path {path_and_query:?}: {e}")))?;
         let original_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
@@ -110,10 +108,7 @@ impl UpstreamBackend {
             Err(_) => {
                 return Err(ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "upstream {:?} did not answer within {:?}",
-                        self.name, self.request_timeout
-                    ),
+                    format!("upstream {:?} did not answer within {:?}", self.name, self.request_timeout),
                 ))
             }
             Ok(Err(e)) => return Err(self.classify(&e)),
@@ -157,16 +152,10 @@ impl UpstreamBackend {
         if e.is_connect() {
             return ApiError::new(
                 StatusCode::BAD_GATEWAY,
-                format!(
-                    "upstream {:?} at {} refused the connection: {root}",
-                    self.name, self.base
-                ),
+                format!("upstream {:?} at {} refused the connection: {root}", self.name, self.base),
             );
         }
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!("upstream {:?} at {} failed: {root}", self.name, self.base),
-        )
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream {:?} at {} failed: {root}", self.name, self.base))
     }
 }
 
@@ -198,9 +187,7 @@ fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<Heade
     if let Some(host) = host {
         headers.entry("x-forwarded-host").or_insert(host);
     }
-    headers
-        .entry("x-forwarded-proto")
-        .or_insert(HeaderValue::from_static("http"));
+    headers.entry("x-forwarded-proto").or_insert(HeaderValue::from_static("http"));
 }
 
 #[cfg(test)]
@@ -224,11 +211,7 @@ mod tests {
     fn forwarded_for_is_appended() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(
-            &mut h,
-            "127.0.0.1:5000".parse().unwrap(),
-            Some(HeaderValue::from_static("gw:8080")),
-        );
+        add_forwarded(&mut h, "127.0.0.1:5000".parse().unwrap(), Some(HeaderValue::from_static("gw:8080")));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "gw:8080");
     }

@@ -30,26 +30,14 @@ pub struct ConfigErrors {
 impl ConfigErrors {
     /// A single problem with `file`.
     pub fn one(file: &Path, place: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            issues: vec![ConfigIssue {
-                place: place.into(),
-                message: message.into(),
-            }],
-        }
+        Self { file: file.to_path_buf(), issues: vec![ConfigIssue { place: place.into(), message: message.into() }] }
     }
 }
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.issues.len();
-        write!(
-            f,
-            "{}: {} error{}",
-            self.file.display(),
-            n,
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "{}: {} error{}", self.file.display(), n, if n == 1 { "" } else { "s" })?;
         for issue in &self.issues {
             write!(f, "\n  {}: {issue}", self.file.display())?;
         }
@@ -63,9 +51,6 @@ pub(crate) struct Issues(pub Vec<ConfigIssue>);
 
 impl Issues {
     pub fn push(&mut self, place: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigIssue {
-            place: place.into(),
-            message: message.into(),
-        });
+        self.0.push(ConfigIssue { place: place.into(), message: message.into() });
     }
 }

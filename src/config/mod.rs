@@ -5,10 +5,11 @@
 
 mod error;
 mod raw;
+pub mod watch;
 
 use error::Issues;
 pub use error::{ConfigErrors, ConfigIssue};
-use raw::{RawBackend, RawConfig, RawRoute, RawServer};
+use raw::{RawBackend, RawConfig, RawRoute, RawServer, RawSticky};
 
 use http::Uri;
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use std::time::Duration;
 pub const DEFAULT_ORT_LIBRARY: &str = ".ort/libonnxruntime.so.1.31.1";
 
 /// A validated `routes.yaml`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
     /// The file this was read from; relative model paths are resolved against its folder.
@@ -39,6 +40,8 @@ pub struct Config {
 pub struct ServerSettings {
     /// Address of the inference listener.
     pub listen: SocketAddr,
+    /// Address of the admin listener (loopback by default).
+    pub admin_listen: SocketAddr,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
     /// How long a client may take to send the request head.
@@ -55,6 +58,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             max_body_bytes: 4 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
@@ -109,14 +113,103 @@ pub struct UpstreamSpec {
     pub request_timeout: Duration,
 }
 
-/// A route: what clients address, and the backend that answers.
+/// A route: what clients address, and how its variants share the traffic.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RouteSpec {
     /// How requests are matched.
     pub kind: RouteKind,
-    /// The backend's name; it exists in [`Config::backends`].
+    /// Which backends answer, and in what shares. Every backend named exists.
+    pub strategy: Strategy,
+    /// A copy of a share of requests for another backend (model routes only).
+    pub shadow: Option<ShadowSpec>,
+}
+
+/// A deployment strategy. Variants are named after their backends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Strategy {
+    /// `backend: x` — one backend, nothing to roll out.
+    Single {
+        /// The backend.
+        backend: String,
+    },
+    /// One copy in memory: a new backend replaces the old after it is unloaded; requests in the
+    /// gap get 503 with `Retry-After`.
+    Recreate {
+        /// The backend.
+        backend: String,
+    },
+    /// Both colours warm; all traffic on `active`, `preview` reachable only when pinned.
+    BlueGreen {
+        /// Serves the traffic.
+        active: String,
+        /// Warm, reachable through the override header or the version path.
+        preview: String,
+        /// How long the old colour stays warm after a switch.
+        scale_down_delay: Duration,
+    },
+    /// A weighted split between `stable` and `canary`.
+    Canary {
+        /// The current version.
+        stable: String,
+        /// The candidate.
+        canary: String,
+        /// Percent of traffic for the canary, 0..=100.
+        weight: f64,
+        /// Keeps a user on one side when a key is present.
+        sticky: Option<Sticky>,
+    },
+    /// Two or more arms, sticky per user.
+    AbTest {
+        /// Arms with relative weights, in name order (the order of their bucket ranges).
+        arms: Vec<(String, f64)>,
+        /// Where the user key comes from.
+        sticky: Sticky,
+    },
+}
+
+/// Where a sticky user key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// A request header (name lower-cased).
+    Header(String),
+    /// A cookie; with none, the gateway draws a key and sets the cookie.
+    Cookie(String),
+    /// A query parameter.
+    Query(String),
+}
+
+/// A share of requests copied to another backend, off the client's path.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ShadowSpec {
+    /// The backend that gets the copies.
     pub backend: String,
+    /// Percent of requests copied, 0..=100.
+    pub percent: f64,
+}
+
+impl Strategy {
+    /// The strategy's name as written in routes.yaml.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Single { .. } => "single",
+            Strategy::Recreate { .. } => "recreate",
+            Strategy::BlueGreen { .. } => "blue_green",
+            Strategy::Canary { .. } => "canary",
+            Strategy::AbTest { .. } => "ab_test",
+        }
+    }
+
+    /// Every backend that answers, in bucket order (stable / active first).
+    pub fn backends(&self) -> Vec<&str> {
+        match self {
+            Strategy::Single { backend } | Strategy::Recreate { backend } => vec![backend],
+            Strategy::BlueGreen { active, preview, .. } => vec![active, preview],
+            Strategy::Canary { stable, canary, .. } => vec![stable, canary],
+            Strategy::AbTest { arms, .. } => arms.iter().map(|(a, _)| a.as_str()).collect(),
+        }
+    }
 }
 
 /// How a route is addressed.
@@ -146,13 +239,22 @@ impl RouteSpec {
             RouteKind::Prefix { prefix, .. } => prefix,
         }
     }
+
+    /// Every backend the route needs loaded: its variants, then its shadow.
+    pub fn backends(&self) -> Vec<&str> {
+        let mut all = self.strategy.backends();
+        if let Some(shadow) = &self.shadow {
+            all.push(&shadow.backend);
+        }
+        all
+    }
 }
 
 impl Config {
     /// Reads and validates `path`. Every problem is reported, each with its place.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors::one(path, "file", format!("cannot read: {e}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigErrors::one(path, "file", format!("cannot read: {e}")))?;
         Self::parse(&text, path)
     }
 
@@ -162,10 +264,9 @@ impl Config {
             RawConfig::default()
         } else {
             serde_yaml_ng::from_str(text).map_err(|e| {
-                let place = e.location().map_or_else(
-                    || "file".to_string(),
-                    |l| format!("line {} column {}", l.line(), l.column()),
-                );
+                let place = e
+                    .location()
+                    .map_or_else(|| "file".to_string(), |l| format!("line {} column {}", l.line(), l.column()));
                 ConfigErrors::one(path, place, yaml_message(&e))
             })?
         };
@@ -175,17 +276,9 @@ impl Config {
         let backends = backends(&raw.backends, &base, &mut issues);
         let routes = routes(&raw.routes, &raw.backends, &mut issues);
         if issues.0.is_empty() {
-            Ok(Config {
-                source: path.to_path_buf(),
-                server,
-                backends,
-                routes,
-            })
+            Ok(Config { source: path.to_path_buf(), server, backends, routes })
         } else {
-            Err(ConfigErrors {
-                file: path.to_path_buf(),
-                issues: issues.0,
-            })
+            Err(ConfigErrors { file: path.to_path_buf(), issues: issues.0 })
         }
     }
 }
@@ -203,28 +296,20 @@ fn yaml_message(e: &serde_yaml_ng::Error) -> String {
 fn check_name(name: &str, place: &str, issues: &mut Issues) -> bool {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !ok {
         issues.push(
             place,
-            format!("invalid name {name:?}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"),
+            format!(
+                "invalid name {name:?}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            ),
         );
     }
     ok
 }
 
-fn duration(
-    value: &Option<String>,
-    default: Duration,
-    place: &str,
-    issues: &mut Issues,
-) -> Duration {
+fn duration(value: &Option<String>, default: Duration, place: &str, issues: &mut Issues) -> Duration {
     let Some(text) = value else { return default };
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() => {
@@ -233,24 +318,13 @@ fn duration(
         }
         Ok(d) => d,
         Err(e) => {
-            issues.push(
-                place,
-                format!(
-                    "invalid duration {text:?} ({e}); write it like \"250ms\", \"10s\" or \"2m\""
-                ),
-            );
+            issues.push(place, format!("invalid duration {text:?} ({e}); write it like \"250ms\", \"10s\" or \"2m\""));
             default
         }
     }
 }
 
-fn count(
-    value: Option<i64>,
-    default: usize,
-    max: usize,
-    place: &str,
-    issues: &mut Issues,
-) -> usize {
+fn count(value: Option<i64>, default: usize, max: usize, place: &str, issues: &mut Issues) -> usize {
     match value {
         None => default,
         Some(v) if v >= 1 && (v as u64) <= max as u64 => v as usize,
@@ -263,16 +337,15 @@ fn count(
 
 fn server(raw: &RawServer, issues: &mut Issues) -> ServerSettings {
     let d = ServerSettings::default();
-    let listen = match &raw.listen {
-        None => d.listen,
+    let address = |value: &Option<String>, default: SocketAddr, place: &str, issues: &mut Issues| match value {
+        None => default,
         Some(text) => text.parse().unwrap_or_else(|e| {
-            issues.push(
-                "server.listen",
-                format!("invalid address {text:?} ({e}); write it like \"127.0.0.1:8080\""),
-            );
-            d.listen
+            issues.push(place, format!("invalid address {text:?} ({e}); write it like \"127.0.0.1:8080\""));
+            default
         }),
     };
+    let listen = address(&raw.listen, d.listen, "server.listen", issues);
+    let admin_listen = address(&raw.admin_listen, d.admin_listen, "server.admin_listen", issues);
     let max_body_bytes = match raw.max_body_bytes {
         None => d.max_body_bytes,
         Some(0) => {
@@ -283,6 +356,7 @@ fn server(raw: &RawServer, issues: &mut Issues) -> ServerSettings {
     };
     ServerSettings {
         listen,
+        admin_listen,
         max_body_bytes,
         header_read_timeout: duration(
             &raw.header_read_timeout,
@@ -290,18 +364,8 @@ fn server(raw: &RawServer, issues: &mut Issues) -> ServerSettings {
             "server.header_read_timeout",
             issues,
         ),
-        request_timeout: duration(
-            &raw.request_timeout,
-            d.request_timeout,
-            "server.request_timeout",
-            issues,
-        ),
-        shutdown_grace: duration(
-            &raw.shutdown_grace,
-            d.shutdown_grace,
-            "server.shutdown_grace",
-            issues,
-        ),
+        request_timeout: duration(&raw.request_timeout, d.request_timeout, "server.request_timeout", issues),
+        shutdown_grace: duration(&raw.shutdown_grace, d.shutdown_grace, "server.shutdown_grace", issues),
         ort_library: raw.ort_library.as_ref().map(PathBuf::from),
     }
 }
@@ -315,85 +379,52 @@ fn backends(raw: &[RawBackend], base: &Path, issues: &mut Issues) -> Vec<Backend
             if let Some(first) = seen.insert(&b.name, i) {
                 issues.push(
                     format!("{place}.name"),
-                    format!(
-                        "duplicate backend name {:?} (first at backends[{first}])",
-                        b.name
-                    ),
+                    format!("duplicate backend name {:?} (first at backends[{first}])", b.name),
                 );
             }
         }
         let kind = match (&b.onnx, &b.upstream) {
-            (Some(onnx), None) => {
-                onnx_spec(onnx, base, &format!("{place}.onnx"), issues).map(BackendKind::Onnx)
-            }
-            (None, Some(up)) => {
-                upstream_spec(up, &format!("{place}.upstream"), issues).map(BackendKind::Upstream)
-            }
+            (Some(onnx), None) => onnx_spec(onnx, base, &format!("{place}.onnx"), issues).map(BackendKind::Onnx),
+            (None, Some(up)) => upstream_spec(up, &format!("{place}.upstream"), issues).map(BackendKind::Upstream),
             (Some(_), Some(_)) => {
                 issues.push(&place, "set either `onnx` or `upstream`, not both");
                 None
             }
             (None, None) => {
-                issues.push(
-                    &place,
-                    "missing `onnx: {path: ...}` or `upstream: {url: ...}`",
-                );
+                issues.push(&place, "missing `onnx: {path: ...}` or `upstream: {url: ...}`");
                 None
             }
         };
         if let Some(kind) = kind {
-            out.push(BackendSpec {
-                name: b.name.clone(),
-                kind,
-            });
+            out.push(BackendSpec { name: b.name.clone(), kind });
         }
     }
     out
 }
 
-fn onnx_spec(
-    raw: &raw::RawOnnx,
-    base: &Path,
-    place: &str,
-    issues: &mut Issues,
-) -> Option<OnnxSpec> {
+fn onnx_spec(raw: &raw::RawOnnx, base: &Path, place: &str, issues: &mut Issues) -> Option<OnnxSpec> {
     let path = base.join(&raw.path);
     let readable = match std::fs::File::open(&path) {
         Ok(f) => match f.metadata() {
             Ok(m) if m.is_file() => true,
             Ok(_) => {
-                issues.push(
-                    format!("{place}.path"),
-                    format!("{} is not a file", path.display()),
-                );
+                issues.push(format!("{place}.path"), format!("{} is not a file", path.display()));
                 false
             }
             Err(e) => {
-                issues.push(
-                    format!("{place}.path"),
-                    format!("cannot read {}: {e}", path.display()),
-                );
+                issues.push(format!("{place}.path"), format!("cannot read {}: {e}", path.display()));
                 false
             }
         },
         Err(e) => {
-            issues.push(
-                format!("{place}.path"),
-                format!("cannot open model file {}: {e}", path.display()),
-            );
+            issues.push(format!("{place}.path"), format!("cannot open model file {}: {e}", path.display()));
             false
         }
     };
     let spec = OnnxSpec {
         path,
         sessions: count(raw.sessions, 1, 64, &format!("{place}.sessions"), issues),
-        intra_op_threads: count(
-            raw.intra_op_threads,
-            1,
-            64,
-            &format!("{place}.intra_op_threads"),
-            issues,
-        ),
+        intra_op_threads: count(raw.intra_op_threads, 1, 64, &format!("{place}.intra_op_threads"), issues),
         queue: count(raw.queue, 128, 100_000, &format!("{place}.queue"), issues),
     };
     readable.then_some(spec)
@@ -413,82 +444,169 @@ fn upstream_spec(raw: &raw::RawUpstream, place: &str, issues: &mut Issues) -> Op
             };
             match problem {
                 Some(p) => {
-                    issues.push(
-                        format!("{place}.url"),
-                        format!("invalid upstream URL {:?}: {p}", raw.url),
-                    );
+                    issues.push(format!("{place}.url"), format!("invalid upstream URL {:?}: {p}", raw.url));
                     None
                 }
                 None => Some(u),
             }
         }
         Err(e) => {
-            issues.push(
-                format!("{place}.url"),
-                format!("invalid upstream URL {:?}: {e}", raw.url),
-            );
+            issues.push(format!("{place}.url"), format!("invalid upstream URL {:?}: {e}", raw.url));
             None
         }
     };
     let d = Duration::from_secs(1);
-    let connect_timeout = duration(
-        &raw.connect_timeout,
-        d,
-        &format!("{place}.connect_timeout"),
-        issues,
-    );
-    let request_timeout = duration(
-        &raw.request_timeout,
-        Duration::from_secs(30),
-        &format!("{place}.request_timeout"),
-        issues,
-    );
-    url.map(|url| UpstreamSpec {
-        url,
-        connect_timeout,
-        request_timeout,
-    })
+    let connect_timeout = duration(&raw.connect_timeout, d, &format!("{place}.connect_timeout"), issues);
+    let request_timeout =
+        duration(&raw.request_timeout, Duration::from_secs(30), &format!("{place}.request_timeout"), issues);
+    url.map(|url| UpstreamSpec { url, connect_timeout, request_timeout })
 }
 
 /// A path prefix for proxying: starts and ends with `/`, and stays clear of the OIP paths.
 fn check_prefix(text: &str, place: &str, issues: &mut Issues) -> Option<String> {
     if !text.starts_with('/') || text.contains(['?', '#', ' ']) {
-        issues.push(
-            place,
-            format!("invalid path {text:?}: must start with '/' and hold no '?', '#' or spaces"),
-        );
+        issues.push(place, format!("invalid path {text:?}: must start with '/' and hold no '?', '#' or spaces"));
         return None;
     }
-    let normal = if text.ends_with('/') {
-        text.to_string()
-    } else {
-        format!("{text}/")
-    };
+    let normal = if text.ends_with('/') { text.to_string() } else { format!("{text}/") };
     Some(normal)
 }
 
+fn sticky(raw: &RawSticky, place: &str, issues: &mut Issues) -> Option<Sticky> {
+    let valid = |name: &str| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let sticky = match (&raw.header, &raw.cookie, &raw.query) {
+        (Some(h), None, None) => Sticky::Header(h.to_ascii_lowercase()),
+        (None, Some(c), None) => Sticky::Cookie(c.clone()),
+        (None, None, Some(q)) => Sticky::Query(q.clone()),
+        _ => {
+            issues.push(place, "set exactly one of `header`, `cookie` or `query`");
+            return None;
+        }
+    };
+    let (Sticky::Header(name) | Sticky::Cookie(name) | Sticky::Query(name)) = &sticky;
+    if !valid(name) {
+        issues.push(place, format!("invalid key name {name:?}: use letters, digits, '-', '_' or '.'"));
+        return None;
+    }
+    Some(sticky)
+}
+
+fn percent(value: f64, place: &str, issues: &mut Issues) -> bool {
+    let ok = value.is_finite() && (0.0..=100.0).contains(&value);
+    if !ok {
+        issues.push(place, format!("must be a percentage between 0 and 100, got {value}"));
+    }
+    ok
+}
+
+fn strategy(r: &RawRoute, place: &str, issues: &mut Issues) -> Option<Strategy> {
+    let s = match (&r.backend, &r.strategy) {
+        (Some(b), None) => return Some(Strategy::Single { backend: b.clone() }),
+        (Some(_), Some(_)) => {
+            issues.push(place, "set either `backend` or `strategy`, not both");
+            return None;
+        }
+        (None, None) => {
+            issues.push(
+                place,
+                "missing `backend: <name>` or `strategy: {recreate | blue_green | canary | ab_test: ...}`",
+            );
+            return None;
+        }
+        (None, Some(s)) => s,
+    };
+    let place = format!("{place}.strategy");
+    let set = [s.recreate.is_some(), s.blue_green.is_some(), s.canary.is_some(), s.ab_test.is_some()];
+    if set.iter().filter(|x| **x).count() != 1 {
+        issues.push(&place, "set exactly one of `recreate`, `blue_green`, `canary` or `ab_test`");
+        return None;
+    }
+    if let Some(r) = &s.recreate {
+        return Some(Strategy::Recreate { backend: r.backend.clone() });
+    }
+    if let Some(bg) = &s.blue_green {
+        let place = format!("{place}.blue_green");
+        if bg.active == bg.preview {
+            issues.push(format!("{place}.preview"), format!("preview must differ from active ({:?})", bg.active));
+        }
+        let delay =
+            duration(&bg.scale_down_delay, Duration::from_secs(30), &format!("{place}.scale_down_delay"), issues);
+        return Some(Strategy::BlueGreen {
+            active: bg.active.clone(),
+            preview: bg.preview.clone(),
+            scale_down_delay: delay,
+        });
+    }
+    if let Some(c) = &s.canary {
+        let place = format!("{place}.canary");
+        if c.stable == c.canary {
+            issues.push(format!("{place}.canary"), format!("canary must differ from stable ({:?})", c.stable));
+        }
+        percent(c.weight, &format!("{place}.weight"), issues);
+        let st = c.sticky.as_ref().and_then(|st| sticky(st, &format!("{place}.sticky"), issues));
+        return Some(Strategy::Canary {
+            stable: c.stable.clone(),
+            canary: c.canary.clone(),
+            weight: c.weight,
+            sticky: st,
+        });
+    }
+    let ab = s.ab_test.as_ref()?;
+    let place = format!("{place}.ab_test");
+    if ab.variants.len() < 2 {
+        issues.push(
+            format!("{place}.variants"),
+            format!("an A/B test needs at least two variants, got {}", ab.variants.len()),
+        );
+    }
+    for (name, w) in &ab.variants {
+        if !(w.is_finite() && *w >= 0.0) {
+            issues.push(format!("{place}.variants.{name}"), format!("weight must be zero or more, got {w}"));
+        }
+    }
+    if ab.variants.values().all(|w| *w <= 0.0) {
+        issues.push(format!("{place}.variants"), "at least one weight must be above zero");
+    }
+    let st = sticky(&ab.sticky, &format!("{place}.sticky"), issues)?;
+    Some(Strategy::AbTest { arms: ab.variants.iter().map(|(k, v)| (k.clone(), *v)).collect(), sticky: st })
+}
+
 fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut Issues) -> Vec<RouteSpec> {
-    let backend_kinds: HashMap<&str, bool> = raw_backends
-        .iter()
-        .map(|b| (b.name.as_str(), b.upstream.is_some() && b.onnx.is_none()))
-        .collect();
+    let is_upstream: HashMap<&str, bool> =
+        raw_backends.iter().map(|b| (b.name.as_str(), b.upstream.is_some() && b.onnx.is_none())).collect();
+    let known: Vec<&str> = raw_backends.iter().map(|b| b.name.as_str()).collect();
     let mut models: HashMap<String, usize> = HashMap::new();
     let mut prefixes: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::with_capacity(raw.len());
     for (i, r) in raw.iter().enumerate() {
         let place = format!("routes[{i}]");
-        let is_upstream = backend_kinds.get(r.backend.as_str()).copied();
-        if is_upstream.is_none() {
-            let known: Vec<&str> = raw_backends.iter().map(|b| b.name.as_str()).collect();
-            issues.push(
-                format!("{place}.backend"),
-                format!(
-                    "unknown backend {:?} (backends: {})",
-                    r.backend,
-                    known.join(", ")
-                ),
-            );
+        let strategy = strategy(r, &place, issues);
+        let backend_place = if r.strategy.is_some() { format!("{place}.strategy") } else { format!("{place}.backend") };
+        let mut all_known = true;
+        let named: Vec<&str> = strategy.as_ref().map(Strategy::backends).unwrap_or_default();
+        for b in &named {
+            if !is_upstream.contains_key(b) {
+                all_known = false;
+                issues.push(&backend_place, format!("unknown backend {b:?} (backends: {})", known.join(", ")));
+            }
         }
+        let shadow = r.shadow.as_ref().and_then(|sh| {
+            let ok_backend = is_upstream.contains_key(sh.backend.as_str());
+            if !ok_backend {
+                issues.push(
+                    format!("{place}.shadow.backend"),
+                    format!("unknown backend {:?} (backends: {})", sh.backend, known.join(", ")),
+                );
+            }
+            if named.contains(&sh.backend.as_str()) {
+                issues.push(
+                    format!("{place}.shadow.backend"),
+                    format!("{:?} already answers this route; shadow another backend", sh.backend),
+                );
+            }
+            let ok_percent = percent(sh.percent, &format!("{place}.shadow.percent"), issues);
+            (ok_backend && ok_percent).then(|| ShadowSpec { backend: sh.backend.clone(), percent: sh.percent })
+        });
         let kind = match (&r.model, &r.path_prefix) {
             (Some(name), None) => {
                 let mut ok = check_name(name, &format!("{place}.model"), issues);
@@ -502,24 +620,18 @@ fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut Issues) ->
                     }
                 }
                 if r.rewrite.is_some() {
-                    issues.push(
-                        format!("{place}.rewrite"),
-                        "only path_prefix routes can rewrite paths",
-                    );
+                    issues.push(format!("{place}.rewrite"), "only path_prefix routes can rewrite paths");
                 }
                 if let Some(up) = &r.upstream_model {
-                    if is_upstream == Some(false) {
+                    if all_known && !named.iter().any(|b| is_upstream.get(b) == Some(&true)) {
                         issues.push(
                             format!("{place}.upstream_model"),
-                            format!("backend {:?} runs in-process; upstream_model applies to upstream backends", r.backend),
+                            "every backend of this route runs in-process; upstream_model applies to upstream backends",
                         );
                     }
                     ok &= check_name(up, &format!("{place}.upstream_model"), issues);
                 }
-                ok.then(|| RouteKind::Model {
-                    name: name.clone(),
-                    upstream_model: r.upstream_model.clone(),
-                })
+                ok.then(|| RouteKind::Model { name: name.clone(), upstream_model: r.upstream_model.clone() })
             }
             (None, Some(prefix)) => {
                 let place_p = format!("{place}.path_prefix");
@@ -528,28 +640,27 @@ fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut Issues) ->
                     if p == "/v2/" || p.starts_with("/v2/") {
                         issues.push(&place_p, format!("{p:?} overlaps the Open Inference Protocol paths under /v2/; route models with `model:`"));
                     } else if let Some(first) = prefixes.insert(p.clone(), i) {
+                        issues.push(&place_p, format!("duplicate path_prefix {p:?} (first at routes[{first}])"));
+                    }
+                }
+                for b in &named {
+                    if is_upstream.get(b) == Some(&false) {
                         issues.push(
-                            &place_p,
-                            format!("duplicate path_prefix {p:?} (first at routes[{first}])"),
+                            &backend_place,
+                            format!("backend {b:?} is an ONNX model; path_prefix routes need upstream backends"),
                         );
                     }
                 }
-                if is_upstream == Some(false) {
-                    issues.push(
-                        format!("{place}.backend"),
-                        format!("backend {:?} is an ONNX model; path_prefix routes need an upstream backend", r.backend),
-                    );
-                }
                 if r.upstream_model.is_some() {
+                    issues.push(format!("{place}.upstream_model"), "only model routes name an upstream model");
+                }
+                if r.shadow.is_some() {
                     issues.push(
-                        format!("{place}.upstream_model"),
-                        "only model routes name an upstream model",
+                        format!("{place}.shadow"),
+                        "shadow traffic applies to model routes, not path_prefix routes",
                     );
                 }
-                let rewrite = r
-                    .rewrite
-                    .as_ref()
-                    .and_then(|w| check_prefix(w, &format!("{place}.rewrite"), issues));
+                let rewrite = r.rewrite.as_ref().and_then(|w| check_prefix(w, &format!("{place}.rewrite"), issues));
                 prefix.map(|prefix| RouteKind::Prefix { prefix, rewrite })
             }
             (Some(_), Some(_)) => {
@@ -561,11 +672,8 @@ fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut Issues) ->
                 None
             }
         };
-        if let (Some(kind), Some(_)) = (kind, is_upstream) {
-            out.push(RouteSpec {
-                kind,
-                backend: r.backend.clone(),
-            });
+        if let (Some(kind), Some(strategy), true) = (kind, strategy, all_known) {
+            out.push(RouteSpec { kind, strategy, shadow });
         }
     }
     out

@@ -2,6 +2,7 @@
 //! [`super::Config`] is what the rest of the gateway uses; it is made from these by validation.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -20,6 +21,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub header_read_timeout: Option<String>,
     pub request_timeout: Option<String>,
@@ -55,13 +57,78 @@ pub struct RawUpstream {
     pub request_timeout: Option<String>,
 }
 
-/// One entry of `routes:`; exactly one of `model` and `path_prefix` must be set.
+/// One entry of `routes:`; exactly one of `model` and `path_prefix`, and exactly one of
+/// `backend` and `strategy`, must be set.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub model: Option<String>,
     pub path_prefix: Option<String>,
-    pub backend: String,
+    pub backend: Option<String>,
+    pub strategy: Option<RawStrategy>,
+    pub shadow: Option<RawShadow>,
     pub rewrite: Option<String>,
     pub upstream_model: Option<String>,
+}
+
+/// `routes[i].strategy:` — exactly one of the deployment strategies must be set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStrategy {
+    pub recreate: Option<RawRecreate>,
+    pub blue_green: Option<RawBlueGreen>,
+    pub canary: Option<RawCanary>,
+    pub ab_test: Option<RawAbTest>,
+}
+
+/// `strategy.recreate:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecreate {
+    pub backend: String,
+}
+
+/// `strategy.blue_green:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBlueGreen {
+    pub active: String,
+    pub preview: String,
+    pub scale_down_delay: Option<String>,
+}
+
+/// `strategy.canary:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    pub stable: String,
+    pub canary: String,
+    #[serde(default)]
+    pub weight: f64,
+    pub sticky: Option<RawSticky>,
+}
+
+/// `strategy.ab_test:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAbTest {
+    pub variants: BTreeMap<String, f64>,
+    pub sticky: RawSticky,
+}
+
+/// Where a sticky key comes from; exactly one field must be set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub query: Option<String>,
+}
+
+/// `routes[i].shadow:` — a copy of a share of requests goes to another backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub backend: String,
+    pub percent: f64,
 }

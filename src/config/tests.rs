@@ -2,10 +2,7 @@ use super::*;
 use std::io::Write;
 
 fn write_model(dir: &Path, name: &str) {
-    std::fs::File::create(dir.join(name))
-        .unwrap()
-        .write_all(b"not really onnx")
-        .unwrap();
+    std::fs::File::create(dir.join(name)).unwrap().write_all(b"not really onnx").unwrap();
 }
 
 fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigErrors> {
@@ -38,22 +35,12 @@ routes:
     )
     .unwrap();
     assert_eq!(c.server, ServerSettings::default());
-    let BackendKind::Onnx(o) = &c.backends[0].kind else {
-        panic!()
-    };
+    let BackendKind::Onnx(o) = &c.backends[0].kind else { panic!() };
     assert_eq!(o.path, dir.path().join("m.onnx"));
     assert_eq!((o.sessions, o.intra_op_threads), (2, 1));
-    let BackendKind::Upstream(u) = &c.backends[1].kind else {
-        panic!()
-    };
+    let BackendKind::Upstream(u) = &c.backends[1].kind else { panic!() };
     assert_eq!(u.request_timeout, Duration::from_millis(250));
-    assert_eq!(
-        c.routes[1].kind,
-        RouteKind::Prefix {
-            prefix: "/echo/".into(),
-            rewrite: Some("/".into())
-        }
-    );
+    assert_eq!(c.routes[1].kind, RouteKind::Prefix { prefix: "/echo/".into(), rewrite: Some("/".into()) });
 }
 
 #[test]
@@ -100,40 +87,24 @@ routes:
         "routes[1].backend: unknown backend \"risk-v3\"",
         "routes[1].model: duplicate model \"risk\" (first at routes[0])",
         "routes[2].path_prefix: \"/v2/models/\" overlaps the Open Inference Protocol paths",
-        "routes[3].backend: backend \"m\" is an ONNX model; path_prefix routes need an upstream backend",
+        "routes[3].backend: backend \"m\" is an ONNX model; path_prefix routes need upstream backends",
         "routes[4]: missing `model: <name>` or `path_prefix: /<path>/`",
     ];
     for want in expect {
-        assert!(
-            got.iter().any(|g| g.starts_with(want)),
-            "missing {want:?} in {got:#?}"
-        );
+        assert!(got.iter().any(|g| g.starts_with(want)), "missing {want:?} in {got:#?}");
     }
     assert_eq!(got.len(), expect.len(), "{got:#?}");
     let shown = e.to_string();
-    assert!(
-        shown.starts_with(&format!(
-            "{}: 12 errors",
-            dir.path().join("routes.yaml").display()
-        )),
-        "{shown}"
-    );
+    assert!(shown.starts_with(&format!("{}: 12 errors", dir.path().join("routes.yaml").display())), "{shown}");
 }
 
 #[test]
 fn syntax_and_unknown_fields_name_the_line() {
     let dir = tempfile::tempdir().unwrap();
-    let e = parse_in(
-        dir.path(),
-        "backends:\n  - name: m\n    onnx: {path: m.onnx, sesions: 2}\n",
-    )
-    .unwrap_err();
+    let e = parse_in(dir.path(), "backends:\n  - name: m\n    onnx: {path: m.onnx, sesions: 2}\n").unwrap_err();
     assert_eq!(e.issues.len(), 1);
     assert!(e.issues[0].place.starts_with("line 3 column"), "{e}");
-    assert!(
-        e.issues[0].message.contains("unknown field `sesions`"),
-        "{e}"
-    );
+    assert!(e.issues[0].message.contains("unknown field `sesions`"), "{e}");
     let e = parse_in(dir.path(), "routes: [\n").unwrap_err();
     assert!(e.issues[0].place.starts_with("line "), "{e}");
 }
@@ -148,9 +119,6 @@ fn empty_file_is_a_valid_gateway_with_no_routes() {
 #[test]
 fn unreadable_file_is_reported_by_name() {
     let e = Config::load(Path::new("/nonexistent/routes.yaml")).unwrap_err();
-    assert!(
-        e.to_string().contains("/nonexistent/routes.yaml: 1 error"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("/nonexistent/routes.yaml: 1 error"), "{e}");
     assert_eq!(e.issues[0].place, "file");
 }

@@ -18,11 +18,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with `status` and `message`.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self { status, message: message.into(), retry_after: None }
     }
     /// 400: the request is malformed or does not fit the model.
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -34,10 +30,7 @@ impl ApiError {
     }
     /// 503 with `Retry-After`: try again shortly.
     pub fn unavailable(message: impl Into<String>, retry_after: Duration) -> Self {
-        Self {
-            retry_after: Some(retry_after),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
-        }
+        Self { retry_after: Some(retry_after), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message) }
     }
     /// 500: the gateway or the model failed.
     pub fn internal(message: impl Into<String>) -> Self {

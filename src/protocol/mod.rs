@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod oip;
+pub mod request_id;
 pub mod tensor;
 
 pub use error::ApiError;

@@ -70,32 +70,22 @@ impl InferRequest {
                     names(&sig.inputs)
                 )));
             }
-            if self.inputs[..i]
-                .iter()
-                .any(|other| other.name == input.name)
-            {
-                return Err(ApiError::bad_request(format!(
-                    "input {:?} is given twice",
-                    input.name
-                )));
+            if self.inputs[..i].iter().any(|other| other.name == input.name) {
+                return Err(ApiError::bad_request(format!("input {:?} is given twice", input.name)));
             }
         }
         sig.inputs
             .iter()
             .map(|spec| {
-                let input = self
-                    .inputs
-                    .iter()
-                    .find(|i| i.name == spec.name)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "missing input {:?} ({} {}); the model's inputs are: {}",
-                            spec.name,
-                            spec.datatype,
-                            shape_text(&spec.shape),
-                            names(&sig.inputs)
-                        ))
-                    })?;
+                let input = self.inputs.iter().find(|i| i.name == spec.name).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "missing input {:?} ({} {}); the model's inputs are: {}",
+                        spec.name,
+                        spec.datatype,
+                        shape_text(&spec.shape),
+                        names(&sig.inputs)
+                    ))
+                })?;
                 decode_input(input, spec)
             })
             .collect()
@@ -125,11 +115,7 @@ impl InferRequest {
 }
 
 fn names(specs: &[TensorSpec]) -> String {
-    specs
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// `[-1, 30]`
@@ -153,11 +139,7 @@ fn decode_input(input: &RequestInput, spec: &TensorSpec) -> Result<Tensor, ApiEr
         )));
     }
     let fits = input.shape.len() == spec.shape.len()
-        && input
-            .shape
-            .iter()
-            .zip(&spec.shape)
-            .all(|(&got, &want)| got >= 0 && (want < 0 || got == want));
+        && input.shape.iter().zip(&spec.shape).all(|(&got, &want)| got >= 0 && (want < 0 || got == want));
     if !fits {
         return Err(ApiError::bad_request(format!(
             "input {name:?}: expected shape {} (-1: any size), got {}",
@@ -166,32 +148,21 @@ fn decode_input(input: &RequestInput, spec: &TensorSpec) -> Result<Tensor, ApiEr
         )));
     }
     let shape: Vec<usize> = input.shape.iter().map(|&d| d as usize).collect();
-    let expected = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "input {name:?}: shape {} has too many elements",
-                shape_text(&shape)
-            ))
-        })?;
+    let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
+        ApiError::bad_request(format!("input {name:?}: shape {} has too many elements", shape_text(&shape)))
+    })?;
     let data = decode_data(&input.data, datatype, expected).map_err(|e| {
         ApiError::bad_request(match e {
             DataError::NotArray => format!("input {name:?}: data must be a JSON array"),
             DataError::Element { index, found } => {
                 format!("input {name:?}: element {index} is {found}, not a valid {datatype} value")
             }
-            DataError::Count { found } => format!(
-                "input {name:?}: shape {} needs {expected} elements, data has {found}",
-                shape_text(&shape)
-            ),
+            DataError::Count { found } => {
+                format!("input {name:?}: shape {} needs {expected} elements, data has {found}", shape_text(&shape))
+            }
         })
     })?;
-    Ok(Tensor {
-        name: name.clone(),
-        shape,
-        data,
-    })
+    Ok(Tensor { name: name.clone(), shape, data })
 }
 
 enum DataError {
@@ -260,28 +231,19 @@ fn collect<T: Element>(data: &Value, expected: usize) -> Result<Vec<T>, DataErro
     let mut out = Vec::with_capacity(expected.min(1 << 16));
     push_all(data, &mut out, expected)?;
     if out.len() != expected {
-        return Err(DataError::Count {
-            found: out.len().to_string(),
-        });
+        return Err(DataError::Count { found: out.len().to_string() });
     }
     Ok(out)
 }
 
 fn push_all<T: Element>(v: &Value, out: &mut Vec<T>, expected: usize) -> Result<(), DataError> {
     match v {
-        Value::Array(items) => items
-            .iter()
-            .try_for_each(|item| push_all(item, out, expected)),
+        Value::Array(items) => items.iter().try_for_each(|item| push_all(item, out, expected)),
         leaf => {
             if out.len() == expected {
-                return Err(DataError::Count {
-                    found: format!("more than {expected}"),
-                });
+                return Err(DataError::Count { found: format!("more than {expected}") });
             }
-            let x = T::from_json(leaf).ok_or_else(|| DataError::Element {
-                index: out.len(),
-                found: snippet(leaf),
-            })?;
+            let x = T::from_json(leaf).ok_or_else(|| DataError::Element { index: out.len(), found: snippet(leaf) })?;
             out.push(x);
             Ok(())
         }
@@ -332,12 +294,7 @@ pub struct ResponseOutput<'a> {
 impl<'a> ResponseOutput<'a> {
     /// Borrows a tensor for encoding.
     pub fn from_tensor(t: &'a Tensor) -> Self {
-        Self {
-            name: &t.name,
-            datatype: t.data.datatype().as_str(),
-            shape: &t.shape,
-            data: &t.data,
-        }
+        Self { name: &t.name, datatype: t.data.datatype().as_str(), shape: &t.shape, data: &t.data }
     }
 }
 

@@ -4,22 +4,10 @@ use super::tensor::*;
 fn sig() -> Signature {
     Signature {
         inputs: vec![
-            TensorSpec {
-                name: "x".into(),
-                datatype: DataType::Fp32,
-                shape: vec![-1, 3],
-            },
-            TensorSpec {
-                name: "flag".into(),
-                datatype: DataType::Bool,
-                shape: vec![-1],
-            },
+            TensorSpec { name: "x".into(), datatype: DataType::Fp32, shape: vec![-1, 3] },
+            TensorSpec { name: "flag".into(), datatype: DataType::Bool, shape: vec![-1] },
         ],
-        outputs: vec![TensorSpec {
-            name: "y".into(),
-            datatype: DataType::Int64,
-            shape: vec![-1],
-        }],
+        outputs: vec![TensorSpec { name: "y".into(), datatype: DataType::Int64, shape: vec![-1] }],
     }
 }
 
@@ -43,10 +31,7 @@ fn flat_and_nested_data_decode_the_same_in_model_order() {
     assert_eq!(flat, nested);
     assert_eq!(flat[0].name, "x");
     assert_eq!(flat[0].shape, vec![2, 3]);
-    assert_eq!(
-        flat[0].data,
-        TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5])
-    );
+    assert_eq!(flat[0].data, TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]));
     assert_eq!(flat[1].data, TensorData::Bool(vec![true, false]));
 }
 
@@ -54,10 +39,7 @@ fn flat_and_nested_data_decode_the_same_in_model_order() {
 fn each_refusal_names_the_problem() {
     let cases = [
         (r#"{"inputs": ["#, "malformed JSON"),
-        (
-            r#"{"input": []}"#,
-            "invalid inference request: missing field `inputs`",
-        ),
+        (r#"{"input": []}"#, "invalid inference request: missing field `inputs`"),
         (
             r#"{"inputs":[{"name":"z","shape":[1],"datatype":"BOOL","data":[true]}]}"#,
             "unknown input \"z\"; the model's inputs are: x, flag",
@@ -109,49 +91,28 @@ fn each_refusal_names_the_problem() {
     ];
     for (body, want) in cases {
         let got = decode(body).unwrap_err();
-        assert!(
-            got.starts_with(want),
-            "body {body}\n got  {got}\n want {want}"
-        );
+        assert!(got.starts_with(want), "body {body}\n got  {got}\n want {want}");
     }
 }
 
 #[test]
 fn integer_ranges_are_checked() {
     let s = Signature {
-        inputs: vec![TensorSpec {
-            name: "i".into(),
-            datatype: DataType::Int8,
-            shape: vec![2],
-        }],
+        inputs: vec![TensorSpec { name: "i".into(), datatype: DataType::Int8, shape: vec![2] }],
         outputs: vec![],
     };
-    let ok = InferRequest::from_json(
-        br#"{"inputs":[{"name":"i","shape":[2],"datatype":"INT8","data":[-128,127]}]}"#,
-    )
-    .unwrap();
-    assert_eq!(
-        ok.decode_inputs(&s).unwrap()[0].data,
-        TensorData::Int8(vec![-128, 127])
-    );
-    let bad = InferRequest::from_json(
-        br#"{"inputs":[{"name":"i","shape":[2],"datatype":"INT8","data":[1,128]}]}"#,
-    )
-    .unwrap();
-    assert!(bad
-        .decode_inputs(&s)
-        .unwrap_err()
-        .message
-        .contains("element 1 is 128"));
+    let ok = InferRequest::from_json(br#"{"inputs":[{"name":"i","shape":[2],"datatype":"INT8","data":[-128,127]}]}"#)
+        .unwrap();
+    assert_eq!(ok.decode_inputs(&s).unwrap()[0].data, TensorData::Int8(vec![-128, 127]));
+    let bad =
+        InferRequest::from_json(br#"{"inputs":[{"name":"i","shape":[2],"datatype":"INT8","data":[1,128]}]}"#).unwrap();
+    assert!(bad.decode_inputs(&s).unwrap_err().message.contains("element 1 is 128"));
 }
 
 #[test]
 fn output_selection_is_checked() {
     let req = InferRequest::from_json(br#"{"inputs":[],"outputs":[{"name":"y"}]}"#).unwrap();
-    assert_eq!(
-        req.selected_outputs(&sig()).unwrap(),
-        Some(vec!["y".to_string()])
-    );
+    assert_eq!(req.selected_outputs(&sig()).unwrap(), Some(vec!["y".to_string()]));
     let req = InferRequest::from_json(br#"{"inputs":[],"outputs":[{"name":"nope"}]}"#).unwrap();
     assert_eq!(
         req.selected_outputs(&sig()).unwrap_err().message,

@@ -3,20 +3,62 @@
 //! Readers call [`SharedTable::load`] once per request and never lock; every change builds a
 //! whole new [`RouteTable`] and swaps it in.
 
-use crate::backend::{Backend, BackendSet};
-use crate::config::{Config, RouteKind};
-use crate::protocol::ApiError;
+pub mod assign;
+mod path;
+
+pub use path::normalize_path;
+
+use crate::backend::Backend;
+use crate::config::{RouteKind, Sticky};
+use crate::telemetry::shadow::ShadowStats;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A backend in a route's rollout. With one backend per route, the variant is named after it.
+/// What a variant is in its route's rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The only backend of a single or recreate route.
+    Primary,
+    /// Canary: the current version.
+    Stable,
+    /// Canary: the candidate.
+    Canary,
+    /// Blue-green: serving.
+    Active,
+    /// Blue-green: warm, reachable only when pinned.
+    Preview,
+    /// A/B: one arm.
+    Arm,
+}
+
+/// A backend in a route's rollout, named after its backend.
 #[derive(Debug)]
 pub struct Variant {
-    /// Name clients can pin with `/versions/{name}`.
+    /// Name clients can pin with `/versions/{name}` or `x-modelgate-variant`.
     pub name: String,
+    /// Its part in the rollout.
+    pub role: Role,
     /// What answers.
     pub backend: Arc<Backend>,
+    /// Share of unpinned traffic, in percent.
+    pub weight: f64,
+    /// Exclusive upper end of its bucket range; the range starts where the previous variant's ends.
+    pub upper: u32,
+}
+
+/// Where a copy of a share of a route's requests goes.
+#[derive(Debug)]
+pub struct ShadowTarget {
+    /// The shadow backend's name.
+    pub name: String,
+    /// The shadow backend.
+    pub backend: Arc<Backend>,
+    /// Percent of requests copied.
+    pub percent: f64,
+    /// Agreement with the primary, kept across table swaps.
+    pub stats: Arc<ShadowStats>,
 }
 
 /// A route: what clients address, and the variants that can answer.
@@ -26,28 +68,18 @@ pub struct Route {
     pub name: String,
     /// How the route is addressed.
     pub kind: RouteKind,
-    /// At least one.
+    /// The strategy's name.
+    pub strategy: &'static str,
+    /// Salt of the sticky bucket hash: the route's name, the same on every replica.
+    pub salt: String,
+    /// In bucket order; at least one unless the route is unavailable.
     pub variants: Vec<Variant>,
-}
-
-impl Route {
-    /// The variant that answers: the one named by `version`, else the first.
-    pub fn variant(&self, version: Option<&str>) -> Result<&Variant, ApiError> {
-        match version {
-            None => self
-                .variants
-                .first()
-                .ok_or_else(|| ApiError::internal(format!("route {:?} has no variant", self.name))),
-            Some(v) => self.variants.iter().find(|x| x.name == v).ok_or_else(|| {
-                let known: Vec<&str> = self.variants.iter().map(|x| x.name.as_str()).collect();
-                ApiError::not_found(format!(
-                    "model {:?} has no version {v:?}; versions: {}",
-                    self.name,
-                    known.join(", ")
-                ))
-            }),
-        }
-    }
+    /// Where sticky keys come from, if anywhere.
+    pub sticky: Option<Sticky>,
+    /// Shadow traffic, if any.
+    pub shadow: Option<ShadowTarget>,
+    /// Set while the route cannot answer (a recreate in progress): requests get 503.
+    pub unavailable: Option<String>,
 }
 
 /// One immutable snapshot of every route.
@@ -61,25 +93,12 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds the table for a validated config whose backends are loaded.
-    pub fn build(config: &Config, backends: &BackendSet, generation: u64) -> RouteTable {
-        let mut table = RouteTable {
-            generation,
-            ..RouteTable::default()
-        };
-        for spec in &config.routes {
-            let Some(backend) = backends.get(&spec.backend) else {
-                continue;
-            };
-            let route = Arc::new(Route {
-                name: spec.name().to_string(),
-                kind: spec.kind.clone(),
-                variants: vec![Variant {
-                    name: spec.backend.clone(),
-                    backend: backend.clone(),
-                }],
-            });
-            match &spec.kind {
+    /// A table of `routes` (in file order) at `generation`.
+    pub fn new(generation: u64, routes: Vec<Route>) -> RouteTable {
+        let mut table = RouteTable { generation, ..RouteTable::default() };
+        for route in routes {
+            let route = Arc::new(route);
+            match &route.kind {
                 RouteKind::Model { name, .. } => {
                     table.models.insert(name.clone(), route.clone());
                 }
@@ -87,9 +106,7 @@ impl RouteTable {
             }
             table.routes.push(route);
         }
-        table
-            .prefixes
-            .sort_by_key(|r| std::cmp::Reverse(r.name.len()));
+        table.prefixes.sort_by_key(|r| std::cmp::Reverse(r.name.len()));
         table
     }
 
@@ -108,6 +125,16 @@ impl RouteTable {
         self.models.get(name)
     }
 
+    /// Names of the model routes, in file order.
+    pub fn model_names(&self) -> Vec<&str> {
+        self.routes.iter().filter(|r| matches!(r.kind, RouteKind::Model { .. })).map(|r| r.name.as_str()).collect()
+    }
+
+    /// The route with this name (model name or prefix).
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+
     /// The proxy route whose prefix is the longest match for `path`, and the rest of the path
     /// after the prefix. `/echo` matches the prefix `/echo/` too.
     pub fn prefix<'a>(&'a self, path: &'a str) -> Option<(&'a Arc<Route>, &'a str)> {
@@ -122,38 +149,6 @@ impl RouteTable {
             }
         })
     }
-}
-
-/// Removes `.` and `..` segments (RFC 3986 §5.2.4) so that a path cannot climb out of the prefix
-/// it was routed by, and refuses percent-encoded dots, slashes and backslashes, which upstreams
-/// may decode into the same climb. `..` at the root stays at the root.
-pub fn normalize_path(path: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
-    let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c"].iter().any(|enc| lower.contains(enc)) {
-        return Err(ApiError::bad_request(format!(
-            "path {path:?} holds a percent-encoded '.', '/' or '\\'; send them unencoded"
-        )));
-    }
-    if !path.split('/').any(|s| s == "." || s == "..") {
-        return Ok(std::borrow::Cow::Borrowed(path));
-    }
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    for (i, seg) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        match *seg {
-            "." | ".." => {
-                if *seg == ".." {
-                    out.pop();
-                }
-                if last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    Ok(std::borrow::Cow::Owned(format!("/{}", out.join("/"))))
 }
 
 /// The published table, shared by every request and every writer.
@@ -174,55 +169,5 @@ impl SharedTable {
     /// Publishes a new snapshot atomically.
     pub fn store(&self, table: RouteTable) {
         self.0.store(Arc::new(table));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::UpstreamBackend;
-    use std::path::Path;
-
-    #[test]
-    fn dot_segments_are_removed_and_encoded_ones_refused() {
-        let n = |p: &str| normalize_path(p).map(|c| c.into_owned());
-        assert_eq!(n("/a/b").unwrap(), "/a/b");
-        assert_eq!(n("/keep/../status/418").unwrap(), "/status/418");
-        assert_eq!(n("/a/./b/../c").unwrap(), "/a/c");
-        assert_eq!(n("/../../etc/passwd").unwrap(), "/etc/passwd");
-        assert_eq!(n("/a/b/..").unwrap(), "/a/");
-        assert_eq!(n("/a/.").unwrap(), "/a/");
-        assert!(n("/keep/%2E%2E/x").is_err());
-        assert!(n("/keep/a%2fb").is_err());
-    }
-
-    #[test]
-    fn longest_prefix_wins_and_bare_prefix_matches() {
-        let config = Config::parse(
-            "backends:\n  - name: up\n    upstream: {url: \"http://127.0.0.1:1\"}\nroutes:\n  - path_prefix: /a/\n    backend: up\n  - path_prefix: /a/b\n    backend: up\n",
-            Path::new("routes.yaml"),
-        )
-        .unwrap();
-        let crate::config::BackendKind::Upstream(spec) = &config.backends[0].kind else {
-            panic!()
-        };
-        let set: BackendSet = [(
-            "up".to_string(),
-            Arc::new(Backend::Upstream(UpstreamBackend::new("up", spec))),
-        )]
-        .into();
-        let table = RouteTable::build(&config, &set, 7);
-        assert_eq!(table.generation(), 7);
-        let (r, rest) = table.prefix("/a/b/c?x=1").unwrap();
-        assert_eq!((r.name.as_str(), rest), ("/a/b/", "c?x=1"));
-        let (r, rest) = table.prefix("/a/z").unwrap();
-        assert_eq!((r.name.as_str(), rest), ("/a/", "z"));
-        assert_eq!(table.prefix("/a").unwrap().1, "");
-        assert!(table.prefix("/ab").is_none());
-        assert_eq!(r.variant(None).unwrap().name, "up");
-        assert_eq!(
-            r.variant(Some("nope")).unwrap_err().status,
-            http::StatusCode::NOT_FOUND
-        );
     }
 }

@@ -3,9 +3,10 @@
 use super::{oip, response};
 use crate::backend::{Backend, Body, BodyError};
 use crate::config::{RouteKind, ServerSettings};
+use crate::protocol::request_id::{self, GatewayRequestId};
 use crate::protocol::ApiError;
-use crate::routing::{normalize_path, SharedTable};
-use http::{HeaderValue, Request, Response, StatusCode};
+use crate::routing::{assign, normalize_path, Route, SharedTable, Variant};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
@@ -27,21 +28,14 @@ const REQUEST_ID: &str = "x-request-id";
 fn request_id(req: &Request<Incoming>) -> HeaderValue {
     req.headers()
         .get(REQUEST_ID)
-        .filter(|v| {
-            !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
-        })
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
         .cloned()
         .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
-                .unwrap_or(HeaderValue::from_static("-"))
+            HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()).unwrap_or(HeaderValue::from_static("-"))
         })
 }
 
-pub(super) async fn handle(
-    state: Arc<AppState>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
+pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
     let id = request_id(&req);
     let method = req.method().clone();
@@ -68,20 +62,14 @@ pub(super) async fn handle(
     resp
 }
 
-async fn dispatch(
-    state: &AppState,
-    mut req: Request<Body>,
-    peer: SocketAddr,
-) -> Result<Response<Body>, ApiError> {
+async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) -> Result<Response<Body>, ApiError> {
     let path = normalize_path(req.uri().path())?.into_owned();
     if path != req.uri().path() {
         let pq = match req.uri().query() {
             Some(q) => format!("{path}?{q}"),
             None => path.clone(),
         };
-        *req.uri_mut() = pq
-            .parse()
-            .map_err(|e| ApiError::bad_request(format!("invalid path {path:?}: {e}")))?;
+        *req.uri_mut() = pq.parse().map_err(|e| ApiError::bad_request(format!("invalid path {path:?}: {e}")))?;
     }
     if path == "/v2" || path.starts_with("/v2/") {
         return oip::handle(state, req, peer).await;
@@ -93,11 +81,10 @@ async fn dispatch(
     let RouteKind::Prefix { prefix, rewrite } = &route.kind else {
         return Err(ApiError::internal("prefix table holds a model route"));
     };
-    let variant = route.variant(None)?;
+    let picked = pick(route, None, req.headers(), req.uri().query())?;
+    let variant = picked.variant;
     let Backend::Upstream(up) = variant.backend.as_ref() else {
-        return Err(ApiError::internal(format!(
-            "route {prefix:?} points at an in-process model"
-        )));
+        return Err(ApiError::internal(format!("route {prefix:?} points at an in-process model")));
     };
     let target = match req.uri().query() {
         Some(q) => format!("{}{rest}?{q}", rewrite.as_deref().unwrap_or(prefix)),
@@ -106,5 +93,50 @@ async fn dispatch(
     response::check_length(req.headers(), state.settings.max_body_bytes)?;
     let limit = state.settings.max_body_bytes;
     let req = req.map(|b| response::limited(b, limit));
-    up.forward(req, &target, peer).await
+    let mut resp = up.forward(req, &target, peer).await?;
+    picked.decorate(&route.name, &mut resp);
+    Ok(resp)
+}
+
+/// The variant chosen for a request, and what the answer must carry because of it.
+pub(super) struct Picked<'r> {
+    pub variant: &'r Variant,
+    pub set_cookie: Option<String>,
+}
+
+/// Assigns a variant: pinned version, override header, sticky key, weighted draw.
+pub(super) fn pick<'r>(
+    route: &'r Route,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Picked<'r>, ApiError> {
+    let override_header = match headers.get(assign::OVERRIDE_HEADER) {
+        Some(v) => {
+            Some(v.to_str().map_err(|_| ApiError::bad_request(format!("{} is not text", assign::OVERRIDE_HEADER)))?)
+        }
+        None => None,
+    };
+    let key = match (&route.sticky, version, override_header) {
+        (Some(sticky), None, None) => assign::sticky_key(sticky, headers, query),
+        _ => None,
+    };
+    let (variant, _reason) = assign::assign(route, version, override_header, key.as_ref().map(|k| k.key.as_str()))?;
+    Ok(Picked { variant, set_cookie: key.and_then(|k| k.set_cookie) })
+}
+
+impl Picked<'_> {
+    /// Adds `x-modelgate-variant`, the gateway request id and any sticky cookie to an answer.
+    pub fn decorate(&self, route: &str, resp: &mut Response<Body>) {
+        let headers = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&self.variant.name) {
+            headers.insert(assign::OVERRIDE_HEADER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&GatewayRequestId::new(route, &self.variant.name).encode()) {
+            headers.insert(request_id::HEADER, v);
+        }
+        if let Some(cookie) = self.set_cookie.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+            headers.append(http::header::SET_COOKIE, cookie);
+        }
+    }
 }

@@ -1,11 +1,14 @@
-//! The inference listener: connections (HTTP/1.1 and h2c), request handling, graceful shutdown.
+//! The listeners: connections (HTTP/1.1 and h2c), request handling, graceful shutdown.
 
 mod handler;
 mod oip;
-mod response;
+pub mod response;
+mod shadow;
 
 pub use handler::AppState;
 
+use crate::backend::Body;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -13,27 +16,43 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Serves `listener` until `shutdown` completes, then stops accepting and lets in-flight
-/// requests finish for up to `settings.shutdown_grace`.
-pub async fn serve(
+/// Connection settings of a listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerSettings {
+    /// How long a client may take to send a request head.
+    pub header_read_timeout: Duration,
+    /// How long in-flight requests may run on after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+/// Serves the inference API on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+    let settings = ListenerSettings {
+        header_read_timeout: state.settings.header_read_timeout,
+        shutdown_grace: state.settings.shutdown_grace,
+    };
+    serve_with(listener, settings, shutdown, move |req, peer| handler::handle(state.clone(), req, peer)).await;
+}
+
+/// Serves `handle` on `listener` until `shutdown` completes, then stops accepting and lets
+/// in-flight requests finish for up to `settings.shutdown_grace`.
+pub async fn serve_with<H, F>(
     listener: TcpListener,
-    state: Arc<AppState>,
+    settings: ListenerSettings,
     shutdown: impl Future<Output = ()>,
-) {
+    handle: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.settings.header_read_timeout)
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(64 * 1024);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout).max_buf_size(64 * 1024);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -49,10 +68,10 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handler::handle(state, req, peer).await) }
+                let handle = handle.clone();
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let fut = handle(req, peer);
+                    async move { Ok::<_, Infallible>(fut.await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
@@ -66,11 +85,8 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let grace = state.settings.shutdown_grace;
-    tracing::info!(
-        ?grace,
-        "shutting down: no new connections, letting in-flight requests finish"
-    );
+    let grace = settings.shutdown_grace;
+    tracing::info!(?grace, "shutting down: no new connections, letting in-flight requests finish");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; cutting remaining connections"),

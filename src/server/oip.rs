@@ -1,17 +1,18 @@
 //! Open Inference Protocol v2 REST endpoints.
 
-use super::handler::AppState;
-use super::response;
-use crate::backend::{Backend, Body};
+use super::handler::{pick, AppState};
+use super::{response, shadow};
+use crate::backend::{Backend, Body, InferError, OnnxBackend};
 use crate::config::RouteKind;
-use crate::protocol::oip::{
-    server_metadata, InferRequest, InferResponse, ModelMetadata, ResponseOutput,
-};
-use crate::protocol::ApiError;
+use crate::protocol::oip::{server_metadata, InferRequest, InferResponse, ModelMetadata, ResponseOutput};
+use crate::protocol::{ApiError, Tensor};
 use crate::routing::{Route, Variant};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use crate::telemetry::shadow::{flatten_json, flatten_tensors};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use serde_json::json;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Which endpoint a path names.
 #[derive(Debug, PartialEq, Eq)]
@@ -19,11 +20,7 @@ enum Endpoint<'a> {
     Server,
     Live,
     Ready,
-    Model {
-        name: &'a str,
-        version: Option<&'a str>,
-        action: Action,
-    },
+    Model { name: &'a str, version: Option<&'a str>, action: Action },
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -48,26 +45,10 @@ fn parse(path: &str) -> Option<Endpoint<'_>> {
         [] | [""] => Endpoint::Server,
         ["health", "live"] => Endpoint::Live,
         ["health", "ready"] => Endpoint::Ready,
-        ["models", m] => Endpoint::Model {
-            name: m,
-            version: None,
-            action: Action::Metadata,
-        },
-        ["models", m, a] => Endpoint::Model {
-            name: m,
-            version: None,
-            action: action(a)?,
-        },
-        ["models", m, "versions", v] => Endpoint::Model {
-            name: m,
-            version: Some(v),
-            action: Action::Metadata,
-        },
-        ["models", m, "versions", v, a] => Endpoint::Model {
-            name: m,
-            version: Some(v),
-            action: action(a)?,
-        },
+        ["models", m] => Endpoint::Model { name: m, version: None, action: Action::Metadata },
+        ["models", m, a] => Endpoint::Model { name: m, version: None, action: action(a)? },
+        ["models", m, "versions", v] => Endpoint::Model { name: m, version: Some(v), action: Action::Metadata },
+        ["models", m, "versions", v, a] => Endpoint::Model { name: m, version: Some(v), action: action(a)? },
         _ => return None,
     })
 }
@@ -76,23 +57,14 @@ fn allow(method: &Method, wanted: Method) -> Result<(), ApiError> {
     if *method == wanted || (wanted == Method::GET && *method == Method::HEAD) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("use {wanted} for this endpoint, not {method}"),
-        ))
+        Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("use {wanted} for this endpoint, not {method}")))
     }
 }
 
-pub(super) async fn handle(
-    state: &AppState,
-    req: Request<Body>,
-    peer: SocketAddr,
-) -> Result<Response<Body>, ApiError> {
+pub(super) async fn handle(state: &AppState, req: Request<Body>, peer: SocketAddr) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let Some(endpoint) = parse(&path) else {
-        return Err(ApiError::not_found(format!(
-            "no Open Inference Protocol endpoint at {path:?}"
-        )));
+        return Err(ApiError::not_found(format!("no Open Inference Protocol endpoint at {path:?}")));
     };
     match endpoint {
         Endpoint::Server => {
@@ -101,78 +73,57 @@ pub(super) async fn handle(
         }
         Endpoint::Live => {
             allow(req.method(), Method::GET)?;
-            Ok(response::json_value(
-                StatusCode::OK,
-                &json!({ "live": true }),
-            ))
+            Ok(response::json_value(StatusCode::OK, &json!({ "live": true })))
         }
         Endpoint::Ready => {
             // A table is only published once every backend in it is loaded and warmed up.
             allow(req.method(), Method::GET)?;
-            Ok(response::json_value(
-                StatusCode::OK,
-                &json!({ "ready": true }),
-            ))
+            Ok(response::json_value(StatusCode::OK, &json!({ "ready": true })))
         }
-        Endpoint::Model {
-            name,
-            version,
-            action,
-        } => {
+        Endpoint::Model { name, version, action } => {
             let table = state.table.load();
             let route = table.model(name).ok_or_else(|| {
-                let known: Vec<&str> = table
-                    .routes()
-                    .iter()
-                    .filter(|r| matches!(r.kind, RouteKind::Model { .. }))
-                    .map(|r| r.name.as_str())
-                    .collect();
                 ApiError::not_found(format!(
                     "unknown model {name:?}; routed models: {}",
-                    known.join(", ")
+                    table.model_names().join(", ")
                 ))
             })?;
-            let variant = route.variant(version)?;
-            let expected = if action == Action::Infer {
-                Method::POST
-            } else {
-                Method::GET
-            };
+            let expected = if action == Action::Infer { Method::POST } else { Method::GET };
             allow(req.method(), expected)?;
-            let mut resp = match variant.backend.as_ref() {
-                Backend::Upstream(up) => {
-                    let RouteKind::Model { upstream_model, .. } = &route.kind else {
-                        return Err(ApiError::internal("model table holds a prefix route"));
-                    };
-                    let model = upstream_model.as_deref().unwrap_or(&route.name);
-                    let tail = match action {
-                        Action::Metadata => "",
-                        Action::Ready => "/ready",
-                        Action::Infer => "/infer",
-                    };
-                    let target = match req.uri().query() {
-                        Some(q) => format!("/v2/models/{model}{tail}?{q}"),
-                        None => format!("/v2/models/{model}{tail}"),
-                    };
-                    response::check_length(req.headers(), state.settings.max_body_bytes)?;
-                    let limit = state.settings.max_body_bytes;
-                    up.forward(req.map(|b| response::limited(b, limit)), &target, peer)
-                        .await?
+            let picked = pick(route, version, req.headers(), req.uri().query())?;
+            let variant = picked.variant;
+            let mut resp = match (variant.backend.as_ref(), action) {
+                (_, Action::Infer) => infer(state, route, variant, req, peer).await?,
+                (Backend::Upstream(up), _) => {
+                    let target = upstream_path(route, action, req.uri().query());
+                    up.forward(req, &target, peer).await?
                 }
-                Backend::Onnx(_) => match action {
-                    Action::Metadata => metadata(route, variant),
-                    Action::Ready => response::json_value(
-                        StatusCode::OK,
-                        &json!({ "name": route.name, "version": variant.name, "ready": true }),
-                    ),
-                    Action::Infer => infer(state, route, variant, req).await?,
-                },
+                (Backend::Onnx(_), Action::Metadata) => metadata(route, variant),
+                (Backend::Onnx(_), Action::Ready) => response::json_value(
+                    StatusCode::OK,
+                    &json!({ "name": route.name, "version": variant.name, "ready": true }),
+                ),
             };
-            if let Ok(v) = HeaderValue::from_str(&variant.name) {
-                resp.headers_mut().insert("x-modelgate-variant", v);
-            }
+            picked.decorate(&route.name, &mut resp);
             Ok(resp)
         }
+    }
+}
+
+/// The path of a model endpoint at an upstream model server.
+fn upstream_path(route: &Route, action: Action, query: Option<&str>) -> String {
+    let model = match &route.kind {
+        RouteKind::Model { upstream_model: Some(m), .. } => m.as_str(),
+        _ => route.name.as_str(),
+    };
+    let tail = match action {
+        Action::Metadata => "",
+        Action::Ready => "/ready",
+        Action::Infer => "/infer",
+    };
+    match query {
+        Some(q) => format!("/v2/models/{model}{tail}?{q}"),
+        None => format!("/v2/models/{model}{tail}"),
     }
 }
 
@@ -193,36 +144,71 @@ fn metadata(route: &Route, variant: &Variant) -> Response<Body> {
     )
 }
 
+fn infer_error(e: InferError) -> ApiError {
+    match e {
+        InferError::Overloaded { .. } => ApiError::unavailable(e.to_string(), Duration::from_secs(1)),
+        InferError::Invalid { .. } => ApiError::bad_request(e.to_string()),
+        InferError::Failed { .. } => ApiError::internal(e.to_string()),
+    }
+}
+
+/// Runs an in-process model on a decoded request.
+pub(super) async fn run_local(model: &OnnxBackend, request: &InferRequest) -> Result<Vec<Tensor>, ApiError> {
+    let sig = model.signature();
+    let inputs = request.decode_inputs(sig)?;
+    let selected = request.selected_outputs(sig)?;
+    model.infer(inputs, selected).await.map_err(infer_error)
+}
+
 async fn infer(
     state: &AppState,
     route: &Route,
     variant: &Variant,
     req: Request<Body>,
+    peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
-    let Backend::Onnx(model) = variant.backend.as_ref() else {
-        return Err(ApiError::internal("infer asked of an upstream backend"));
-    };
     let limit = state.settings.max_body_bytes;
     response::check_length(req.headers(), limit)?;
-    let body = response::collect(req.into_body(), limit).await?;
-    let request = InferRequest::from_json(&body)?;
-    let sig = model.signature();
-    let inputs = request.decode_inputs(sig)?;
-    let selected = request.selected_outputs(sig)?;
-    let outputs = model.infer(inputs, selected).await.map_err(|e| match e {
-        crate::backend::InferError::Overloaded { .. } => {
-            ApiError::unavailable(e.to_string(), std::time::Duration::from_secs(1))
+    let shadow = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent);
+    match variant.backend.as_ref() {
+        Backend::Onnx(model) => {
+            let body = response::collect(req.into_body(), limit).await?;
+            let request = InferRequest::from_json(&body)?;
+            let outputs = run_local(model, &request).await?;
+            if let Some(target) = shadow {
+                shadow::spawn(target, route, body, flatten_tensors(&outputs));
+            }
+            let answer = InferResponse {
+                model_name: &route.name,
+                model_version: Some(&variant.name),
+                id: request.id.as_deref(),
+                outputs: outputs.iter().map(ResponseOutput::from_tensor).collect(),
+            };
+            Ok(response::json_value(StatusCode::OK, &answer))
         }
-        crate::backend::InferError::Invalid { .. } => ApiError::bad_request(e.to_string()),
-        crate::backend::InferError::Failed { .. } => ApiError::internal(e.to_string()),
-    })?;
-    let answer = InferResponse {
-        model_name: &route.name,
-        model_version: Some(&variant.name),
-        id: request.id.as_deref(),
-        outputs: outputs.iter().map(ResponseOutput::from_tensor).collect(),
-    };
-    Ok(response::json_value(StatusCode::OK, &answer))
+        Backend::Upstream(up) => {
+            let target = upstream_path(route, Action::Infer, req.uri().query());
+            let Some(shadow_target) = shadow else {
+                return up.forward(req.map(|b| response::limited(b, limit)), &target, peer).await;
+            };
+            // Shadowed: both sides need the body, and the comparison needs the answer.
+            let (parts, body) = req.into_parts();
+            let body = response::collect(body, limit).await?;
+            let resp = up.forward(Request::from_parts(parts, response::full(body.clone())), &target, peer).await?;
+            let (parts, answer) = resp.into_parts();
+            let answer = answer
+                .collect()
+                .await
+                .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer broke off: {e}")))?
+                .to_bytes();
+            if parts.status.is_success() {
+                if let Some(flat) = serde_json::from_slice(&answer).ok().as_ref().and_then(flatten_json) {
+                    shadow::spawn(shadow_target, route, body, flat);
+                }
+            }
+            Ok(Response::from_parts(parts, response::full(answer)))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -235,29 +221,14 @@ mod tests {
         assert_eq!(parse("/v2/"), Some(Endpoint::Server));
         assert_eq!(parse("/v2/health/live"), Some(Endpoint::Live));
         assert_eq!(parse("/v2/health/ready"), Some(Endpoint::Ready));
-        assert_eq!(
-            parse("/v2/models/m"),
-            Some(Endpoint::Model {
-                name: "m",
-                version: None,
-                action: Action::Metadata
-            })
-        );
+        assert_eq!(parse("/v2/models/m"), Some(Endpoint::Model { name: "m", version: None, action: Action::Metadata }));
         assert_eq!(
             parse("/v2/models/m/infer"),
-            Some(Endpoint::Model {
-                name: "m",
-                version: None,
-                action: Action::Infer
-            })
+            Some(Endpoint::Model { name: "m", version: None, action: Action::Infer })
         );
         assert_eq!(
             parse("/v2/models/m/versions/v1/ready"),
-            Some(Endpoint::Model {
-                name: "m",
-                version: Some("v1"),
-                action: Action::Ready
-            })
+            Some(Endpoint::Model { name: "m", version: Some("v1"), action: Action::Ready })
         );
         assert_eq!(parse("/v2/models/m/explain"), None);
         assert_eq!(parse("/v2/models/m/versions/v/infer/x"), None);

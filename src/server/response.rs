@@ -6,18 +6,16 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 
+/// A body of bytes already in memory.
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
 /// A JSON answer.
 pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut resp = Response::new(full(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -25,9 +23,7 @@ pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 pub fn json_value<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {
         Ok(body) => json(status, body),
-        Err(e) => error(&ApiError::internal(format!(
-            "cannot encode the answer: {e}"
-        ))),
+        Err(e) => error(&ApiError::internal(format!("cannot encode the answer: {e}"))),
     }
 }
 
@@ -44,18 +40,13 @@ pub fn error(e: &ApiError) -> Response<Body> {
 }
 
 fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("request body is larger than the limit of {limit} bytes"),
-    )
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {limit} bytes"))
 }
 
 /// Refuses a declared `Content-Length` over `limit` before reading anything.
 pub fn check_length(headers: &http::HeaderMap, limit: usize) -> Result<(), ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     match declared {
         Some(n) if n > limit as u64 => Err(too_large(limit)),
         _ => Ok(()),
@@ -67,9 +58,7 @@ pub async fn collect(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "cannot read the request body: {e}"
-        ))),
+        Err(e) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
     }
 }
 

@@ -1,4 +1,6 @@
-//! Logs (and, later, metrics and analysis windows).
+//! Logs, shadow agreement (and, later, metrics and analysis windows).
+
+pub mod shadow;
 
 use tracing_subscriber::EnvFilter;
 

@@ -8,10 +8,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use modelgate::backend::{self, runtime};
+use modelgate::backend::runtime;
 use modelgate::config::Config;
-use modelgate::routing::{RouteTable, SharedTable};
-use modelgate::server::{self, AppState};
+use modelgate::rollout::Controller;
+use modelgate::server::{self, AppState, ListenerSettings};
 use serde_json::Value;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,64 +20,80 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
-/// The checkout's root: routes in tests name models as `models/...` relative to it.
+/// The checkout's root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A gateway serving in this process until dropped.
+/// A gateway serving in this process until dropped: inference and admin listeners on
+/// 127.0.0.1:0, its routes file in a temporary folder, watched and reloaded like `serve` does.
 pub struct Gateway {
     pub addr: SocketAddr,
-    pub state: Arc<AppState>,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<()>>,
+    pub admin: SocketAddr,
+    pub controller: Arc<Controller>,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    done: Vec<tokio::task::JoinHandle<()>>,
+    _watch: Option<modelgate::config::watch::FileWatch>,
 }
 
 impl Gateway {
-    /// Validates `yaml` as if it were `<root>/test-routes.yaml`, loads its backends and serves it.
+    /// Writes `yaml` to `<tmp>/routes.yaml`, loads its backends and serves it.
     pub async fn start(yaml: &str) -> Gateway {
-        let path = root().join("test-routes.yaml");
-        let yaml = yaml.to_string();
-        let (config, backends) = tokio::task::spawn_blocking(move || {
-            let config = Config::parse(&yaml, &path).unwrap_or_else(|e| panic!("{e}"));
-            let lib = runtime::locate(None, None);
-            let backends = backend::load_all(&config, &lib).unwrap_or_else(|e| panic!("{e}"));
-            (config, backends)
-        })
-        .await
-        .unwrap();
-        let table = SharedTable::new(RouteTable::build(&config, &backends, 1));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let controller =
+            Controller::start(config.clone(), runtime::locate(None, None)).await.unwrap_or_else(|e| panic!("{e}"));
+        let (watch, _reload) = controller.watch_file().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(AppState {
-            table,
-            settings: config.server.clone(),
-        });
-        let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(server::serve(listener, state.clone(), async move {
-            let _ = stopped.await;
-        }));
-        Gateway {
-            addr,
-            state,
-            stop: Some(stop),
-            done: Some(done),
-        }
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+        let state = Arc::new(AppState { table: controller.table(), settings: config.server.clone() });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut s1 = stopped.clone();
+        let mut s2 = stopped;
+        let settings =
+            ListenerSettings { header_read_timeout: Duration::from_secs(10), shutdown_grace: Duration::from_secs(10) };
+        let c = controller.clone();
+        let done = vec![
+            tokio::spawn(server::serve(listener, state, async move {
+                let _ = s1.changed().await;
+            })),
+            tokio::spawn(server::serve_with(
+                admin,
+                settings,
+                async move {
+                    let _ = s2.changed().await;
+                },
+                move |req, _| modelgate::admin::handle(c.clone(), req),
+            )),
+        ];
+        Gateway { addr, admin: admin_addr, controller, dir, stop: Some(stop), done, _watch: Some(watch) }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Begins a graceful shutdown and returns once the server has stopped.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// The routes file being served.
+    pub fn routes_file(&self) -> PathBuf {
+        self.dir.path().join("routes.yaml")
+    }
+
+    /// Begins a graceful shutdown and returns once the servers have stopped.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
-        if let Some(done) = self.done.take() {
-            done.await.unwrap();
+        for d in self.done.drain(..) {
+            d.await.unwrap();
         }
     }
 }
@@ -85,7 +101,7 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
     }
 }
@@ -127,15 +143,8 @@ impl Upstream {
                         async move {
                             hits.fetch_add(1, Ordering::SeqCst);
                             let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
-                            let pq = parts
-                                .uri
-                                .path_and_query()
-                                .map_or("/".into(), |p| p.to_string());
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let pq = parts.uri.path_and_query().map_or("/".into(), |p| p.to_string());
                             seen.lock().unwrap().push(Seen {
                                 method: parts.method.clone(),
                                 path_and_query: pq.clone(),
@@ -166,18 +175,12 @@ impl Upstream {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
-        Upstream {
-            addr,
-            seen,
-            hits,
-            task,
-        }
+        Upstream { addr, seen, hits, task }
     }
 
     pub fn url(&self) -> String {
@@ -185,12 +188,7 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("upstream saw no request")
+        self.seen.lock().unwrap().last().cloned().expect("upstream saw no request")
     }
 }
 
@@ -210,19 +208,12 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "answer is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
     /// The `error` field of a JSON error body.
     pub fn error(&self) -> String {
-        self.json()["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error field: {:?}", self.json()))
-            .to_string()
+        self.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {:?}", self.json())).to_string()
     }
 }
 
@@ -231,26 +222,14 @@ pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Fu
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-pub async fn send(
-    method: Method,
-    url: &str,
-    body: impl Into<Bytes>,
-    headers: &[(&str, &str)],
-) -> Answer {
+pub async fn send(method: Method, url: &str, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Answer {
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client()
-        .request(req.body(Full::new(body.into())).unwrap())
-        .await
-        .expect("request failed");
+    let resp = client().request(req.body(Full::new(body.into())).unwrap()).await.expect("request failed");
     let (parts, body) = resp.into_parts();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
+    Answer { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
 }
 
 pub async fn get(url: &str) -> Answer {
@@ -258,13 +237,7 @@ pub async fn get(url: &str) -> Answer {
 }
 
 pub async fn post_json(url: &str, body: &Value) -> Answer {
-    send(
-        Method::POST,
-        url,
-        body.to_string(),
-        &[("content-type", "application/json")],
-    )
-    .await
+    send(Method::POST, url, body.to_string(), &[("content-type", "application/json")]).await
 }
 
 /// The expected outputs that models/generate.py recorded from Python onnxruntime.

@@ -1,0 +1,635 @@
+//! The one way the routing table changes: mutate spec or status → load what is missing →
+//! build → validate → publish with one atomic swap. File reloads, SIGHUP and admin calls all
+//! come through here, one at a time.
+
+use super::status::{shares, Phase, RouteStatus};
+use crate::backend::{self, Backend};
+use crate::config::{BackendSpec, Config, ConfigErrors, ConfigIssue, RouteSpec, Strategy};
+use crate::protocol::ApiError;
+use crate::routing::{Route, RouteTable, ShadowTarget, SharedTable, Variant};
+use crate::telemetry::shadow::ShadowStats;
+use http::StatusCode;
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The outcome of the last attempt to apply routes.yaml.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadReport {
+    /// The file.
+    pub source: String,
+    /// Whether the last attempt applied.
+    pub ok: bool,
+    /// When it was made (ms since the epoch).
+    pub at_unix_ms: u64,
+    /// Every error of a refused file; empty when it applied.
+    pub errors: Vec<ConfigIssue>,
+    /// Attempts that applied.
+    pub applied: u64,
+    /// Attempts that were refused.
+    pub refused: u64,
+}
+
+struct Loaded {
+    spec: BackendSpec,
+    backend: Arc<Backend>,
+}
+
+struct Inner {
+    config: Config,
+    /// By route name: the spec revision the status belongs to, and the status.
+    routes: HashMap<String, (RouteSpec, RouteStatus)>,
+    loaded: HashMap<String, Loaded>,
+    shadow_stats: HashMap<String, Arc<ShadowStats>>,
+    generation: u64,
+}
+
+/// Owns the routing table and every change to it.
+pub struct Controller {
+    table: SharedTable,
+    ort_library: PathBuf,
+    inner: tokio::sync::Mutex<Inner>,
+    report: Mutex<ReloadReport>,
+    me: Weak<Controller>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("generation", &self.table.load().generation()).finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn conflict(message: String) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, message)
+}
+
+impl Controller {
+    /// Loads every backend that `config` routes to and publishes the first table (generation 1).
+    pub async fn start(config: Config, ort_library: PathBuf) -> Result<Arc<Controller>, ConfigErrors> {
+        let routes =
+            config.routes.iter().map(|r| (r.name().to_string(), (r.clone(), RouteStatus::default()))).collect();
+        let source = config.source.display().to_string();
+        let mut inner = Inner { config, routes, loaded: HashMap::new(), shadow_stats: HashMap::new(), generation: 0 };
+        let controller = Arc::new_cyclic(|me| Controller {
+            table: SharedTable::new(RouteTable::default()),
+            ort_library,
+            inner: tokio::sync::Mutex::new(Inner {
+                config: inner.config.clone(),
+                routes: HashMap::new(),
+                loaded: HashMap::new(),
+                shadow_stats: HashMap::new(),
+                generation: 0,
+            }),
+            report: Mutex::new(ReloadReport { source, ok: true, at_unix_ms: now_ms(), ..ReloadReport::default() }),
+            me: me.clone(),
+        });
+        controller.publish(&mut inner, &[]).await?;
+        *controller.inner.lock().await = inner;
+        Ok(controller)
+    }
+
+    /// The published table, for request handlers.
+    pub fn table(&self) -> SharedTable {
+        self.table.clone()
+    }
+
+    /// The outcome of the last reload.
+    pub fn report(&self) -> ReloadReport {
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record(&self, result: &Result<u64, ConfigErrors>) {
+        let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        r.at_unix_ms = now_ms();
+        match result {
+            Ok(_) => {
+                r.ok = true;
+                r.errors.clear();
+                r.applied += 1;
+            }
+            Err(e) => {
+                r.ok = false;
+                r.errors = e.issues.clone();
+                r.refused += 1;
+            }
+        }
+    }
+
+    /// Reads the routes file again and applies it. A refused file changes nothing; its errors
+    /// are logged and kept for `GET /admin/routes`.
+    pub async fn reload_file(&self) -> Result<u64, ConfigErrors> {
+        let source = self.inner.lock().await.config.source.clone();
+        let result = match Config::load(&source) {
+            Ok(config) => self.apply(config).await,
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(generation) => tracing::info!(file = %source.display(), generation, "routes reloaded"),
+            Err(e) => {
+                for issue in &e.issues {
+                    tracing::error!(file = %source.display(), place = %issue.place, "{}", issue.message);
+                }
+                tracing::error!(file = %source.display(), errors = e.issues.len(), "routes file refused; the running table stays");
+            }
+        }
+        self.record(&result);
+        result
+    }
+
+    /// Applies a new spec. Routes whose spec is unchanged keep their status; changed routes start
+    /// over. A recreate route whose backend changed unloads the old backend before loading the new
+    /// one, answering 503 in between. Anything that fails leaves the running table as it was.
+    pub async fn apply(&self, config: Config) -> Result<u64, ConfigErrors> {
+        let mut inner = self.inner.lock().await;
+        if inner.config == config {
+            return Ok(inner.generation);
+        }
+        if inner.config.server != config.server {
+            tracing::warn!("server: settings changed in routes.yaml; they apply at the next restart");
+        }
+        let old_config = std::mem::replace(&mut inner.config, config.clone());
+        let old_routes = inner.routes.clone();
+        inner.routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let name = r.name().to_string();
+                let status = match old_routes.get(&name) {
+                    Some((spec, status)) if spec == r => status.clone(),
+                    _ => RouteStatus::default(),
+                };
+                (name, (r.clone(), status))
+            })
+            .collect();
+        // Recreate routes whose backend changes: the old one goes before the new one comes.
+        let gaps: Vec<(String, String)> = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let Strategy::Recreate { backend: new } = &r.strategy else { return None };
+                let (old_spec, _) = old_routes.get(r.name())?;
+                let Strategy::Recreate { backend: old } = &old_spec.strategy else { return None };
+                let changed = old != new
+                    || old_config.backends.iter().find(|b| &b.name == old)
+                        != config.backends.iter().find(|b| &b.name == new);
+                changed.then(|| (r.name().to_string(), old.clone()))
+            })
+            .collect();
+        let gap_started = Instant::now();
+        if !gaps.is_empty() {
+            let gap_names: Vec<&str> = gaps.iter().map(|(r, _)| r.as_str()).collect();
+            // Publish the old table with those routes unavailable, then release their backends.
+            let new_inner_config = std::mem::replace(&mut inner.config, old_config.clone());
+            let new_routes = std::mem::replace(&mut inner.routes, old_routes.clone());
+            let gap_table = self.build(&inner, inner.generation + 1, &gap_names);
+            inner.config = new_inner_config;
+            inner.routes = new_routes;
+            match gap_table {
+                Ok(t) => {
+                    inner.generation += 1;
+                    self.table.store(t);
+                }
+                Err(e) => {
+                    inner.config = old_config;
+                    inner.routes = old_routes;
+                    return Err(e);
+                }
+            }
+            let still_needed = needed(&inner.config, &inner.routes);
+            let old_needed = needed(&old_config, &old_routes);
+            for (route, old) in &gaps {
+                let used_elsewhere = old_config.routes.iter().any(|r| {
+                    r.name() != route && r.backends().contains(&old.as_str()) && old_needed.contains(old.as_str())
+                });
+                if still_needed.contains(old)
+                    && inner.loaded.get(old).map(|l| &l.spec) == config.backends.iter().find(|b| &b.name == old)
+                {
+                    continue;
+                }
+                if used_elsewhere {
+                    continue;
+                }
+                if let Some(loaded) = inner.loaded.remove(old) {
+                    release(loaded.backend, self.settings_drain(&config)).await;
+                }
+            }
+        }
+        let gap_names: Vec<String> = gaps.iter().map(|(r, _)| r.clone()).collect();
+        match self.publish(&mut inner, &[]).await {
+            Ok(generation) => {
+                let gap = gap_started.elapsed();
+                for name in &gap_names {
+                    if let Some((_, status)) = inner.routes.get_mut(name) {
+                        status.last_gap = Some(gap);
+                    }
+                    tracing::info!(route = %name, gap_ms = gap.as_secs_f64() * 1000.0, "recreate: new backend serving");
+                }
+                if !gap_names.is_empty() {
+                    // Republish so the status shown carries the gap.
+                    let _ = self.publish(&mut inner, &[]).await;
+                }
+                Ok(inner.generation.max(generation))
+            }
+            Err(e) => {
+                inner.config = old_config;
+                inner.routes = old_routes;
+                if !gaps.is_empty() {
+                    // The old backends were released: bring them back.
+                    if let Err(again) = self.publish(&mut inner, &[]).await {
+                        tracing::error!(error = %again, "recreate: could not restore the previous backend");
+                    }
+                } else {
+                    prune(&mut inner);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn settings_drain(&self, config: &Config) -> Duration {
+        config.server.request_timeout + Duration::from_secs(1)
+    }
+
+    /// Loads what the routes need, builds and publishes the next table, and lets go of
+    /// backends no route uses any more (they finish their in-flight requests first).
+    async fn publish(&self, inner: &mut Inner, unavailable: &[&str]) -> Result<u64, ConfigErrors> {
+        let want = needed(&inner.config, &inner.routes);
+        let missing: Vec<String> = want
+            .iter()
+            .filter(|name| {
+                let spec = inner.config.backends.iter().find(|b| &b.name == *name);
+                inner.loaded.get(*name).map(|l| Some(&l.spec)) != Some(spec)
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let config = inner.config.clone();
+            let lib = self.ort_library.clone();
+            let set = tokio::task::spawn_blocking(move || {
+                let names: Vec<&str> = missing.iter().map(String::as_str).collect();
+                backend::load(&config, &names, &lib)
+            })
+            .await
+            .map_err(|e| ConfigErrors::one(&inner.config.source, "backends", format!("loading failed: {e}")))??;
+            for (name, backend) in set {
+                if let Some(spec) = inner.config.backends.iter().find(|b| b.name == name) {
+                    inner.loaded.insert(name, Loaded { spec: spec.clone(), backend });
+                }
+            }
+        }
+        let table = self.build(inner, inner.generation + 1, unavailable)?;
+        inner.generation += 1;
+        self.table.store(table);
+        prune(inner);
+        Ok(inner.generation)
+    }
+
+    fn build(&self, inner: &Inner, generation: u64, unavailable: &[&str]) -> Result<RouteTable, ConfigErrors> {
+        let mut routes = Vec::with_capacity(inner.config.routes.len());
+        let mut issues = Vec::new();
+        for (i, spec) in inner.config.routes.iter().enumerate() {
+            let name = spec.name();
+            let status = inner.routes.get(name).map(|(_, s)| s.clone()).unwrap_or_default();
+            let gap = unavailable.contains(&name);
+            let mut upper = 0;
+            let mut variants = Vec::new();
+            if !gap {
+                for share in shares(spec, &status) {
+                    let Some(loaded) = inner.loaded.get(&share.name) else {
+                        issues.push(ConfigIssue {
+                            place: format!("routes[{i}]"),
+                            message: format!("backend {:?} is not loaded", share.name),
+                        });
+                        continue;
+                    };
+                    upper += share.buckets;
+                    variants.push(Variant {
+                        name: share.name,
+                        role: share.role,
+                        backend: loaded.backend.clone(),
+                        weight: share.weight,
+                        upper,
+                    });
+                }
+            }
+            let shadow = spec.shadow.as_ref().filter(|_| !gap).and_then(|sh| {
+                let loaded = inner.loaded.get(&sh.backend)?;
+                let stats = inner.shadow_stats.get(name).cloned().unwrap_or_default();
+                Some(ShadowTarget {
+                    name: sh.backend.clone(),
+                    backend: loaded.backend.clone(),
+                    percent: sh.percent,
+                    stats,
+                })
+            });
+            // Every in-process model a route may send a request to must take the same inputs.
+            let mut sigs = variants
+                .iter()
+                .map(|v| (&v.name, &v.backend))
+                .chain(shadow.iter().map(|s| (&s.name, &s.backend)))
+                .filter_map(|(n, b)| match b.as_ref() {
+                    Backend::Onnx(m) => Some((n, m.signature())),
+                    Backend::Upstream(_) => None,
+                });
+            if let Some((first, sig)) = sigs.next() {
+                for (other, s) in sigs {
+                    if s.inputs != sig.inputs {
+                        issues.push(ConfigIssue {
+                            place: format!("routes[{i}]"),
+                            message: format!("backends {first:?} and {other:?} take different inputs, so they cannot serve one route"),
+                        });
+                    }
+                }
+            }
+            let sticky = match &spec.strategy {
+                Strategy::Canary { sticky, .. } => sticky.clone(),
+                Strategy::AbTest { sticky, .. } => Some(sticky.clone()),
+                _ => None,
+            };
+            routes.push(Route {
+                name: name.to_string(),
+                kind: spec.kind.clone(),
+                strategy: spec.strategy.name(),
+                salt: name.to_string(),
+                variants,
+                sticky,
+                shadow,
+                unavailable: gap.then(|| "its backend is being replaced (recreate); retry shortly".to_string()),
+            });
+        }
+        if issues.is_empty() {
+            Ok(RouteTable::new(generation, routes))
+        } else {
+            Err(ConfigErrors { file: inner.config.source.clone(), issues })
+        }
+    }
+
+    /// Runs `change` on a route's status and publishes; on failure the status is restored.
+    async fn mutate(
+        &self,
+        route: &str,
+        change: impl FnOnce(&RouteSpec, &mut RouteStatus) -> Result<(), ApiError>,
+    ) -> Result<u64, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let Some((spec, status)) = inner.routes.get(route).cloned() else {
+            let known: Vec<&str> = inner.config.routes.iter().map(RouteSpec::name).collect();
+            return Err(ApiError::not_found(format!("unknown route {route:?}; routes: {}", known.join(", "))));
+        };
+        let mut next = status.clone();
+        change(&spec, &mut next)?;
+        if next == status {
+            return Ok(inner.generation);
+        }
+        inner.routes.insert(route.to_string(), (spec.clone(), next));
+        match self.publish(&mut inner, &[]).await {
+            Ok(g) => Ok(g),
+            Err(e) => {
+                inner.routes.insert(route.to_string(), (spec, status));
+                prune(&mut inner);
+                Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+            }
+        }
+    }
+
+    /// Sets a canary route's weight (0..=100 percent).
+    pub async fn set_weight(&self, route: &str, weight: f64) -> Result<u64, ApiError> {
+        if !(weight.is_finite() && (0.0..=100.0).contains(&weight)) {
+            return Err(ApiError::bad_request(format!("weight must be between 0 and 100, got {weight}")));
+        }
+        self.mutate(route, |spec, st| match &spec.strategy {
+            Strategy::Canary { .. } => {
+                st.canary_weight = Some(weight);
+                st.phase = Phase::Progressing;
+                Ok(())
+            }
+            other => Err(conflict(format!("route {route:?} uses {}; only canary routes take a weight", other.name()))),
+        })
+        .await
+    }
+
+    /// Blue-green: sends all traffic to the other colour. The colour that served stays warm for
+    /// `scale_down_delay`, so switching back is instant until then.
+    pub async fn switch(&self, route: &str) -> Result<u64, ApiError> {
+        let mut delay = None;
+        let mut ticket = 0;
+        let mut old_colour = String::new();
+        let generation = self
+            .mutate(route, |spec, st| {
+                let Strategy::BlueGreen { active, preview, scale_down_delay } = &spec.strategy else {
+                    return Err(conflict(format!(
+                        "route {route:?} uses {}; only blue_green routes switch",
+                        spec.strategy.name()
+                    )));
+                };
+                let now = st.active_colour(active).to_string();
+                let other = if &now == active { preview.clone() } else { active.clone() };
+                if st.scaled_down.as_deref() == Some(other.as_str()) {
+                    st.scaled_down = None; // it is loaded again before the switch is published
+                }
+                st.active = Some(other);
+                st.previous = Some(now.clone());
+                st.switches += 1;
+                delay = Some(*scale_down_delay);
+                ticket = st.switches;
+                old_colour = now;
+                Ok(())
+            })
+            .await?;
+        if let (Some(delay), Some(me)) = (delay, self.me.upgrade()) {
+            let route = route.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                me.scale_down(&route, &old_colour, ticket).await;
+            });
+        }
+        Ok(generation)
+    }
+
+    async fn scale_down(&self, route: &str, colour: &str, ticket: u64) {
+        let result = self
+            .mutate(route, |spec, st| {
+                if let Strategy::BlueGreen { active, .. } = &spec.strategy {
+                    if st.switches == ticket && st.active_colour(active) != colour {
+                        st.scaled_down = Some(colour.to_string());
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(_) => tracing::info!(route, colour, "blue-green: old colour scaled down"),
+            Err(e) => tracing::warn!(route, colour, error = %e.message, "blue-green: scale-down failed"),
+        }
+    }
+
+    /// Gives the candidate all traffic: canary to 100%, blue-green switch to the preview, or an
+    /// A/B arm (`variant`) to 100%.
+    pub async fn promote(&self, route: &str, variant: Option<&str>) -> Result<u64, ApiError> {
+        let bg = {
+            let inner = self.inner.lock().await;
+            inner.routes.get(route).map(|(spec, _)| matches!(spec.strategy, Strategy::BlueGreen { .. }))
+        };
+        if bg == Some(true) {
+            let g = self.switch(route).await?;
+            return self
+                .mutate(route, |_, st| {
+                    st.phase = Phase::Promoted;
+                    Ok(())
+                })
+                .await
+                .map(|g2| g2.max(g));
+        }
+        self.mutate(route, |spec, st| {
+            match &spec.strategy {
+                Strategy::Canary { .. } => st.canary_weight = Some(100.0),
+                Strategy::AbTest { arms, .. } => {
+                    let Some(v) = variant else {
+                        let names: Vec<&str> = arms.iter().map(|(a, _)| a.as_str()).collect();
+                        return Err(ApiError::bad_request(format!(
+                            "name the winning arm: {{\"variant\": \"...\"}} (arms: {})",
+                            names.join(", ")
+                        )));
+                    };
+                    if !arms.iter().any(|(a, _)| a == v) {
+                        return Err(ApiError::bad_request(format!("route {route:?} has no arm {v:?}")));
+                    }
+                    st.winner = Some(v.to_string());
+                }
+                other => {
+                    return Err(conflict(format!(
+                        "route {route:?} uses {}; edit routes.yaml to change its backend",
+                        other.name()
+                    )))
+                }
+            }
+            st.phase = Phase::Promoted;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Takes the candidate out: canary to 0%, blue-green back to the previous colour, A/B back
+    /// to the spec's weights.
+    pub async fn rollback(&self, route: &str) -> Result<u64, ApiError> {
+        let previous = {
+            let inner = self.inner.lock().await;
+            inner.routes.get(route).and_then(|(spec, st)| match spec.strategy {
+                Strategy::BlueGreen { .. } => Some(st.previous.clone()),
+                _ => None,
+            })
+        };
+        if let Some(previous) = previous {
+            if previous.is_none() {
+                return Err(conflict(format!("route {route:?} has not been switched; nothing to roll back")));
+            }
+            let g = self.switch(route).await?;
+            return self
+                .mutate(route, |_, st| {
+                    st.phase = Phase::RolledBack;
+                    Ok(())
+                })
+                .await
+                .map(|g2| g2.max(g));
+        }
+        self.mutate(route, |spec, st| {
+            match &spec.strategy {
+                Strategy::Canary { .. } => st.canary_weight = Some(0.0),
+                Strategy::AbTest { .. } => st.winner = None,
+                other => {
+                    return Err(conflict(format!(
+                        "route {route:?} uses {}; edit routes.yaml to change its backend",
+                        other.name()
+                    )))
+                }
+            }
+            st.phase = Phase::RolledBack;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The status of every route, in file order, with its spec revision's strategy.
+    pub async fn statuses(&self) -> Vec<(String, RouteStatus)> {
+        let inner = self.inner.lock().await;
+        inner
+            .config
+            .routes
+            .iter()
+            .map(|r| (r.name().to_string(), inner.routes.get(r.name()).map(|(_, s)| s.clone()).unwrap_or_default()))
+            .collect()
+    }
+}
+
+/// Backends the routes need: every variant that can answer, and every shadow.
+fn needed(config: &Config, routes: &HashMap<String, (RouteSpec, RouteStatus)>) -> BTreeSet<String> {
+    let mut want = BTreeSet::new();
+    for spec in &config.routes {
+        let status = routes.get(spec.name()).map(|(_, s)| s.clone()).unwrap_or_default();
+        want.extend(shares(spec, &status).into_iter().map(|s| s.name));
+        if let Some(sh) = &spec.shadow {
+            want.insert(sh.backend.clone());
+        }
+    }
+    want
+}
+
+/// Forgets backends that no route needs; the tables and requests still holding them keep them
+/// alive until they finish.
+fn prune(inner: &mut Inner) {
+    let want = needed(&inner.config, &inner.routes);
+    inner.loaded.retain(|name, _| want.contains(name));
+    let names: Vec<String> =
+        inner.config.routes.iter().filter(|r| r.shadow.is_some()).map(|r| r.name().to_string()).collect();
+    for name in names {
+        inner.shadow_stats.entry(name).or_default();
+    }
+}
+
+/// Waits until nothing else holds `backend` (in-flight requests finished, old tables gone), then
+/// unloads it and waits for its sessions to be released. Gives up waiting after `limit`.
+async fn release(backend: Arc<Backend>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Arc::strong_count(&backend) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    match Arc::try_unwrap(backend) {
+        Ok(Backend::Onnx(model)) => {
+            let _ = tokio::task::spawn_blocking(move || model.shutdown()).await;
+        }
+        Ok(Backend::Upstream(_)) => {}
+        Err(still_used) => {
+            tracing::warn!(
+                ?limit,
+                "recreate: old backend still in use after the drain limit; it unloads when its last request ends"
+            );
+            drop(still_used);
+        }
+    }
+}
+
+impl Controller {
+    /// Reloads the routes file whenever it settles after a change, until the returned watch is
+    /// dropped. Also returns the sender that SIGHUP (or anything else) can use to ask for a reload.
+    pub fn watch_file(
+        self: &Arc<Self>,
+    ) -> Result<(crate::config::watch::FileWatch, tokio::sync::mpsc::Sender<()>), notify::Error> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(8);
+        let source = self.report().source;
+        let watch = crate::config::watch::watch(std::path::Path::new(&source), tx.clone())?;
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                while rx.try_recv().is_ok() {}
+                let Some(controller) = me.upgrade() else { return };
+                let _ = controller.reload_file().await;
+            }
+        });
+        Ok((watch, tx))
+    }
+}

@@ -1,0 +1,8 @@
+//! Rollouts: where each route stands (status) and the controller through which every change to
+//! the routing table goes.
+
+pub mod control;
+pub mod status;
+
+pub use control::{Controller, ReloadReport};
+pub use status::{Phase, RouteStatus};

@@ -1,0 +1,105 @@
+//! Where each rollout stands: the gateway's side of a route, next to the operator's spec.
+
+use crate::config::{RouteSpec, Strategy};
+use crate::routing::assign::{bucket_counts, canary_counts};
+use crate::routing::Role;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Where a rollout has got to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// As the spec says, or moving.
+    #[default]
+    Progressing,
+    /// The candidate took all the traffic.
+    Promoted,
+    /// The candidate was taken out.
+    RolledBack,
+}
+
+/// The gateway's state of one route's rollout. A new revision of the spec starts from the default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RouteStatus {
+    /// Phase of the rollout.
+    pub phase: Phase,
+    /// Canary weight set through the admin API (overrides the spec's).
+    pub canary_weight: Option<f64>,
+    /// Blue-green: the colour serving now, when switched away from the spec's `active`.
+    pub active: Option<String>,
+    /// Blue-green: the colour that served before the last switch.
+    pub previous: Option<String>,
+    /// Blue-green: a colour unloaded after `scale_down_delay`.
+    pub scaled_down: Option<String>,
+    /// Blue-green: switches so far (a scale-down timer only acts on its own switch).
+    pub switches: u64,
+    /// A/B: the arm promoted to all traffic.
+    pub winner: Option<String>,
+    /// Recreate: how long the last replacement left the route unavailable.
+    #[serde(serialize_with = "ser_ms")]
+    pub last_gap: Option<Duration>,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64() * 1000.0),
+        None => s.serialize_none(),
+    }
+}
+
+/// A variant as the spec and status make it: name (= backend), role, percent of traffic, buckets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Share {
+    /// Backend name.
+    pub name: String,
+    /// Part in the rollout.
+    pub role: Role,
+    /// Percent of unpinned traffic.
+    pub weight: f64,
+    /// Buckets owned, in order.
+    pub buckets: u32,
+}
+
+impl RouteStatus {
+    /// The blue-green colour serving now.
+    pub fn active_colour<'a>(&'a self, spec_active: &'a str) -> &'a str {
+        self.active.as_deref().unwrap_or(spec_active)
+    }
+}
+
+/// The variants of `spec` in bucket order, with their shares, given `status`.
+pub fn shares(spec: &RouteSpec, status: &RouteStatus) -> Vec<Share> {
+    let share = |name: &str, role, weight, buckets| Share { name: name.to_string(), role, weight, buckets };
+    match &spec.strategy {
+        Strategy::Single { backend } | Strategy::Recreate { backend } => {
+            vec![share(backend, Role::Primary, 100.0, 10_000)]
+        }
+        Strategy::BlueGreen { active, preview, .. } => {
+            let now = status.active_colour(active);
+            let other = if now == active { preview } else { active };
+            let mut v = vec![share(now, Role::Active, 100.0, 10_000)];
+            if status.scaled_down.as_deref() != Some(other.as_str()) {
+                v.push(share(other, Role::Preview, 0.0, 0));
+            }
+            v
+        }
+        Strategy::Canary { stable, canary, weight, .. } => {
+            let w = status.canary_weight.unwrap_or(*weight);
+            let [s, c] = canary_counts(w);
+            vec![share(stable, Role::Stable, 100.0 - w, s), share(canary, Role::Canary, w, c)]
+        }
+        Strategy::AbTest { arms, .. } => {
+            let weights: Vec<f64> = match &status.winner {
+                Some(w) => arms.iter().map(|(a, _)| if a == w { 1.0 } else { 0.0 }).collect(),
+                None => arms.iter().map(|(_, w)| *w).collect(),
+            };
+            let total: f64 = weights.iter().sum();
+            let counts = bucket_counts(&weights);
+            arms.iter()
+                .zip(weights.iter().zip(counts))
+                .map(|((a, _), (w, c))| share(a, Role::Arm, w / total * 100.0, c))
+                .collect()
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Variant assignment: pinned version → override header → sticky bucket → weighted draw.
+//!
+//! Traffic is cut into [`BUCKETS`] buckets. Variants own cumulative bucket ranges in a fixed
+//! order (stable / active first), so raising a canary's weight only moves buckets from stable to
+//! canary, and a sticky key (hashed with the route's salt) lands in the same bucket on every
+//! replica, with no shared state.
+
+use super::{Route, Variant};
+use crate::config::Sticky;
+use crate::protocol::ApiError;
+use http::HeaderMap;
+use std::time::Duration;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Number of buckets traffic is divided into.
+pub const BUCKETS: u32 = 10_000;
+
+/// The header that pins a variant by name.
+pub const OVERRIDE_HEADER: &str = "x-modelgate-variant";
+
+/// Why a variant was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `/versions/{v}/` in the path.
+    Version,
+    /// The `x-modelgate-variant` request header.
+    Override,
+    /// The user's sticky key.
+    Sticky,
+    /// A weighted random draw.
+    Random,
+}
+
+/// The bucket of `key` on a route salted with `salt`.
+pub fn bucket(salt: &str, key: &str) -> u32 {
+    let mut buf = Vec::with_capacity(salt.len() + 1 + key.len());
+    buf.extend_from_slice(salt.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(key.as_bytes());
+    (xxh3_64(&buf) % u64::from(BUCKETS)) as u32
+}
+
+/// Bucket counts for weights in a fixed order, summing to [`BUCKETS`] (largest remainder, ties
+/// to the earlier variant). All-zero weights give everything to the first variant.
+pub fn bucket_counts(weights: &[f64]) -> Vec<u32> {
+    let total: f64 = weights.iter().filter(|w| w.is_finite() && **w > 0.0).sum();
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    if total <= 0.0 {
+        let mut v = vec![0; weights.len()];
+        v[0] = BUCKETS;
+        return v;
+    }
+    let exact: Vec<f64> =
+        weights.iter().map(|w| if w.is_finite() && *w > 0.0 { w / total * f64::from(BUCKETS) } else { 0.0 }).collect();
+    let mut counts: Vec<u32> = exact.iter().map(|e| e.floor() as u32).collect();
+    let mut left = BUCKETS - counts.iter().sum::<u32>();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        if exact[i] > 0.0 {
+            counts[i] += 1;
+            left -= 1;
+        }
+    }
+    counts
+}
+
+/// Bucket counts for a two-way split with `weight` percent on the second variant: the canary's
+/// count grows with its weight and the stable range shrinks from the top, never the reverse.
+pub fn canary_counts(weight: f64) -> [u32; 2] {
+    let canary = (weight.clamp(0.0, 100.0) * f64::from(BUCKETS) / 100.0).round() as u32;
+    [BUCKETS - canary, canary]
+}
+
+/// Where the sticky key of a request comes from, and whether the gateway had to make one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyKey {
+    /// The key.
+    pub key: String,
+    /// A cookie to set: the request had none, so the gateway drew this key.
+    pub set_cookie: Option<String>,
+}
+
+/// Reads the sticky key of a request; with cookie stickiness and no cookie, draws a new key.
+pub fn sticky_key(sticky: &Sticky, headers: &HeaderMap, query: Option<&str>) -> Option<StickyKey> {
+    let found = match sticky {
+        Sticky::Header(name) => headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string),
+        Sticky::Query(name) => query.and_then(|q| {
+            q.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == name).then(|| v.to_string())
+            })
+        }),
+        Sticky::Cookie(name) => headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name).then(|| v.to_string())
+            }),
+    };
+    match (found.filter(|k| !k.is_empty()), sticky) {
+        (Some(key), _) => Some(StickyKey { key, set_cookie: None }),
+        (None, Sticky::Cookie(name)) => {
+            let key = format!("{:032x}", rand::random::<u128>());
+            let cookie = format!("{name}={key}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax");
+            Some(StickyKey { key, set_cookie: Some(cookie) })
+        }
+        (None, _) => None,
+    }
+}
+
+/// Picks the variant that answers, in the order: pinned version, override header, sticky key,
+/// weighted random draw. Pins may name any variant, even one with no share of traffic.
+pub fn assign<'r>(
+    route: &'r Route,
+    version: Option<&str>,
+    override_header: Option<&str>,
+    key: Option<&str>,
+) -> Result<(&'r Variant, Reason), ApiError> {
+    if let Some(why) = &route.unavailable {
+        return Err(ApiError::unavailable(
+            format!("route {:?} is unavailable: {why}", route.name),
+            Duration::from_secs(1),
+        ));
+    }
+    let names = || route.variants.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ");
+    if let Some(v) = version {
+        return route.variants.iter().find(|x| x.name == v).map(|x| (x, Reason::Version)).ok_or_else(|| {
+            ApiError::not_found(format!("model {:?} has no version {v:?}; versions: {}", route.name, names()))
+        });
+    }
+    if let Some(v) = override_header {
+        return route.variants.iter().find(|x| x.name == v).map(|x| (x, Reason::Override)).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{OVERRIDE_HEADER}: route {:?} has no variant {v:?}; variants: {}",
+                route.name,
+                names()
+            ))
+        });
+    }
+    let (b, reason) = match key {
+        Some(k) => (bucket(&route.salt, k), Reason::Sticky),
+        None => (rand::random_range(0..BUCKETS), Reason::Random),
+    };
+    route
+        .variants
+        .iter()
+        .find(|v| b < v.upper)
+        .map(|v| (v, reason))
+        .ok_or_else(|| ApiError::internal(format!("route {:?} has no variant for bucket {b}", route.name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_counts_sum_and_follow_weights() {
+        assert_eq!(bucket_counts(&[1.0, 1.0, 1.0]), vec![3334, 3333, 3333]);
+        assert_eq!(bucket_counts(&[90.0, 10.0]), vec![9000, 1000]);
+        assert_eq!(bucket_counts(&[0.0, 5.0]), vec![0, 10000]);
+        assert_eq!(bucket_counts(&[0.0, 0.0]), vec![10000, 0]);
+        assert_eq!(canary_counts(12.34), [8766, 1234]);
+        assert_eq!(canary_counts(100.0), [0, 10000]);
+    }
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        assert_eq!(bucket("risk", "user-1"), bucket("risk", "user-1"));
+        assert_ne!(bucket("risk", "user-1"), bucket("other", "user-1"), "the salt changes the bucket");
+        let mut hist = [0u32; 10];
+        for i in 0..100_000 {
+            hist[(bucket("r", &format!("u{i}")) / 1000) as usize] += 1;
+        }
+        for h in hist {
+            assert!((9_400..10_600).contains(&h), "{hist:?}");
+        }
+    }
+
+    #[test]
+    fn sticky_keys_come_from_header_query_or_cookie() {
+        let mut h = HeaderMap::new();
+        h.insert("x-user", "alice".parse().unwrap());
+        h.insert("cookie", "a=1; mg_user=bob; c=3".parse().unwrap());
+        let key = |s: &Sticky, q: Option<&str>| sticky_key(s, &h, q);
+        assert_eq!(key(&Sticky::Header("x-user".into()), None).unwrap().key, "alice");
+        assert_eq!(key(&Sticky::Query("user".into()), Some("x=1&user=carol")).unwrap().key, "carol");
+        assert_eq!(key(&Sticky::Query("user".into()), Some("x=1")), None);
+        assert_eq!(key(&Sticky::Cookie("mg_user".into()), None).unwrap().key, "bob");
+        let made = sticky_key(&Sticky::Cookie("other".into()), &h, None).unwrap();
+        assert_eq!(made.key.len(), 32);
+        assert!(made.set_cookie.unwrap().starts_with(&format!("other={}; Path=/", made.key)));
+    }
+}

@@ -1,0 +1,63 @@
+//! Shadow traffic: a copy of a request goes to another backend after the client has its answer;
+//! the two answers are compared and the agreement recorded. Nothing here reaches the client.
+
+use super::oip::run_local;
+use super::response;
+use crate::backend::Backend;
+use crate::config::RouteKind;
+use crate::protocol::oip::InferRequest;
+use crate::routing::{Route, ShadowTarget};
+use crate::telemetry::shadow::{compare, flatten_json, flatten_tensors, Flat};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use std::net::SocketAddr;
+
+/// Sends `body` (an inference request) to the shadow off the client's path, and records how its
+/// answer compares with the primary's outputs.
+pub(super) fn spawn(target: &ShadowTarget, route: &Route, body: Bytes, primary: Vec<Flat>) {
+    let backend = target.backend.clone();
+    let stats = target.stats.clone();
+    let model = match &route.kind {
+        RouteKind::Model { upstream_model: Some(m), .. } => m.clone(),
+        _ => route.name.clone(),
+    };
+    let shadow_name = target.name.clone();
+    stats.sent();
+    tokio::spawn(async move {
+        let outputs: Result<Vec<Flat>, String> = match backend.as_ref() {
+            Backend::Onnx(m) => match InferRequest::from_json(&body) {
+                Ok(req) => run_local(m, &req).await.map(|t| flatten_tensors(&t)).map_err(|e| e.message),
+                Err(e) => Err(e.message),
+            },
+            Backend::Upstream(up) => {
+                let req = Request::post("/").header("content-type", "application/json").body(response::full(body));
+                match req {
+                    Ok(req) => {
+                        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+                        match up.forward(req, &format!("/v2/models/{model}/infer"), local).await {
+                            Ok(resp) if resp.status().is_success() => match resp.into_body().collect().await {
+                                Ok(b) => serde_json::from_slice(&b.to_bytes())
+                                    .ok()
+                                    .as_ref()
+                                    .and_then(flatten_json)
+                                    .ok_or_else(|| "answer is not an inference response".to_string()),
+                                Err(e) => Err(e.to_string()),
+                            },
+                            Ok(resp) => Err(format!("status {}", resp.status())),
+                            Err(e) => Err(e.message),
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        match outputs {
+            Ok(shadow) => stats.record(&compare(&primary, &shadow)),
+            Err(e) => {
+                stats.failed();
+                tracing::debug!(shadow = %shadow_name, error = %e, "shadow request failed");
+            }
+        }
+    });
+}

@@ -1,0 +1,230 @@
+//! Shadow traffic: how often the shadow backend agrees with the primary.
+//!
+//! Classifiers agree when they pick the same top class (the integer `label`-style output, or
+//! the arg-max of a `[N, classes]` float output); other models are compared by the mean absolute
+//! difference of their first common output.
+
+use crate::protocol::{Tensor, TensorData};
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Mutex;
+
+/// One output reduced to what comparison needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flat {
+    /// Output name.
+    pub name: String,
+    /// Integer (class label) output.
+    pub integer: bool,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Elements as f64.
+    pub values: Vec<f64>,
+}
+
+/// Outputs of an in-process model.
+pub fn flatten_tensors(tensors: &[Tensor]) -> Vec<Flat> {
+    tensors
+        .iter()
+        .map(|t| {
+            let (integer, values): (bool, Vec<f64>) = match &t.data {
+                TensorData::Bool(v) => (true, v.iter().map(|&b| f64::from(u8::from(b))).collect()),
+                TensorData::Uint8(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
+                TensorData::Int8(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
+                TensorData::Int16(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
+                TensorData::Int32(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
+                TensorData::Int64(v) => (true, v.iter().map(|&x| x as f64).collect()),
+                TensorData::Fp32(v) => (false, v.iter().map(|&x| f64::from(x)).collect()),
+                TensorData::Fp64(v) => (false, v.clone()),
+            };
+            Flat { name: t.name.clone(), integer, shape: t.shape.clone(), values }
+        })
+        .collect()
+}
+
+/// Outputs of an Open Inference Protocol JSON answer (flat `data` only).
+pub fn flatten_json(answer: &Value) -> Option<Vec<Flat>> {
+    answer["outputs"]
+        .as_array()?
+        .iter()
+        .map(|o| {
+            let datatype = o["datatype"].as_str()?;
+            let integer = datatype.starts_with("INT") || datatype.starts_with("UINT") || datatype == "BOOL";
+            let shape = o["shape"].as_array()?.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<_>>()?;
+            let values = o["data"]
+                .as_array()?
+                .iter()
+                .map(|x| x.as_f64().or_else(|| x.as_bool().map(|b| f64::from(u8::from(b)))))
+                .collect::<Option<_>>()?;
+            Some(Flat { name: o["name"].as_str()?.to_string(), integer, shape, values })
+        })
+        .collect()
+}
+
+/// How one shadowed request compared.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Comparison {
+    /// Classifier: rows compared and rows with the same top class.
+    Classes {
+        /// Rows compared.
+        rows: u64,
+        /// Rows where both picked the same class.
+        agreed: u64,
+    },
+    /// Regression: sum of absolute differences over `n` elements.
+    Difference {
+        /// Sum of |primary - shadow|.
+        sum: f64,
+        /// Elements compared.
+        n: u64,
+    },
+    /// No common output of the same shape.
+    Incomparable,
+}
+
+fn top_classes(f: &Flat) -> Option<Vec<f64>> {
+    if f.integer && f.shape.len() == 1 {
+        return Some(f.values.clone());
+    }
+    if !f.integer && f.shape.len() == 2 && f.shape[1] >= 2 {
+        return Some(
+            f.values
+                .chunks(f.shape[1])
+                .map(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0.0, |(i, _)| i as f64))
+                .collect(),
+        );
+    }
+    None
+}
+
+/// Compares a shadow's outputs with the primary's.
+pub fn compare(primary: &[Flat], shadow: &[Flat]) -> Comparison {
+    let common: Vec<(&Flat, &Flat)> = primary
+        .iter()
+        .filter_map(|p| shadow.iter().find(|s| s.name == p.name && s.shape == p.shape).map(|s| (p, s)))
+        .collect();
+    // Classifiers: an integer label output first, then class probabilities.
+    let classes = common
+        .iter()
+        .filter(|(p, _)| p.integer)
+        .chain(common.iter().filter(|(p, _)| !p.integer))
+        .find_map(|(p, s)| Some((top_classes(p)?, top_classes(s)?)));
+    if let Some((p, s)) = classes {
+        let agreed = p.iter().zip(&s).filter(|(a, b)| a == b).count() as u64;
+        return Comparison::Classes { rows: p.len() as u64, agreed };
+    }
+    match common.first() {
+        Some((p, s)) => Comparison::Difference {
+            sum: p.values.iter().zip(&s.values).map(|(a, b)| (a - b).abs()).sum(),
+            n: p.values.len() as u64,
+        },
+        None => Comparison::Incomparable,
+    }
+}
+
+/// Running totals of a route's shadow traffic.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
+pub struct ShadowSnapshot {
+    /// Copies sent.
+    pub sent: u64,
+    /// Copies that failed (error or unreadable answer).
+    pub failed: u64,
+    /// Classifier rows compared.
+    pub rows_compared: u64,
+    /// Classifier rows with the same top class.
+    pub rows_agreed: u64,
+    /// `rows_agreed / rows_compared`, when any were compared.
+    pub agreement: Option<f64>,
+    /// Elements compared by difference.
+    pub values_compared: u64,
+    /// Mean absolute difference over those elements.
+    pub mean_abs_diff: Option<f64>,
+    /// Answers with no common output to compare.
+    pub incomparable: u64,
+}
+
+/// A route's shadow totals; shared across table swaps.
+#[derive(Debug, Default)]
+pub struct ShadowStats(Mutex<ShadowSnapshot>);
+
+impl ShadowStats {
+    fn with(&self, f: impl FnOnce(&mut ShadowSnapshot)) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+    }
+
+    /// A copy was sent.
+    pub fn sent(&self) {
+        self.with(|s| s.sent += 1);
+    }
+
+    /// A copy failed.
+    pub fn failed(&self) {
+        self.with(|s| s.failed += 1);
+    }
+
+    /// A copy answered and was compared.
+    pub fn record(&self, c: &Comparison) {
+        self.with(|s| match *c {
+            Comparison::Classes { rows, agreed } => {
+                s.rows_compared += rows;
+                s.rows_agreed += agreed;
+                s.agreement = Some(s.rows_agreed as f64 / s.rows_compared.max(1) as f64);
+            }
+            Comparison::Difference { sum, n } => {
+                let total = s.mean_abs_diff.unwrap_or(0.0) * s.values_compared as f64 + sum;
+                s.values_compared += n;
+                s.mean_abs_diff = Some(total / s.values_compared.max(1) as f64);
+            }
+            Comparison::Incomparable => s.incomparable += 1,
+        });
+    }
+
+    /// The totals now.
+    pub fn snapshot(&self) -> ShadowSnapshot {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(name: &str, integer: bool, shape: &[usize], values: &[f64]) -> Flat {
+        Flat { name: name.into(), integer, shape: shape.to_vec(), values: values.to_vec() }
+    }
+
+    #[test]
+    fn classifiers_compare_labels_then_argmax() {
+        let p = [
+            flat("label", true, &[3], &[0.0, 1.0, 1.0]),
+            flat("probabilities", false, &[3, 2], &[0.9, 0.1, 0.2, 0.8, 0.4, 0.6]),
+        ];
+        let s = [
+            flat("label", true, &[3], &[0.0, 1.0, 0.0]),
+            flat("probabilities", false, &[3, 2], &[0.8, 0.2, 0.3, 0.7, 0.6, 0.4]),
+        ];
+        assert_eq!(compare(&p, &s), Comparison::Classes { rows: 3, agreed: 2 });
+        assert_eq!(compare(&p[1..], &s[1..]), Comparison::Classes { rows: 3, agreed: 2 });
+    }
+
+    #[test]
+    fn regressions_compare_by_mean_absolute_difference() {
+        let stats = ShadowStats::default();
+        stats.record(&compare(&[flat("y", false, &[2, 1], &[1.0, 2.0])], &[flat("y", false, &[2, 1], &[1.5, 1.0])]));
+        let s = stats.snapshot();
+        assert_eq!(s.values_compared, 2);
+        assert_eq!(s.mean_abs_diff, Some(0.75));
+        assert_eq!(
+            compare(&[flat("y", false, &[1], &[1.0])], &[flat("z", false, &[1], &[1.0])]),
+            Comparison::Incomparable
+        );
+    }
+
+    #[test]
+    fn json_answers_flatten() {
+        let v: Value =
+            serde_json::json!({"outputs": [{"name": "label", "datatype": "INT64", "shape": [2], "data": [1, 0]}]});
+        assert_eq!(flatten_json(&v).unwrap(), vec![flat("label", true, &[2], &[1.0, 0.0])]);
+    }
+}
