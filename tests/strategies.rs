@@ -1,0 +1,537 @@
+//! Deployment strategies on hot-swapped routing tables, over real sockets and real models.
+
+mod support;
+
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+fn backends() -> String {
+    format!(
+        "backends:\n  - name: v1\n    onnx: {{path: \"{}\"}}\n  - name: v2\n    onnx: {{path: \"{}\"}}\n  - name: v3\n    onnx: {{path: \"{}\"}}\n  - name: d1\n    onnx: {{path: \"{}\"}}\n  - name: d2\n    onnx: {{path: \"{}\"}}\n",
+        model("breast-cancer-v1.onnx"),
+        model("breast-cancer-v2.onnx"),
+        model("breast-cancer-v2.onnx"),
+        model("diabetes-v1.onnx"),
+        model("diabetes-v1.onnx"),
+    )
+}
+
+fn variant(a: &Answer) -> String {
+    a.headers.get("x-modelgate-variant").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
+
+/// GETs `url` `n` times (with `headers(i)`) over `concurrency` connections; returns variant counts.
+async fn count_variants(
+    url: &str,
+    n: usize,
+    headers: impl Fn(usize) -> Vec<(String, String)> + Send + Sync + 'static,
+) -> HashMap<String, usize> {
+    let headers = Arc::new(headers);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (url, headers, next) = (url.to_string(), headers.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n {
+                    return seen;
+                }
+                let h = headers(i);
+                let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let a = send(Method::GET, &url, "", &h).await;
+                assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+                *seen.entry(variant(&a)).or_default() += 1;
+            }
+        }));
+    }
+    let mut total: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        for (k, v) in t.await.unwrap() {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    total
+}
+
+fn share(counts: &HashMap<String, usize>, name: &str) -> f64 {
+    let n: usize = counts.values().sum();
+    *counts.get(name).unwrap_or(&0) as f64 / n as f64
+}
+
+#[tokio::test]
+async fn weighted_canary_and_n_way_ab_land_within_tolerance() {
+    let gw = Gateway::start(&format!(
+        "{}routes:\n  - model: canary\n    strategy:\n      canary: {{stable: v1, canary: v2, weight: 10}}\n  - model: ab\n    strategy:\n      ab_test: {{variants: {{v1: 20, v2: 30, v3: 50}}, sticky: {{header: x-user}}}}\n",
+        backends()
+    ))
+    .await;
+    // The ready endpoint is assigned like infer, and cheap.
+    let counts = count_variants(&gw.url("/v2/models/canary/ready"), 10_000, |_| vec![]).await;
+    let canary = share(&counts, "v2");
+    assert!((0.085..=0.115).contains(&canary), "canary share {canary} from {counts:?}");
+
+    let counts =
+        count_variants(&gw.url("/v2/models/ab/ready"), 10_000, |i| vec![("x-user".into(), format!("user-{i}"))]).await;
+    for (arm, want) in [("v1", 0.2), ("v2", 0.3), ("v3", 0.5)] {
+        let got = share(&counts, arm);
+        assert!((got - want).abs() <= 0.015, "arm {arm}: {got} vs {want} from {counts:?}");
+    }
+}
+
+fn sticky_routes() -> String {
+    format!(
+        "{}routes:\n  - model: canary\n    strategy:\n      canary: {{stable: v1, canary: v2, weight: 10, sticky: {{header: x-user}}}}\n  - model: ab\n    strategy:\n      ab_test: {{variants: {{v1: 1, v2: 1}}, sticky: {{cookie: mg_user}}}}\n",
+        backends()
+    )
+}
+
+async fn assignments(gw: &Gateway, keys: usize) -> Vec<String> {
+    let mut out = vec![String::new(); keys];
+    let url = gw.url("/v2/models/canary/ready");
+    let results = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (url, results, next) = (url.clone(), results.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= keys {
+                    return;
+                }
+                let key = format!("user-{i}");
+                let a = send(Method::GET, &url, "", &[("x-user", &key)]).await;
+                assert_eq!(a.status, StatusCode::OK);
+                results.lock().unwrap().push((i, variant(&a)));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for (i, v) in results.lock().unwrap().drain(..) {
+        out[i] = v;
+    }
+    out
+}
+
+#[tokio::test]
+async fn sticky_keys_hold_across_restarts_and_replicas_and_raising_the_canary_only_moves_users_to_it() {
+    let keys = 10_000;
+    let first = Gateway::start(&sticky_routes()).await;
+    let before = assignments(&first, keys).await;
+    let replica = Gateway::start(&sticky_routes()).await;
+    assert_eq!(assignments(&replica, keys).await, before, "two gateways agree on every key");
+    first.shutdown().await;
+    let restarted = Gateway::start(&sticky_routes()).await;
+    assert_eq!(assignments(&restarted, keys).await, before, "a restarted gateway agrees on every key");
+    let on_canary = before.iter().filter(|v| *v == "v2").count();
+    assert!((800..1200).contains(&on_canary), "{on_canary} of {keys} keys on the 10% canary");
+
+    // Raise the canary from 10% to 50% through the admin API.
+    let a = send(Method::POST, &restarted.admin_url("/admin/routes/canary/weight"), r#"{"weight": 50}"#, &[]).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let after = assignments(&restarted, keys).await;
+    let back = before.iter().zip(&after).filter(|(b, a)| *b == "v2" && *a == "v1").count();
+    assert_eq!(back, 0, "no key moves from canary back to stable");
+    let moved = before.iter().zip(&after).filter(|(b, a)| *b == "v1" && *a == "v2").count();
+    let now_on_canary = after.iter().filter(|v| *v == "v2").count();
+    assert!((4_700..5_300).contains(&now_on_canary), "{now_on_canary} keys on the 50% canary");
+    assert_eq!(on_canary + moved, now_on_canary);
+}
+
+#[tokio::test]
+async fn pins_and_cookies() {
+    let gw = Gateway::start(&sticky_routes()).await;
+    // The version path and the override header pin a variant, whatever the weights.
+    for _ in 0..20 {
+        let a = get(&gw.url("/v2/models/canary/versions/v2/ready")).await;
+        assert_eq!(variant(&a), "v2");
+        let a = send(Method::GET, &gw.url("/v2/models/canary/ready"), "", &[("x-modelgate-variant", "v2")]).await;
+        assert_eq!(variant(&a), "v2");
+    }
+    let a = send(Method::GET, &gw.url("/v2/models/canary/ready"), "", &[("x-modelgate-variant", "v9")]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.error(), "x-modelgate-variant: route \"canary\" has no variant \"v9\"; variants: v1, v2");
+
+    // No cookie: the gateway draws a key and sets it; with it, the user stays on that arm.
+    for _ in 0..10 {
+        let a = get(&gw.url("/v2/models/ab/ready")).await;
+        let cookie = a.headers["set-cookie"].to_str().unwrap().to_string();
+        assert!(cookie.starts_with("mg_user=") && cookie.contains("Path=/"), "{cookie}");
+        let pair = cookie.split(';').next().unwrap().to_string();
+        let first = variant(&a);
+        for _ in 0..10 {
+            let b = send(Method::GET, &gw.url("/v2/models/ab/ready"), "", &[("cookie", &pair)]).await;
+            assert_eq!(variant(&b), first);
+            assert!(!b.headers.contains_key("set-cookie"), "a cookie that is there is not set again");
+        }
+    }
+    // The gateway request id names route and variant.
+    let a = get(&gw.url("/v2/models/canary/versions/v1/ready")).await;
+    let id = a.headers["x-modelgate-request-id"].to_str().unwrap();
+    let decoded = modelgate::protocol::request_id::GatewayRequestId::decode(id).unwrap();
+    assert_eq!((decoded.route.as_str(), decoded.variant.as_str()), ("canary", "v1"));
+}
+
+fn sample() -> Value {
+    let e = &expected_outputs()["models"]["breast-cancer-v1"];
+    let mut input = e["inputs"]["input"].clone();
+    input["name"] = json!("input");
+    json!({ "inputs": [input] })
+}
+
+/// Sends real inferences from `clients` loops until `stop`; returns (sent, non-200 answers).
+fn load(url: String, clients: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(usize, Vec<(u16, bool)>)>> {
+    (0..clients)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let body = sample();
+                let (mut sent, mut bad) = (0, Vec::new());
+                while !stop.load(Ordering::SeqCst) {
+                    let a = post_json(&url, &body).await;
+                    sent += 1;
+                    if a.status != StatusCode::OK {
+                        bad.push((a.status.as_u16(), a.headers.contains_key("retry-after")));
+                    }
+                }
+                (sent, bad)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_hundred_swaps_under_load_lose_no_request() {
+    let routes = |w: u32| {
+        format!(
+            "{}routes:\n  - model: canary\n    strategy:\n      canary: {{stable: v1, canary: v2, weight: {w}}}\n  - model: bg\n    strategy:\n      blue_green: {{active: v1, preview: v2, scale_down_delay: 1h}}\n",
+            backends()
+        )
+    };
+    let gw = Gateway::start(&routes(10)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = load(gw.url("/v2/models/canary/infer"), 3, stop.clone());
+    clients.extend(load(gw.url("/v2/models/bg/infer"), 3, stop.clone()));
+    let start_gen = gw.controller.table().load().generation();
+    for i in 0..200u32 {
+        match i % 3 {
+            0 => {
+                let a = send(
+                    Method::POST,
+                    &gw.admin_url("/admin/routes/canary/weight"),
+                    format!("{{\"weight\": {}}}", i % 100),
+                    &[],
+                )
+                .await;
+                assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+            }
+            1 => {
+                std::fs::write(gw.routes_file(), routes(i % 100)).unwrap();
+                gw.controller.reload_file().await.unwrap();
+            }
+            _ => {
+                let a = send(Method::POST, &gw.admin_url("/admin/routes/bg/switch"), "", &[]).await;
+                assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (mut sent, mut bad) = (0, Vec::new());
+    for c in clients {
+        let (s, b) = c.await.unwrap();
+        sent += s;
+        bad.extend(b);
+    }
+    let swaps = gw.controller.table().load().generation() - start_gen;
+    assert!(swaps >= 200, "{swaps} swaps");
+    assert!(sent > 200, "{sent} requests during the swaps");
+    assert!(bad.is_empty(), "{} of {sent} requests failed during {swaps} swaps: {bad:?}", bad.len());
+    println!("{sent} requests, {swaps} table swaps, 0 failed");
+}
+
+async fn admin_routes(gw: &Gateway) -> Value {
+    get(&gw.admin_url("/admin/routes")).await.json()
+}
+
+#[tokio::test]
+async fn an_invalid_file_changes_nothing_and_a_valid_one_applies_within_two_seconds() {
+    let routes = |w: &str| {
+        format!(
+            "{}routes:\n  - model: canary\n    strategy:\n      canary: {{stable: v1, canary: v2, weight: {w}}}\n",
+            backends()
+        )
+    };
+    let gw = Gateway::start(&routes("10")).await;
+    let before = admin_routes(&gw).await;
+    assert_eq!(before["reload"]["ok"], true);
+
+    std::fs::write(gw.routes_file(), routes("250").replace("name: v3", "name: v3\n    bogus: 1")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let view = loop {
+        let v = admin_routes(&gw).await;
+        if v["reload"]["ok"] == false {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bad write was never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let errors = view["reload"]["errors"].to_string();
+    assert!(errors.contains("unknown field `bogus`"), "{errors}");
+    assert_eq!(view["generation"], before["generation"], "a refused file publishes nothing");
+    assert_eq!(view["routes"][0]["variants"][1]["weight"], 10.0);
+    assert_eq!(get(&gw.url("/v2/models/canary/ready")).await.status, StatusCode::OK);
+
+    // Every semantic error is listed at once, too.
+    std::fs::write(gw.routes_file(), routes("250").replace("stable: v1", "stable: v0")).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let v = admin_routes(&gw).await;
+        let errors = v["reload"]["errors"].to_string();
+        if errors.contains("v0") {
+            assert!(errors.contains("must be a percentage between 0 and 100, got 250"), "{errors}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A valid file applies, within 2 s of the write.
+    std::fs::write(gw.routes_file(), routes("40")).unwrap();
+    let written = std::time::Instant::now();
+    loop {
+        let v = admin_routes(&gw).await;
+        if v["routes"][0]["variants"][1]["weight"] == 40.0 {
+            assert_eq!(v["reload"]["ok"], true);
+            assert_eq!(v["reload"]["errors"], json!([]));
+            break;
+        }
+        assert!(written.elapsed() < Duration::from_secs(2), "not applied 2 s after the write: {v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("valid routes.yaml applied {:?} after the write", written.elapsed());
+}
+
+fn threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn recreate_has_a_bounded_gap_of_503s_and_blue_green_has_none() {
+    let routes = |backend: &str| {
+        format!(
+            "{}routes:\n  - model: diabetes\n    strategy:\n      recreate: {{backend: {backend}}}\n  - model: bg\n    strategy:\n      blue_green: {{active: v1, preview: v2}}\n",
+            backends()
+        )
+    };
+    let gw = Gateway::start(&routes("d1")).await;
+    let diabetes = {
+        let e = &expected_outputs()["models"]["diabetes-v1"];
+        let mut input = e["inputs"]["features"].clone();
+        input["name"] = json!("features");
+        json!({ "inputs": [input] })
+    };
+    // Recreate under load.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (url, stop, body) = (gw.url("/v2/models/diabetes/infer"), stop.clone(), diabetes.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut gap) = (0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                let a = post_json(&url, &body).await;
+                match a.status {
+                    StatusCode::OK => ok += 1,
+                    StatusCode::SERVICE_UNAVAILABLE => {
+                        assert!(a.headers.contains_key("retry-after"));
+                        assert!(a.error().contains("is being replaced (recreate)"), "{}", a.error());
+                        gap += 1;
+                    }
+                    other => panic!("unexpected {other}: {:?}", a.body),
+                }
+            }
+            (ok, gap)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(threads().iter().any(|t| t == "onnx-d1-0"));
+    std::fs::write(gw.routes_file(), routes("d2")).unwrap();
+    gw.controller.reload_file().await.unwrap();
+    let names = threads();
+    assert!(names.iter().any(|t| t == "onnx-d2-0"), "{names:?}");
+    assert!(!names.iter().any(|t| t == "onnx-d1-0"), "the old model is unloaded: one copy in memory");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut gap) = (0, 0);
+    for t in tasks {
+        let (o, g) = t.await.unwrap();
+        ok += o;
+        gap += g;
+    }
+    let view = admin_routes(&gw).await;
+    let gap_ms = view["routes"][0]["status"]["last_gap"].as_f64().expect("the gap is reported");
+    assert!(gap > 0, "requests in the gap get 503 ({ok} ok)");
+    assert!(gap < ok, "the gap is short next to the serving time: {gap} 503s, {ok} ok");
+    assert_eq!(view["routes"][0]["variants"][0]["name"], "d2");
+    println!("recreate: gap {gap_ms:.1} ms, {gap} requests answered 503, {ok} answered 200");
+
+    // Blue-green switches under load: no gap at all.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(gw.url("/v2/models/bg/infer"), 4, stop.clone());
+    for _ in 0..20 {
+        let a = send(Method::POST, &gw.admin_url("/admin/routes/bg/switch"), "", &[]).await;
+        assert_eq!(a.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut sent = 0;
+    for c in clients {
+        let (s, bad) = c.await.unwrap();
+        sent += s;
+        assert!(bad.is_empty(), "blue-green switch answered {bad:?}");
+    }
+    assert!(sent > 20);
+}
+
+#[tokio::test]
+async fn blue_green_preview_is_reachable_and_the_old_colour_is_scaled_down_after_the_delay() {
+    let gw = Gateway::start(&format!(
+        "{}routes:\n  - model: bg\n    strategy:\n      blue_green: {{active: v1, preview: v2, scale_down_delay: 300ms}}\n",
+        backends()
+    ))
+    .await;
+    for _ in 0..10 {
+        assert_eq!(variant(&get(&gw.url("/v2/models/bg/ready")).await), "v1");
+    }
+    assert_eq!(variant(&get(&gw.url("/v2/models/bg/versions/v2/ready")).await), "v2", "preview reachable by version");
+    let a = send(Method::POST, &gw.admin_url("/admin/routes/bg/promote"), "", &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(variant(&get(&gw.url("/v2/models/bg/ready")).await), "v2");
+    assert_eq!(variant(&get(&gw.url("/v2/models/bg/versions/v1/ready")).await), "v1", "old colour warm");
+    // Roll back while warm: instant, and back on v1.
+    let a = send(Method::POST, &gw.admin_url("/admin/routes/bg/rollback"), "", &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(variant(&get(&gw.url("/v2/models/bg/ready")).await), "v1");
+    // After scale_down_delay the colour not serving is unloaded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = admin_routes(&gw).await;
+        if v["routes"][0]["variants"].as_array().unwrap().len() == 1 {
+            assert_eq!(v["routes"][0]["status"]["scaled_down"], "v2");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never scaled down: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&gw.url("/v2/models/bg/versions/v2/ready")).await.status, StatusCode::NOT_FOUND);
+    // Switching again loads it back.
+    assert_eq!(send(Method::POST, &gw.admin_url("/admin/routes/bg/switch"), "", &[]).await.status, StatusCode::OK);
+    assert_eq!(variant(&get(&gw.url("/v2/models/bg/ready")).await), "v2");
+}
+
+#[tokio::test]
+async fn admin_mutations_refuse_what_does_not_fit() {
+    let gw = Gateway::start(&sticky_routes()).await;
+    let admin = gw.admin;
+    let post = move |path: &'static str, body: &'static str| async move {
+        send(Method::POST, &format!("http://{admin}{path}"), body, &[]).await
+    };
+    let a = post("/admin/routes/nope/weight", r#"{"weight": 5}"#).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.error(), "unknown route \"nope\"; routes: canary, ab");
+    let a = post("/admin/routes/canary/weight", r#"{"weight": 150}"#).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a = post("/admin/routes/canary/weight", r#"{"wait": 5}"#).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.error().starts_with("invalid JSON body"), "{}", a.error());
+    let a = post("/admin/routes/ab/weight", r#"{"weight": 5}"#).await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    let a = post("/admin/routes/canary/switch", "").await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    let a = post("/admin/routes/ab/promote", "").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.error().contains("arms: v1, v2"), "{}", a.error());
+    // A/B promote sends every user to the winner; rollback restores the split.
+    assert_eq!(post("/admin/routes/ab/promote", r#"{"variant": "v2"}"#).await.status, StatusCode::OK);
+    let counts = count_variants(&gw.url("/v2/models/ab/ready"), 200, |_| vec![]).await;
+    assert_eq!(counts.get("v2"), Some(&200));
+    assert_eq!(post("/admin/routes/ab/rollback", "").await.status, StatusCode::OK);
+    let counts = count_variants(&gw.url("/v2/models/ab/ready"), 400, |_| vec![]).await;
+    assert!(counts.get("v1").copied().unwrap_or(0) > 100, "{counts:?}");
+    // Canary promote and rollback.
+    assert_eq!(post("/admin/routes/canary/promote", "").await.status, StatusCode::OK);
+    let v = admin_routes(&gw).await;
+    assert_eq!(v["routes"][0]["variants"][1]["weight"], 100.0);
+    assert_eq!(v["routes"][0]["status"]["phase"], "promoted");
+    assert_eq!(post("/admin/routes/canary/rollback", "").await.status, StatusCode::OK);
+    let v = admin_routes(&gw).await;
+    assert_eq!(v["routes"][0]["variants"][1]["weight"], 0.0);
+    assert_eq!(v["routes"][0]["status"]["phase"], "rolled_back");
+}
+
+#[tokio::test]
+async fn shadow_gets_its_share_the_client_sees_only_the_primary_and_agreement_is_recorded() {
+    let upstream = Upstream::start(Duration::ZERO).await;
+    let gw = Gateway::start(&format!(
+        "{}  - name: echo\n    upstream: {{url: \"{}\"}}\nroutes:\n  - model: risk\n    backend: v1\n    shadow: {{backend: v2, percent: 30}}\n  - model: risk-up\n    backend: v1\n    shadow: {{backend: echo, percent: 100}}\n",
+        backends(),
+        upstream.url()
+    ))
+    .await;
+    let holdout: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("models/breast-cancer-holdout.json")).unwrap())
+            .unwrap();
+    let samples = holdout["samples"].as_array().unwrap();
+    let n = 1000;
+    for i in 0..n {
+        let row = &samples[i % samples.len()]["features"];
+        let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": row}]});
+        let a = post_json(&gw.url("/v2/models/risk/infer"), &body).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(variant(&a), "v1", "the client only sees the primary");
+        assert_eq!(a.json()["model_version"], "v1");
+    }
+    // Shadow copies run after the answers; wait for them to settle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let v = admin_routes(&gw).await;
+        let s = v["routes"][0]["shadow"]["stats"].clone();
+        if s["sent"].as_u64() == Some(s["rows_compared"].as_u64().unwrap() + s["failed"].as_u64().unwrap()) {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let sent = stats["sent"].as_u64().unwrap() as f64 / n as f64;
+    assert!((0.25..=0.35).contains(&sent), "shadow share {sent}: {stats}");
+    assert_eq!(stats["failed"], 0);
+    let agreement = stats["agreement"].as_f64().unwrap();
+    // v1 and v2 agree on most, not all, holdout samples.
+    assert!((0.8..1.0).contains(&agreement), "{stats}");
+    println!("shadow: {stats}");
+
+    // An upstream shadow gets a copy of every request, at the route's model path.
+    for _ in 0..20 {
+        let a = post_json(&gw.url("/v2/models/risk-up/infer"), &sample()).await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while upstream.hits.load(Ordering::SeqCst) < 20 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(upstream.last().path_and_query, "/v2/models/risk-up/infer");
+    assert_eq!(upstream.last().body, sample().to_string());
+}
