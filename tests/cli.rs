@@ -107,21 +107,7 @@ fn a_missing_onnx_runtime_says_which_command_fixes_it() {
 
 #[test]
 fn serve_runs_the_demo_and_stops_cleanly_on_sigterm() {
-    let mut child = modelgate()
-        .args(["serve", "--config", "routes.yaml", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("modelgate: listening on http://")
-        .and_then(|rest| rest.split_once(' '))
-        .map(|(addr, _)| addr.to_string())
-        .unwrap_or_else(|| panic!("{line:?}"));
-
+    let (mut child, addr) = spawn_serve("routes.yaml");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let e = &expected_outputs()["models"]["breast-cancer-v1"];
@@ -149,4 +135,57 @@ fn serve_runs_the_demo_and_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// Starts `modelgate serve` on ports chosen by the OS; returns the child and its inference address.
+fn spawn_serve(config: &str) -> (std::process::Child, String) {
+    let mut child = modelgate()
+        .args(["serve", "--config", config, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("modelgate: listening on http://")
+        .and_then(|rest| rest.split_once(' '))
+        .map(|(addr, _)| addr.to_string())
+        .unwrap_or_else(|| panic!("{line:?}"));
+    (child, addr)
+}
+
+#[test]
+fn two_gateway_processes_put_every_sticky_key_on_the_same_variant() {
+    let (mut a, addr_a) = spawn_serve("routes.yaml");
+    let (mut b, addr_b) = spawn_serve("routes.yaml");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut on_canary = 0;
+        for i in 0..1000 {
+            let key = format!("user-{i}");
+            let va = send(
+                http::Method::GET,
+                &format!("http://{addr_a}/v2/models/breast-cancer/ready"),
+                "",
+                &[("x-user-id", &key)],
+            )
+            .await;
+            let vb = send(
+                http::Method::GET,
+                &format!("http://{addr_b}/v2/models/breast-cancer/ready"),
+                "",
+                &[("x-user-id", &key)],
+            )
+            .await;
+            assert_eq!(va.headers["x-modelgate-variant"], vb.headers["x-modelgate-variant"], "key {key}");
+            on_canary += usize::from(va.headers["x-modelgate-variant"] == "bc-v2");
+        }
+        assert!((60..140).contains(&on_canary), "{on_canary} of 1000 keys on the 10% canary");
+    });
+    for c in [&mut a, &mut b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }

@@ -188,8 +188,11 @@ fn sample() -> Value {
     json!({ "inputs": [input] })
 }
 
-/// Sends real inferences from `clients` loops until `stop`; returns (sent, non-200 answers).
-fn load(url: String, clients: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(usize, Vec<(u16, bool)>)>> {
+/// A load client's result: requests sent, and (status, had Retry-After) of every non-200 answer.
+type LoadClient = tokio::task::JoinHandle<(usize, Vec<(u16, bool)>)>;
+
+/// Sends real inferences from `clients` loops until `stop`.
+fn load(url: String, clients: usize, stop: Arc<AtomicBool>) -> Vec<LoadClient> {
     (0..clients)
         .map(|_| {
             let (url, stop) = (url.clone(), stop.clone());
@@ -273,6 +276,7 @@ async fn an_invalid_file_changes_nothing_and_a_valid_one_applies_within_two_seco
     let gw = Gateway::start(&routes("10")).await;
     let before = admin_routes(&gw).await;
     assert_eq!(before["reload"]["ok"], true);
+    let workers_before = worker_tids();
 
     std::fs::write(gw.routes_file(), routes("250").replace("name: v3", "name: v3\n    bogus: 1")).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -318,6 +322,22 @@ async fn an_invalid_file_changes_nothing_and_a_valid_one_applies_within_two_seco
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     println!("valid routes.yaml applied {:?} after the write", written.elapsed());
+    // The models did not change, so they were reused: the very same worker threads serve.
+    assert_eq!(worker_tids(), workers_before);
+}
+
+/// Thread ids of this process's ONNX workers, by name.
+fn worker_tids() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?.trim().to_string();
+            name.starts_with("onnx-v").then(|| (name, t.file_name().to_string_lossy().to_string()))
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 fn threads() -> Vec<String> {
@@ -346,7 +366,7 @@ async fn recreate_has_a_bounded_gap_of_503s_and_blue_green_has_none() {
     // Recreate under load.
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..8 {
         let (url, stop, body) = (gw.url("/v2/models/diabetes/infer"), stop.clone(), diabetes.clone());
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut gap) = (0, 0);
