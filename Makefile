@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/modelgate
 
-.PHONY: run test build ort lint validate models clean
+.PHONY: run test build ort lint validate models check-metrics clean
 
 ## run: fetch ONNX Runtime, build, and serve the demo routes.yaml on 127.0.0.1:8080
 run: ort build
@@ -28,6 +28,10 @@ lint:
 ## validate: check routes.yaml and load every model in it
 validate: ort build
 	$(BIN) validate routes.yaml
+
+## check-metrics: serve the demo, drive traffic, and lint /metrics with promtool
+check-metrics:
+	./scripts/check-metrics.sh
 
 ## models: regenerate models/ (needs the Python packages in models/requirements.txt)
 models:

@@ -4,9 +4,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use modelgate::backend::runtime;
 use modelgate::config::Config;
+use modelgate::protocol::request_id::IdCodec;
 use modelgate::rollout::Controller;
 use modelgate::server::{self, AppState, ListenerSettings};
-use modelgate::telemetry::{self, LogFormat};
+use modelgate::telemetry::{self, LogFormat, Telemetry};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
 async fn start(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<(Config, Arc<Controller>)> {
     let config = Config::load(path)?;
     let library = runtime::locate(ort_flag, config.server.ort_library.as_deref());
-    let controller = Controller::start(config.clone(), library).await?;
+    let controller = Controller::start(config.clone(), library, Telemetry::new()).await?;
     Ok((config, controller))
 }
 
@@ -135,7 +136,12 @@ async fn serve(
 
     tracing::info!(%local, admin = %admin_local, routes = config.routes.len(), config = %path.display(), "modelgate serving");
     println!("modelgate: listening on http://{local} (admin http://{admin_local})");
-    let state = Arc::new(AppState { table: controller.table(), settings });
+    let ids = IdCodec::from_env(settings.feedback_max_age);
+    if std::env::var_os("MODELGATE_FEEDBACK_KEY").is_none() {
+        tracing::warn!("MODELGATE_FEEDBACK_KEY is not set: request ids are not signed, so feedback cannot be verified");
+    }
+    let state =
+        Arc::new(AppState { table: controller.table(), settings, telemetry: controller.telemetry().clone(), ids });
     server::serve(listener, state, server::shutdown_signal()).await;
     let _ = stop_tx.send(true);
     let _ = admin_task.await;

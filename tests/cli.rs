@@ -139,8 +139,16 @@ fn serve_runs_the_demo_and_stops_cleanly_on_sigterm() {
 
 /// Starts `modelgate serve` on ports chosen by the OS; returns the child and its inference address.
 fn spawn_serve(config: &str) -> (std::process::Child, String) {
+    let (child, addr, _) = spawn_serve_admin(config);
+    (child, addr)
+}
+
+/// Starts `modelgate serve`, sharing the feedback key of every test gateway; returns the child,
+/// its inference address and its admin address.
+fn spawn_serve_admin(config: &str) -> (std::process::Child, String, String) {
     let mut child = modelgate()
         .args(["serve", "--config", config, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("MODELGATE_FEEDBACK_KEY", "shared-by-the-replicas")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -153,7 +161,12 @@ fn spawn_serve(config: &str) -> (std::process::Child, String) {
         .and_then(|rest| rest.split_once(' '))
         .map(|(addr, _)| addr.to_string())
         .unwrap_or_else(|| panic!("{line:?}"));
-    (child, addr)
+    let admin = line
+        .trim()
+        .rsplit_once("(admin http://")
+        .map(|(_, a)| a.trim_end_matches(')').to_string())
+        .unwrap_or_else(|| panic!("{line:?}"));
+    (child, addr, admin)
 }
 
 #[test]
@@ -183,6 +196,49 @@ fn two_gateway_processes_put_every_sticky_key_on_the_same_variant() {
             on_canary += usize::from(va.headers["x-modelgate-variant"] == "bc-v2");
         }
         assert!((60..140).contains(&on_canary), "{on_canary} of 1000 keys on the 10% canary");
+    });
+    for c in [&mut a, &mut b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn feedback_posted_to_another_process_goes_to_the_variant_the_first_chose() {
+    let (mut a, addr_a, _) = spawn_serve_admin("routes.yaml");
+    let (mut b, addr_b, admin_b) = spawn_serve_admin("routes.yaml");
+    let holdout: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("models/breast-cancer-holdout.json")).unwrap())
+            .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // (labels scored, predicted right) per variant, as the client saw the answers of A.
+        let mut expected: std::collections::HashMap<String, (u64, u64)> = Default::default();
+        for (i, s) in holdout["samples"].as_array().unwrap().iter().enumerate().take(120) {
+            let body = serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": s["features"]}]});
+            let key = format!("user-{i}");
+            let r = send(http::Method::POST, &format!("http://{addr_a}/v2/models/breast-cancer/infer"), body.to_string(), &[("x-user-id", &key)]).await;
+            assert_eq!(r.status, http::StatusCode::OK);
+            let variant = r.headers["x-modelgate-variant"].to_str().unwrap().to_string();
+            let id = r.headers["x-modelgate-request-id"].to_str().unwrap().to_string();
+            let truth = s["label"].as_i64().unwrap();
+            let right = r.json()["outputs"][0]["data"][0].as_i64() == Some(truth);
+            let e = expected.entry(variant.clone()).or_default();
+            e.0 += 1;
+            e.1 += u64::from(right);
+            let fb = post_json(&format!("http://{addr_b}/v2/feedback"), &serde_json::json!({"request_id": id, "label": truth})).await;
+            assert_eq!(fb.status, http::StatusCode::OK, "{:?}", fb.body);
+            assert_eq!(fb.json()["variant"], variant.as_str(), "B attributes it to the variant A chose");
+        }
+        assert_eq!(expected.len(), 2, "both variants answered: {expected:?}");
+        let stats = get(&format!("http://{admin_b}/admin/stats")).await.json();
+        let route = stats["routes"].as_array().unwrap().iter().find(|r| r["route"] == "breast-cancer").unwrap().clone();
+        for v in route["variants"].as_array().unwrap() {
+            let (n, right) = expected[v["variant"].as_str().unwrap()];
+            assert_eq!(v["total"]["requests"], 0, "B answered none of these requests");
+            assert_eq!(v["total"]["accuracy_samples"], n);
+            assert_eq!(v["total"]["accuracy"].as_f64().unwrap(), right as f64 / n as f64);
+        }
     });
     for c in [&mut a, &mut b] {
         let _ = c.kill();

@@ -177,7 +177,8 @@ async fn pins_and_cookies() {
     // The gateway request id names route and variant.
     let a = get(&gw.url("/v2/models/canary/versions/v1/ready")).await;
     let id = a.headers["x-modelgate-request-id"].to_str().unwrap();
-    let decoded = modelgate::protocol::request_id::GatewayRequestId::decode(id).unwrap();
+    let codec = modelgate::protocol::request_id::IdCodec::new(Some(b"test-key".to_vec()), Duration::from_secs(60));
+    let decoded = codec.decode(id).unwrap();
     assert_eq!((decoded.route.as_str(), decoded.variant.as_str()), ("canary", "v1"));
 }
 
@@ -348,7 +349,7 @@ fn threads() -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreate_has_a_bounded_gap_of_503s_and_blue_green_has_none() {
     let routes = |backend: &str| {
         format!(
@@ -387,11 +388,26 @@ async fn recreate_has_a_bounded_gap_of_503s_and_blue_green_has_none() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(threads().iter().any(|t| t == "onnx-d1-0"));
+    // Hold the current table, as a slow in-flight request would: the old model cannot be
+    // unloaded until it is let go, so the gap stays open for as long as the test needs.
+    let held = gw.controller.table().load();
     std::fs::write(gw.routes_file(), routes("d2")).unwrap();
-    gw.controller.reload_file().await.unwrap();
+    let controller = gw.controller.clone();
+    let reload = tokio::spawn(async move { controller.reload_file().await });
+    while gw.controller.table().load().model("diabetes").and_then(|r| r.unavailable.clone()).is_none() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let a = post_json(&gw.url("/v2/models/diabetes/infer"), &diabetes).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.headers["retry-after"], "1");
+    let names = threads();
+    assert!(names.iter().any(|t| t == "onnx-d1-0"), "the old model serves its in-flight requests to the end");
+    assert!(!names.iter().any(|t| t == "onnx-d2-0"), "the new model is not loaded while the old one is: one copy");
+    drop(held);
+    reload.await.unwrap().unwrap();
     let names = threads();
     assert!(names.iter().any(|t| t == "onnx-d2-0"), "{names:?}");
-    assert!(!names.iter().any(|t| t == "onnx-d1-0"), "the old model is unloaded: one copy in memory");
+    assert!(!names.iter().any(|t| t == "onnx-d1-0"), "the old model is unloaded");
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, Ordering::SeqCst);
     let (mut ok, mut gap) = (0, 0);

@@ -1,6 +1,9 @@
 //! The admin API, on its own listener (loopback by default): read the routing table, and change
 //! rollouts through the controller's one mutate → build → validate → swap path.
 //!
+//! - `GET  /metrics` — Prometheus text exposition.
+//! - `GET  /admin/stats` — per route and variant: requests, error rate, p50/p95/p99, business
+//!   metrics with their sample counts (lifetime, and the current analysis step).
 //! - `GET  /admin/routes` — the table with its generation, every route's variants, shares,
 //!   shadow agreement and status, and the outcome of the last reload.
 //! - `POST /admin/reload` — read routes.yaml again now.
@@ -27,6 +30,14 @@ const MAX_BODY: usize = 64 * 1024;
 /// Answers one admin request.
 pub async fn handle(controller: Arc<Controller>, req: Request<Incoming>) -> Response<Body> {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    if path == "/metrics" && (method == Method::GET || method == Method::HEAD) {
+        let mut resp = Response::new(response::full(controller.telemetry().render().into()));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return resp;
+    }
     let result = route(&controller, req).await;
     match result {
         Ok(v) => response::json_value(StatusCode::OK, &v),
@@ -87,6 +98,13 @@ async fn route(controller: &Arc<Controller>, req: Request<Incoming>) -> Result<V
             Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("use GET for {path}")))
         };
     }
+    if path == "/admin/stats" {
+        return if method == Method::GET {
+            Ok(stats(controller))
+        } else {
+            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("use GET for {path}")))
+        };
+    }
     if path == "/admin/reload" {
         if method != Method::POST {
             return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("use POST for {path}")));
@@ -122,6 +140,21 @@ async fn route(controller: &Arc<Controller>, req: Request<Incoming>) -> Result<V
     };
     tracing::info!(route = %name, action, generation, "admin change applied");
     Ok(json!({ "route": name, "action": action, "generation": generation }))
+}
+
+/// `GET /admin/stats`: per route and variant, the lifetime numbers and the current analysis step's.
+pub fn stats(controller: &Controller) -> Value {
+    let mut routes: Vec<(String, Vec<Value>)> = Vec::new();
+    for v in controller.telemetry().variants() {
+        let entry = json!({ "variant": v.variant, "total": v.total(), "step": v.step() });
+        match routes.last_mut() {
+            Some((route, list)) if *route == v.route => list.push(entry),
+            _ => routes.push((v.route.clone(), vec![entry])),
+        }
+    }
+    let routes: Vec<Value> =
+        routes.into_iter().map(|(route, variants)| json!({ "route": route, "variants": variants })).collect();
+    json!({ "routes": routes })
 }
 
 /// `GET /admin/routes`.

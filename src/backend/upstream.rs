@@ -54,6 +54,7 @@ pub struct UpstreamBackend {
     client: Client<HttpConnector, Body>,
     request_timeout: Duration,
     connect_timeout: Duration,
+    business_header: Option<String>,
 }
 
 impl UpstreamBackend {
@@ -73,7 +74,13 @@ impl UpstreamBackend {
             client,
             request_timeout: spec.request_timeout,
             connect_timeout: spec.connect_timeout,
+            business_header: spec.business_header.clone(),
         }
+    }
+
+    /// The response header in which this upstream reports a business value, if any.
+    pub fn business_header(&self) -> Option<&str> {
+        self.business_header.as_deref()
     }
 
     /// The base URL requests go to.

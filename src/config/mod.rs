@@ -50,6 +50,8 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// How long after an answer feedback on it is accepted.
+    pub feedback_max_age: Duration,
     /// ONNX Runtime shared library, when the file names one.
     pub ort_library: Option<PathBuf>,
 }
@@ -63,6 +65,7 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            feedback_max_age: Duration::from_secs(24 * 3600),
             ort_library: None,
         }
     }
@@ -111,6 +114,8 @@ pub struct UpstreamSpec {
     pub connect_timeout: Duration,
     /// Deadline for the upstream's response head.
     pub request_timeout: Duration,
+    /// A response header in which the upstream reports a business value (recorded as a reward).
+    pub business_header: Option<String>,
 }
 
 /// A route: what clients address, and how its variants share the traffic.
@@ -366,6 +371,7 @@ fn server(raw: &RawServer, issues: &mut Issues) -> ServerSettings {
         ),
         request_timeout: duration(&raw.request_timeout, d.request_timeout, "server.request_timeout", issues),
         shutdown_grace: duration(&raw.shutdown_grace, d.shutdown_grace, "server.shutdown_grace", issues),
+        feedback_max_age: duration(&raw.feedback_max_age, d.feedback_max_age, "server.feedback_max_age", issues),
         ort_library: raw.ort_library.as_ref().map(PathBuf::from),
     }
 }
@@ -459,13 +465,23 @@ fn upstream_spec(raw: &raw::RawUpstream, place: &str, issues: &mut Issues) -> Op
     let connect_timeout = duration(&raw.connect_timeout, d, &format!("{place}.connect_timeout"), issues);
     let request_timeout =
         duration(&raw.request_timeout, Duration::from_secs(30), &format!("{place}.request_timeout"), issues);
-    url.map(|url| UpstreamSpec { url, connect_timeout, request_timeout })
+    let business_header = raw.business_header.as_ref().and_then(|h| match http::HeaderName::from_bytes(h.as_bytes()) {
+        Ok(name) => Some(name.as_str().to_string()),
+        Err(_) => {
+            issues.push(format!("{place}.business_header"), format!("{h:?} is not a valid header name"));
+            None
+        }
+    });
+    url.map(|url| UpstreamSpec { url, connect_timeout, request_timeout, business_header })
 }
 
 /// A path prefix for proxying: starts and ends with `/`, and stays clear of the OIP paths.
 fn check_prefix(text: &str, place: &str, issues: &mut Issues) -> Option<String> {
-    if !text.starts_with('/') || text.contains(['?', '#', ' ']) {
-        issues.push(place, format!("invalid path {text:?}: must start with '/' and hold no '?', '#' or spaces"));
+    if !text.starts_with('/') || text.contains(['?', '#', ' ', '~', '%']) {
+        issues.push(
+            place,
+            format!("invalid path {text:?}: must start with '/' and hold no '?', '#', '~', '%' or spaces"),
+        );
         return None;
     }
     let normal = if text.ends_with('/') { text.to_string() } else { format!("{text}/") };

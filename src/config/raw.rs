@@ -26,6 +26,7 @@ pub struct RawServer {
     pub header_read_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub feedback_max_age: Option<String>,
     pub ort_library: Option<String>,
 }
 
@@ -55,6 +56,7 @@ pub struct RawUpstream {
     pub url: String,
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
+    pub business_header: Option<String>,
 }
 
 /// One entry of `routes:`; exactly one of `model` and `path_prefix`, and exactly one of

@@ -1,46 +1,147 @@
-//! The gateway's request id: which route and variant answered, readable by any replica.
+//! The gateway's request id: which route and variant answered, and what it predicted, readable
+//! by any replica without a shared store.
 //!
-//! `x-modelgate-request-id: <nonce>~<route>~<variant>`. Names cannot hold `~`, so the id splits
-//! without ambiguity; the nonce makes it unique.
+//! `x-modelgate-request-id: <nonce>~<issued>~<route>~<variant>~<prediction>~<mac>`
+//! - `nonce`: 16 hex digits, random; `issued`: unix seconds;
+//! - `prediction`: the top class of each row, `.`-separated (empty when the answer was not a
+//!   classifier's, or had more than [`MAX_ROWS`] rows);
+//! - `mac`: the first 16 hex digits of HMAC-SHA256 over the rest with the key shared by the
+//!   replicas (`MODELGATE_FEEDBACK_KEY`), or `0` when no key is set (ids are then not
+//!   tamper-evident).
+//!
+//! Names cannot hold `~` (routes.yaml validation refuses it), so the id splits unambiguously.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The response header that carries the id.
+pub const HEADER: &str = "x-modelgate-request-id";
+
+/// Predictions of answers with more rows than this are not carried.
+pub const MAX_ROWS: usize = 64;
 
 /// A decoded gateway request id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayRequestId {
     /// 16 hex digits, random.
     pub nonce: String,
+    /// Unix seconds when it was issued.
+    pub issued: u64,
     /// The route that was addressed (model name or path prefix).
     pub route: String,
     /// The variant that answered.
     pub variant: String,
+    /// The top class of each row the variant answered, when it was a classifier.
+    pub prediction: Option<Vec<i64>>,
 }
 
-/// The response header that carries it.
-pub const HEADER: &str = "x-modelgate-request-id";
+/// Why a request id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// Not shaped like one of ours.
+    #[error("request_id {0:?} is not a modelgate request id (take it from the x-modelgate-request-id answer header)")]
+    Malformed(String),
+    /// The signature does not match.
+    #[error("request_id signature does not match: it was altered, or issued by a gateway with another MODELGATE_FEEDBACK_KEY")]
+    BadSignature,
+    /// Too old.
+    #[error("request_id expired: issued {age}s ago, feedback is accepted for {max}s")]
+    Expired {
+        /// Seconds since it was issued.
+        age: u64,
+        /// The limit.
+        max: u64,
+    },
+}
 
-impl GatewayRequestId {
-    /// A new id for `route` and `variant`.
-    pub fn new(route: &str, variant: &str) -> Self {
-        Self {
-            nonce: format!("{:016x}", rand::random::<u64>()),
-            route: route.to_string(),
-            variant: variant.to_string(),
+/// Issues and checks request ids with the replicas' shared key.
+#[derive(Clone)]
+pub struct IdCodec {
+    key: Option<Vec<u8>>,
+    max_age: Duration,
+}
+
+impl std::fmt::Debug for IdCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("IdCodec").field("signed", &self.key.is_some()).field("max_age", &self.max_age).finish()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl IdCodec {
+    /// A codec that signs with `key` (if any) and accepts ids up to `max_age` old.
+    pub fn new(key: Option<Vec<u8>>, max_age: Duration) -> Self {
+        Self { key: key.filter(|k| !k.is_empty()), max_age }
+    }
+
+    /// Reads the key from `MODELGATE_FEEDBACK_KEY`.
+    pub fn from_env(max_age: Duration) -> Self {
+        Self::new(std::env::var("MODELGATE_FEEDBACK_KEY").ok().map(String::into_bytes), max_age)
+    }
+
+    fn mac(&self, body: &str) -> String {
+        match &self.key {
+            None => "0".to_string(),
+            Some(key) => {
+                let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return "0".to_string() };
+                mac.update(body.as_bytes());
+                mac.finalize().into_bytes().iter().take(8).map(|b| format!("{b:02x}")).collect()
+            }
         }
     }
 
-    /// The header value.
-    pub fn encode(&self) -> String {
-        format!("{}~{}~{}", self.nonce, self.route, self.variant)
+    /// A new id for an answer of `variant` on `route`.
+    pub fn issue(&self, route: &str, variant: &str, prediction: Option<&[i64]>) -> String {
+        let pred = match prediction {
+            Some(p) if !p.is_empty() && p.len() <= MAX_ROWS => {
+                p.iter().map(i64::to_string).collect::<Vec<_>>().join(".")
+            }
+            _ => String::new(),
+        };
+        let body = format!("{:016x}~{}~{route}~{variant}~{pred}", rand::random::<u64>(), now());
+        let mac = self.mac(&body);
+        format!("{body}~{mac}")
     }
 
-    /// Reads an id back; `None` when it is not one of ours.
-    pub fn decode(text: &str) -> Option<Self> {
-        let mut parts = text.splitn(3, '~');
-        let (nonce, route, variant) = (parts.next()?, parts.next()?, parts.next()?);
-        let ok = nonce.len() == 16
-            && nonce.bytes().all(|b| b.is_ascii_hexdigit())
-            && !route.is_empty()
-            && !variant.is_empty();
-        ok.then(|| Self { nonce: nonce.into(), route: route.into(), variant: variant.into() })
+    /// Reads an id back, checking its shape, signature and age.
+    pub fn decode(&self, text: &str) -> Result<GatewayRequestId, IdError> {
+        let malformed = || IdError::Malformed(text.chars().take(200).collect());
+        let parts: Vec<&str> = text.split('~').collect();
+        let [nonce, issued, route, variant, pred, mac] = parts[..] else { return Err(malformed()) };
+        if nonce.len() != 16 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) || route.is_empty() || variant.is_empty()
+        {
+            return Err(malformed());
+        }
+        let issued: u64 = issued.parse().map_err(|_| malformed())?;
+        let prediction = if pred.is_empty() {
+            None
+        } else {
+            Some(pred.split('.').map(str::parse).collect::<Result<Vec<i64>, _>>().map_err(|_| malformed())?)
+        };
+        let body = &text[..text.len() - mac.len() - 1];
+        let expected = self.mac(body);
+        // Compare in constant time: the mac must not leak through timing.
+        let same = expected.len() == mac.len()
+            && expected.bytes().zip(mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !same {
+            return Err(IdError::BadSignature);
+        }
+        let age = now().saturating_sub(issued);
+        if age > self.max_age.as_secs() {
+            return Err(IdError::Expired { age, max: self.max_age.as_secs() });
+        }
+        Ok(GatewayRequestId {
+            nonce: nonce.to_string(),
+            issued,
+            route: route.to_string(),
+            variant: variant.to_string(),
+            prediction,
+        })
     }
 }
 
@@ -49,10 +150,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_and_refuses_strangers() {
-        let id = GatewayRequestId::new("/remote/", "bc-v2");
-        assert_eq!(GatewayRequestId::decode(&id.encode()), Some(id));
-        assert_eq!(GatewayRequestId::decode("abc"), None);
-        assert_eq!(GatewayRequestId::decode("zzzzzzzzzzzzzzzz~a~b"), None);
+    fn ids_round_trip_and_refuse_strangers_forgeries_and_old_ones() {
+        let day = Duration::from_secs(86_400);
+        let a = IdCodec::new(Some(b"secret".to_vec()), day);
+        let id = a.issue("/remote/", "bc-v2", Some(&[1, 0, -3]));
+        let got = a.decode(&id).unwrap();
+        assert_eq!((got.route.as_str(), got.variant.as_str()), ("/remote/", "bc-v2"));
+        assert_eq!(got.prediction, Some(vec![1, 0, -3]));
+        assert_eq!(a.decode(&a.issue("r", "v", None)).unwrap().prediction, None);
+
+        assert!(matches!(a.decode("abc"), Err(IdError::Malformed(_))));
+        let forged = id.replace("bc-v2", "bc-v1");
+        assert_eq!(a.decode(&forged), Err(IdError::BadSignature));
+        let other_key = IdCodec::new(Some(b"other".to_vec()), day);
+        assert_eq!(other_key.decode(&id), Err(IdError::BadSignature));
+        let unsigned = IdCodec::new(None, day);
+        assert!(unsigned.decode(&unsigned.issue("r", "v", None)).is_ok());
+
+        let parts: Vec<&str> = id.split('~').collect();
+        let old_body = format!("{}~{}~{}~{}~{}", parts[0], now() - 90_000, parts[2], parts[3], parts[4]);
+        let old = format!("{old_body}~{}", a.mac(&old_body));
+        assert!(matches!(a.decode(&old), Err(IdError::Expired { max: 86_400, .. })));
     }
 }

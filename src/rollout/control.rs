@@ -8,7 +8,9 @@ use crate::config::{BackendSpec, Config, ConfigErrors, ConfigIssue, RouteSpec, S
 use crate::protocol::ApiError;
 use crate::routing::{Route, RouteTable, ShadowTarget, SharedTable, Variant};
 use crate::telemetry::shadow::ShadowStats;
+use crate::telemetry::{names, Telemetry};
 use http::StatusCode;
+use metrics::Label;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -49,6 +51,7 @@ struct Inner {
 /// Owns the routing table and every change to it.
 pub struct Controller {
     table: SharedTable,
+    telemetry: Arc<Telemetry>,
     ort_library: PathBuf,
     inner: tokio::sync::Mutex<Inner>,
     report: Mutex<ReloadReport>,
@@ -71,13 +74,18 @@ fn conflict(message: String) -> ApiError {
 
 impl Controller {
     /// Loads every backend that `config` routes to and publishes the first table (generation 1).
-    pub async fn start(config: Config, ort_library: PathBuf) -> Result<Arc<Controller>, ConfigErrors> {
+    pub async fn start(
+        config: Config,
+        ort_library: PathBuf,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Arc<Controller>, ConfigErrors> {
         let routes =
             config.routes.iter().map(|r| (r.name().to_string(), (r.clone(), RouteStatus::default()))).collect();
         let source = config.source.display().to_string();
         let mut inner = Inner { config, routes, loaded: HashMap::new(), shadow_stats: HashMap::new(), generation: 0 };
         let controller = Arc::new_cyclic(|me| Controller {
             table: SharedTable::new(RouteTable::default()),
+            telemetry,
             ort_library,
             inner: tokio::sync::Mutex::new(Inner {
                 config: inner.config.clone(),
@@ -94,6 +102,11 @@ impl Controller {
         Ok(controller)
     }
 
+    /// The gateway's metrics and windows.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
     /// The published table, for request handlers.
     pub fn table(&self) -> SharedTable {
         self.table.clone()
@@ -105,6 +118,8 @@ impl Controller {
     }
 
     fn record(&self, result: &Result<u64, ConfigErrors>) {
+        let outcome = if result.is_ok() { "applied" } else { "refused" };
+        self.telemetry.counter(names::RELOADS_TOTAL, vec![Label::new("outcome", outcome)]).increment(1);
         let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
         r.at_unix_ms = now_ms();
         match result {
@@ -283,8 +298,20 @@ impl Controller {
                 }
             }
         }
+        for spec in inner.config.routes.iter().filter(|r| r.shadow.is_some()) {
+            let name = spec.name().to_string();
+            let telemetry = &self.telemetry;
+            inner.shadow_stats.entry(name).or_insert_with_key(|name| Arc::new(ShadowStats::new(telemetry, name)));
+        }
         let table = self.build(inner, inner.generation + 1, unavailable)?;
         inner.generation += 1;
+        for route in table.routes() {
+            for v in &route.variants {
+                let labels = vec![Label::new("route", route.name.clone()), Label::new("variant", v.name.clone())];
+                self.telemetry.gauge(names::VARIANT_WEIGHT, labels).set(v.weight / 100.0);
+            }
+        }
+        self.telemetry.gauge(names::TABLE_GENERATION, vec![]).set(inner.generation as f64);
         self.table.store(table);
         prune(inner);
         Ok(inner.generation)
@@ -309,12 +336,14 @@ impl Controller {
                         continue;
                     };
                     upper += share.buckets;
+                    let stats = self.telemetry.variant(name, &share.name);
                     variants.push(Variant {
                         name: share.name,
                         role: share.role,
                         backend: loaded.backend.clone(),
                         weight: share.weight,
                         upper,
+                        stats,
                     });
                 }
             }

@@ -11,6 +11,7 @@ pub use path::normalize_path;
 use crate::backend::Backend;
 use crate::config::{RouteKind, Sticky};
 use crate::telemetry::shadow::ShadowStats;
+use crate::telemetry::VariantStats;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct Variant {
     pub weight: f64,
     /// Exclusive upper end of its bucket range; the range starts where the previous variant's ends.
     pub upper: u32,
+    /// Its numbers, kept across table swaps.
+    pub stats: Arc<VariantStats>,
 }
 
 /// Where a copy of a share of a route's requests goes.

@@ -1,11 +1,12 @@
 //! One request: request id, deadline, dispatch to the OIP handlers or a proxy route.
 
 use super::{oip, response};
-use crate::backend::{Backend, Body, BodyError};
+use crate::backend::{Backend, Body, BodyError, UpstreamBackend};
 use crate::config::{RouteKind, ServerSettings};
-use crate::protocol::request_id::{self, GatewayRequestId};
+use crate::protocol::request_id::{self, IdCodec};
 use crate::protocol::ApiError;
 use crate::routing::{assign, normalize_path, Route, SharedTable, Variant};
+use crate::telemetry::{Feedback, Telemetry, VariantStats};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,7 +21,15 @@ pub struct AppState {
     pub table: SharedTable,
     /// Limits and timeouts.
     pub settings: ServerSettings,
+    /// Metrics and per-variant windows.
+    pub telemetry: Arc<Telemetry>,
+    /// Issues and reads the gateway request ids that feedback refers to.
+    pub ids: IdCodec,
 }
+
+/// Marks an answer to be counted for a variant once it is complete.
+#[derive(Clone)]
+pub(super) struct Track(pub Arc<VariantStats>);
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -37,6 +46,7 @@ fn request_id(req: &Request<Incoming>) -> HeaderValue {
 
 pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
+    let _in_flight = state.telemetry.in_flight();
     let id = request_id(&req);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -52,6 +62,9 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     };
     resp.headers_mut().insert(REQUEST_ID, id.clone());
     let status = resp.status().as_u16();
+    if let Some(Track(stats)) = resp.extensions_mut().remove::<Track>() {
+        stats.record(status, started.elapsed());
+    }
     let micros = started.elapsed().as_micros() as u64;
     let request_id = id.to_str().unwrap_or("-");
     if status >= 500 {
@@ -93,9 +106,23 @@ async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) ->
     response::check_length(req.headers(), state.settings.max_body_bytes)?;
     let limit = state.settings.max_body_bytes;
     let req = req.map(|b| response::limited(b, limit));
-    let mut resp = up.forward(req, &target, peer).await?;
-    picked.decorate(&route.name, &mut resp);
+    let sent = Instant::now();
+    let result = up.forward(req, &target, peer).await;
+    variant.stats.upstream(sent.elapsed());
+    let mut resp = result.unwrap_or_else(|e| response::error(&e));
+    business_value(up, variant, &resp);
+    picked.decorate(state, &route.name, &mut resp, None);
+    picked.track(&mut resp);
     Ok(resp)
+}
+
+/// Records the business value an upstream reports in its configured header, as a reward.
+pub(super) fn business_value(up: &UpstreamBackend, variant: &Variant, resp: &Response<Body>) {
+    let Some(name) = up.business_header() else { return };
+    let value = resp.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
+    if let Some(reward) = value.filter(|v| v.is_finite()) {
+        variant.stats.feedback(&Feedback { reward: Some(reward), ..Feedback::default() });
+    }
 }
 
 /// The variant chosen for a request, and what the answer must carry because of it.
@@ -126,17 +153,23 @@ pub(super) fn pick<'r>(
 }
 
 impl Picked<'_> {
-    /// Adds `x-modelgate-variant`, the gateway request id and any sticky cookie to an answer.
-    pub fn decorate(&self, route: &str, resp: &mut Response<Body>) {
+    /// Adds `x-modelgate-variant`, the gateway request id (with the prediction, if any) and any
+    /// sticky cookie to an answer.
+    pub fn decorate(&self, state: &AppState, route: &str, resp: &mut Response<Body>, prediction: Option<&[i64]>) {
         let headers = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&self.variant.name) {
             headers.insert(assign::OVERRIDE_HEADER, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&GatewayRequestId::new(route, &self.variant.name).encode()) {
+        if let Ok(v) = HeaderValue::from_str(&state.ids.issue(route, &self.variant.name, prediction)) {
             headers.insert(request_id::HEADER, v);
         }
         if let Some(cookie) = self.set_cookie.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
             headers.append(http::header::SET_COOKIE, cookie);
         }
+    }
+
+    /// Counts the answer for the variant (status and latency) when it completes.
+    pub fn track(&self, resp: &mut Response<Body>) {
+        resp.extensions_mut().insert(Track(self.variant.stats.clone()));
     }
 }

@@ -1,5 +1,6 @@
 //! The listeners: connections (HTTP/1.1 and h2c), request handling, graceful shutdown.
 
+mod feedback;
 mod handler;
 mod oip;
 pub mod response;

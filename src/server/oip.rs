@@ -1,23 +1,24 @@
 //! Open Inference Protocol v2 REST endpoints.
 
-use super::handler::{pick, AppState};
-use super::{response, shadow};
+use super::handler::{business_value, pick, AppState};
+use super::{feedback, response, shadow};
 use crate::backend::{Backend, Body, InferError, OnnxBackend};
 use crate::config::RouteKind;
 use crate::protocol::oip::{server_metadata, InferRequest, InferResponse, ModelMetadata, ResponseOutput};
 use crate::protocol::{ApiError, Tensor};
 use crate::routing::{Route, Variant};
-use crate::telemetry::shadow::{flatten_json, flatten_tensors};
+use crate::telemetry::shadow::{flatten_json, flatten_tensors, prediction};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Which endpoint a path names.
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint<'a> {
     Server,
+    Feedback,
     Live,
     Ready,
     Model { name: &'a str, version: Option<&'a str>, action: Action },
@@ -44,6 +45,7 @@ fn parse(path: &str) -> Option<Endpoint<'_>> {
     Some(match segments.as_slice() {
         [] | [""] => Endpoint::Server,
         ["health", "live"] => Endpoint::Live,
+        ["feedback"] => Endpoint::Feedback,
         ["health", "ready"] => Endpoint::Ready,
         ["models", m] => Endpoint::Model { name: m, version: None, action: Action::Metadata },
         ["models", m, a] => Endpoint::Model { name: m, version: None, action: action(a)? },
@@ -71,6 +73,10 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>, peer: SocketAdd
             allow(req.method(), Method::GET)?;
             Ok(response::json_value(StatusCode::OK, &server_metadata()))
         }
+        Endpoint::Feedback => {
+            allow(req.method(), Method::POST)?;
+            feedback::handle(state, req).await
+        }
         Endpoint::Live => {
             allow(req.method(), Method::GET)?;
             Ok(response::json_value(StatusCode::OK, &json!({ "live": true })))
@@ -92,19 +98,28 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>, peer: SocketAdd
             allow(req.method(), expected)?;
             let picked = pick(route, version, req.headers(), req.uri().query())?;
             let variant = picked.variant;
-            let mut resp = match (variant.backend.as_ref(), action) {
-                (_, Action::Infer) => infer(state, route, variant, req, peer).await?,
+            let (mut resp, prediction) = match (variant.backend.as_ref(), action) {
+                (_, Action::Infer) => {
+                    // Failures count against the variant too: answer them here, then track.
+                    let (mut resp, prediction) =
+                        infer(state, route, variant, req, peer).await.unwrap_or_else(|e| (response::error(&e), None));
+                    picked.track(&mut resp);
+                    (resp, prediction)
+                }
                 (Backend::Upstream(up), _) => {
                     let target = upstream_path(route, action, req.uri().query());
-                    up.forward(req, &target, peer).await?
+                    (up.forward(req, &target, peer).await?, None)
                 }
-                (Backend::Onnx(_), Action::Metadata) => metadata(route, variant),
-                (Backend::Onnx(_), Action::Ready) => response::json_value(
-                    StatusCode::OK,
-                    &json!({ "name": route.name, "version": variant.name, "ready": true }),
+                (Backend::Onnx(_), Action::Metadata) => (metadata(route, variant), None),
+                (Backend::Onnx(_), Action::Ready) => (
+                    response::json_value(
+                        StatusCode::OK,
+                        &json!({ "name": route.name, "version": variant.name, "ready": true }),
+                    ),
+                    None,
                 ),
             };
-            picked.decorate(&route.name, &mut resp);
+            picked.decorate(state, &route.name, &mut resp, prediction.as_deref());
             Ok(resp)
         }
     }
@@ -160,13 +175,16 @@ pub(super) async fn run_local(model: &OnnxBackend, request: &InferRequest) -> Re
     model.infer(inputs, selected).await.map_err(infer_error)
 }
 
+/// An answer and, for classifiers, the top class of each row (carried in the request id).
+type Answered = (Response<Body>, Option<Vec<i64>>);
+
 async fn infer(
     state: &AppState,
     route: &Route,
     variant: &Variant,
     req: Request<Body>,
     peer: SocketAddr,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answered, ApiError> {
     let limit = state.settings.max_body_bytes;
     response::check_length(req.headers(), limit)?;
     let shadow = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent);
@@ -174,9 +192,13 @@ async fn infer(
         Backend::Onnx(model) => {
             let body = response::collect(req.into_body(), limit).await?;
             let request = InferRequest::from_json(&body)?;
+            let started = Instant::now();
             let outputs = run_local(model, &request).await?;
+            variant.stats.inference(started.elapsed());
+            let flat = flatten_tensors(&outputs);
+            let predicted = prediction(&flat);
             if let Some(target) = shadow {
-                shadow::spawn(target, route, body, flatten_tensors(&outputs));
+                shadow::spawn(target, route, body, flat);
             }
             let answer = InferResponse {
                 model_name: &route.name,
@@ -184,29 +206,44 @@ async fn infer(
                 id: request.id.as_deref(),
                 outputs: outputs.iter().map(ResponseOutput::from_tensor).collect(),
             };
-            Ok(response::json_value(StatusCode::OK, &answer))
+            Ok((response::json_value(StatusCode::OK, &answer), predicted))
         }
         Backend::Upstream(up) => {
             let target = upstream_path(route, Action::Infer, req.uri().query());
-            let Some(shadow_target) = shadow else {
-                return up.forward(req.map(|b| response::limited(b, limit)), &target, peer).await;
-            };
-            // Shadowed: both sides need the body, and the comparison needs the answer.
             let (parts, body) = req.into_parts();
-            let body = response::collect(body, limit).await?;
-            let resp = up.forward(Request::from_parts(parts, response::full(body.clone())), &target, peer).await?;
+            // The request is buffered when a shadow needs a copy; otherwise it streams.
+            let (body, copy) = match shadow {
+                Some(_) => {
+                    let bytes = response::collect(body, limit).await?;
+                    (response::full(bytes.clone()), Some(bytes))
+                }
+                None => (response::limited(body, limit), None),
+            };
+            let started = Instant::now();
+            let resp = up.forward(Request::from_parts(parts, body), &target, peer).await?;
+            variant.stats.upstream(started.elapsed());
+            business_value(up, variant, &resp);
+            // Small successful answers are read to learn the prediction (and for the shadow).
+            let small = resp
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .is_some_and(|n| n <= limit);
+            if !(resp.status().is_success() && (small || copy.is_some())) {
+                return Ok((resp, None));
+            }
             let (parts, answer) = resp.into_parts();
             let answer = answer
                 .collect()
                 .await
                 .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer broke off: {e}")))?
                 .to_bytes();
-            if parts.status.is_success() {
-                if let Some(flat) = serde_json::from_slice(&answer).ok().as_ref().and_then(flatten_json) {
-                    shadow::spawn(shadow_target, route, body, flat);
-                }
+            let flat = serde_json::from_slice(&answer).ok().as_ref().and_then(flatten_json);
+            let predicted = flat.as_deref().and_then(prediction);
+            if let (Some(target), Some(copy), Some(flat)) = (shadow, copy, flat) {
+                shadow::spawn(target, route, copy, flat);
             }
-            Ok(Response::from_parts(parts, response::full(answer)))
+            Ok((Response::from_parts(parts, response::full(answer)), predicted))
         }
     }
 }

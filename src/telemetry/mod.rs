@@ -1,8 +1,16 @@
-//! Logs, shadow agreement (and, later, metrics and analysis windows).
+//! Telemetry: logs, Prometheus metrics, per-variant analysis windows, shadow agreement.
 
+pub mod names;
 pub mod shadow;
+pub mod window;
 
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
+use window::{Window, WindowSnapshot};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -25,4 +33,240 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// Business feedback for one request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Feedback {
+    /// Converted or not.
+    pub conversion: Option<bool>,
+    /// A reward value.
+    pub reward: Option<f64>,
+    /// Rows scored against true labels, and rows predicted right.
+    pub labels: Option<(u64, u64)>,
+}
+
+/// One variant's numbers: a lifetime window, a per-step window, and its metric handles.
+#[derive(Debug)]
+pub struct VariantStats {
+    /// Route name.
+    pub route: String,
+    /// Variant name.
+    pub variant: String,
+    windows: Mutex<(Window, Window)>,
+    by_code: Mutex<HashMap<u16, Counter>>,
+    duration: Histogram,
+    inference: Histogram,
+    upstream: Histogram,
+    telemetry: std::sync::Weak<Telemetry>,
+}
+
+impl VariantStats {
+    fn with(&self, f: impl FnOnce(&mut Window, &mut Window)) {
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, step) = &mut *w;
+        f(total, step);
+    }
+
+    /// One answered request.
+    pub fn record(&self, code: u16, latency: Duration) {
+        let error = code >= 500;
+        self.with(|t, s| {
+            t.record(latency, error);
+            s.record(latency, error);
+        });
+        self.duration.record(latency.as_secs_f64());
+        let counter = {
+            let mut codes = self.by_code.lock().unwrap_or_else(|p| p.into_inner());
+            codes
+                .entry(code)
+                .or_insert_with(|| match self.telemetry.upgrade() {
+                    Some(t) => t.counter(
+                        names::REQUESTS_TOTAL,
+                        vec![
+                            Label::new("route", self.route.clone()),
+                            Label::new("variant", self.variant.clone()),
+                            Label::new("code", code.to_string()),
+                        ],
+                    ),
+                    None => Counter::noop(),
+                })
+                .clone()
+        };
+        counter.increment(1);
+    }
+
+    /// Time an in-process model took.
+    pub fn inference(&self, d: Duration) {
+        self.inference.record(d.as_secs_f64());
+    }
+
+    /// Time an upstream took to its response head.
+    pub fn upstream(&self, d: Duration) {
+        self.upstream.record(d.as_secs_f64());
+    }
+
+    /// Business feedback.
+    pub fn feedback(&self, fb: &Feedback) {
+        self.with(|t, s| {
+            for w in [t, s] {
+                if let Some(c) = fb.conversion {
+                    w.conversions.0 += 1;
+                    w.conversions.1 += u64::from(c);
+                }
+                if let Some(r) = fb.reward {
+                    w.reward.0 += 1;
+                    w.reward.1 += r;
+                }
+                if let Some((rows, right)) = fb.labels {
+                    w.accuracy.0 += rows;
+                    w.accuracy.1 += right;
+                }
+            }
+        });
+        let Some(t) = self.telemetry.upgrade() else { return };
+        let labels = |kind: &'static str| {
+            let mut l = vec![Label::new("route", self.route.clone()), Label::new("variant", self.variant.clone())];
+            if !kind.is_empty() {
+                l.push(Label::new("kind", kind));
+            }
+            l
+        };
+        if let Some(c) = fb.conversion {
+            t.counter(names::FEEDBACK_TOTAL, labels("conversion")).increment(1);
+            t.counter(names::FEEDBACK_CONVERSIONS, labels("")).increment(u64::from(c));
+        }
+        if let Some(r) = fb.reward {
+            t.counter(names::FEEDBACK_TOTAL, labels("reward")).increment(1);
+            t.gauge(names::FEEDBACK_REWARD_SUM, labels("")).increment(r);
+        }
+        if let Some((rows, right)) = fb.labels {
+            t.counter(names::FEEDBACK_TOTAL, labels("label")).increment(rows);
+            t.counter(names::FEEDBACK_CORRECT, labels("")).increment(right);
+        }
+    }
+
+    /// The lifetime numbers.
+    pub fn total(&self) -> WindowSnapshot {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner()).0.snapshot()
+    }
+
+    /// The current analysis step's numbers.
+    pub fn step(&self) -> WindowSnapshot {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner()).1.snapshot()
+    }
+
+    /// Starts a new analysis step: returns the finished step's numbers and empties the window.
+    pub fn next_step(&self) -> WindowSnapshot {
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let snap = w.1.snapshot();
+        w.1.reset();
+        snap
+    }
+}
+
+/// The gateway's metrics registry and per-variant windows. One per gateway, so that several
+/// gateways in one process (tests) keep separate numbers.
+pub struct Telemetry {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    variants: RwLock<HashMap<(String, String), Arc<VariantStats>>>,
+    in_flight: Gauge,
+    me: std::sync::Weak<Telemetry>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// A fresh registry with every metric described.
+    pub fn new() -> Arc<Telemetry> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&names::DURATION_BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        for (name, kind, help) in names::ALL {
+            let (key, help) = (KeyName::from(name), SharedString::from(help));
+            match kind {
+                names::Kind::Counter => recorder.describe_counter(key, None, help),
+                names::Kind::Gauge => recorder.describe_gauge(key, None, help),
+                names::Kind::Histogram => recorder.describe_histogram(key, Some(metrics::Unit::Seconds), help),
+            }
+        }
+        let handle = recorder.handle();
+        let in_flight = recorder.register_gauge(&Key::from_name(names::IN_FLIGHT), &METADATA);
+        in_flight.set(0.0);
+        Arc::new_cyclic(|me| Telemetry { recorder, handle, variants: RwLock::default(), in_flight, me: me.clone() })
+    }
+
+    /// A counter handle.
+    pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// A gauge handle.
+    pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
+        self.recorder.register_gauge(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    fn histogram(&self, name: &'static str, route: &str, variant: &str) -> Histogram {
+        let labels = vec![Label::new("route", route.to_string()), Label::new("variant", variant.to_string())];
+        self.recorder.register_histogram(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// The numbers of a route's variant, made on first use and kept for the gateway's life.
+    pub fn variant(&self, route: &str, variant: &str) -> Arc<VariantStats> {
+        let key = (route.to_string(), variant.to_string());
+        if let Some(s) = self.variants.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return s.clone();
+        }
+        let mut all = self.variants.write().unwrap_or_else(|p| p.into_inner());
+        all.entry(key)
+            .or_insert_with(|| {
+                Arc::new(VariantStats {
+                    route: route.to_string(),
+                    variant: variant.to_string(),
+                    windows: Mutex::default(),
+                    by_code: Mutex::default(),
+                    duration: self.histogram(names::REQUEST_DURATION, route, variant),
+                    inference: self.histogram(names::INFERENCE_DURATION, route, variant),
+                    upstream: self.histogram(names::UPSTREAM_DURATION, route, variant),
+                    telemetry: self.me.clone(),
+                })
+            })
+            .clone()
+    }
+
+    /// Every variant seen, sorted by route then variant.
+    pub fn variants(&self) -> Vec<Arc<VariantStats>> {
+        let mut v: Vec<_> = self.variants.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        v.sort_by(|a, b| (&a.route, &a.variant).cmp(&(&b.route, &b.variant)));
+        v
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.increment(1.0);
+        InFlight(self.in_flight.clone())
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }

@@ -4,7 +4,9 @@
 //! the arg-max of a `[N, classes]` float output); other models are compared by the mean absolute
 //! difference of their first common output.
 
+use super::{names, Telemetry};
 use crate::protocol::{Tensor, TensorData};
+use metrics::{Counter, Gauge, Label};
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::Mutex;
@@ -82,7 +84,9 @@ pub enum Comparison {
     Incomparable,
 }
 
-fn top_classes(f: &Flat) -> Option<Vec<f64>> {
+/// The top class of each row: an integer label output as it is, or the arg-max of a
+/// `[N, classes]` float output.
+pub fn top_classes(f: &Flat) -> Option<Vec<f64>> {
     if f.integer && f.shape.len() == 1 {
         return Some(f.values.clone());
     }
@@ -143,24 +147,62 @@ pub struct ShadowSnapshot {
     pub incomparable: u64,
 }
 
-/// A route's shadow totals; shared across table swaps.
-#[derive(Debug, Default)]
-pub struct ShadowStats(Mutex<ShadowSnapshot>);
+/// A route's shadow totals, with their metrics; shared across table swaps.
+#[derive(Debug)]
+pub struct ShadowStats {
+    totals: Mutex<ShadowSnapshot>,
+    sent: Counter,
+    failed: Counter,
+    agreement: Gauge,
+    difference: Gauge,
+}
+
+impl Default for ShadowStats {
+    fn default() -> Self {
+        ShadowStats {
+            totals: Mutex::default(),
+            sent: Counter::noop(),
+            failed: Counter::noop(),
+            agreement: Gauge::noop(),
+            difference: Gauge::noop(),
+        }
+    }
+}
 
 impl ShadowStats {
+    /// Totals for `route`, exported through `telemetry`.
+    pub fn new(telemetry: &Telemetry, route: &str) -> Self {
+        let labels = |outcome: Option<&'static str>| {
+            let mut l = vec![Label::new("route", route.to_string())];
+            if let Some(o) = outcome {
+                l.push(Label::new("outcome", o));
+            }
+            l
+        };
+        ShadowStats {
+            totals: Mutex::default(),
+            sent: telemetry.counter(names::SHADOW_TOTAL, labels(Some("sent"))),
+            failed: telemetry.counter(names::SHADOW_TOTAL, labels(Some("failed"))),
+            agreement: telemetry.gauge(names::SHADOW_AGREEMENT, labels(None)),
+            difference: telemetry.gauge(names::SHADOW_DIFFERENCE, labels(None)),
+        }
+    }
+
     fn with(&self, f: impl FnOnce(&mut ShadowSnapshot)) {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.totals.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
     }
 
     /// A copy was sent.
     pub fn sent(&self) {
         self.with(|s| s.sent += 1);
+        self.sent.increment(1);
     }
 
     /// A copy failed.
     pub fn failed(&self) {
         self.with(|s| s.failed += 1);
+        self.failed.increment(1);
     }
 
     /// A copy answered and was compared.
@@ -178,12 +220,30 @@ impl ShadowStats {
             }
             Comparison::Incomparable => s.incomparable += 1,
         });
+        let s = self.snapshot();
+        if let Some(a) = s.agreement {
+            self.agreement.set(a);
+        }
+        if let Some(d) = s.mean_abs_diff {
+            self.difference.set(d);
+        }
     }
 
     /// The totals now.
     pub fn snapshot(&self) -> ShadowSnapshot {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *self.totals.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The top class of each row of a classifier's answer: its integer label output if it has one,
+/// else the arg-max of a `[N, classes]` float output. `None` for other models.
+pub fn prediction(outputs: &[Flat]) -> Option<Vec<i64>> {
+    outputs
+        .iter()
+        .filter(|o| o.integer)
+        .chain(outputs.iter().filter(|o| !o.integer))
+        .find_map(top_classes)
+        .map(|rows| rows.into_iter().map(|c| c as i64).collect())
 }
 
 #[cfg(test)]

@@ -10,8 +10,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use modelgate::backend::runtime;
 use modelgate::config::Config;
+use modelgate::protocol::request_id::IdCodec;
 use modelgate::rollout::Controller;
 use modelgate::server::{self, AppState, ListenerSettings};
+use modelgate::telemetry::Telemetry;
 use serde_json::Value;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -45,13 +47,20 @@ impl Gateway {
         let path = dir.path().join("routes.yaml");
         std::fs::write(&path, yaml).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let controller =
-            Controller::start(config.clone(), runtime::locate(None, None)).await.unwrap_or_else(|e| panic!("{e}"));
+        let controller = Controller::start(config.clone(), runtime::locate(None, None), Telemetry::new())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let (watch, _reload) = controller.watch_file().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
-        let state = Arc::new(AppState { table: controller.table(), settings: config.server.clone() });
+        let ids = IdCodec::new(Some(b"test-key".to_vec()), config.server.feedback_max_age);
+        let state = Arc::new(AppState {
+            table: controller.table(),
+            settings: config.server.clone(),
+            telemetry: controller.telemetry().clone(),
+            ids,
+        });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut s1 = stopped.clone();
         let mut s2 = stopped;
@@ -168,6 +177,7 @@ impl Upstream {
                                 .status(status)
                                 .header("content-type", "application/json")
                                 .header("x-upstream", "yes")
+                                .header("x-business-value", "1.5")
                                 .header("connection", "keep-alive, x-hop")
                                 .header("x-hop", "must not pass")
                                 .body(Full::new(Bytes::from(echo.to_string())))

@@ -1,0 +1,67 @@
+//! Every Prometheus metric the gateway exports: names, kinds and help, in one place.
+//! Labels stay low-cardinality: `route`, `variant`, `code`, `kind`, `outcome`.
+
+/// Answered requests, by route, variant and status code.
+pub const REQUESTS_TOTAL: &str = "modelgate_requests_total";
+/// Request latency seen by the gateway, by route and variant.
+pub const REQUEST_DURATION: &str = "modelgate_request_duration_seconds";
+/// In-process inference time (queue and run), by route and variant.
+pub const INFERENCE_DURATION: &str = "modelgate_inference_duration_seconds";
+/// Time to an upstream's response head, by route and variant.
+pub const UPSTREAM_DURATION: &str = "modelgate_upstream_duration_seconds";
+/// Requests being answered now.
+pub const IN_FLIGHT: &str = "modelgate_requests_in_flight";
+/// Shadow copies by route and outcome (`sent`, `failed`).
+pub const SHADOW_TOTAL: &str = "modelgate_shadow_requests_total";
+/// Share of classifier rows on which the shadow agreed with the primary, by route.
+pub const SHADOW_AGREEMENT: &str = "modelgate_shadow_agreement_ratio";
+/// Mean absolute difference between shadow and primary outputs, by route.
+pub const SHADOW_DIFFERENCE: &str = "modelgate_shadow_mean_abs_difference";
+/// Feedback samples by route, variant and kind (`conversion`, `reward`, `label`).
+pub const FEEDBACK_TOTAL: &str = "modelgate_feedback_total";
+/// Conversions reported, by route and variant.
+pub const FEEDBACK_CONVERSIONS: &str = "modelgate_feedback_conversions_total";
+/// Label rows predicted correctly, by route and variant.
+pub const FEEDBACK_CORRECT: &str = "modelgate_feedback_correct_total";
+/// Sum of rewards reported (may fall: rewards can be negative), by route and variant.
+pub const FEEDBACK_REWARD_SUM: &str = "modelgate_feedback_reward";
+/// routes.yaml reloads by outcome (`applied`, `refused`).
+pub const RELOADS_TOTAL: &str = "modelgate_reloads_total";
+/// Share of unpinned traffic each variant gets, 0 to 1, by route and variant.
+pub const VARIANT_WEIGHT: &str = "modelgate_variant_weight_ratio";
+/// Generation of the published routing table.
+pub const TABLE_GENERATION: &str = "modelgate_table_generation";
+
+/// What kind of metric a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Buckets of observations.
+    Histogram,
+}
+
+/// Every metric with its kind and help text.
+pub const ALL: [(&str, Kind, &str); 15] = [
+    (REQUESTS_TOTAL, Kind::Counter, "Answered requests by route, variant and status code."),
+    (REQUEST_DURATION, Kind::Histogram, "Request latency through the gateway, by route and variant."),
+    (INFERENCE_DURATION, Kind::Histogram, "In-process inference time (queue and run), by route and variant."),
+    (UPSTREAM_DURATION, Kind::Histogram, "Time to the upstream's response head, by route and variant."),
+    (IN_FLIGHT, Kind::Gauge, "Requests being answered now."),
+    (SHADOW_TOTAL, Kind::Counter, "Shadow copies by route and outcome."),
+    (SHADOW_AGREEMENT, Kind::Gauge, "Share of classifier rows where the shadow picked the primary's class."),
+    (SHADOW_DIFFERENCE, Kind::Gauge, "Mean absolute difference between shadow and primary outputs."),
+    (FEEDBACK_TOTAL, Kind::Counter, "Feedback samples by route, variant and kind."),
+    (FEEDBACK_CONVERSIONS, Kind::Counter, "Conversions reported by route and variant."),
+    (FEEDBACK_CORRECT, Kind::Counter, "Label rows the variant predicted correctly."),
+    (FEEDBACK_REWARD_SUM, Kind::Gauge, "Sum of rewards reported by route and variant."),
+    (RELOADS_TOTAL, Kind::Counter, "routes.yaml reloads by outcome."),
+    (VARIANT_WEIGHT, Kind::Gauge, "Share of unpinned traffic per variant, 0 to 1."),
+    (TABLE_GENERATION, Kind::Gauge, "Generation of the published routing table."),
+];
+
+/// Histogram buckets for every duration, in seconds.
+pub const DURATION_BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
