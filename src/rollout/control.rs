@@ -82,23 +82,19 @@ impl Controller {
         let routes =
             config.routes.iter().map(|r| (r.name().to_string(), (r.clone(), RouteStatus::default()))).collect();
         let source = config.source.display().to_string();
-        let mut inner = Inner { config, routes, loaded: HashMap::new(), shadow_stats: HashMap::new(), generation: 0 };
+        let inner = Inner { config, routes, loaded: HashMap::new(), shadow_stats: HashMap::new(), generation: 0 };
         let controller = Arc::new_cyclic(|me| Controller {
             table: SharedTable::new(RouteTable::default()),
             telemetry,
             ort_library,
-            inner: tokio::sync::Mutex::new(Inner {
-                config: inner.config.clone(),
-                routes: HashMap::new(),
-                loaded: HashMap::new(),
-                shadow_stats: HashMap::new(),
-                generation: 0,
-            }),
+            inner: tokio::sync::Mutex::new(inner),
             report: Mutex::new(ReloadReport { source, ok: true, at_unix_ms: now_ms(), ..ReloadReport::default() }),
             me: me.clone(),
         });
-        controller.publish(&mut inner, &[]).await?;
-        *controller.inner.lock().await = inner;
+        {
+            let mut inner = controller.inner.lock().await;
+            controller.publish(&mut inner, &[]).await?;
+        }
         Ok(controller)
     }
 
@@ -216,22 +212,15 @@ impl Controller {
                     return Err(e);
                 }
             }
-            let still_needed = needed(&inner.config, &inner.routes);
-            let old_needed = needed(&old_config, &old_routes);
             for (route, old) in &gaps {
-                let used_elsewhere = old_config.routes.iter().any(|r| {
-                    r.name() != route && r.backends().contains(&old.as_str()) && old_needed.contains(old.as_str())
-                });
-                if still_needed.contains(old)
-                    && inner.loaded.get(old).map(|l| &l.spec) == config.backends.iter().find(|b| &b.name == old)
-                {
-                    continue;
-                }
-                if used_elsewhere {
+                // A backend another route still answers with stays (the gap table holds it).
+                let shared =
+                    old_config.routes.iter().any(|r| r.name() != route && r.backends().contains(&old.as_str()));
+                if shared {
                     continue;
                 }
                 if let Some(loaded) = inner.loaded.remove(old) {
-                    release(loaded.backend, self.settings_drain(&config)).await;
+                    release(loaded.backend, config.server.request_timeout + Duration::from_secs(1)).await;
                 }
             }
         }
@@ -245,11 +234,7 @@ impl Controller {
                     }
                     tracing::info!(route = %name, gap_ms = gap.as_secs_f64() * 1000.0, "recreate: new backend serving");
                 }
-                if !gap_names.is_empty() {
-                    // Republish so the status shown carries the gap.
-                    let _ = self.publish(&mut inner, &[]).await;
-                }
-                Ok(inner.generation.max(generation))
+                Ok(generation)
             }
             Err(e) => {
                 inner.config = old_config;
@@ -265,10 +250,6 @@ impl Controller {
                 Err(e)
             }
         }
-    }
-
-    fn settings_drain(&self, config: &Config) -> Duration {
-        config.server.request_timeout + Duration::from_secs(1)
     }
 
     /// Loads what the routes need, builds and publishes the next table, and lets go of
