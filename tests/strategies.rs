@@ -268,10 +268,11 @@ async fn admin_routes(gw: &Gateway) -> Value {
 
 #[tokio::test]
 async fn an_invalid_file_changes_nothing_and_a_valid_one_applies_within_two_seconds() {
+    // Backend names of their own: worker threads are named after them, and tests run side by side.
     let routes = |w: &str| {
         format!(
-            "{}routes:\n  - model: canary\n    strategy:\n      canary: {{stable: v1, canary: v2, weight: {w}}}\n",
-            backends()
+            "{}routes:\n  - model: canary\n    strategy:\n      canary: {{stable: keep-a, canary: keep-b, weight: {w}}}\n",
+            backends().replace("name: v1", "name: keep-a").replace("name: v2", "name: keep-b")
         )
     };
     let gw = Gateway::start(&routes("10")).await;
@@ -296,7 +297,7 @@ async fn an_invalid_file_changes_nothing_and_a_valid_one_applies_within_two_seco
     assert_eq!(get(&gw.url("/v2/models/canary/ready")).await.status, StatusCode::OK);
 
     // Every semantic error is listed at once, too.
-    std::fs::write(gw.routes_file(), routes("250").replace("stable: v1", "stable: v0")).unwrap();
+    std::fs::write(gw.routes_file(), routes("250").replace("stable: keep-a", "stable: v0")).unwrap();
     let started = std::time::Instant::now();
     loop {
         let v = admin_routes(&gw).await;
@@ -334,7 +335,7 @@ fn worker_tids() -> Vec<(String, String)> {
         .filter_map(|t| {
             let t = t.ok()?;
             let name = std::fs::read_to_string(t.path().join("comm")).ok()?.trim().to_string();
-            name.starts_with("onnx-v").then(|| (name, t.file_name().to_string_lossy().to_string()))
+            name.starts_with("onnx-keep-").then(|| (name, t.file_name().to_string_lossy().to_string()))
         })
         .collect();
     v.sort();
@@ -351,13 +352,14 @@ fn threads() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreate_has_a_bounded_gap_of_503s_and_blue_green_has_none() {
+    // Backend names of their own: the test looks for their worker threads, and tests run side by side.
     let routes = |backend: &str| {
         format!(
             "{}routes:\n  - model: diabetes\n    strategy:\n      recreate: {{backend: {backend}}}\n  - model: bg\n    strategy:\n      blue_green: {{active: v1, preview: v2}}\n",
-            backends()
+            backends().replace("name: d1", "name: rc-old").replace("name: d2", "name: rc-new")
         )
     };
-    let gw = Gateway::start(&routes("d1")).await;
+    let gw = Gateway::start(&routes("rc-old")).await;
     let diabetes = {
         let e = &expected_outputs()["models"]["diabetes-v1"];
         let mut input = e["inputs"]["features"].clone();
@@ -387,11 +389,11 @@ async fn recreate_has_a_bounded_gap_of_503s_and_blue_green_has_none() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(threads().iter().any(|t| t == "onnx-d1-0"));
+    assert!(threads().iter().any(|t| t == "onnx-rc-old-0"));
     // Hold the current table, as a slow in-flight request would: the old model cannot be
     // unloaded until it is let go, so the gap stays open for as long as the test needs.
     let held = gw.controller.table().load();
-    std::fs::write(gw.routes_file(), routes("d2")).unwrap();
+    std::fs::write(gw.routes_file(), routes("rc-new")).unwrap();
     let controller = gw.controller.clone();
     let reload = tokio::spawn(async move { controller.reload_file().await });
     while gw.controller.table().load().model("diabetes").and_then(|r| r.unavailable.clone()).is_none() {
@@ -401,13 +403,13 @@ async fn recreate_has_a_bounded_gap_of_503s_and_blue_green_has_none() {
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.headers["retry-after"], "1");
     let names = threads();
-    assert!(names.iter().any(|t| t == "onnx-d1-0"), "the old model serves its in-flight requests to the end");
-    assert!(!names.iter().any(|t| t == "onnx-d2-0"), "the new model is not loaded while the old one is: one copy");
+    assert!(names.iter().any(|t| t == "onnx-rc-old-0"), "the old model serves its in-flight requests to the end");
+    assert!(!names.iter().any(|t| t == "onnx-rc-new-0"), "the new model is not loaded while the old one is: one copy");
     drop(held);
     reload.await.unwrap().unwrap();
     let names = threads();
-    assert!(names.iter().any(|t| t == "onnx-d2-0"), "{names:?}");
-    assert!(!names.iter().any(|t| t == "onnx-d1-0"), "the old model is unloaded");
+    assert!(names.iter().any(|t| t == "onnx-rc-new-0"), "{names:?}");
+    assert!(!names.iter().any(|t| t == "onnx-rc-old-0"), "the old model is unloaded");
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, Ordering::SeqCst);
     let (mut ok, mut gap) = (0, 0);
@@ -420,7 +422,7 @@ async fn recreate_has_a_bounded_gap_of_503s_and_blue_green_has_none() {
     let gap_ms = view["routes"][0]["status"]["last_gap"].as_f64().expect("the gap is reported");
     assert!(gap > 0, "requests in the gap get 503 ({ok} ok)");
     assert!(gap < ok, "the gap is short next to the serving time: {gap} 503s, {ok} ok");
-    assert_eq!(view["routes"][0]["variants"][0]["name"], "d2");
+    assert_eq!(view["routes"][0]["variants"][0]["name"], "rc-new");
     println!("recreate: gap {gap_ms:.1} ms, {gap} requests answered 503, {ok} answered 200");
 
     // Blue-green switches under load: no gap at all.

@@ -1,6 +1,7 @@
 //! Rollouts: where each route stands (status) and the controller through which every change to
 //! the routing table goes.
 
+pub mod analysis;
 pub mod control;
 pub mod status;
 

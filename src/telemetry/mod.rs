@@ -119,6 +119,7 @@ impl VariantStats {
                 if let Some(r) = fb.reward {
                     w.reward.0 += 1;
                     w.reward.1 += r;
+                    w.reward.2 += r * r;
                 }
                 if let Some((rows, right)) = fb.labels {
                     w.accuracy.0 += rows;
@@ -158,12 +159,14 @@ impl VariantStats {
         self.windows.lock().unwrap_or_else(|p| p.into_inner()).1.snapshot()
     }
 
-    /// Starts a new analysis step: returns the finished step's numbers and empties the window.
-    pub fn next_step(&self) -> WindowSnapshot {
-        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let snap = w.1.snapshot();
-        w.1.reset();
-        snap
+    /// A copy of the current analysis step's window, for judging.
+    pub fn step_window(&self) -> Window {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner()).1.clone()
+    }
+
+    /// Starts a new analysis step: empties the step window.
+    pub fn reset_step(&self) {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner()).1.reset();
     }
 }
 

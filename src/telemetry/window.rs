@@ -19,8 +19,8 @@ pub struct Window {
     pub latency: Histogram<u64>,
     /// Conversion feedback: samples and conversions.
     pub conversions: (u64, u64),
-    /// Reward feedback (and upstream business values): samples and sum.
-    pub reward: (u64, f64),
+    /// Reward feedback (and upstream business values): samples, sum, and sum of squares.
+    pub reward: (u64, f64, f64),
     /// Label feedback: rows scored and rows predicted correctly.
     pub accuracy: (u64, u64),
 }
@@ -33,7 +33,7 @@ impl Default for Window {
             // Constant bounds within what hdrhistogram accepts (low >= 1, high >= 2 * low, sigfig <= 5).
             latency: Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("constant histogram bounds are valid"),
             conversions: (0, 0),
-            reward: (0, 0.0),
+            reward: (0, 0.0, 0.0),
             accuracy: (0, 0),
         }
     }
@@ -106,7 +106,7 @@ impl Window {
         self.errors = 0;
         self.latency.reset();
         self.conversions = (0, 0);
-        self.reward = (0, 0.0);
+        self.reward = (0, 0.0, 0.0);
         self.accuracy = (0, 0);
     }
 
