@@ -2,9 +2,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use modelgate::admin::AdminState;
 use modelgate::backend::runtime;
 use modelgate::config::Config;
 use modelgate::protocol::request_id::IdCodec;
+use modelgate::rollout::control::Options;
 use modelgate::rollout::Controller;
 use modelgate::server::{self, AppState, ListenerSettings};
 use modelgate::telemetry::{self, LogFormat, Telemetry};
@@ -39,6 +41,12 @@ enum Command {
         /// ONNX Runtime shared library; overrides ORT_DYLIB_PATH and server.ort_library.
         #[arg(long)]
         ort_library: Option<PathBuf>,
+        /// Folder for persisted rollout status; overrides server.state_dir.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// File holding the admin bearer token (else MODELGATE_ADMIN_TOKEN).
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
     },
     /// Check a routes.yaml and load every model in it; exit non-zero on any error.
     Validate {
@@ -64,8 +72,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Validate { config, ort_library } => validate(&config, ort_library.as_deref()).await,
-            Command::Serve { config, listen, admin_listen, ort_library } => {
-                serve(&config, listen, admin_listen, ort_library.as_deref()).await
+            Command::Serve { config, listen, admin_listen, ort_library, state_dir, admin_token_file } => {
+                let token = admin_token(admin_token_file.as_deref())?;
+                serve(&config, listen, admin_listen, ort_library.as_deref(), state_dir, token).await
             }
         }
     });
@@ -78,17 +87,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// The admin token: from a file, else from MODELGATE_ADMIN_TOKEN; never logged.
+fn admin_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(f) => Some(
+            std::fs::read_to_string(f).with_context(|| format!("cannot read the admin token file {}", f.display()))?,
+        ),
+        None => std::env::var("MODELGATE_ADMIN_TOKEN").ok(),
+    };
+    Ok(token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
 /// Reads, validates, loads every routed backend and builds the first table: the same steps for
-/// `validate` and `serve`.
-async fn start(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<(Config, Arc<Controller>)> {
+/// `validate` and `serve`. `state_dir` resumes persisted rollouts (serve only).
+async fn start(
+    path: &Path,
+    ort_flag: Option<&Path>,
+    state_dir: Option<PathBuf>,
+) -> anyhow::Result<(Config, Arc<Controller>)> {
     let config = Config::load(path)?;
-    let library = runtime::locate(ort_flag, config.server.ort_library.as_deref());
-    let controller = Controller::start(config.clone(), library, Telemetry::new()).await?;
+    let ort_library = runtime::locate(ort_flag, config.server.ort_library.as_deref());
+    let options = Options { ort_library, telemetry: Telemetry::new(), state_dir };
+    let controller = Controller::start(config.clone(), options).await?;
     Ok((config, controller))
 }
 
 async fn validate(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<()> {
-    let (config, _) = start(path, ort_flag).await?;
+    let (config, _) = start(path, ort_flag, None).await?;
     println!("{}: ok ({} backends, {} routes)", path.display(), config.backends.len(), config.routes.len());
     Ok(())
 }
@@ -98,8 +123,18 @@ async fn serve(
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
     ort_flag: Option<&Path>,
+    state_dir: Option<PathBuf>,
+    token: Option<String>,
 ) -> anyhow::Result<()> {
-    let (config, controller) = start(path, ort_flag).await?;
+    let state_dir = match state_dir {
+        Some(d) => d,
+        None => Config::load(path)?.server.state_dir,
+    };
+    let (config, controller) = start(path, ort_flag, Some(state_dir)).await?;
+    controller.spawn_analysis(std::time::Duration::from_millis(250));
+    if token.is_none() {
+        tracing::warn!("no admin token (MODELGATE_ADMIN_TOKEN or --admin-token-file): admin changes are open to anyone who reaches the admin listener");
+    }
     let mut settings = config.server.clone();
     settings.listen = listen.unwrap_or(settings.listen);
     settings.admin_listen = admin_listen.unwrap_or(settings.admin_listen);
@@ -123,7 +158,7 @@ async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let listener_settings =
         ListenerSettings { header_read_timeout: settings.header_read_timeout, shutdown_grace: settings.shutdown_grace };
-    let admin_controller = controller.clone();
+    let admin_state = Arc::new(AdminState { controller: controller.clone(), token });
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(server::serve_with(
         admin,
@@ -131,7 +166,7 @@ async fn serve(
         async move {
             let _ = admin_stop.changed().await;
         },
-        move |req, _peer| modelgate::admin::handle(admin_controller.clone(), req),
+        move |req, _peer| modelgate::admin::handle(admin_state.clone(), req),
     ));
 
     tracing::info!(%local, admin = %admin_local, routes = config.routes.len(), config = %path.display(), "modelgate serving");

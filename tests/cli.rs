@@ -146,8 +146,11 @@ fn spawn_serve(config: &str) -> (std::process::Child, String) {
 /// Starts `modelgate serve`, sharing the feedback key of every test gateway; returns the child,
 /// its inference address and its admin address.
 fn spawn_serve_admin(config: &str) -> (std::process::Child, String, String) {
+    // Each gateway keeps its rollout status in a folder of its own.
+    let state = tempfile::tempdir().unwrap().keep();
     let mut child = modelgate()
-        .args(["serve", "--config", config, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["serve", "--config", config, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&state)
         .env("MODELGATE_FEEDBACK_KEY", "shared-by-the-replicas")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -136,7 +136,7 @@ async fn sticky_keys_hold_across_restarts_and_replicas_and_raising_the_canary_on
     assert!((800..1200).contains(&on_canary), "{on_canary} of {keys} keys on the 10% canary");
 
     // Raise the canary from 10% to 50% through the admin API.
-    let a = send(Method::POST, &restarted.admin_url("/admin/routes/canary/weight"), r#"{"weight": 50}"#, &[]).await;
+    let a = restarted.admin_post("/admin/routes/canary/weight", r#"{"weight": 50}"#).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     let after = assignments(&restarted, keys).await;
     let back = before.iter().zip(&after).filter(|(b, a)| *b == "v2" && *a == "v1").count();
@@ -229,13 +229,7 @@ async fn two_hundred_swaps_under_load_lose_no_request() {
     for i in 0..200u32 {
         match i % 3 {
             0 => {
-                let a = send(
-                    Method::POST,
-                    &gw.admin_url("/admin/routes/canary/weight"),
-                    format!("{{\"weight\": {}}}", i % 100),
-                    &[],
-                )
-                .await;
+                let a = gw.admin_post("/admin/routes/canary/weight", format!("{{\"weight\": {}}}", i % 100)).await;
                 assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
             }
             1 => {
@@ -243,7 +237,7 @@ async fn two_hundred_swaps_under_load_lose_no_request() {
                 gw.controller.reload_file().await.unwrap();
             }
             _ => {
-                let a = send(Method::POST, &gw.admin_url("/admin/routes/bg/switch"), "", &[]).await;
+                let a = gw.admin_post("/admin/routes/bg/switch", "").await;
                 assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
             }
         }
@@ -429,7 +423,7 @@ async fn recreate_has_a_bounded_gap_of_503s_and_blue_green_has_none() {
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(gw.url("/v2/models/bg/infer"), 4, stop.clone());
     for _ in 0..20 {
-        let a = send(Method::POST, &gw.admin_url("/admin/routes/bg/switch"), "", &[]).await;
+        let a = gw.admin_post("/admin/routes/bg/switch", "").await;
         assert_eq!(a.status, StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -454,12 +448,12 @@ async fn blue_green_preview_is_reachable_and_the_old_colour_is_scaled_down_after
         assert_eq!(variant(&get(&gw.url("/v2/models/bg/ready")).await), "v1");
     }
     assert_eq!(variant(&get(&gw.url("/v2/models/bg/versions/v2/ready")).await), "v2", "preview reachable by version");
-    let a = send(Method::POST, &gw.admin_url("/admin/routes/bg/promote"), "", &[]).await;
+    let a = gw.admin_post("/admin/routes/bg/promote", "").await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(variant(&get(&gw.url("/v2/models/bg/ready")).await), "v2");
     assert_eq!(variant(&get(&gw.url("/v2/models/bg/versions/v1/ready")).await), "v1", "old colour warm");
     // Roll back while warm: instant, and back on v1.
-    let a = send(Method::POST, &gw.admin_url("/admin/routes/bg/rollback"), "", &[]).await;
+    let a = gw.admin_post("/admin/routes/bg/rollback", "").await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(variant(&get(&gw.url("/v2/models/bg/ready")).await), "v1");
     // After scale_down_delay the colour not serving is unloaded.
@@ -475,7 +469,7 @@ async fn blue_green_preview_is_reachable_and_the_old_colour_is_scaled_down_after
     }
     assert_eq!(get(&gw.url("/v2/models/bg/versions/v2/ready")).await.status, StatusCode::NOT_FOUND);
     // Switching again loads it back.
-    assert_eq!(send(Method::POST, &gw.admin_url("/admin/routes/bg/switch"), "", &[]).await.status, StatusCode::OK);
+    assert_eq!(gw.admin_post("/admin/routes/bg/switch", "").await.status, StatusCode::OK);
     assert_eq!(variant(&get(&gw.url("/v2/models/bg/ready")).await), "v2");
 }
 
@@ -484,7 +478,13 @@ async fn admin_mutations_refuse_what_does_not_fit() {
     let gw = Gateway::start(&sticky_routes()).await;
     let admin = gw.admin;
     let post = move |path: &'static str, body: &'static str| async move {
-        send(Method::POST, &format!("http://{admin}{path}"), body, &[]).await
+        send(
+            Method::POST,
+            &format!("http://{admin}{path}"),
+            body,
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        )
+        .await
     };
     let a = post("/admin/routes/nope/weight", r#"{"weight": 5}"#).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);

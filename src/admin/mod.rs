@@ -10,12 +10,18 @@
 //! - `POST /admin/routes/{route}/weight` `{"weight": 25}` — canary weight.
 //! - `POST /admin/routes/{route}/switch` — blue-green switch.
 //! - `POST /admin/routes/{route}/promote` `[{"variant": "..."}]` — candidate to all traffic.
-//! - `POST /admin/routes/{route}/rollback` — candidate out.
+//! - `POST /admin/routes/{route}/rollback` (or `abort`) — candidate out.
+//! - `POST /admin/routes/{route}/pause|resume|retry` — automatic canary steps.
+//! - `GET  /admin/events[?since=N&route=R]` — decisions with the numbers behind them.
+//!
+//! Mutations need `Authorization: Bearer <token>` when the gateway has a token, and take
+//! `If-Match: "<generation>"` (from the `ETag` of any answer): a stale one is refused with 412.
 //!
 //! `{route}` is the model name, or the path prefix percent-encoded (`%2Fremote%2F`).
 
 use crate::backend::Body;
 use crate::protocol::ApiError;
+use crate::rollout::control::Action;
 use crate::rollout::Controller;
 use crate::server::response;
 use http::{Method, Request, Response, StatusCode};
@@ -27,8 +33,53 @@ use std::sync::Arc;
 
 const MAX_BODY: usize = 64 * 1024;
 
+/// What the admin handlers share.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The one path through which the table changes.
+    pub controller: Arc<Controller>,
+    /// Bearer token every mutation must carry; `None` leaves mutations open (loopback only).
+    pub token: Option<String>,
+}
+
+/// Compares in constant time, so the token does not leak through timing.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(token) = &state.token else { return Ok(()) };
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if same_secret(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token is not the admin token")),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "admin changes need `Authorization: Bearer <token>` (the MODELGATE_ADMIN_TOKEN the gateway runs with)",
+        )),
+    }
+}
+
+fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
+    let Some(v) = req.headers().get(http::header::IF_MATCH) else { return Ok(None) };
+    let text = v.to_str().unwrap_or("").trim().trim_start_matches("W/").trim_matches('"');
+    if text == "*" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        ApiError::bad_request(format!(
+            "If-Match must be a table generation such as \"12\" (from GET /admin/routes), got {text:?}"
+        ))
+    })
+}
+
 /// Answers one admin request.
-pub async fn handle(controller: Arc<Controller>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Body> {
+    let controller = state.controller.clone();
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     if path == "/metrics" && (method == Method::GET || method == Method::HEAD) {
         let mut resp = Response::new(response::full(controller.telemetry().render().into()));
@@ -38,9 +89,21 @@ pub async fn handle(controller: Arc<Controller>, req: Request<Incoming>) -> Resp
         );
         return resp;
     }
+    if method != Method::GET && method != Method::HEAD {
+        if let Err(e) = authorize(&state, &req) {
+            tracing::warn!(%method, path, "admin change refused: {}", e.message);
+            return response::error(&e);
+        }
+    }
     let result = route(&controller, req).await;
     match result {
-        Ok(v) => response::json_value(StatusCode::OK, &v),
+        Ok(v) => {
+            let mut resp = response::json_value(StatusCode::OK, &v);
+            if let Ok(etag) = http::HeaderValue::from_str(&format!("\"{}\"", controller.generation())) {
+                resp.headers_mut().insert(http::header::ETAG, etag);
+            }
+            resp
+        }
         Err(e) => {
             tracing::info!(%method, path, status = e.status.as_u16(), error = %e.message, "admin request refused");
             response::error(&e)
@@ -58,6 +121,8 @@ struct WeightBody {
 #[serde(deny_unknown_fields)]
 struct PromoteBody {
     variant: Option<String>,
+    #[serde(default)]
+    full: bool,
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>, empty_ok: Option<T>) -> Result<T, ApiError> {
@@ -98,6 +163,16 @@ async fn route(controller: &Arc<Controller>, req: Request<Incoming>) -> Result<V
             Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("use GET for {path}")))
         };
     }
+    if path == "/admin/events" {
+        let query = req.uri().query().unwrap_or("");
+        let param =
+            |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')));
+        let since = param("since")
+            .map_or(Ok(0), |v| v.parse::<u64>())
+            .map_err(|_| ApiError::bad_request("since must be an event sequence number"))?;
+        let route = param("route").map(decode).transpose()?;
+        return Ok(json!({ "events": controller.events(since, route.as_deref()) }));
+    }
     if path == "/admin/stats" {
         return if method == Method::GET {
             Ok(stats(controller))
@@ -121,25 +196,31 @@ async fn route(controller: &Arc<Controller>, req: Request<Incoming>) -> Result<V
         return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("use POST for {path}")));
     }
     let name = decode(name)?;
-    let generation = match action {
+    let expected = if_match(&req)?;
+    let action = match action {
         "weight" => {
             let body: WeightBody = read_json(req, None).await?;
-            controller.set_weight(&name, body.weight).await?
+            Action::Weight(body.weight)
         }
-        "switch" => controller.switch(&name).await?,
+        "switch" => Action::Switch,
         "promote" => {
             let body: PromoteBody = read_json(req, Some(PromoteBody::default())).await?;
-            controller.promote(&name, body.variant.as_deref()).await?
+            Action::Promote { variant: body.variant, full: body.full }
         }
-        "rollback" => controller.rollback(&name).await?,
+        "rollback" | "abort" => Action::Rollback,
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "retry" => Action::Retry,
         other => {
             return Err(ApiError::not_found(format!(
-                "no admin action {other:?}; actions: weight, switch, promote, rollback"
+                "no admin action {other:?}; actions: weight, switch, promote, rollback, abort, pause, resume, retry"
             )))
         }
     };
-    tracing::info!(route = %name, action, generation, "admin change applied");
-    Ok(json!({ "route": name, "action": action, "generation": generation }))
+    let action_name = action.name();
+    let generation = controller.act(&name, action, expected).await?;
+    tracing::info!(route = %name, action = action_name, generation, "admin change applied");
+    Ok(json!({ "route": name, "action": action_name, "generation": generation }))
 }
 
 /// `GET /admin/stats`: per route and variant, the lifetime numbers and the current analysis step's.
@@ -201,5 +282,10 @@ pub async fn view(controller: &Controller) -> Value {
             })
         })
         .collect();
-    json!({ "generation": table.generation(), "reload": controller.report(), "routes": routes })
+    json!({
+        "generation": table.generation(),
+        "reload": controller.report(),
+        "persist_error": controller.persist_error(),
+        "routes": routes,
+    })
 }

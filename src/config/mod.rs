@@ -7,9 +7,11 @@ mod error;
 mod raw;
 pub mod watch;
 
+use crate::rollout::analysis::{BusinessGuard, CanaryCriteria, Metric};
+use crate::rollout::engine::{CanaryPlan, OnInconclusive, Step};
 use error::Issues;
 pub use error::{ConfigErrors, ConfigIssue};
-use raw::{RawBackend, RawConfig, RawRoute, RawServer, RawSticky};
+use raw::{RawAnalysis, RawBackend, RawConfig, RawRoute, RawServer, RawStep, RawSticky};
 
 use http::Uri;
 use std::collections::HashMap;
@@ -52,6 +54,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// How long after an answer feedback on it is accepted.
     pub feedback_max_age: Duration,
+    /// Where rollout status is persisted (relative paths: against the config file's folder).
+    pub state_dir: PathBuf,
     /// ONNX Runtime shared library, when the file names one.
     pub ort_library: Option<PathBuf>,
 }
@@ -66,6 +70,7 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             feedback_max_age: Duration::from_secs(24 * 3600),
+            state_dir: PathBuf::from("state"),
             ort_library: None,
         }
     }
@@ -79,6 +84,18 @@ pub struct BackendSpec {
     pub name: String,
     /// In-process model or upstream server.
     pub kind: BackendKind,
+    /// Injected delay and errors, if any.
+    pub fault: Option<FaultSpec>,
+}
+
+/// Faults injected into every answer of a backend, like Istio's fault injection.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct FaultSpec {
+    /// Added before the backend is asked.
+    pub delay: Duration,
+    /// Percent of requests answered 500 instead (0..=100).
+    pub error_percent: f64,
 }
 
 /// What a backend is.
@@ -163,6 +180,8 @@ pub enum Strategy {
         weight: f64,
         /// Keeps a user on one side when a key is present.
         sticky: Option<Sticky>,
+        /// Steps with automatic analysis; without them the weight only changes by hand.
+        plan: Option<CanaryPlan>,
     },
     /// Two or more arms, sticky per user.
     AbTest {
@@ -277,7 +296,7 @@ impl Config {
         };
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut issues = Issues::default();
-        let server = server(&raw.server, &mut issues);
+        let server = server(&raw.server, &base, &mut issues);
         let backends = backends(&raw.backends, &base, &mut issues);
         let routes = routes(&raw.routes, &raw.backends, &mut issues);
         if issues.0.is_empty() {
@@ -340,7 +359,7 @@ fn count(value: Option<i64>, default: usize, max: usize, place: &str, issues: &m
     }
 }
 
-fn server(raw: &RawServer, issues: &mut Issues) -> ServerSettings {
+fn server(raw: &RawServer, base: &Path, issues: &mut Issues) -> ServerSettings {
     let d = ServerSettings::default();
     let address = |value: &Option<String>, default: SocketAddr, place: &str, issues: &mut Issues| match value {
         None => default,
@@ -372,6 +391,7 @@ fn server(raw: &RawServer, issues: &mut Issues) -> ServerSettings {
         request_timeout: duration(&raw.request_timeout, d.request_timeout, "server.request_timeout", issues),
         shutdown_grace: duration(&raw.shutdown_grace, d.shutdown_grace, "server.shutdown_grace", issues),
         feedback_max_age: duration(&raw.feedback_max_age, d.feedback_max_age, "server.feedback_max_age", issues),
+        state_dir: base.join(raw.state_dir.as_deref().map_or(d.state_dir.as_path(), Path::new)),
         ort_library: raw.ort_library.as_ref().map(PathBuf::from),
     }
 }
@@ -402,7 +422,16 @@ fn backends(raw: &[RawBackend], base: &Path, issues: &mut Issues) -> Vec<Backend
             }
         };
         if let Some(kind) = kind {
-            out.push(BackendSpec { name: b.name.clone(), kind });
+            let fault = b.fault.as_ref().map(|f| {
+                let fplace = format!("{place}.fault");
+                percent(f.error_percent, &format!("{fplace}.error_percent"), issues);
+                let delay = match &f.delay {
+                    Some(_) => duration(&f.delay, Duration::ZERO, &format!("{fplace}.delay"), issues),
+                    None => Duration::ZERO,
+                };
+                FaultSpec { delay, error_percent: f.error_percent }
+            });
+            out.push(BackendSpec { name: b.name.clone(), kind, fault });
         }
     }
     out
@@ -560,11 +589,16 @@ fn strategy(r: &RawRoute, place: &str, issues: &mut Issues) -> Option<Strategy> 
         }
         percent(c.weight, &format!("{place}.weight"), issues);
         let st = c.sticky.as_ref().and_then(|st| sticky(st, &format!("{place}.sticky"), issues));
+        let plan = c.steps.as_ref().map(|steps| canary_plan(steps, c.analysis.as_ref(), &place, issues));
+        if c.analysis.is_some() && c.steps.is_none() {
+            issues.push(format!("{place}.analysis"), "analysis runs between steps: add `steps`");
+        }
         return Some(Strategy::Canary {
             stable: c.stable.clone(),
             canary: c.canary.clone(),
             weight: c.weight,
             sticky: st,
+            plan,
         });
     }
     let ab = s.ab_test.as_ref()?;
@@ -585,6 +619,95 @@ fn strategy(r: &RawRoute, place: &str, issues: &mut Issues) -> Option<Strategy> 
     }
     let st = sticky(&ab.sticky, &format!("{place}.sticky"), issues)?;
     Some(Strategy::AbTest { arms: ab.variants.iter().map(|(k, v)| (k.clone(), *v)).collect(), sticky: st })
+}
+
+fn canary_plan(steps: &[RawStep], analysis: Option<&RawAnalysis>, place: &str, issues: &mut Issues) -> CanaryPlan {
+    if steps.is_empty() {
+        issues.push(format!("{place}.steps"), "give at least one step, or leave `steps` out");
+    }
+    let steps = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let sp = format!("{place}.steps[{i}]");
+            percent(s.weight, &format!("{sp}.weight"), issues);
+            let pause = if s.pause == "until_promoted" {
+                None
+            } else {
+                Some(duration(&Some(s.pause.clone()), Duration::from_secs(60), &format!("{sp}.pause"), issues))
+            };
+            Step { weight: s.weight, pause }
+        })
+        .collect();
+    let default = RawAnalysis::default();
+    let a = analysis.unwrap_or(&default);
+    let ap = format!("{place}.analysis");
+    let fraction = |v: Option<f64>, name: &str, issues: &mut Issues| {
+        if let Some(x) = v {
+            if !(x.is_finite() && (0.0..=1.0).contains(&x)) {
+                issues.push(format!("{ap}.{name}"), format!("must be a fraction between 0 and 1, got {x}"));
+            }
+        }
+        v
+    };
+    let max_error_rate = fraction(a.max_error_rate.or(Some(0.01)), "max_error_rate", issues);
+    let max_error_rate_increase = fraction(a.max_error_rate_increase, "max_error_rate_increase", issues);
+    let alpha = a.alpha.unwrap_or(0.01);
+    if !(alpha > 0.0 && alpha < 0.5) {
+        issues.push(format!("{ap}.alpha"), format!("must be between 0 and 0.5, got {alpha}"));
+    }
+    if let Some(r) = a.max_p99_ratio {
+        if !(r.is_finite() && r >= 1.0) {
+            issues.push(format!("{ap}.max_p99_ratio"), format!("must be 1 or more, got {r}"));
+        }
+    }
+    let business = a.business.as_ref().and_then(|b| {
+        let metric = match b.metric.as_str() {
+            "conversion" => Metric::Conversion,
+            "accuracy" => Metric::Accuracy,
+            "reward" => Metric::Reward,
+            other => {
+                issues.push(
+                    format!("{ap}.business.metric"),
+                    format!("unknown metric {other:?}: conversion, accuracy or reward"),
+                );
+                return None;
+            }
+        };
+        Some(BusinessGuard { metric, margin: b.margin, min_samples: b.min_samples.unwrap_or(200) })
+    });
+    let on_inconclusive = match a.on_inconclusive.as_deref() {
+        None | Some("hold") => OnInconclusive::Hold,
+        Some("rollback") => OnInconclusive::Rollback,
+        Some(other) => {
+            issues.push(format!("{ap}.on_inconclusive"), format!("{other:?} is neither `hold` nor `rollback`"));
+            OnInconclusive::Hold
+        }
+    };
+    let failure_limit = a.failure_limit.unwrap_or(2);
+    if failure_limit == 0 {
+        issues.push(format!("{ap}.failure_limit"), "must be at least 1");
+    }
+    CanaryPlan {
+        steps,
+        criteria: CanaryCriteria {
+            min_samples: a.min_samples.unwrap_or(100),
+            max_error_rate,
+            max_error_rate_increase,
+            max_p99_ratio: a.max_p99_ratio,
+            business,
+            alpha,
+        },
+        interval: duration(&a.interval, Duration::from_secs(10), &format!("{ap}.interval"), issues),
+        failure_limit: failure_limit.max(1),
+        inconclusive_deadline: duration(
+            &a.inconclusive_deadline,
+            Duration::from_secs(600),
+            &format!("{ap}.inconclusive_deadline"),
+            issues,
+        ),
+        on_inconclusive,
+    }
 }
 
 fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut Issues) -> Vec<RouteSpec> {

@@ -27,6 +27,7 @@ pub struct RawServer {
     pub request_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub feedback_max_age: Option<String>,
+    pub state_dir: Option<String>,
     pub ort_library: Option<String>,
 }
 
@@ -37,6 +38,16 @@ pub struct RawBackend {
     pub name: String,
     pub onnx: Option<RawOnnx>,
     pub upstream: Option<RawUpstream>,
+    pub fault: Option<RawFault>,
+}
+
+/// `backends[i].fault:` — injected delay and errors, for demos and tests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFault {
+    pub delay: Option<String>,
+    #[serde(default)]
+    pub error_percent: f64,
 }
 
 /// `backends[i].onnx:` — a model file run in-process.
@@ -108,6 +119,41 @@ pub struct RawCanary {
     #[serde(default)]
     pub weight: f64,
     pub sticky: Option<RawSticky>,
+    pub steps: Option<Vec<RawStep>>,
+    pub analysis: Option<RawAnalysis>,
+}
+
+/// `canary.steps[i]:` — a weight held for a pause (a duration, or `until_promoted`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub weight: f64,
+    pub pause: String,
+}
+
+/// `canary.analysis:` — what each step is judged on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalysis {
+    pub interval: Option<String>,
+    pub min_samples: Option<u64>,
+    pub max_error_rate: Option<f64>,
+    pub max_error_rate_increase: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
+    pub alpha: Option<f64>,
+    pub failure_limit: Option<u32>,
+    pub inconclusive_deadline: Option<String>,
+    pub on_inconclusive: Option<String>,
+    pub business: Option<RawBusiness>,
+}
+
+/// `analysis.business:` — a non-inferiority guard on a business metric.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBusiness {
+    pub metric: String,
+    pub margin: f64,
+    pub min_samples: Option<u64>,
 }
 
 /// `strategy.ab_test:`

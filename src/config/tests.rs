@@ -34,7 +34,7 @@ routes:
 "#,
     )
     .unwrap();
-    assert_eq!(c.server, ServerSettings::default());
+    assert_eq!(c.server, ServerSettings { state_dir: dir.path().join("state"), ..ServerSettings::default() });
     let BackendKind::Onnx(o) = &c.backends[0].kind else { panic!() };
     assert_eq!(o.path, dir.path().join("m.onnx"));
     assert_eq!((o.sessions, o.intra_op_threads), (2, 1));

@@ -21,7 +21,7 @@ use serde::Serialize;
 use statrs::distribution::{ChiSquared, ContinuousCDF, Normal};
 
 /// The outcome of one analysis.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "verdict", content = "reason", rename_all = "snake_case")]
 pub enum Verdict {
     /// The candidate is as good as required.
@@ -365,4 +365,4 @@ pub fn judge_ab(windows: &[&Window], weights: &[f64], c: &AbCriteria) -> AbOutco
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

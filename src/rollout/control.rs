@@ -2,7 +2,11 @@
 //! build → validate → publish with one atomic swap. File reloads, SIGHUP and admin calls all
 //! come through here, one at a time.
 
+use super::analysis::Verdict;
+use super::engine::{self, Clock, Decision, SystemClock};
+use super::events::{Event, EventLog};
 use super::status::{shares, Phase, RouteStatus};
+use super::store::{revision, Saved, Store};
 use crate::backend::{self, Backend};
 use crate::config::{BackendSpec, Config, ConfigErrors, ConfigIssue, RouteSpec, Strategy};
 use crate::protocol::ApiError;
@@ -48,10 +52,25 @@ struct Inner {
     generation: u64,
 }
 
+/// What a controller needs besides the config.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// ONNX Runtime shared library.
+    pub ort_library: PathBuf,
+    /// Metrics and windows.
+    pub telemetry: Arc<Telemetry>,
+    /// Where rollout status is persisted; `None` keeps it in memory only.
+    pub state_dir: Option<PathBuf>,
+}
+
 /// Owns the routing table and every change to it.
 pub struct Controller {
     table: SharedTable,
     telemetry: Arc<Telemetry>,
+    store: Option<Store>,
+    events: EventLog,
+    clock: Arc<dyn Clock>,
+    persist_error: Mutex<Option<String>>,
     ort_library: PathBuf,
     inner: tokio::sync::Mutex<Inner>,
     report: Mutex<ReloadReport>,
@@ -74,18 +93,50 @@ fn conflict(message: String) -> ApiError {
 
 impl Controller {
     /// Loads every backend that `config` routes to and publishes the first table (generation 1).
-    pub async fn start(
-        config: Config,
-        ort_library: PathBuf,
-        telemetry: Arc<Telemetry>,
-    ) -> Result<Arc<Controller>, ConfigErrors> {
-        let routes =
-            config.routes.iter().map(|r| (r.name().to_string(), (r.clone(), RouteStatus::default()))).collect();
+    pub async fn start(config: Config, options: Options) -> Result<Arc<Controller>, ConfigErrors> {
+        let Options { ort_library, telemetry, state_dir } = options;
+        let store = match &state_dir {
+            Some(dir) => Some(Store::new(dir).map_err(|e| {
+                ConfigErrors::one(
+                    &config.source,
+                    "state_dir",
+                    format!("cannot use state folder {}: {e}", dir.display()),
+                )
+            })?),
+            None => None,
+        };
+        // A restart resumes each route whose spec is unchanged; changed ones start over, and
+        // their old status goes to the history.
+        let saved = match &store {
+            Some(store) => store.load().map_err(|e| ConfigErrors::one(&config.source, "state_dir", e))?,
+            None => Default::default(),
+        };
+        let mut routes = HashMap::new();
+        for r in &config.routes {
+            let status = match saved.get(r.name()) {
+                Some(s) if s.revision == revision(r) => {
+                    tracing::info!(route = r.name(), phase = ?s.status.phase, "resuming rollout status");
+                    s.status.clone()
+                }
+                Some(old) => {
+                    if let Some(store) = &store {
+                        let _ = store.archive(r.name(), old);
+                    }
+                    RouteStatus::default()
+                }
+                None => RouteStatus::default(),
+            };
+            routes.insert(r.name().to_string(), (r.clone(), status));
+        }
         let source = config.source.display().to_string();
         let inner = Inner { config, routes, loaded: HashMap::new(), shadow_stats: HashMap::new(), generation: 0 };
         let controller = Arc::new_cyclic(|me| Controller {
             table: SharedTable::new(RouteTable::default()),
             telemetry,
+            store,
+            events: EventLog::new(1000),
+            clock: Arc::new(SystemClock),
+            persist_error: Mutex::new(None),
             ort_library,
             inner: tokio::sync::Mutex::new(inner),
             report: Mutex::new(ReloadReport { source, ok: true, at_unix_ms: now_ms(), ..ReloadReport::default() }),
@@ -94,6 +145,7 @@ impl Controller {
         {
             let mut inner = controller.inner.lock().await;
             controller.publish(&mut inner, &[]).await?;
+            controller.persist(&inner);
         }
         Ok(controller)
     }
@@ -230,7 +282,7 @@ impl Controller {
                 let gap = gap_started.elapsed();
                 for name in &gap_names {
                     if let Some((_, status)) = inner.routes.get_mut(name) {
-                        status.last_gap = Some(gap);
+                        status.last_gap = Some(gap.as_secs_f64() * 1000.0);
                     }
                     tracing::info!(route = %name, gap_ms = gap.as_secs_f64() * 1000.0, "recreate: new backend serving");
                 }
@@ -325,6 +377,7 @@ impl Controller {
                         weight: share.weight,
                         upper,
                         stats,
+                        fault: loaded.spec.fault.clone(),
                     });
                 }
             }
@@ -381,12 +434,25 @@ impl Controller {
     }
 
     /// Runs `change` on a route's status and publishes; on failure the status is restored.
+    /// With `if_match`, refuses (412) unless the published table is still that generation.
     async fn mutate(
         &self,
         route: &str,
+        if_match: Option<u64>,
         change: impl FnOnce(&RouteSpec, &mut RouteStatus) -> Result<(), ApiError>,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<(u64, RouteStatus, RouteStatus), ApiError> {
         let mut inner = self.inner.lock().await;
+        if let Some(expected) = if_match {
+            if expected != inner.generation {
+                return Err(ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!(
+                        "If-Match generation {expected} is stale: the table is at generation {}; read it again",
+                        inner.generation
+                    ),
+                ));
+            }
+        }
         let Some((spec, status)) = inner.routes.get(route).cloned() else {
             let known: Vec<&str> = inner.config.routes.iter().map(RouteSpec::name).collect();
             return Err(ApiError::not_found(format!("unknown route {route:?}; routes: {}", known.join(", "))));
@@ -394,11 +460,14 @@ impl Controller {
         let mut next = status.clone();
         change(&spec, &mut next)?;
         if next == status {
-            return Ok(inner.generation);
+            return Ok((inner.generation, status, next));
         }
-        inner.routes.insert(route.to_string(), (spec.clone(), next));
+        inner.routes.insert(route.to_string(), (spec.clone(), next.clone()));
         match self.publish(&mut inner, &[]).await {
-            Ok(g) => Ok(g),
+            Ok(g) => {
+                self.persist(&inner);
+                Ok((g, status, next))
+            }
             Err(e) => {
                 inner.routes.insert(route.to_string(), (spec, status));
                 prune(&mut inner);
@@ -407,63 +476,39 @@ impl Controller {
         }
     }
 
-    /// Sets a canary route's weight (0..=100 percent).
-    pub async fn set_weight(&self, route: &str, weight: f64) -> Result<u64, ApiError> {
-        if !(weight.is_finite() && (0.0..=100.0).contains(&weight)) {
-            return Err(ApiError::bad_request(format!("weight must be between 0 and 100, got {weight}")));
+    /// Applies an admin action to a route's rollout; see [`Action`]. Idempotent where it can be:
+    /// an action that changes nothing answers the current generation.
+    pub async fn act(&self, route: &str, action: Action, if_match: Option<u64>) -> Result<u64, ApiError> {
+        let now = self.clock.now_ms();
+        let (generation, before, after) =
+            self.mutate(route, if_match, |spec, st| apply_action(route, spec, st, &action, now)).await?;
+        if before != after {
+            let details = serde_json::json!({ "action": action.name(), "status": after });
+            self.events.emit(now, route, "admin", format!("{} by the admin API", action.name()), details);
         }
-        self.mutate(route, |spec, st| match &spec.strategy {
-            Strategy::Canary { .. } => {
-                st.canary_weight = Some(weight);
-                st.phase = Phase::Progressing;
-                Ok(())
-            }
-            other => Err(conflict(format!("route {route:?} uses {}; only canary routes take a weight", other.name()))),
-        })
-        .await
-    }
-
-    /// Blue-green: sends all traffic to the other colour. The colour that served stays warm for
-    /// `scale_down_delay`, so switching back is instant until then.
-    pub async fn switch(&self, route: &str) -> Result<u64, ApiError> {
-        let mut delay = None;
-        let mut ticket = 0;
-        let mut old_colour = String::new();
-        let generation = self
-            .mutate(route, |spec, st| {
-                let Strategy::BlueGreen { active, preview, scale_down_delay } = &spec.strategy else {
-                    return Err(conflict(format!(
-                        "route {route:?} uses {}; only blue_green routes switch",
-                        spec.strategy.name()
-                    )));
-                };
-                let now = st.active_colour(active).to_string();
-                let other = if &now == active { preview.clone() } else { active.clone() };
-                if st.scaled_down.as_deref() == Some(other.as_str()) {
-                    st.scaled_down = None; // it is loaded again before the switch is published
+        // A blue-green switch keeps the old colour warm for scale_down_delay, then unloads it.
+        if after.switches > before.switches {
+            let delay = {
+                let inner = self.inner.lock().await;
+                match inner.routes.get(route).map(|(spec, _)| &spec.strategy) {
+                    Some(Strategy::BlueGreen { scale_down_delay, .. }) => Some(*scale_down_delay),
+                    _ => None,
                 }
-                st.active = Some(other);
-                st.previous = Some(now.clone());
-                st.switches += 1;
-                delay = Some(*scale_down_delay);
-                ticket = st.switches;
-                old_colour = now;
-                Ok(())
-            })
-            .await?;
-        if let (Some(delay), Some(me)) = (delay, self.me.upgrade()) {
-            let route = route.to_string();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                me.scale_down(&route, &old_colour, ticket).await;
-            });
+            };
+            if let (Some(delay), Some(me), Some(old)) = (delay, self.me.upgrade(), before_colour(&before, &after)) {
+                let (route, ticket) = (route.to_string(), after.switches);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    me.scale_down(&route, &old, ticket).await;
+                });
+            }
         }
         Ok(generation)
     }
 
     async fn scale_down(&self, route: &str, colour: &str, ticket: u64) {
         let result = self
-            .mutate(route, |spec, st| {
+            .mutate(route, None, |spec, st| {
                 if let Strategy::BlueGreen { active, .. } = &spec.strategy {
                     if st.switches == ticket && st.active_colour(active) != colour {
                         st.scaled_down = Some(colour.to_string());
@@ -478,90 +523,140 @@ impl Controller {
         }
     }
 
-    /// Gives the candidate all traffic: canary to 100%, blue-green switch to the preview, or an
-    /// A/B arm (`variant`) to 100%.
-    pub async fn promote(&self, route: &str, variant: Option<&str>) -> Result<u64, ApiError> {
-        let bg = {
-            let inner = self.inner.lock().await;
-            inner.routes.get(route).map(|(spec, _)| matches!(spec.strategy, Strategy::BlueGreen { .. }))
-        };
-        if bg == Some(true) {
-            let g = self.switch(route).await?;
-            return self
-                .mutate(route, |_, st| {
-                    st.phase = Phase::Promoted;
-                    Ok(())
-                })
-                .await
-                .map(|g2| g2.max(g));
-        }
-        self.mutate(route, |spec, st| {
-            match &spec.strategy {
-                Strategy::Canary { .. } => st.canary_weight = Some(100.0),
-                Strategy::AbTest { arms, .. } => {
-                    let Some(v) = variant else {
-                        let names: Vec<&str> = arms.iter().map(|(a, _)| a.as_str()).collect();
-                        return Err(ApiError::bad_request(format!(
-                            "name the winning arm: {{\"variant\": \"...\"}} (arms: {})",
-                            names.join(", ")
-                        )));
-                    };
-                    if !arms.iter().any(|(a, _)| a == v) {
-                        return Err(ApiError::bad_request(format!("route {route:?} has no arm {v:?}")));
-                    }
-                    st.winner = Some(v.to_string());
-                }
-                other => {
-                    return Err(conflict(format!(
-                        "route {route:?} uses {}; edit routes.yaml to change its backend",
-                        other.name()
-                    )))
-                }
-            }
-            st.phase = Phase::Promoted;
-            Ok(())
-        })
-        .await
+    /// Sets a canary route's weight (0..=100 percent).
+    pub async fn set_weight(&self, route: &str, weight: f64) -> Result<u64, ApiError> {
+        self.act(route, Action::Weight(weight), None).await
     }
 
-    /// Takes the candidate out: canary to 0%, blue-green back to the previous colour, A/B back
-    /// to the spec's weights.
+    /// Blue-green switch.
+    pub async fn switch(&self, route: &str) -> Result<u64, ApiError> {
+        self.act(route, Action::Switch, None).await
+    }
+
+    /// Promote (all the way).
+    pub async fn promote(&self, route: &str, variant: Option<&str>) -> Result<u64, ApiError> {
+        self.act(route, Action::Promote { variant: variant.map(str::to_string), full: true }, None).await
+    }
+
+    /// Roll back.
     pub async fn rollback(&self, route: &str) -> Result<u64, ApiError> {
-        let previous = {
-            let inner = self.inner.lock().await;
-            inner.routes.get(route).and_then(|(spec, st)| match spec.strategy {
-                Strategy::BlueGreen { .. } => Some(st.previous.clone()),
-                _ => None,
-            })
-        };
-        if let Some(previous) = previous {
-            if previous.is_none() {
-                return Err(conflict(format!("route {route:?} has not been switched; nothing to roll back")));
+        self.act(route, Action::Rollback, None).await
+    }
+
+    /// One round of automatic analysis: every canary with steps that is progressing and not
+    /// paused is judged on its current step's windows; decisions are published at once.
+    pub async fn analyze(&self) {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock().await;
+        let names: Vec<String> = inner.config.routes.iter().map(|r| r.name().to_string()).collect();
+        let mut changed = false;
+        for name in names {
+            let Some((spec, status)) = inner.routes.get(&name).cloned() else { continue };
+            let Strategy::Canary { stable, canary, plan: Some(plan), .. } = &spec.strategy else { continue };
+            if status.phase != Phase::Progressing || status.canary_weight.is_some() {
+                continue; // finished, or steered by hand
             }
-            let g = self.switch(route).await?;
-            return self
-                .mutate(route, |_, st| {
-                    st.phase = Phase::RolledBack;
-                    Ok(())
-                })
-                .await
-                .map(|g2| g2.max(g));
-        }
-        self.mutate(route, |spec, st| {
-            match &spec.strategy {
-                Strategy::Canary { .. } => st.canary_weight = Some(0.0),
-                Strategy::AbTest { .. } => st.winner = None,
-                other => {
-                    return Err(conflict(format!(
-                        "route {route:?} uses {}; edit routes.yaml to change its backend",
-                        other.name()
-                    )))
+            let mut progress = status.progress.clone().unwrap_or_else(|| engine::Progress {
+                step_started_ms: now,
+                last_analysis_ms: now,
+                ..engine::Progress::default()
+            });
+            let (s, c) = (self.telemetry.variant(&name, stable), self.telemetry.variant(&name, canary));
+            let decision = engine::tick(plan, &mut progress, now, &s.step_window(), &c.step_window());
+            let mut next = status.clone();
+            let numbers =
+                serde_json::json!({ "stable": s.step(), "canary": c.step(), "verdict": progress.last_verdict });
+            match &decision {
+                Decision::Nothing => {
+                    // A failed analysis below the failure limit is worth an event too.
+                    if let (true, Some(Verdict::Fail(why))) = (progress.last_analysis_ms == now, &progress.last_verdict)
+                    {
+                        self.events.emit(now, &name, "analysis_failed", why.clone(), numbers);
+                    }
+                }
+                Decision::Advance(step) => {
+                    s.reset_step();
+                    c.reset_step();
+                    let w = plan.weight(*step);
+                    self.events.emit(now, &name, "step_advanced", format!("step {step}: canary at {w}%"), numbers);
+                }
+                Decision::Promote => {
+                    next.phase = Phase::Promoted;
+                    self.events.emit(
+                        now,
+                        &name,
+                        "promoted",
+                        format!("{canary} passed every step and takes all traffic"),
+                        numbers,
+                    );
+                }
+                Decision::Rollback(why) => {
+                    next.phase = Phase::RolledBack;
+                    self.events.emit(now, &name, "rolled_back", why.clone(), numbers);
                 }
             }
-            st.phase = Phase::RolledBack;
-            Ok(())
-        })
-        .await
+            next.progress = Some(progress);
+            inner.routes.insert(name.clone(), (spec.clone(), next));
+            changed = true;
+            if decision != Decision::Nothing {
+                if let Err(e) = self.publish(&mut inner, &[]).await {
+                    tracing::error!(route = %name, error = %e, "analysis decision could not be published");
+                    inner.routes.insert(name.clone(), (spec, status));
+                }
+            }
+        }
+        if changed {
+            self.persist(&inner);
+        }
+    }
+
+    /// Runs [`Controller::analyze`] every `every` until the controller is dropped.
+    pub fn spawn_analysis(self: &Arc<Self>, every: Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(c) = me.upgrade() else { return };
+                c.analyze().await;
+            }
+        });
+    }
+
+    /// Recent events after sequence number `since`, for `route` if given.
+    pub fn events(&self, since: u64, route: Option<&str>) -> Vec<Event> {
+        self.events.since(since, route)
+    }
+
+    /// Saves every route's status; a failure is logged and shown, and serving goes on.
+    fn persist(&self, inner: &Inner) {
+        let Some(store) = &self.store else { return };
+        let all = inner
+            .routes
+            .iter()
+            .map(|(name, (spec, st))| (name.clone(), Saved { revision: revision(spec), status: st.clone() }))
+            .collect();
+        let result = store.save(&all);
+        let mut err = self.persist_error.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => *err = None,
+            Err(e) => {
+                let message = format!("cannot save rollout status in {}: {e}", store.dir().display());
+                if err.as_deref() != Some(message.as_str()) {
+                    tracing::error!("{message}; serving goes on, status changes are kept in memory");
+                }
+                *err = Some(message);
+            }
+        }
+    }
+
+    /// The last error saving status, if the last save failed.
+    pub fn persist_error(&self) -> Option<String> {
+        self.persist_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The generation of the published table.
+    pub fn generation(&self) -> u64 {
+        self.table.load().generation()
     }
 
     /// The status of every route, in file order, with its spec revision's strategy.
@@ -574,6 +669,167 @@ impl Controller {
             .map(|r| (r.name().to_string(), inner.routes.get(r.name()).map(|(_, s)| s.clone()).unwrap_or_default()))
             .collect()
     }
+}
+
+/// What an admin can do to a route's rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Canary: set the weight by hand (automatic steps then wait; `resume` hands back).
+    Weight(f64),
+    /// Blue-green: switch colours.
+    Switch,
+    /// Canary with steps: one step on (`full`: straight to 100%); blue-green: switch to the
+    /// preview; A/B: the named arm takes all traffic.
+    Promote {
+        /// A/B: the winning arm.
+        variant: Option<String>,
+        /// Canary: skip the remaining steps.
+        full: bool,
+    },
+    /// Candidate out: canary to 0%, blue-green back, A/B back to the file's weights.
+    Rollback,
+    /// Stop automatic analysis where it stands.
+    Pause,
+    /// Start automatic analysis again (and hand a hand-set weight back to the steps).
+    Resume,
+    /// Start a finished or rolled-back canary again from its first step.
+    Retry,
+}
+
+impl Action {
+    /// The action's name in the API.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Weight(_) => "weight",
+            Action::Switch => "switch",
+            Action::Promote { .. } => "promote",
+            Action::Rollback => "rollback",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Retry => "retry",
+        }
+    }
+}
+
+fn before_colour(before: &RouteStatus, after: &RouteStatus) -> Option<String> {
+    after.previous.clone().or_else(|| before.active.clone())
+}
+
+fn bg_switch(active: &str, preview: &str, st: &mut RouteStatus) {
+    let now = st.active_colour(active).to_string();
+    let other = if now == active { preview.to_string() } else { active.to_string() };
+    if st.scaled_down.as_deref() == Some(other.as_str()) {
+        st.scaled_down = None; // loaded again before the switch is published
+    }
+    st.active = Some(other);
+    st.previous = Some(now);
+    st.switches += 1;
+}
+
+fn apply_action(
+    route: &str,
+    spec: &RouteSpec,
+    st: &mut RouteStatus,
+    action: &Action,
+    now: u64,
+) -> Result<(), ApiError> {
+    let refuse = |what: &str| Err(conflict(format!("route {route:?} uses {}; {what}", spec.strategy.name())));
+    match (&spec.strategy, action) {
+        (Strategy::Canary { .. }, Action::Weight(w)) => {
+            if !(w.is_finite() && (0.0..=100.0).contains(w)) {
+                return Err(ApiError::bad_request(format!("weight must be between 0 and 100, got {w}")));
+            }
+            st.canary_weight = Some(*w);
+            st.phase = Phase::Progressing;
+        }
+        (_, Action::Weight(_)) => return refuse("only canary routes take a weight"),
+        (Strategy::BlueGreen { active, preview, .. }, Action::Switch) => bg_switch(active, preview, st),
+        (_, Action::Switch) => return refuse("only blue_green routes switch"),
+        (Strategy::BlueGreen { active, preview, .. }, Action::Promote { .. }) => {
+            if st.active_colour(active) == active.as_str() || st.phase != Phase::Promoted {
+                if st.active_colour(active) == active.as_str() {
+                    bg_switch(active, preview, st);
+                }
+                st.phase = Phase::Promoted;
+            }
+        }
+        (Strategy::BlueGreen { active, preview, .. }, Action::Rollback) => {
+            if st.previous.is_none() {
+                return Err(conflict(format!("route {route:?} has not been switched; nothing to roll back")));
+            }
+            bg_switch(active, preview, st);
+            st.phase = Phase::RolledBack;
+        }
+        (Strategy::Canary { plan, .. }, Action::Promote { full, .. }) => match (plan, full) {
+            (Some(plan), false) if st.phase == Phase::Progressing => {
+                let p = st.progress.get_or_insert_with(Default::default);
+                if p.step + 1 < plan.steps.len() {
+                    p.step += 1;
+                    p.step_started_ms = now;
+                    p.failures = 0;
+                    st.canary_weight = None;
+                } else {
+                    st.phase = Phase::Promoted;
+                }
+            }
+            _ => {
+                st.canary_weight = Some(100.0);
+                st.phase = Phase::Promoted;
+            }
+        },
+        (Strategy::Canary { .. }, Action::Rollback) => {
+            st.canary_weight = Some(0.0);
+            st.phase = Phase::RolledBack;
+        }
+        (Strategy::Canary { plan: Some(_), .. }, Action::Retry) => {
+            *st = RouteStatus {
+                progress: Some(engine::Progress { step_started_ms: now, last_analysis_ms: now, ..Default::default() }),
+                ..RouteStatus::default()
+            };
+        }
+        (Strategy::Canary { plan: Some(_), .. }, Action::Pause) => {
+            st.progress
+                .get_or_insert_with(|| engine::Progress {
+                    step_started_ms: now,
+                    last_analysis_ms: now,
+                    ..Default::default()
+                })
+                .paused = true;
+        }
+        (Strategy::Canary { plan: Some(_), .. }, Action::Resume) => {
+            st.progress
+                .get_or_insert_with(|| engine::Progress {
+                    step_started_ms: now,
+                    last_analysis_ms: now,
+                    ..Default::default()
+                })
+                .paused = false;
+            st.canary_weight = None;
+        }
+        (_, Action::Retry | Action::Pause | Action::Resume) => {
+            return refuse("only canary routes with steps run automatically")
+        }
+        (Strategy::AbTest { arms, .. }, Action::Promote { variant, .. }) => {
+            let Some(v) = variant else {
+                let names: Vec<&str> = arms.iter().map(|(a, _)| a.as_str()).collect();
+                return Err(ApiError::bad_request(format!(
+                    "name the winning arm: {{\"variant\": \"...\"}} (arms: {})",
+                    names.join(", ")
+                )));
+            };
+            if !arms.iter().any(|(a, _)| a == v) {
+                return Err(ApiError::bad_request(format!("route {route:?} has no arm {v:?}")));
+            }
+            st.winner = Some(v.clone());
+            st.phase = Phase::Promoted;
+        }
+        (Strategy::AbTest { .. }, Action::Rollback) => {
+            st.winner = None;
+            st.phase = Phase::RolledBack;
+        }
+        (_, Action::Promote { .. } | Action::Rollback) => return refuse("edit routes.yaml to change its backend"),
+    }
+    Ok(())
 }
 
 /// Backends the routes need: every variant that can answer, and every shadow.

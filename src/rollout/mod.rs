@@ -3,7 +3,10 @@
 
 pub mod analysis;
 pub mod control;
+pub mod engine;
+pub mod events;
 pub mod status;
+pub mod store;
 
 pub use control::{Controller, ReloadReport};
 pub use status::{Phase, RouteStatus};

@@ -1,13 +1,13 @@
 //! Where each rollout stands: the gateway's side of a route, next to the operator's spec.
 
+use super::engine::Progress;
 use crate::config::{RouteSpec, Strategy};
 use crate::routing::assign::{bucket_counts, canary_counts};
 use crate::routing::Role;
-use serde::Serialize;
-use std::time::Duration;
+use serde::{Deserialize, Serialize};
 
 /// Where a rollout has got to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// As the spec says, or moving.
@@ -20,7 +20,8 @@ pub enum Phase {
 }
 
 /// The gateway's state of one route's rollout. A new revision of the spec starts from the default.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RouteStatus {
     /// Phase of the rollout.
     pub phase: Phase,
@@ -36,16 +37,10 @@ pub struct RouteStatus {
     pub switches: u64,
     /// A/B: the arm promoted to all traffic.
     pub winner: Option<String>,
-    /// Recreate: how long the last replacement left the route unavailable.
-    #[serde(serialize_with = "ser_ms")]
-    pub last_gap: Option<Duration>,
-}
-
-fn ser_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_f64(d.as_secs_f64() * 1000.0),
-        None => s.serialize_none(),
-    }
+    /// Recreate: how long the last replacement left the route unavailable, in ms.
+    pub last_gap: Option<f64>,
+    /// Canary with steps: where the automatic rollout stands.
+    pub progress: Option<Progress>,
 }
 
 /// A variant as the spec and status make it: name (= backend), role, percent of traffic, buckets.
@@ -84,8 +79,13 @@ pub fn shares(spec: &RouteSpec, status: &RouteStatus) -> Vec<Share> {
             }
             v
         }
-        Strategy::Canary { stable, canary, weight, .. } => {
-            let w = status.canary_weight.unwrap_or(*weight);
+        Strategy::Canary { stable, canary, weight, plan, .. } => {
+            let planned = plan.as_ref().map(|p| p.weight(status.progress.as_ref().map_or(0, |p| p.step)));
+            let w = match status.phase {
+                Phase::Promoted => 100.0,
+                Phase::RolledBack => 0.0,
+                Phase::Progressing => status.canary_weight.or(planned).unwrap_or(*weight),
+            };
             let [s, c] = canary_counts(w);
             vec![share(stable, Role::Stable, 100.0 - w, s), share(canary, Role::Canary, w, c)]
         }

@@ -9,7 +9,7 @@ mod path;
 pub use path::normalize_path;
 
 use crate::backend::Backend;
-use crate::config::{RouteKind, Sticky};
+use crate::config::{FaultSpec, RouteKind, Sticky};
 use crate::telemetry::shadow::ShadowStats;
 use crate::telemetry::VariantStats;
 use arc_swap::ArcSwap;
@@ -49,6 +49,8 @@ pub struct Variant {
     pub upper: u32,
     /// Its numbers, kept across table swaps.
     pub stats: Arc<VariantStats>,
+    /// Injected faults of its backend.
+    pub fault: Option<FaultSpec>,
 }
 
 /// Where a copy of a share of a route's requests goes.

@@ -107,13 +107,31 @@ async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) ->
     let limit = state.settings.max_body_bytes;
     let req = req.map(|b| response::limited(b, limit));
     let sent = Instant::now();
-    let result = up.forward(req, &target, peer).await;
+    let result = match inject_fault(variant).await {
+        Ok(()) => up.forward(req, &target, peer).await,
+        Err(e) => Err(e),
+    };
     variant.stats.upstream(sent.elapsed());
     let mut resp = result.unwrap_or_else(|e| response::error(&e));
     business_value(up, variant, &resp);
     picked.decorate(state, &route.name, &mut resp, None);
     picked.track(&mut resp);
     Ok(resp)
+}
+
+/// Applies a backend's injected faults: its delay, then an error for its share of requests.
+pub(super) async fn inject_fault(variant: &Variant) -> Result<(), ApiError> {
+    let Some(fault) = &variant.fault else { return Ok(()) };
+    if !fault.delay.is_zero() {
+        tokio::time::sleep(fault.delay).await;
+    }
+    if fault.error_percent > 0.0 && rand::random::<f64>() * 100.0 < fault.error_percent {
+        return Err(ApiError::internal(format!(
+            "fault injected into backend {:?} (routes.yaml fault.error_percent)",
+            variant.name
+        )));
+    }
+    Ok(())
 }
 
 /// Records the business value an upstream reports in its configured header, as a reward.

@@ -1,6 +1,6 @@
 //! Open Inference Protocol v2 REST endpoints.
 
-use super::handler::{business_value, pick, AppState};
+use super::handler::{business_value, inject_fault, pick, AppState};
 use super::{feedback, response, shadow};
 use crate::backend::{Backend, Body, InferError, OnnxBackend};
 use crate::config::RouteKind;
@@ -187,6 +187,7 @@ async fn infer(
 ) -> Result<Answered, ApiError> {
     let limit = state.settings.max_body_bytes;
     response::check_length(req.headers(), limit)?;
+    inject_fault(variant).await?;
     let shadow = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent);
     match variant.backend.as_ref() {
         Backend::Onnx(model) => {

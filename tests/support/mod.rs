@@ -8,9 +8,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use modelgate::admin::AdminState;
 use modelgate::backend::runtime;
 use modelgate::config::Config;
 use modelgate::protocol::request_id::IdCodec;
+use modelgate::rollout::control::Options;
 use modelgate::rollout::Controller;
 use modelgate::server::{self, AppState, ListenerSettings};
 use modelgate::telemetry::Telemetry;
@@ -22,6 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// The admin token of every test gateway.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// The checkout's root.
 pub fn root() -> PathBuf {
@@ -47,9 +52,16 @@ impl Gateway {
         let path = dir.path().join("routes.yaml");
         std::fs::write(&path, yaml).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let controller = Controller::start(config.clone(), runtime::locate(None, None), Telemetry::new())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let controller = Controller::start(
+            config.clone(),
+            Options {
+                ort_library: runtime::locate(None, None),
+                telemetry: Telemetry::new(),
+                state_dir: Some(dir.path().join("state")),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         let (watch, _reload) = controller.watch_file().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -66,7 +78,8 @@ impl Gateway {
         let mut s2 = stopped;
         let settings =
             ListenerSettings { header_read_timeout: Duration::from_secs(10), shutdown_grace: Duration::from_secs(10) };
-        let c = controller.clone();
+        controller.spawn_analysis(Duration::from_millis(50));
+        let admin_state = Arc::new(AdminState { controller: controller.clone(), token: Some(ADMIN_TOKEN.to_string()) });
         let done = vec![
             tokio::spawn(server::serve(listener, state, async move {
                 let _ = s1.changed().await;
@@ -77,7 +90,7 @@ impl Gateway {
                 async move {
                     let _ = s2.changed().await;
                 },
-                move |req, _| modelgate::admin::handle(c.clone(), req),
+                move |req, _| modelgate::admin::handle(admin_state.clone(), req),
             )),
         ];
         Gateway { addr, admin: admin_addr, controller, dir, stop: Some(stop), done, _watch: Some(watch) }
@@ -89,6 +102,12 @@ impl Gateway {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
+    }
+
+    /// POSTs to the admin API with the admin token.
+    pub async fn admin_post(&self, path: &str, body: impl Into<Bytes>) -> Answer {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        send(Method::POST, &self.admin_url(path), body, &[("authorization", &auth)]).await
     }
 
     /// The routes file being served.
