@@ -147,11 +147,15 @@ fn spawn_serve(config: &str) -> (std::process::Child, String) {
 /// its inference address and its admin address.
 fn spawn_serve_admin(config: &str) -> (std::process::Child, String, String) {
     // Each gateway keeps its rollout status in a folder of its own.
-    let state = tempfile::tempdir().unwrap().keep();
+    spawn_serve_state(config, &tempfile::tempdir().unwrap().keep())
+}
+
+fn spawn_serve_state(config: &str, state: &std::path::Path) -> (std::process::Child, String, String) {
     let mut child = modelgate()
         .args(["serve", "--config", config, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--state-dir"])
         .arg(&state)
         .env("MODELGATE_FEEDBACK_KEY", "shared-by-the-replicas")
+        .env("MODELGATE_ADMIN_TOKEN", "cli-admin-token")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -247,4 +251,55 @@ fn feedback_posted_to_another_process_goes_to_the_variant_the_first_chose() {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+#[test]
+fn a_gateway_killed_mid_rollout_resumes_the_same_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        format!(
+            "backends:\n  - name: a\n    onnx: {{path: \"{m}/breast-cancer-v1.onnx\"}}\n  - name: b\n    onnx: {{path: \"{m}/breast-cancer-v2.onnx\"}}\nroutes:\n  - model: risk\n    strategy:\n      canary:\n        stable: a\n        canary: b\n        steps:\n          - {{weight: 10, pause: 1h}}\n          - {{weight: 40, pause: 1h}}\n          - {{weight: 70, pause: 1h}}\n",
+            m = root().join("models").display()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (mut first, _, admin) = spawn_serve_state(routes.to_str().unwrap(), &state);
+    let before = rt.block_on(async {
+        let auth = [("authorization", "Bearer cli-admin-token")];
+        let a = send(http::Method::POST, &format!("http://{admin}/admin/routes/risk/promote"), "", &auth).await;
+        assert_eq!(a.status, http::StatusCode::OK, "{:?}", a.body);
+        get(&format!("http://{admin}/admin/routes")).await.json()["routes"][0].clone()
+    });
+    assert_eq!(before["status"]["progress"]["step"], 1);
+    assert_eq!(before["variants"][1]["weight"], 40.0);
+    // SIGKILL: no chance to save anything on the way out.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let saved = std::fs::read_to_string(state.join("status.json")).unwrap();
+    assert!(serde_json::from_str::<serde_json::Value>(&saved).is_ok(), "the status file is whole: {saved}");
+
+    let (mut second, _, admin) = spawn_serve_state(routes.to_str().unwrap(), &state);
+    let after = rt.block_on(async { get(&format!("http://{admin}/admin/routes")).await.json()["routes"][0].clone() });
+    assert_eq!(after["status"]["progress"]["step"], 1, "same step after the restart: {after}");
+    assert_eq!(
+        after["status"]["progress"]["step_started_ms"], before["status"]["progress"]["step_started_ms"],
+        "same elapsed time"
+    );
+    assert_eq!(after["variants"][1]["weight"], 40.0);
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    // A changed spec is a new revision: it starts over, and the old status goes to the history.
+    std::fs::write(&routes, std::fs::read_to_string(&routes).unwrap().replace("weight: 70", "weight: 80")).unwrap();
+    let (mut third, _, admin) = spawn_serve_state(routes.to_str().unwrap(), &state);
+    let fresh = rt.block_on(async { get(&format!("http://{admin}/admin/routes")).await.json()["routes"][0].clone() });
+    assert_eq!(fresh["variants"][1]["weight"], 10.0, "{fresh}");
+    let history = std::fs::read_to_string(state.join("history.jsonl")).unwrap();
+    assert_eq!(history.lines().count(), 1, "{history}");
+    third.kill().unwrap();
+    third.wait().unwrap();
 }

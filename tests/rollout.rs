@@ -1,0 +1,191 @@
+//! Automatic rollouts end to end: real sockets, real models, the analysis deciding on its own.
+
+mod support;
+
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn routes(canary_backend: &str) -> String {
+    format!(
+        r#"backends:
+  - name: stable
+    onnx: {{path: "{v1}"}}
+  - name: good
+    onnx: {{path: "{v2}"}}
+  - name: faulty
+    onnx: {{path: "{v2}"}}
+    fault: {{error_percent: 30}}
+routes:
+  - model: risk
+    strategy:
+      canary:
+        stable: stable
+        canary: {canary_backend}
+        steps:
+          - {{weight: 20, pause: 300ms}}
+          - {{weight: 50, pause: 300ms}}
+        analysis:
+          interval: 100ms
+          min_samples: 20
+          max_error_rate: 0.02
+          failure_limit: 2
+"#,
+        v1 = model("breast-cancer-v1.onnx"),
+        v2 = model("breast-cancer-v2.onnx"),
+    )
+}
+
+fn body() -> Value {
+    let e = &expected_outputs()["models"]["breast-cancer-v1"];
+    let mut input = e["inputs"]["input"].clone();
+    input["name"] = json!("input");
+    json!({ "inputs": [input] })
+}
+
+/// Clients sending inferences until `stop`; returns (status, variant) of every answer.
+fn clients(url: String, n: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Vec<(u16, String)>>> {
+    (0..n)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let a = post_json(&url, &body()).await;
+                    let v = a
+                        .headers
+                        .get("x-modelgate-variant")
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default();
+                    seen.push((a.status.as_u16(), v));
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+async fn wait_for_phase(gw: &Gateway, phase: &str, limit: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let v = get(&gw.admin_url("/admin/routes")).await.json();
+        if v["routes"][0]["status"]["phase"] == phase {
+            return v;
+        }
+        assert!(started.elapsed() < limit, "never reached {phase}: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulty_canary_is_rolled_back_on_its_own_and_traffic_returns_to_stable() {
+    let gw = Gateway::start(&routes("faulty")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = clients(gw.url("/v2/models/risk/infer"), 4, stop.clone());
+    let view = wait_for_phase(&gw, "rolled_back", Duration::from_secs(30)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut errors_before = 0;
+    for c in load {
+        errors_before += c.await.unwrap().iter().filter(|(s, _)| *s != 200).count();
+    }
+    assert!(errors_before > 0, "the fault injection made errors to find");
+    assert_eq!(view["routes"][0]["variants"][1]["weight"], 0.0, "{view}");
+    // After the rollback: everything on stable, no client errors.
+    for _ in 0..200 {
+        let a = post_json(&gw.url("/v2/models/risk/infer"), &body()).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.headers["x-modelgate-variant"], "stable");
+    }
+    let events = get(&gw.admin_url("/admin/events?route=risk")).await.json();
+    let rolled: Vec<&Value> =
+        events["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "rolled_back").collect();
+    assert_eq!(rolled.len(), 1, "{events}");
+    assert!(rolled[0]["message"].as_str().unwrap().contains("canary error rate"), "{}", rolled[0]);
+    assert!(rolled[0]["details"]["canary"]["errors"].as_u64().unwrap() > 0, "the numbers behind the decision");
+    println!("rolled back: {}", rolled[0]["message"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_canary_is_promoted_on_its_own() {
+    let gw = Gateway::start(&routes("good")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = clients(gw.url("/v2/models/risk/infer"), 4, stop.clone());
+    let view = wait_for_phase(&gw, "promoted", Duration::from_secs(30)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in load {
+        assert!(c.await.unwrap().iter().all(|(s, _)| *s == 200), "a good canary makes no errors");
+    }
+    assert_eq!(view["routes"][0]["variants"][1]["weight"], 100.0, "{view}");
+    for _ in 0..50 {
+        let a = post_json(&gw.url("/v2/models/risk/infer"), &body()).await;
+        assert_eq!(a.headers["x-modelgate-variant"], "good");
+    }
+    let events = get(&gw.admin_url("/admin/events")).await.json();
+    let kinds: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["step_advanced", "promoted"], "{events}");
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_401_and_a_stale_if_match_is_412_and_nothing_changes() {
+    let gw = Gateway::start(&routes("good").replace("steps:", "weight: 5\n        steps:")).await;
+    let before = get(&gw.admin_url("/admin/routes")).await;
+    let etag = before.headers["etag"].to_str().unwrap().to_string();
+    let generation = before.json()["generation"].clone();
+    let url = gw.admin_url("/admin/routes/risk/weight");
+    let cases: [(&[(&str, &str)], StatusCode); 4] = [
+        (&[], StatusCode::UNAUTHORIZED),
+        (&[("authorization", "Bearer wrong")], StatusCode::UNAUTHORIZED),
+        (&[("authorization", "Basic dGVzdA==")], StatusCode::UNAUTHORIZED),
+        (
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}")), ("if-match", "\"999\"")],
+            StatusCode::PRECONDITION_FAILED,
+        ),
+    ];
+    for (headers, status) in cases {
+        let a = send(Method::POST, &url, r#"{"weight": 77}"#, headers).await;
+        assert_eq!(a.status, status, "{headers:?}: {:?}", a.body);
+        assert!(!a.error().is_empty());
+    }
+    let after = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!(after["generation"], generation, "nothing was published");
+    assert_ne!(after["routes"][0]["variants"][1]["weight"], 77.0);
+    // The right token with the current generation goes through, once.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let ok = send(Method::POST, &url, r#"{"weight": 77}"#, &[("authorization", &auth), ("if-match", &etag)]).await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    let again = send(Method::POST, &url, r#"{"weight": 78}"#, &[("authorization", &auth), ("if-match", &etag)]).await;
+    assert_eq!(again.status, StatusCode::PRECONDITION_FAILED, "the generation moved on");
+    // Reads need no token.
+    assert_eq!(get(&gw.admin_url("/admin/stats")).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn pause_resume_promote_step_and_retry() {
+    let gw = Gateway::start(&routes("good").replace("pause: 300ms", "pause: 1h")).await;
+    let weight = |v: &Value| v["routes"][0]["variants"][1]["weight"].as_f64().unwrap();
+    let view = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!(weight(&view), 20.0, "first step");
+    assert_eq!(gw.admin_post("/admin/routes/risk/pause", "").await.status, StatusCode::OK);
+    let view = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!(view["routes"][0]["status"]["progress"]["paused"], true);
+    assert_eq!(gw.admin_post("/admin/routes/risk/promote", "").await.status, StatusCode::OK);
+    let view = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!(weight(&view), 50.0, "one step on");
+    assert_eq!(view["routes"][0]["status"]["progress"]["step"], 1);
+    assert_eq!(gw.admin_post("/admin/routes/risk/promote", r#"{"full": true}"#).await.status, StatusCode::OK);
+    let view = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!((weight(&view), view["routes"][0]["status"]["phase"].as_str()), (100.0, Some("promoted")));
+    assert_eq!(gw.admin_post("/admin/routes/risk/abort", "").await.status, StatusCode::OK);
+    let view = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!((weight(&view), view["routes"][0]["status"]["phase"].as_str()), (0.0, Some("rolled_back")));
+    assert_eq!(gw.admin_post("/admin/routes/risk/retry", "").await.status, StatusCode::OK);
+    let view = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!((weight(&view), view["routes"][0]["status"]["phase"].as_str()), (20.0, Some("progressing")));
+    // Doing it twice changes nothing more.
+    let g = view["generation"].clone();
+    assert_eq!(gw.admin_post("/admin/routes/risk/resume", "").await.status, StatusCode::OK);
+    assert_eq!(gw.admin_post("/admin/routes/risk/resume", "").await.json()["generation"], g);
+}
