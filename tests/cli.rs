@@ -153,7 +153,7 @@ fn spawn_serve_admin(config: &str) -> (std::process::Child, String, String) {
 fn spawn_serve_state(config: &str, state: &std::path::Path) -> (std::process::Child, String, String) {
     let mut child = modelgate()
         .args(["serve", "--config", config, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--state-dir"])
-        .arg(&state)
+        .arg(state)
         .env("MODELGATE_FEEDBACK_KEY", "shared-by-the-replicas")
         .env("MODELGATE_ADMIN_TOKEN", "cli-admin-token")
         .stdout(Stdio::piped())
