@@ -48,6 +48,54 @@ enum Command {
         #[arg(long)]
         admin_token_file: Option<PathBuf>,
     },
+    /// Show every route's rollout (admin API).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Promote a route's candidate: one canary step, or `--full`; an A/B arm with `--variant`.
+    Promote {
+        /// Route: model name or path prefix.
+        route: String,
+        /// Skip the remaining canary steps.
+        #[arg(long)]
+        full: bool,
+        /// A/B: the winning arm.
+        #[arg(long)]
+        variant: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Take a route's candidate out (canary to 0%, blue-green back, A/B to the file's weights).
+    Rollback {
+        /// Route: model name or path prefix.
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop a route's automatic canary steps where they stand.
+    Pause {
+        /// Route: model name or path prefix.
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Start a route's automatic canary steps again.
+    Resume {
+        /// Route: model name or path prefix.
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Set a canary route's weight by hand (0-100).
+    Weight {
+        /// Route: model name or path prefix.
+        route: String,
+        /// Percent of traffic to the canary.
+        weight: f64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Check a routes.yaml and load every model in it; exit non-zero on any error.
     Validate {
         /// The routes file.
@@ -57,6 +105,41 @@ enum Command {
         #[arg(long)]
         ort_library: Option<PathBuf>,
     },
+}
+
+/// Where the admin API is, and how to talk to it.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The gateway's admin listener.
+    #[arg(long, env = "MODELGATE_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
+    admin_url: String,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs one admin call and prints its answer.
+async fn admin_call(
+    admin: AdminArgs,
+    route: Option<&str>,
+    action: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    use modelgate::admin::client;
+    let token = std::env::var("MODELGATE_ADMIN_TOKEN").ok();
+    let (method, path) = match route {
+        None => (http::Method::GET, "/admin/routes".to_string()),
+        Some(r) => (http::Method::POST, client::action_path(r, action)),
+    };
+    let answer = client::call(&admin.admin_url, method, &path, body, token.as_deref()).await?;
+    if admin.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else if route.is_none() {
+        print!("{}", client::status_table(&answer));
+    } else {
+        println!("{action} {}: applied (table generation {})", route.unwrap_or_default(), answer["generation"]);
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -72,6 +155,22 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Validate { config, ort_library } => validate(&config, ort_library.as_deref()).await,
+            Command::Status { admin } => admin_call(admin, None, "status", None).await,
+            Command::Promote { route, full, variant, admin } => {
+                admin_call(
+                    admin,
+                    Some(&route),
+                    "promote",
+                    Some(serde_json::json!({ "full": full, "variant": variant })),
+                )
+                .await
+            }
+            Command::Rollback { route, admin } => admin_call(admin, Some(&route), "rollback", None).await,
+            Command::Pause { route, admin } => admin_call(admin, Some(&route), "pause", None).await,
+            Command::Resume { route, admin } => admin_call(admin, Some(&route), "resume", None).await,
+            Command::Weight { route, weight, admin } => {
+                admin_call(admin, Some(&route), "weight", Some(serde_json::json!({ "weight": weight }))).await
+            }
             Command::Serve { config, listen, admin_listen, ort_library, state_dir, admin_token_file } => {
                 let token = admin_token(admin_token_file.as_deref())?;
                 serve(&config, listen, admin_listen, ort_library.as_deref(), state_dir, token).await

@@ -303,3 +303,56 @@ fn a_gateway_killed_mid_rollout_resumes_the_same_step() {
     third.kill().unwrap();
     third.wait().unwrap();
 }
+
+#[test]
+fn the_cli_shows_and_changes_rollouts_through_the_admin_api() {
+    let (mut gw, _, admin) = spawn_serve_admin("routes.yaml");
+    let url = format!("http://{admin}");
+    let cli = |args: &[&str], token: Option<&str>| {
+        let mut c = modelgate();
+        c.args(args).args(["--admin-url", &url]);
+        match token {
+            Some(t) => c.env("MODELGATE_ADMIN_TOKEN", t),
+            None => c.env_remove("MODELGATE_ADMIN_TOKEN"),
+        };
+        c.output().unwrap()
+    };
+    let out = cli(&["status"], None);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("breast-cancer ") && l.contains("canary") && l.contains("bc-v2 canary 10%")),
+        "{table}"
+    );
+    assert!(table.contains("diabetes") && table.contains("recreate"), "{table}");
+
+    let out = cli(&["weight", "breast-cancer", "30"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("401 Unauthorized: admin changes need `Authorization: Bearer <token>`"));
+    let out = cli(&["weight", "breast-cancer", "30"], Some("cli-admin-token"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("weight breast-cancer: applied (table generation"));
+    let out = cli(&["status", "--json"], None);
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["routes"][0]["variants"][1]["weight"], 30.0);
+    let out = cli(&["rollback", "nope"], Some("cli-admin-token"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404 Not Found: unknown route \"nope\""));
+    let out = cli(&["rollback", "/remote/"], Some("cli-admin-token"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("409 Conflict: route \"/remote/\" uses single"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gw.kill().unwrap();
+    gw.wait().unwrap();
+    let out = cli(&["status"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API at"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -19,6 +19,8 @@
 //!
 //! `{route}` is the model name, or the path prefix percent-encoded (`%2Fremote%2F`).
 
+pub mod client;
+
 use crate::backend::Body;
 use crate::protocol::ApiError;
 use crate::rollout::control::Action;
