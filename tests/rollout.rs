@@ -189,3 +189,111 @@ async fn pause_resume_promote_step_and_retry() {
     assert_eq!(gw.admin_post("/admin/routes/risk/resume", "").await.status, StatusCode::OK);
     assert_eq!(gw.admin_post("/admin/routes/risk/resume", "").await.json()["generation"], g);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ab_test_finds_the_arm_that_converts_better_and_promotes_it() {
+    let gw = Gateway::start(&format!(
+        r#"backends:
+  - name: a
+    onnx: {{path: "{v1}"}}
+  - name: b
+    onnx: {{path: "{v2}"}}
+routes:
+  - model: shop
+    strategy:
+      ab_test:
+        variants: {{a: 50, b: 50}}
+        sticky: {{header: x-user}}
+        analysis: {{metric: conversion, alpha: 0.05, min_samples: 50, effect: 0.2, interval: 50ms, auto_promote: true}}
+"#,
+        v1 = model("breast-cancer-v1.onnx"),
+        v2 = model("breast-cancer-v2.onnx"),
+    ))
+    .await;
+    // Users of arm b convert at 50%, of arm a at 10%: feedback carries the outcome.
+    let mut user = 0u64;
+    let started = Instant::now();
+    let view = loop {
+        for _ in 0..20 {
+            user += 1;
+            let key = format!("user-{user}");
+            let a = send(Method::POST, &gw.url("/v2/models/shop/infer"), body().to_string(), &[("x-user", &key)]).await;
+            let arm = a.headers["x-modelgate-variant"].to_str().unwrap().to_string();
+            let id = a.headers["x-modelgate-request-id"].to_str().unwrap().to_string();
+            let converted = (user * 7919 % 100) < if arm == "b" { 50 } else { 10 };
+            post_json(&gw.url("/v2/feedback"), &json!({"request_id": id, "conversion": converted})).await;
+        }
+        let v = get(&gw.admin_url("/admin/routes")).await.json();
+        if v["routes"][0]["status"]["phase"] == "promoted" {
+            break v;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no winner after {user} users: {v}");
+    };
+    assert_eq!(view["routes"][0]["status"]["winner"], "b", "{view}");
+    let events = get(&gw.admin_url("/admin/events?route=shop")).await.json();
+    let promoted = events["events"].as_array().unwrap().iter().find(|e| e["kind"] == "promoted").unwrap().clone();
+    assert!(promoted["message"].as_str().unwrap().contains("mSPRT"), "{promoted}");
+    println!("A/B: {} after {user} users", promoted["message"]);
+}
+
+fn blue_green(preview: &str, extra: &str) -> String {
+    format!(
+        r#"backends:
+  - name: blue
+    onnx: {{path: "{v1}"}}
+  - name: green
+    onnx: {{path: "{v2}"}}
+  - name: faulty
+    onnx: {{path: "{v2}"}}
+    fault: {{error_percent: 30}}
+routes:
+  - model: bg
+    strategy:
+      blue_green:
+        active: blue
+        preview: {preview}
+        analysis: {{interval: 50ms, min_samples: 20, max_error_rate: 0.02}}
+{extra}"#,
+        v1 = model("breast-cancer-v1.onnx"),
+        v2 = model("breast-cancer-v2.onnx"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_switch_to_a_failing_colour_switches_back_on_its_own() {
+    let gw = Gateway::start(&blue_green("faulty", "        post_switch_window: 1h\n")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = clients(gw.url("/v2/models/bg/infer"), 4, stop.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(gw.admin_post("/admin/routes/bg/switch", "").await.status, StatusCode::OK);
+    let view = wait_for_phase(&gw, "rolled_back", Duration::from_secs(30)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in load {
+        c.await.unwrap();
+    }
+    assert_eq!(view["routes"][0]["variants"][0]["name"], "blue", "back on the old colour: {view}");
+    for _ in 0..100 {
+        let a = post_json(&gw.url("/v2/models/bg/infer"), &body()).await;
+        assert_eq!((a.status, a.headers["x-modelgate-variant"].to_str().unwrap()), (StatusCode::OK, "blue"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_preview_is_switched_to_on_its_own_after_auto_promote_after() {
+    let gw = Gateway::start(&blue_green("green", "        auto_promote_after: 300ms\n")).await;
+    // The preview only gets pinned traffic (say, a smoke test) before the switch.
+    let started = Instant::now();
+    let view = loop {
+        for _ in 0..10 {
+            post_json(&gw.url("/v2/models/bg/infer"), &body()).await;
+            let a = send(Method::POST, &gw.url("/v2/models/bg/versions/green/infer"), body().to_string(), &[]).await;
+            assert_eq!(a.status, StatusCode::OK);
+        }
+        let v = get(&gw.admin_url("/admin/routes")).await.json();
+        if v["routes"][0]["status"]["phase"] == "promoted" {
+            break v;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{v}");
+    };
+    assert_eq!(view["routes"][0]["variants"][0]["name"], "green", "{view}");
+}

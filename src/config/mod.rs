@@ -7,11 +7,11 @@ mod error;
 mod raw;
 pub mod watch;
 
-use crate::rollout::analysis::{BusinessGuard, CanaryCriteria, Metric};
-use crate::rollout::engine::{CanaryPlan, OnInconclusive, Step};
+use crate::rollout::analysis::{AbCriteria, BusinessGuard, CanaryCriteria, Metric};
+use crate::rollout::engine::{AbPlan, BlueGreenPlan, CanaryPlan, OnInconclusive, Step};
 use error::Issues;
 pub use error::{ConfigErrors, ConfigIssue};
-use raw::{RawAnalysis, RawBackend, RawConfig, RawRoute, RawServer, RawStep, RawSticky};
+use raw::{RawAbAnalysis, RawAnalysis, RawBackend, RawConfig, RawRoute, RawServer, RawStep, RawSticky};
 
 use http::Uri;
 use std::collections::HashMap;
@@ -169,6 +169,8 @@ pub enum Strategy {
         preview: String,
         /// How long the old colour stays warm after a switch.
         scale_down_delay: Duration,
+        /// Analysis of the preview before a switch and of the new colour after it.
+        plan: Option<BlueGreenPlan>,
     },
     /// A weighted split between `stable` and `canary`.
     Canary {
@@ -189,6 +191,8 @@ pub enum Strategy {
         arms: Vec<(String, f64)>,
         /// Where the user key comes from.
         sticky: Sticky,
+        /// How a winner is found, if automatically.
+        plan: Option<AbPlan>,
     },
 }
 
@@ -576,10 +580,35 @@ fn strategy(r: &RawRoute, place: &str, issues: &mut Issues) -> Option<Strategy> 
         }
         let delay =
             duration(&bg.scale_down_delay, Duration::from_secs(30), &format!("{place}.scale_down_delay"), issues);
+        let plan = bg.analysis.as_ref().map(|a| {
+            let ap = format!("{place}.analysis");
+            BlueGreenPlan {
+                criteria: criteria(a, &ap, issues),
+                interval: duration(&a.interval, Duration::from_secs(10), &format!("{ap}.interval"), issues),
+                auto_promote_after: bg.auto_promote_after.as_ref().map(|_| {
+                    duration(
+                        &bg.auto_promote_after,
+                        Duration::from_secs(300),
+                        &format!("{place}.auto_promote_after"),
+                        issues,
+                    )
+                }),
+                post_switch_window: duration(
+                    &bg.post_switch_window,
+                    Duration::from_secs(120),
+                    &format!("{place}.post_switch_window"),
+                    issues,
+                ),
+            }
+        });
+        if plan.is_none() && (bg.auto_promote_after.is_some() || bg.post_switch_window.is_some()) {
+            issues.push(format!("{place}.analysis"), "auto_promote_after and post_switch_window need an `analysis`");
+        }
         return Some(Strategy::BlueGreen {
             active: bg.active.clone(),
             preview: bg.preview.clone(),
             scale_down_delay: delay,
+            plan,
         });
     }
     if let Some(c) = &s.canary {
@@ -618,7 +647,82 @@ fn strategy(r: &RawRoute, place: &str, issues: &mut Issues) -> Option<Strategy> 
         issues.push(format!("{place}.variants"), "at least one weight must be above zero");
     }
     let st = sticky(&ab.sticky, &format!("{place}.sticky"), issues)?;
-    Some(Strategy::AbTest { arms: ab.variants.iter().map(|(k, v)| (k.clone(), *v)).collect(), sticky: st })
+    let plan = ab.analysis.as_ref().and_then(|a| ab_plan(a, &format!("{place}.analysis"), issues));
+    Some(Strategy::AbTest { arms: ab.variants.iter().map(|(k, v)| (k.clone(), *v)).collect(), sticky: st, plan })
+}
+
+/// The checks of one analysis (`analysis:`, or an A/B test's `guardrails:`).
+fn criteria(a: &RawAnalysis, ap: &str, issues: &mut Issues) -> CanaryCriteria {
+    let fraction = |v: Option<f64>, name: &str, issues: &mut Issues| {
+        if let Some(x) = v {
+            if !(x.is_finite() && (0.0..=1.0).contains(&x)) {
+                issues.push(format!("{ap}.{name}"), format!("must be a fraction between 0 and 1, got {x}"));
+            }
+        }
+        v
+    };
+    let max_error_rate = fraction(a.max_error_rate.or(Some(0.01)), "max_error_rate", issues);
+    let max_error_rate_increase = fraction(a.max_error_rate_increase, "max_error_rate_increase", issues);
+    let alpha = a.alpha.unwrap_or(0.01);
+    if !(alpha > 0.0 && alpha < 0.5) {
+        issues.push(format!("{ap}.alpha"), format!("must be between 0 and 0.5, got {alpha}"));
+    }
+    if let Some(r) = a.max_p99_ratio {
+        if !(r.is_finite() && r >= 1.0) {
+            issues.push(format!("{ap}.max_p99_ratio"), format!("must be 1 or more, got {r}"));
+        }
+    }
+    let business = a.business.as_ref().and_then(|b| {
+        let metric = metric(&b.metric, &format!("{ap}.business.metric"), issues)?;
+        Some(BusinessGuard { metric, margin: b.margin, min_samples: b.min_samples.unwrap_or(200) })
+    });
+    CanaryCriteria {
+        min_samples: a.min_samples.unwrap_or(100),
+        max_error_rate,
+        max_error_rate_increase,
+        max_p99_ratio: a.max_p99_ratio,
+        business,
+        alpha,
+    }
+}
+
+fn metric(name: &str, place: &str, issues: &mut Issues) -> Option<Metric> {
+    match name {
+        "conversion" => Some(Metric::Conversion),
+        "accuracy" => Some(Metric::Accuracy),
+        "reward" => Some(Metric::Reward),
+        other => {
+            issues.push(place, format!("unknown metric {other:?}: conversion, accuracy or reward"));
+            None
+        }
+    }
+}
+
+fn ab_plan(a: &RawAbAnalysis, place: &str, issues: &mut Issues) -> Option<AbPlan> {
+    let metric = metric(&a.metric, &format!("{place}.metric"), issues)?;
+    let alpha = a.alpha.unwrap_or(0.05);
+    if !(alpha > 0.0 && alpha < 0.5) {
+        issues.push(format!("{place}.alpha"), format!("must be between 0 and 0.5, got {alpha}"));
+    }
+    let effect = a.effect.unwrap_or(0.05);
+    if !(effect.is_finite() && effect > 0.0) {
+        issues.push(
+            format!("{place}.effect"),
+            format!("must be above 0 (the smallest difference worth finding), got {effect}"),
+        );
+    }
+    let guardrails = a.guardrails.as_ref().map(|g| criteria(g, &format!("{place}.guardrails"), issues));
+    Some(AbPlan {
+        criteria: AbCriteria {
+            metric,
+            alpha,
+            tau2: effect * effect,
+            min_samples: a.min_samples.unwrap_or(100),
+            guardrails,
+        },
+        interval: duration(&a.interval, Duration::from_secs(10), &format!("{place}.interval"), issues),
+        auto_promote: a.auto_promote,
+    })
 }
 
 fn canary_plan(steps: &[RawStep], analysis: Option<&RawAnalysis>, place: &str, issues: &mut Issues) -> CanaryPlan {
@@ -642,40 +746,7 @@ fn canary_plan(steps: &[RawStep], analysis: Option<&RawAnalysis>, place: &str, i
     let default = RawAnalysis::default();
     let a = analysis.unwrap_or(&default);
     let ap = format!("{place}.analysis");
-    let fraction = |v: Option<f64>, name: &str, issues: &mut Issues| {
-        if let Some(x) = v {
-            if !(x.is_finite() && (0.0..=1.0).contains(&x)) {
-                issues.push(format!("{ap}.{name}"), format!("must be a fraction between 0 and 1, got {x}"));
-            }
-        }
-        v
-    };
-    let max_error_rate = fraction(a.max_error_rate.or(Some(0.01)), "max_error_rate", issues);
-    let max_error_rate_increase = fraction(a.max_error_rate_increase, "max_error_rate_increase", issues);
-    let alpha = a.alpha.unwrap_or(0.01);
-    if !(alpha > 0.0 && alpha < 0.5) {
-        issues.push(format!("{ap}.alpha"), format!("must be between 0 and 0.5, got {alpha}"));
-    }
-    if let Some(r) = a.max_p99_ratio {
-        if !(r.is_finite() && r >= 1.0) {
-            issues.push(format!("{ap}.max_p99_ratio"), format!("must be 1 or more, got {r}"));
-        }
-    }
-    let business = a.business.as_ref().and_then(|b| {
-        let metric = match b.metric.as_str() {
-            "conversion" => Metric::Conversion,
-            "accuracy" => Metric::Accuracy,
-            "reward" => Metric::Reward,
-            other => {
-                issues.push(
-                    format!("{ap}.business.metric"),
-                    format!("unknown metric {other:?}: conversion, accuracy or reward"),
-                );
-                return None;
-            }
-        };
-        Some(BusinessGuard { metric, margin: b.margin, min_samples: b.min_samples.unwrap_or(200) })
-    });
+    let criteria = criteria(a, &ap, issues);
     let on_inconclusive = match a.on_inconclusive.as_deref() {
         None | Some("hold") => OnInconclusive::Hold,
         Some("rollback") => OnInconclusive::Rollback,
@@ -690,14 +761,7 @@ fn canary_plan(steps: &[RawStep], analysis: Option<&RawAnalysis>, place: &str, i
     }
     CanaryPlan {
         steps,
-        criteria: CanaryCriteria {
-            min_samples: a.min_samples.unwrap_or(100),
-            max_error_rate,
-            max_error_rate_increase,
-            max_p99_ratio: a.max_p99_ratio,
-            business,
-            alpha,
-        },
+        criteria,
         interval: duration(&a.interval, Duration::from_secs(10), &format!("{ap}.interval"), issues),
         failure_limit: failure_limit.max(1),
         inconclusive_deadline: duration(

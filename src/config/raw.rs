@@ -108,6 +108,9 @@ pub struct RawBlueGreen {
     pub active: String,
     pub preview: String,
     pub scale_down_delay: Option<String>,
+    pub analysis: Option<RawAnalysis>,
+    pub auto_promote_after: Option<String>,
+    pub post_switch_window: Option<String>,
 }
 
 /// `strategy.canary:`
@@ -162,6 +165,21 @@ pub struct RawBusiness {
 pub struct RawAbTest {
     pub variants: BTreeMap<String, f64>,
     pub sticky: RawSticky,
+    pub analysis: Option<RawAbAnalysis>,
+}
+
+/// `ab_test.analysis:` — how a winner is found.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAbAnalysis {
+    pub metric: String,
+    pub alpha: Option<f64>,
+    pub min_samples: Option<u64>,
+    pub effect: Option<f64>,
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub auto_promote: bool,
+    pub guardrails: Option<RawAnalysis>,
 }
 
 /// Where a sticky key comes from; exactly one field must be set.

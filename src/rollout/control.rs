@@ -2,7 +2,7 @@
 //! build → validate → publish with one atomic swap. File reloads, SIGHUP and admin calls all
 //! come through here, one at a time.
 
-use super::analysis::Verdict;
+use super::analysis::{self, AbOutcome, Verdict};
 use super::engine::{self, Clock, Decision, SystemClock};
 use super::events::{Event, EventLog};
 use super::status::{shares, Phase, RouteStatus};
@@ -12,11 +12,12 @@ use crate::config::{BackendSpec, Config, ConfigErrors, ConfigIssue, RouteSpec, S
 use crate::protocol::ApiError;
 use crate::routing::{Route, RouteTable, ShadowTarget, SharedTable, Variant};
 use crate::telemetry::shadow::ShadowStats;
+use crate::telemetry::window::Window;
 use crate::telemetry::{names, Telemetry};
 use http::StatusCode;
 use metrics::Label;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -486,8 +487,12 @@ impl Controller {
             let details = serde_json::json!({ "action": action.name(), "status": after });
             self.events.emit(now, route, "admin", format!("{} by the admin API", action.name()), details);
         }
-        // A blue-green switch keeps the old colour warm for scale_down_delay, then unloads it.
+        // A blue-green switch keeps the old colour warm for scale_down_delay, then unloads it;
+        // the new colour's analysis window starts afresh for the post-switch watch.
         if after.switches > before.switches {
+            if let Some(new) = &after.active {
+                self.telemetry.variant(route, new).reset_step();
+            }
             let delay = {
                 let inner = self.inner.lock().await;
                 match inner.routes.get(route).map(|(spec, _)| &spec.strategy) {
@@ -552,53 +557,20 @@ impl Controller {
         let mut changed = false;
         for name in names {
             let Some((spec, status)) = inner.routes.get(&name).cloned() else { continue };
-            let Strategy::Canary { stable, canary, plan: Some(plan), .. } = &spec.strategy else { continue };
-            if status.phase != Phase::Progressing || status.canary_weight.is_some() {
-                continue; // finished, or steered by hand
-            }
-            let mut progress = status.progress.clone().unwrap_or_else(|| engine::Progress {
-                step_started_ms: now,
-                last_analysis_ms: now,
-                ..engine::Progress::default()
-            });
-            let (s, c) = (self.telemetry.variant(&name, stable), self.telemetry.variant(&name, canary));
-            let decision = engine::tick(plan, &mut progress, now, &s.step_window(), &c.step_window());
-            let mut next = status.clone();
-            let numbers =
-                serde_json::json!({ "stable": s.step(), "canary": c.step(), "verdict": progress.last_verdict });
-            match &decision {
-                Decision::Nothing => {
-                    // A failed analysis below the failure limit is worth an event too.
-                    if let (true, Some(Verdict::Fail(why))) = (progress.last_analysis_ms == now, &progress.last_verdict)
-                    {
-                        self.events.emit(now, &name, "analysis_failed", why.clone(), numbers);
-                    }
+            let step = match &spec.strategy {
+                Strategy::Canary { stable, canary, plan: Some(plan), .. } => {
+                    self.step_canary(&name, stable, canary, plan, &status, now)
                 }
-                Decision::Advance(step) => {
-                    s.reset_step();
-                    c.reset_step();
-                    let w = plan.weight(*step);
-                    self.events.emit(now, &name, "step_advanced", format!("step {step}: canary at {w}%"), numbers);
+                Strategy::AbTest { arms, plan: Some(plan), .. } => self.step_ab(&name, arms, plan, &status, now),
+                Strategy::BlueGreen { active, preview, plan: Some(plan), .. } => {
+                    self.step_blue_green(&name, active, preview, plan, &status, now)
                 }
-                Decision::Promote => {
-                    next.phase = Phase::Promoted;
-                    self.events.emit(
-                        now,
-                        &name,
-                        "promoted",
-                        format!("{canary} passed every step and takes all traffic"),
-                        numbers,
-                    );
-                }
-                Decision::Rollback(why) => {
-                    next.phase = Phase::RolledBack;
-                    self.events.emit(now, &name, "rolled_back", why.clone(), numbers);
-                }
-            }
-            next.progress = Some(progress);
+                _ => None,
+            };
+            let Some((next, publish)) = step else { continue };
             inner.routes.insert(name.clone(), (spec.clone(), next));
             changed = true;
-            if decision != Decision::Nothing {
+            if publish {
                 if let Err(e) = self.publish(&mut inner, &[]).await {
                     tracing::error!(route = %name, error = %e, "analysis decision could not be published");
                     inner.routes.insert(name.clone(), (spec, status));
@@ -608,6 +580,212 @@ impl Controller {
         if changed {
             self.persist(&inner);
         }
+    }
+
+    /// A canary with steps: judge the step, then hold, advance, promote or roll back.
+    fn step_canary(
+        &self,
+        name: &str,
+        stable: &str,
+        canary: &str,
+        plan: &engine::CanaryPlan,
+        status: &RouteStatus,
+        now: u64,
+    ) -> Option<(RouteStatus, bool)> {
+        if status.phase != Phase::Progressing || status.canary_weight.is_some() {
+            return None; // finished, or steered by hand
+        }
+        let mut progress = status.progress.clone().unwrap_or_else(|| fresh_progress(now));
+        let (s, c) = (self.telemetry.variant(name, stable), self.telemetry.variant(name, canary));
+        let decision = engine::tick(plan, &mut progress, now, &s.step_window(), &c.step_window());
+        if progress == status.progress.clone().unwrap_or_default() {
+            return None;
+        }
+        let mut next = status.clone();
+        let numbers = serde_json::json!({ "stable": s.step(), "canary": c.step(), "verdict": progress.last_verdict });
+        match &decision {
+            Decision::Nothing => {
+                // A failed analysis below the failure limit is worth an event too.
+                if let (true, Some(Verdict::Fail(why))) = (progress.last_analysis_ms == now, &progress.last_verdict) {
+                    self.events.emit(now, name, "analysis_failed", why.clone(), numbers);
+                }
+            }
+            Decision::Advance(step) => {
+                s.reset_step();
+                c.reset_step();
+                let w = plan.weight(*step);
+                self.events.emit(now, name, "step_advanced", format!("step {step}: canary at {w}%"), numbers);
+            }
+            Decision::Promote => {
+                next.phase = Phase::Promoted;
+                self.events.emit(
+                    now,
+                    name,
+                    "promoted",
+                    format!("{canary} passed every step and takes all traffic"),
+                    numbers,
+                );
+            }
+            Decision::Rollback(why) => {
+                next.phase = Phase::RolledBack;
+                self.events.emit(now, name, "rolled_back", why.clone(), numbers);
+            }
+        }
+        next.last_analysis = progress.last_verdict.as_ref().map(|v| format!("{v:?}"));
+        next.progress = Some(progress);
+        Some((next, decision != Decision::Nothing))
+    }
+
+    /// An A/B test: stop harmful arms, halt on a sample-ratio mismatch, find a winner.
+    fn step_ab(
+        &self,
+        name: &str,
+        arms: &[(String, f64)],
+        plan: &engine::AbPlan,
+        status: &RouteStatus,
+        now: u64,
+    ) -> Option<(RouteStatus, bool)> {
+        if status.phase != Phase::Progressing || status.halted.is_some() || status.suggested_winner.is_some() {
+            return None;
+        }
+        let mut progress = status.progress.clone().unwrap_or_else(|| fresh_progress(now));
+        if now.saturating_sub(progress.last_analysis_ms) < plan.interval.as_millis() as u64 {
+            return if status.progress.is_none() {
+                Some((RouteStatus { progress: Some(progress), ..status.clone() }, false))
+            } else {
+                None
+            };
+        }
+        progress.last_analysis_ms = now;
+        let live: Vec<&(String, f64)> = arms.iter().filter(|(a, _)| !status.stopped_arms.contains(a)).collect();
+        let stats: Vec<_> = live.iter().map(|(a, _)| self.telemetry.variant(name, a)).collect();
+        let windows: Vec<Window> = stats.iter().map(|s| s.step_window()).collect();
+        let refs: Vec<&Window> = windows.iter().collect();
+        let weights: Vec<f64> = live.iter().map(|(_, w)| *w).collect();
+        let outcome = analysis::judge_ab(&refs, &weights, &plan.criteria);
+        let numbers = serde_json::json!({
+            "arms": live.iter().zip(&stats).map(|((a, _), s)| (a.clone(), s.step())).collect::<BTreeMap<_, _>>(),
+            "outcome": outcome,
+        });
+        let mut next = status.clone();
+        next.progress = Some(progress);
+        let mut publish = false;
+        match &outcome {
+            AbOutcome::Continue { why } => next.last_analysis = Some(why.clone()),
+            AbOutcome::Winner { arm, why } => {
+                let winner = live[*arm].0.clone();
+                next.last_analysis = Some(why.clone());
+                if plan.auto_promote {
+                    next.winner = Some(winner.clone());
+                    next.phase = Phase::Promoted;
+                    publish = true;
+                    self.events.emit(
+                        now,
+                        name,
+                        "promoted",
+                        format!("{winner} wins the A/B test and takes all traffic: {why}"),
+                        numbers,
+                    );
+                } else {
+                    next.suggested_winner = Some(winner.clone());
+                    self.events.emit(
+                        now,
+                        name,
+                        "winner_found",
+                        format!("{winner} wins the A/B test; promote it to send all traffic: {why}"),
+                        numbers,
+                    );
+                }
+            }
+            AbOutcome::SampleRatioMismatch { p } => {
+                let why = format!("sample-ratio mismatch (chi-square p={p:.2e}): the arms' traffic does not match their weights, so the test cannot be trusted");
+                next.halted = Some(why.clone());
+                self.events.emit(now, name, "halted", why, numbers);
+            }
+            AbOutcome::Guardrail { arm, why } => {
+                let stopped = live[*arm].0.clone();
+                next.stopped_arms.push(stopped.clone());
+                publish = true;
+                self.events.emit(now, name, "arm_stopped", format!("{stopped} taken out of traffic: {why}"), numbers);
+            }
+        }
+        Some((next, publish))
+    }
+
+    /// Blue-green: judge the preview before a switch (and switch on its own after
+    /// `auto_promote_after`), and watch the new colour after one, switching back on a failure.
+    fn step_blue_green(
+        &self,
+        name: &str,
+        active: &str,
+        preview: &str,
+        plan: &engine::BlueGreenPlan,
+        status: &RouteStatus,
+        now: u64,
+    ) -> Option<(RouteStatus, bool)> {
+        if status.phase == Phase::RolledBack {
+            return None;
+        }
+        let mut progress = status.progress.clone().unwrap_or_else(|| fresh_progress(now));
+        if now.saturating_sub(progress.last_analysis_ms) < plan.interval.as_millis() as u64 {
+            return if status.progress.is_none() {
+                Some((RouteStatus { progress: Some(progress), ..status.clone() }, false))
+            } else {
+                None
+            };
+        }
+        progress.last_analysis_ms = now;
+        let serving = status.active_colour(active).to_string();
+        let other = if serving == active { preview.to_string() } else { active.to_string() };
+        let (new, old) = (self.telemetry.variant(name, &serving), self.telemetry.variant(name, &other));
+        let mut next = status.clone();
+        let mut publish = false;
+        match status.switched_at_ms {
+            // Watching the colour that took over.
+            Some(at) if now.saturating_sub(at) <= plan.post_switch_window.as_millis() as u64 => {
+                let verdict = analysis::judge_canary(&old.step_window(), &new.step_window(), &plan.criteria);
+                if let Verdict::Fail(why) = &verdict {
+                    bg_switch(active, preview, &mut next, now);
+                    next.phase = Phase::RolledBack;
+                    publish = true;
+                    let numbers = serde_json::json!({ "new": new.step(), "old": old.step(), "verdict": verdict });
+                    self.events.emit(
+                        now,
+                        name,
+                        "rolled_back",
+                        format!("{serving} failed after the switch, back to {other}: {why}"),
+                        numbers,
+                    );
+                }
+                progress.last_verdict = Some(verdict);
+            }
+            Some(_) => {}
+            // Before any switch: is the preview good, and has it been up long enough?
+            None => {
+                let verdict = analysis::judge_canary(&new.step_window(), &old.step_window(), &plan.criteria);
+                let due = plan
+                    .auto_promote_after
+                    .is_some_and(|d| now.saturating_sub(progress.step_started_ms) >= d.as_millis() as u64);
+                if verdict == Verdict::Pass && due {
+                    bg_switch(active, preview, &mut next, now);
+                    next.phase = Phase::Promoted;
+                    publish = true;
+                    old.reset_step();
+                    let numbers = serde_json::json!({ "preview": old.step(), "active": new.step() });
+                    self.events.emit(
+                        now,
+                        name,
+                        "promoted",
+                        format!("preview {other} passed its analysis: switched"),
+                        numbers,
+                    );
+                }
+                progress.last_verdict = Some(verdict);
+            }
+        }
+        next.last_analysis = progress.last_verdict.as_ref().map(|v| format!("{v:?}"));
+        next.progress = Some(progress);
+        Some((next, publish))
     }
 
     /// Runs [`Controller::analyze`] every `every` until the controller is dropped.
@@ -715,7 +893,8 @@ fn before_colour(before: &RouteStatus, after: &RouteStatus) -> Option<String> {
     after.previous.clone().or_else(|| before.active.clone())
 }
 
-fn bg_switch(active: &str, preview: &str, st: &mut RouteStatus) {
+fn bg_switch(active: &str, preview: &str, st: &mut RouteStatus, now: u64) {
+    st.switched_at_ms = Some(now);
     let now = st.active_colour(active).to_string();
     let other = if now == active { preview.to_string() } else { active.to_string() };
     if st.scaled_down.as_deref() == Some(other.as_str()) {
@@ -743,12 +922,12 @@ fn apply_action(
             st.phase = Phase::Progressing;
         }
         (_, Action::Weight(_)) => return refuse("only canary routes take a weight"),
-        (Strategy::BlueGreen { active, preview, .. }, Action::Switch) => bg_switch(active, preview, st),
+        (Strategy::BlueGreen { active, preview, .. }, Action::Switch) => bg_switch(active, preview, st, now),
         (_, Action::Switch) => return refuse("only blue_green routes switch"),
         (Strategy::BlueGreen { active, preview, .. }, Action::Promote { .. }) => {
             if st.active_colour(active) == active.as_str() || st.phase != Phase::Promoted {
                 if st.active_colour(active) == active.as_str() {
-                    bg_switch(active, preview, st);
+                    bg_switch(active, preview, st, now);
                 }
                 st.phase = Phase::Promoted;
             }
@@ -757,7 +936,7 @@ fn apply_action(
             if st.previous.is_none() {
                 return Err(conflict(format!("route {route:?} has not been switched; nothing to roll back")));
             }
-            bg_switch(active, preview, st);
+            bg_switch(active, preview, st, now);
             st.phase = Phase::RolledBack;
         }
         (Strategy::Canary { plan, .. }, Action::Promote { full, .. }) => match (plan, full) {
@@ -830,6 +1009,10 @@ fn apply_action(
         (_, Action::Promote { .. } | Action::Rollback) => return refuse("edit routes.yaml to change its backend"),
     }
     Ok(())
+}
+
+fn fresh_progress(now: u64) -> engine::Progress {
+    engine::Progress { step_started_ms: now, last_analysis_ms: now, ..engine::Progress::default() }
 }
 
 /// Backends the routes need: every variant that can answer, and every shadow.

@@ -58,6 +58,30 @@ pub struct CanaryPlan {
     pub on_inconclusive: OnInconclusive,
 }
 
+/// An A/B test's automatic analysis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbPlan {
+    /// Goal metric, significance, guardrails.
+    pub criteria: super::analysis::AbCriteria,
+    /// Time between analyses.
+    pub interval: Duration,
+    /// Promote a winner on its own; otherwise record it and wait for an admin promote.
+    pub auto_promote: bool,
+}
+
+/// A blue-green rollout's automatic analysis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlueGreenPlan {
+    /// Checks of the preview (before a switch) and of the new colour (after it).
+    pub criteria: CanaryCriteria,
+    /// Time between analyses.
+    pub interval: Duration,
+    /// Switch on its own once the preview has passed and been up this long.
+    pub auto_promote_after: Option<Duration>,
+    /// After a switch, how long the new colour is watched; a failure switches back.
+    pub post_switch_window: Duration,
+}
+
 /// How far a rollout has got; persisted with the route's status.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {

@@ -39,8 +39,18 @@ pub struct RouteStatus {
     pub winner: Option<String>,
     /// Recreate: how long the last replacement left the route unavailable, in ms.
     pub last_gap: Option<f64>,
-    /// Canary with steps: where the automatic rollout stands.
+    /// Automatic analysis: where the rollout stands (canary steps; A/B and blue-green timing).
     pub progress: Option<Progress>,
+    /// Blue-green: when the last switch was published (ms since the epoch).
+    pub switched_at_ms: Option<u64>,
+    /// A/B: the arm the analysis found best, waiting for an admin promote.
+    pub suggested_winner: Option<String>,
+    /// A/B: arms taken out of traffic by a guardrail.
+    pub stopped_arms: Vec<String>,
+    /// A/B: why the analysis stopped (sample-ratio mismatch), if it did.
+    pub halted: Option<String>,
+    /// The last analysis' outcome, in words.
+    pub last_analysis: Option<String>,
 }
 
 /// A variant as the spec and status make it: name (= backend), role, percent of traffic, buckets.
@@ -92,7 +102,7 @@ pub fn shares(spec: &RouteSpec, status: &RouteStatus) -> Vec<Share> {
         Strategy::AbTest { arms, .. } => {
             let weights: Vec<f64> = match &status.winner {
                 Some(w) => arms.iter().map(|(a, _)| if a == w { 1.0 } else { 0.0 }).collect(),
-                None => arms.iter().map(|(_, w)| *w).collect(),
+                None => arms.iter().map(|(a, w)| if status.stopped_arms.contains(a) { 0.0 } else { *w }).collect(),
             };
             let total: f64 = weights.iter().sum();
             let counts = bucket_counts(&weights);
