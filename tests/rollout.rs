@@ -297,3 +297,76 @@ async fn a_good_preview_is_switched_to_on_its_own_after_auto_promote_after() {
     };
     assert_eq!(view["routes"][0]["variants"][0]["name"], "green", "{view}");
 }
+
+/// A webhook receiver on 127.0.0.1:0 that fails its first `failures` deliveries with 503.
+async fn receiver(failures: usize) -> (String, Arc<std::sync::Mutex<Vec<(http::HeaderMap, bytes::Bytes)>>>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/rollout", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        let n = {
+                            let mut s = seen.lock().unwrap();
+                            s.push((parts.headers, body));
+                            s.len()
+                        };
+                        let status = if n <= failures { 503 } else { 200 };
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_reach_a_webhook_signed_and_retried() {
+    let (url, seen) = receiver(2).await;
+    // SAFETY of the test: a variable only this test reads.
+    std::env::set_var("MODELGATE_TEST_WEBHOOK_SECRET", "hook-secret");
+    let yaml = routes("faulty")
+        + &format!("webhooks:\n  - {{url: \"{url}\", secret_env: MODELGATE_TEST_WEBHOOK_SECRET, events: [rolled_back], retries: 5}}\n");
+    let gw = Gateway::start(&yaml).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = clients(gw.url("/v2/models/risk/infer"), 4, stop.clone());
+    wait_for_phase(&gw, "rolled_back", Duration::from_secs(30)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in load {
+        c.await.unwrap();
+    }
+    let started = Instant::now();
+    while seen.lock().unwrap().len() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the webhook was not retried until delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "two refusals, then delivered once");
+    for (headers, body) in &seen {
+        let event: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(event["kind"], "rolled_back");
+        assert_eq!(event["route"], "risk");
+        let want = format!("sha256={}", modelgate::rollout::webhooks::signature(b"hook-secret", body));
+        assert_eq!(headers["x-modelgate-signature"].to_str().unwrap(), want);
+        assert_eq!(headers["x-modelgate-event"], "rolled_back");
+    }
+}

@@ -34,6 +34,34 @@ pub struct Config {
     pub backends: Vec<BackendSpec>,
     /// Every route, in file order; each names a backend that exists.
     pub routes: Vec<RouteSpec>,
+    /// Where rollout decisions are sent.
+    pub webhooks: Vec<WebhookSpec>,
+}
+
+/// A webhook: rollout events POSTed as JSON, signed, retried with backoff.
+#[derive(Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WebhookSpec {
+    /// Where to POST (http).
+    pub url: Uri,
+    /// HMAC-SHA256 key for `x-modelgate-signature` (from the environment variable named).
+    pub secret: Option<Vec<u8>>,
+    /// Event kinds to send; all when `None`.
+    pub events: Option<Vec<String>>,
+    /// Deadline of one attempt.
+    pub timeout: Duration,
+    /// Attempts after the first.
+    pub retries: u32,
+}
+
+impl std::fmt::Debug for WebhookSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("WebhookSpec")
+            .field("url", &self.url)
+            .field("signed", &self.secret.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// `server:` after validation, with defaults filled in.
@@ -303,8 +331,9 @@ impl Config {
         let server = server(&raw.server, &base, &mut issues);
         let backends = backends(&raw.backends, &base, &mut issues);
         let routes = routes(&raw.routes, &raw.backends, &mut issues);
+        let webhooks = webhooks(&raw.webhooks, &mut issues);
         if issues.0.is_empty() {
-            Ok(Config { source: path.to_path_buf(), server, backends, routes })
+            Ok(Config { source: path.to_path_buf(), server, backends, routes, webhooks })
         } else {
             Err(ConfigErrors { file: path.to_path_buf(), issues: issues.0 })
         }
@@ -649,6 +678,40 @@ fn strategy(r: &RawRoute, place: &str, issues: &mut Issues) -> Option<Strategy> 
     let st = sticky(&ab.sticky, &format!("{place}.sticky"), issues)?;
     let plan = ab.analysis.as_ref().and_then(|a| ab_plan(a, &format!("{place}.analysis"), issues));
     Some(Strategy::AbTest { arms: ab.variants.iter().map(|(k, v)| (k.clone(), *v)).collect(), sticky: st, plan })
+}
+
+fn webhooks(raw: &[raw::RawWebhook], issues: &mut Issues) -> Vec<WebhookSpec> {
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            let place = format!("webhooks[{i}]");
+            let url = match w.url.parse::<Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => Some(u),
+                _ => {
+                    issues.push(
+                        format!("{place}.url"),
+                        format!("invalid webhook URL {:?}: write it like \"http://host:port/path\"", w.url),
+                    );
+                    None
+                }
+            };
+            let secret = w.secret_env.as_ref().and_then(|var| match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Some(v.into_bytes()),
+                _ => {
+                    issues.push(format!("{place}.secret_env"), format!("environment variable {var} is not set"));
+                    None
+                }
+            });
+            let timeout = duration(&w.timeout, Duration::from_secs(5), &format!("{place}.timeout"), issues);
+            url.map(|url| WebhookSpec {
+                url,
+                secret,
+                events: w.events.clone(),
+                timeout,
+                retries: w.retries.unwrap_or(5).min(20),
+            })
+        })
+        .collect()
 }
 
 /// The checks of one analysis (`analysis:`, or an A/B test's `guardrails:`).

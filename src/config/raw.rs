@@ -14,6 +14,19 @@ pub struct RawConfig {
     pub backends: Vec<RawBackend>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+}
+
+/// One entry of `webhooks:` — where rollout decisions are POSTed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: String,
+    pub secret_env: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub retries: Option<u32>,
 }
 
 /// `server:` — listeners, limits and timeouts. Every field is optional.

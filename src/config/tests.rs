@@ -122,3 +122,48 @@ fn unreadable_file_is_reported_by_name() {
     assert!(e.to_string().contains("/nonexistent/routes.yaml: 1 error"), "{e}");
     assert_eq!(e.issues[0].place, "file");
 }
+
+#[test]
+fn rollout_settings_are_checked_with_their_places() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "m.onnx");
+    let e = parse_in(
+        dir.path(),
+        r#"
+backends:
+  - name: a
+    onnx: {path: m.onnx}
+  - name: b
+    onnx: {path: m.onnx}
+    fault: {error_percent: 120}
+routes:
+  - model: r
+    strategy:
+      canary:
+        stable: a
+        canary: b
+        steps: [{weight: 10, pause: soon}, {weight: 50, pause: until_promoted}]
+        analysis: {max_error_rate: 2, alpha: 0.7, on_inconclusive: shrug, business: {metric: joy, margin: 0.1}}
+  - model: s
+    strategy:
+      ab_test: {variants: {a: 1, b: 1}, sticky: {header: x-u}, analysis: {metric: conversion, effect: 0}}
+webhooks:
+  - {url: "ftp://x", secret_env: MODELGATE_SURELY_UNSET_VARIABLE}
+"#,
+    )
+    .unwrap_err();
+    let got = places(&e);
+    for want in [
+        "backends[1].fault.error_percent: must be a percentage between 0 and 100, got 120",
+        "routes[0].strategy.canary.steps[0].pause: invalid duration \"soon\"",
+        "routes[0].strategy.canary.analysis.max_error_rate: must be a fraction between 0 and 1, got 2",
+        "routes[0].strategy.canary.analysis.alpha: must be between 0 and 0.5, got 0.7",
+        "routes[0].strategy.canary.analysis.on_inconclusive: \"shrug\" is neither `hold` nor `rollback`",
+        "routes[0].strategy.canary.analysis.business.metric: unknown metric \"joy\"",
+        "routes[1].strategy.ab_test.analysis.effect: must be above 0",
+        "webhooks[0].url: invalid webhook URL \"ftp://x\"",
+        "webhooks[0].secret_env: environment variable MODELGATE_SURELY_UNSET_VARIABLE is not set",
+    ] {
+        assert!(got.iter().any(|g| g.starts_with(want)), "missing {want:?} in {got:#?}");
+    }
+}

@@ -70,6 +70,8 @@ pub struct Controller {
     telemetry: Arc<Telemetry>,
     store: Option<Store>,
     events: EventLog,
+    webhooks: Mutex<Vec<crate::config::WebhookSpec>>,
+    dispatcher: super::webhooks::Dispatcher,
     clock: Arc<dyn Clock>,
     persist_error: Mutex<Option<String>>,
     ort_library: PathBuf,
@@ -136,6 +138,8 @@ impl Controller {
             telemetry,
             store,
             events: EventLog::new(1000),
+            webhooks: Mutex::new(inner.config.webhooks.clone()),
+            dispatcher: Default::default(),
             clock: Arc::new(SystemClock),
             persist_error: Mutex::new(None),
             ort_library,
@@ -193,9 +197,20 @@ impl Controller {
             Ok(config) => self.apply(config).await,
             Err(e) => Err(e),
         };
+        let now = self.clock.now_ms();
         match &result {
-            Ok(generation) => tracing::info!(file = %source.display(), generation, "routes reloaded"),
+            Ok(generation) => {
+                tracing::info!(file = %source.display(), generation, "routes reloaded");
+                self.emit(
+                    now,
+                    "",
+                    "reload_applied",
+                    format!("{} applied", source.display()),
+                    serde_json::json!({ "generation": generation }),
+                );
+            }
             Err(e) => {
+                self.emit(now, "", "reload_refused", e.to_string(), serde_json::json!({ "errors": e.issues }));
                 for issue in &e.issues {
                     tracing::error!(file = %source.display(), place = %issue.place, "{}", issue.message);
                 }
@@ -280,6 +295,8 @@ impl Controller {
         let gap_names: Vec<String> = gaps.iter().map(|(r, _)| r.clone()).collect();
         match self.publish(&mut inner, &[]).await {
             Ok(generation) => {
+                *self.webhooks.lock().unwrap_or_else(|p| p.into_inner()) = inner.config.webhooks.clone();
+                self.persist(&inner);
                 let gap = gap_started.elapsed();
                 for name in &gap_names {
                     if let Some((_, status)) = inner.routes.get_mut(name) {
@@ -485,7 +502,7 @@ impl Controller {
             self.mutate(route, if_match, |spec, st| apply_action(route, spec, st, &action, now)).await?;
         if before != after {
             let details = serde_json::json!({ "action": action.name(), "status": after });
-            self.events.emit(now, route, "admin", format!("{} by the admin API", action.name()), details);
+            self.emit(now, route, "admin", format!("{} by the admin API", action.name()), details);
         }
         // A blue-green switch keeps the old colour warm for scale_down_delay, then unloads it;
         // the new colour's analysis window starts afresh for the post-switch watch.
@@ -607,28 +624,22 @@ impl Controller {
             Decision::Nothing => {
                 // A failed analysis below the failure limit is worth an event too.
                 if let (true, Some(Verdict::Fail(why))) = (progress.last_analysis_ms == now, &progress.last_verdict) {
-                    self.events.emit(now, name, "analysis_failed", why.clone(), numbers);
+                    self.emit(now, name, "analysis_failed", why.clone(), numbers);
                 }
             }
             Decision::Advance(step) => {
                 s.reset_step();
                 c.reset_step();
                 let w = plan.weight(*step);
-                self.events.emit(now, name, "step_advanced", format!("step {step}: canary at {w}%"), numbers);
+                self.emit(now, name, "step_advanced", format!("step {step}: canary at {w}%"), numbers);
             }
             Decision::Promote => {
                 next.phase = Phase::Promoted;
-                self.events.emit(
-                    now,
-                    name,
-                    "promoted",
-                    format!("{canary} passed every step and takes all traffic"),
-                    numbers,
-                );
+                self.emit(now, name, "promoted", format!("{canary} passed every step and takes all traffic"), numbers);
             }
             Decision::Rollback(why) => {
                 next.phase = Phase::RolledBack;
-                self.events.emit(now, name, "rolled_back", why.clone(), numbers);
+                self.emit(now, name, "rolled_back", why.clone(), numbers);
             }
         }
         next.last_analysis = progress.last_verdict.as_ref().map(|v| format!("{v:?}"));
@@ -679,7 +690,7 @@ impl Controller {
                     next.winner = Some(winner.clone());
                     next.phase = Phase::Promoted;
                     publish = true;
-                    self.events.emit(
+                    self.emit(
                         now,
                         name,
                         "promoted",
@@ -688,7 +699,7 @@ impl Controller {
                     );
                 } else {
                     next.suggested_winner = Some(winner.clone());
-                    self.events.emit(
+                    self.emit(
                         now,
                         name,
                         "winner_found",
@@ -700,13 +711,13 @@ impl Controller {
             AbOutcome::SampleRatioMismatch { p } => {
                 let why = format!("sample-ratio mismatch (chi-square p={p:.2e}): the arms' traffic does not match their weights, so the test cannot be trusted");
                 next.halted = Some(why.clone());
-                self.events.emit(now, name, "halted", why, numbers);
+                self.emit(now, name, "halted", why, numbers);
             }
             AbOutcome::Guardrail { arm, why } => {
                 let stopped = live[*arm].0.clone();
                 next.stopped_arms.push(stopped.clone());
                 publish = true;
-                self.events.emit(now, name, "arm_stopped", format!("{stopped} taken out of traffic: {why}"), numbers);
+                self.emit(now, name, "arm_stopped", format!("{stopped} taken out of traffic: {why}"), numbers);
             }
         }
         Some((next, publish))
@@ -749,7 +760,7 @@ impl Controller {
                     next.phase = Phase::RolledBack;
                     publish = true;
                     let numbers = serde_json::json!({ "new": new.step(), "old": old.step(), "verdict": verdict });
-                    self.events.emit(
+                    self.emit(
                         now,
                         name,
                         "rolled_back",
@@ -772,13 +783,7 @@ impl Controller {
                     publish = true;
                     old.reset_step();
                     let numbers = serde_json::json!({ "preview": old.step(), "active": new.step() });
-                    self.events.emit(
-                        now,
-                        name,
-                        "promoted",
-                        format!("preview {other} passed its analysis: switched"),
-                        numbers,
-                    );
+                    self.emit(now, name, "promoted", format!("preview {other} passed its analysis: switched"), numbers);
                 }
                 progress.last_verdict = Some(verdict);
             }
@@ -798,6 +803,15 @@ impl Controller {
                 c.analyze().await;
             }
         });
+    }
+
+    /// Records an event (log line, `GET /admin/events`) and sends it to the webhooks.
+    fn emit(&self, at_ms: u64, route: &str, kind: &'static str, message: String, details: serde_json::Value) {
+        let event = self.events.emit(at_ms, route, kind, message, details);
+        let hooks = self.webhooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if !hooks.is_empty() {
+            self.dispatcher.send(&hooks, &event);
+        }
     }
 
     /// Recent events after sequence number `since`, for `route` if given.

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod events;
 pub mod status;
 pub mod store;
+pub mod webhooks;
 
 pub use control::{Controller, ReloadReport};
 pub use status::{Phase, RouteStatus};
