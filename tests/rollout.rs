@@ -160,6 +160,8 @@ async fn a_missing_or_wrong_token_is_401_and_a_stale_if_match_is_412_and_nothing
     assert_eq!(again.status, StatusCode::PRECONDITION_FAILED, "the generation moved on");
     // Reads need no token.
     assert_eq!(get(&gw.admin_url("/admin/stats")).await.status, StatusCode::OK);
+    let status = get(&gw.admin_url("/admin/status")).await.json();
+    assert_eq!(status["routes"][0]["status"]["canary_weight"], 77.0);
 }
 
 #[tokio::test]
@@ -369,4 +371,28 @@ async fn decisions_reach_a_webhook_signed_and_retried() {
         assert_eq!(headers["x-modelgate-signature"].to_str().unwrap(), want);
         assert_eq!(headers["x-modelgate-event"], "rolled_back");
     }
+}
+
+#[tokio::test]
+async fn a_new_revision_restarts_the_rollout_and_its_analysis() {
+    let gw = Gateway::start(&routes("good").replace("pause: 300ms", "pause: 1h")).await;
+    assert_eq!(gw.admin_post("/admin/routes/risk/promote", "").await.status, StatusCode::OK);
+    for _ in 0..40 {
+        post_json(&gw.url("/v2/models/risk/infer"), &body()).await;
+    }
+    std::fs::write(gw.routes_file(), routes("good").replace("pause: 300ms", "pause: 2h")).unwrap();
+    gw.controller.reload_file().await.unwrap();
+    let view = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!(view["routes"][0]["variants"][1]["weight"], 20.0, "back to the first step: {view}");
+    let stats = get(&gw.admin_url("/admin/stats")).await.json();
+    for v in stats["routes"][0]["variants"].as_array().unwrap() {
+        assert_eq!(v["step"]["requests"], 0, "the analysis window starts empty: {v}");
+    }
+    let total: u64 = stats["routes"][0]["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["total"]["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 40, "lifetime numbers stay");
 }

@@ -12,6 +12,7 @@
 //! - `POST /admin/routes/{route}/promote` `[{"variant": "..."}]` — candidate to all traffic.
 //! - `POST /admin/routes/{route}/rollback` (or `abort`) — candidate out.
 //! - `POST /admin/routes/{route}/pause|resume|retry` — automatic canary steps.
+//! - `GET  /admin/status` — every route's rollout status alone.
 //! - `GET  /admin/events[?since=N&route=R]` — decisions with the numbers behind them.
 //!
 //! Mutations need `Authorization: Bearer <token>` when the gateway has a token, and take
@@ -164,6 +165,14 @@ async fn route(controller: &Arc<Controller>, req: Request<Incoming>) -> Result<V
         } else {
             Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("use GET for {path}")))
         };
+    }
+    if path == "/admin/status" {
+        let statuses = controller.statuses().await;
+        let routes: Vec<Value> =
+            statuses.into_iter().map(|(route, status)| json!({ "route": route, "status": status })).collect();
+        return Ok(
+            json!({ "generation": controller.generation(), "persist_error": controller.persist_error(), "routes": routes }),
+        );
     }
     if path == "/admin/events" {
         let query = req.uri().query().unwrap_or("");

@@ -241,7 +241,13 @@ impl Controller {
                 let name = r.name().to_string();
                 let status = match old_routes.get(&name) {
                     Some((spec, status)) if spec == r => status.clone(),
-                    _ => RouteStatus::default(),
+                    _ => {
+                        // A new revision starts its analysis from empty windows.
+                        for variant in r.strategy.backends() {
+                            self.telemetry.variant(&name, variant).reset_step();
+                        }
+                        RouteStatus::default()
+                    }
                 };
                 (name, (r.clone(), status))
             })
