@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/modelgate
 
-.PHONY: run test build ort lint validate models check-metrics clean
+.PHONY: run test build ort lint validate models check-metrics scenario scenarios bench clean
 
 ## run: fetch ONNX Runtime, build, and serve the demo routes.yaml on 127.0.0.1:8080
 run: ort build
@@ -28,6 +28,17 @@ lint:
 ## validate: check routes.yaml and load every model in it
 validate: ort build
 	$(BIN) validate routes.yaml
+
+## scenario NAME=...: one end-to-end rollout scenario from loadtest/scenarios/ (exit code = outcome)
+scenario: ort
+	@test -n "$(NAME)" || { echo "usage: make scenario NAME=<$$(ls loadtest/scenarios | sed 's/.yaml//' | tr '\n' ' ')>"; exit 2; }
+	$(CARGO) build --locked --release --quiet --workspace --bin modelgate --bin scenario
+	./target/release/scenario $(NAME)
+
+## scenarios: every scenario, one after the other
+scenarios: ort
+	$(CARGO) build --locked --release --quiet --workspace --bin modelgate --bin scenario
+	@for s in loadtest/scenarios/*.yaml; do ./target/release/scenario $$(basename $$s .yaml) || exit 1; done
 
 ## check-metrics: serve the demo, drive traffic, and lint /metrics with promtool
 check-metrics:

@@ -1,7 +1,11 @@
-//! Load generator for modelgate. The harness itself arrives with issue 6; this crate keeps the
-//! workspace layout of DESIGN.md in place.
+//! `loadtest`: drive load at a modelgate (or any loopback HTTP server) and print a JSON report.
 
-fn main() {
-    eprintln!("loadtest: not built yet (see issue 6); use `make test` and `make run` meanwhile");
-    std::process::exit(2);
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = loadtest::Args::parse();
+    let report = loadtest::run(args).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }
