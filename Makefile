@@ -40,6 +40,10 @@ scenarios: ort
 	$(CARGO) build --locked --release --quiet --workspace --bin modelgate --bin scenario
 	@for s in loadtest/scenarios/*.yaml; do ./target/release/scenario $$(basename $$s .yaml) || exit 1; done
 
+## bench: proxy overhead vs nginx/HAProxy, inference vs raw ORT/MLServer, criterion (installs what it needs)
+bench: ort
+	./scripts/bench.sh
+
 ## check-metrics: serve the demo, drive traffic, and lint /metrics with promtool
 check-metrics:
 	./scripts/check-metrics.sh

@@ -21,6 +21,9 @@ struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Async worker threads (default: one per core). Inference runs on its own threads.
+    #[arg(long, global = true, env = "MODELGATE_WORKERS")]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,6 +99,22 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Benchmark: run one ONNX model in a tight loop on N threads, no HTTP, no JSON (the limit
+    /// the gateway's in-process inference can approach).
+    #[command(hide = true)]
+    BenchOnnx {
+        /// The model file.
+        model: PathBuf,
+        /// Threads, each with its own session.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// How long.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// ONNX Runtime shared library.
+        #[arg(long)]
+        ort_library: Option<PathBuf>,
+    },
     /// Check a routes.yaml and load every model in it; exit non-zero on any error.
     Validate {
         /// The routes file.
@@ -145,7 +164,11 @@ async fn admin_call(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("modelgate-io").build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.workers {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().thread_name("modelgate-io").build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("modelgate: cannot start the async runtime: {e}");
@@ -156,6 +179,24 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Validate { config, ort_library } => validate(&config, ort_library.as_deref()).await,
             Command::Status { admin } => admin_call(admin, None, "status", None).await,
+            Command::BenchOnnx { model, threads, seconds, ort_library } => {
+                let lib = runtime::locate(ort_library.as_deref(), None);
+                let path = model.clone();
+                let runs =
+                    tokio::task::spawn_blocking(move || modelgate::backend::onnx::bench(&path, &lib, threads, seconds))
+                        .await?
+                        .map_err(anyhow::Error::msg)?;
+                let per_sec = runs as f64 / seconds.max(1) as f64;
+                let report = serde_json::json!({
+                    "model": model.display().to_string(),
+                    "threads": threads,
+                    "runs": runs,
+                    "runs_per_second": per_sec.round(),
+                    "mean_us_per_run": 1e6 * threads.max(1) as f64 / per_sec.max(1e-9),
+                });
+                println!("{report}");
+                Ok(())
+            }
             Command::Promote { route, full, variant, admin } => {
                 admin_call(
                     admin,

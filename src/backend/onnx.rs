@@ -271,3 +271,32 @@ fn run(
     }
     Ok(out)
 }
+
+/// Runs `model` on zero inputs (dynamic dimensions 1) in a tight loop on `threads` threads for
+/// `seconds`, one session each; returns the runs made. No HTTP, no JSON, no queue: what
+/// in-process inference costs at the least.
+pub fn bench(model: &std::path::Path, library: &std::path::Path, threads: usize, seconds: u64) -> Result<u64, String> {
+    let env = super::runtime::environment(library).map_err(|e| e.to_string())?;
+    let spec = OnnxSpec { path: model.to_path_buf(), sessions: 1, intra_op_threads: 1, queue: 1 };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let (spec, env) = (spec.clone(), env.clone());
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut session = build_session(&spec, &env)?;
+                let inputs = warmup_inputs(&signature(&session)?);
+                let mut runs = 0u64;
+                while std::time::Instant::now() < deadline {
+                    run(&mut session, "bench", inputs.clone(), None).map_err(|e| e.to_string())?;
+                    runs += 1;
+                }
+                Ok(runs)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.join().map_err(|_| "bench thread panicked".to_string())??;
+    }
+    Ok(total)
+}

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# `make bench`: the three benchmark tables, each run side by side on this machine, loopback only.
+#   1. proxy overhead: direct to an upstream vs. modelgate vs. nginx vs. HAProxy (1 worker each)
+#   2. in-process inference: modelgate OIP infer vs. a raw ONNX Runtime loop vs. MLServer 1.7
+#   3. criterion micro-benchmarks: variant assignment and table swaps
+# Installs what it needs when missing: nginx and haproxy (Debian), MLServer (PyPI, in .bench/venv).
+# BENCH_SECONDS (default 10) sets each load run's length; BENCH_CONNECTIONS (default 32) its connections.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${BENCH_SECONDS:-10}
+conns=${BENCH_CONNECTIONS:-32}
+work=.bench
+mkdir -p "$work"
+log() { printf '%s\n' "$*" >&2; }
+
+need_apt() {
+  local missing=()
+  for p in "$@"; do command -v "$p" >/dev/null || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" = 0 ] || { log "bench: install ${missing[*]} (apt-get install ${missing[*]})"; exit 1; }
+  log "bench: installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+}
+need_apt nginx haproxy
+if [ ! -x "$work/venv/bin/mlserver" ]; then
+  log "bench: installing MLServer into $work/venv"
+  python3 -m venv "$work/venv"
+  "$work/venv/bin/pip" install -q -r bench/mlserver/requirements.txt
+fi
+./scripts/fetch-ort.sh
+cargo build --locked --release --quiet --workspace --bin modelgate --bin loadtest
+mg=target/release/modelgate
+lt=target/release/loadtest
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_port() { for _ in $(seq 1 200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; log "bench: nothing listens on $1"; exit 1; }
+# CPU seconds (user + system) of a process and its children, from /proc.
+cpu() { local t=0; for p in $(pgrep -g "$(ps -o pgid= "$1" | tr -d ' ')" 2>/dev/null || echo "$1"); do
+          [ -r /proc/$p/stat ] && t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo "$t"; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -- -"$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+# start CMD...: runs CMD in its own process group, logs to .bench/, prints its pid.
+start() { setsid "$@" >"$work/$(basename "$1").log" 2>&1 & echo $!; }
+# load NAME PID ARGS...: a closed-loop run; prints one table row (CPU of PID per 1000 requests).
+row() {
+  local name=$1 pid=$2; shift 2
+  local before; before=$(cpu "$pid")
+  "$lt" --quiet --duration "${secs}s" -c "$conns" "$@" --report "$work/report.json" >/dev/null
+  local after; after=$(cpu "$pid")
+  python3 - "$name" "$before" "$after" "$work/report.json" <<'PY'
+import json, sys, os
+name, before, after, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+r = json.load(open(path))
+hz = os.sysconf("SC_CLK_TCK")
+cpu = (after - before) / hz
+bad = r["requests"] - r["statuses"].get("200", 0) + r["transport_errors"]
+per_k = f"{1000 * cpu / max(r['requests'], 1):.3f}" if before >= 0 else "-"
+print(f"| {name} | {r['requests_per_second']:,.0f} | {r['latency_ms']['p50']:.3f} | {r['latency_ms']['p99']:.3f} | {per_k} | {bad} |")
+PY
+}
+
+# ---- 1. proxy overhead --------------------------------------------------------------------
+up=$(free_port); mgp=$(free_port); mga=$(free_port); ngp=$(free_port); hap=$(free_port)
+cat >"$work/upstream.conf" <<CONF
+worker_processes 1; daemon off; pid $PWD/$work/upstream.pid; error_log /dev/null;
+events { worker_connections 8192; }
+http { access_log off; server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
+CONF
+cat >"$work/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $PWD/$work/nginx.pid; error_log /dev/null;
+events { worker_connections 8192; }
+http { access_log off;
+  upstream u { server 127.0.0.1:$up; keepalive 256; }
+  server { listen 127.0.0.1:$ngp; location /bench/ { proxy_pass http://u/; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat >"$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 20000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend f
+  bind 127.0.0.1:$hap
+  default_backend b
+backend b
+  http-reuse always
+  http-request set-path %[path,regsub(^/bench/,/)]
+  server s1 127.0.0.1:$up
+CONF
+cat >"$work/proxy.yaml" <<CONF
+server: {listen: "127.0.0.1:$mgp", admin_listen: "127.0.0.1:$mga", state_dir: state}
+backends:
+  - name: up
+    upstream: {url: "http://127.0.0.1:$up"}
+routes:
+  - path_prefix: /bench/
+    backend: up
+    rewrite: /
+CONF
+upid=$(start nginx -c "$PWD/$work/upstream.conf"); pids+=("$upid"); wait_port "$up"
+mgpid=$(start "$mg" --workers 1 serve --config "$work/proxy.yaml"); pids+=("$mgpid"); wait_port "$mgp"
+ngpid=$(start nginx -c "$PWD/$work/nginx.conf"); pids+=("$ngpid"); wait_port "$ngp"
+hapid=$(start haproxy -f "$work/haproxy.cfg"); pids+=("$hapid"); wait_port "$hap"
+echo
+echo "### Proxy overhead (one worker thread each, same upstream, $conns connections, ${secs}s each)"
+echo
+echo "| target | requests/s | p50 ms | p99 ms | proxy CPU s / 1000 req | errors |"
+echo "|---|---:|---:|---:|---:|---:|"
+row "direct to the upstream (nginx static)" "$upid" --url "http://127.0.0.1:$up" --path /x
+row "modelgate (path_prefix route)" "$mgpid" --url "http://127.0.0.1:$mgp" --path /bench/x
+row "nginx 1.22 (proxy_pass, keepalive)" "$ngpid" --url "http://127.0.0.1:$ngp" --path /bench/x
+row "HAProxy 2.6 (http-reuse always)" "$hapid" --url "http://127.0.0.1:$hap" --path /bench/x
+cleanup; pids=()
+
+# ---- 2. in-process inference --------------------------------------------------------------
+mip=$(free_port); mia=$(free_port); msp=$(free_port)
+cat >"$work/infer.yaml" <<CONF
+server: {listen: "127.0.0.1:$mip", admin_listen: "127.0.0.1:$mia", state_dir: state}
+backends:
+  - name: bc-v2
+    onnx: {path: "$PWD/models/breast-cancer-v2.onnx", sessions: 2, intra_op_threads: 1}
+routes:
+  - model: breast-cancer-v2
+    backend: bc-v2
+CONF
+mkdir -p "$work/mlserver/breast-cancer-v2"
+cp bench/mlserver/onnx_runtime.py "$work/mlserver/"
+cat >"$work/mlserver/settings.json" <<CONF
+{"http_port": $msp, "grpc_port": $(free_port), "metrics_port": $(free_port), "parallel_workers": 1, "debug": false}
+CONF
+cat >"$work/mlserver/breast-cancer-v2/model-settings.json" <<CONF
+{"name": "breast-cancer-v2", "implementation": "onnx_runtime.OnnxRuntime", "parameters": {"uri": "$PWD/models/breast-cancer-v2.onnx"}}
+CONF
+echo
+echo "### In-process inference (breast-cancer-v2, 100-tree gradient boosting, one row per request, $conns connections, ${secs}s each)"
+echo
+echo "| target | requests/s | p50 ms | p99 ms | server CPU s / 1000 req | errors |"
+echo "|---|---:|---:|---:|---:|---:|"
+mipid=$(start "$mg" serve --config "$work/infer.yaml"); pids+=("$mipid"); wait_port "$mip"
+row "modelgate OIP infer (2 sessions)" "$mipid" --url "http://127.0.0.1:$mip" --model breast-cancer-v2
+cleanup; pids=()
+raw=$("$mg" bench-onnx models/breast-cancer-v2.onnx --threads 2 --seconds "$secs")
+python3 - "$raw" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+print(f"| raw ONNX Runtime loop, same binary (2 threads, no HTTP/JSON: the limit) | {r['runs_per_second']:,.0f} | {r['mean_us_per_run']/1000:.3f} (mean) | - | - | 0 |")
+PY
+mspid=$(start env -C "$work/mlserver" "$PWD/$work/venv/bin/mlserver" start .); pids+=("$mspid"); wait_port "$msp"
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$msp/v2/models/breast-cancer-v2/ready" >/dev/null && break; sleep 0.2; done
+row "MLServer 1.7.1 + onnxruntime custom runtime (1 worker)" "$mspid" --url "http://127.0.0.1:$msp" --model breast-cancer-v2
+cleanup; pids=()
+
+# ---- 3. criterion ---------------------------------------------------------------------------
+echo
+echo "### Routing micro-benchmarks (criterion, \`cargo bench --bench routing\`)"
+echo
+echo "| benchmark | time per operation |"
+echo "|---|---:|"
+cargo bench --locked --quiet --bench routing -- --warm-up-time 1 --measurement-time 3 2>/dev/null | python3 -c '
+import re, sys
+name = None
+for line in sys.stdin:
+    m = re.match(r"^([a-z_]+/[a-z_0-9]+)", line)
+    if m:
+        name = m.group(1)
+    t = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+) ", line)
+    if t and name:
+        print(f"| {name} | {t.group(1)} {t.group(2)} |")
+'
+
