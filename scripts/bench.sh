@@ -78,7 +78,7 @@ CONF
 cat >"$work/haproxy.cfg" <<CONF
 global
   nbthread 1
-  maxconn 20000
+  maxconn 4096
 defaults
   mode http
   timeout connect 5s
@@ -131,7 +131,7 @@ CONF
 mkdir -p "$work/mlserver/breast-cancer-v2"
 cp bench/mlserver/onnx_runtime.py "$work/mlserver/"
 cat >"$work/mlserver/settings.json" <<CONF
-{"http_port": $msp, "grpc_port": $(free_port), "metrics_port": $(free_port), "parallel_workers": 1, "debug": false}
+{"http_port": $msp, "grpc_port": $(free_port), "metrics_port": $(free_port), "parallel_workers": 0, "debug": false}
 CONF
 cat >"$work/mlserver/breast-cancer-v2/model-settings.json" <<CONF
 {"name": "breast-cancer-v2", "implementation": "onnx_runtime.OnnxRuntime", "parameters": {"uri": "$PWD/models/breast-cancer-v2.onnx"}}
@@ -152,7 +152,7 @@ print(f"| raw ONNX Runtime loop, same binary (2 threads, no HTTP/JSON: the limit
 PY
 mspid=$(start env -C "$work/mlserver" "$PWD/$work/venv/bin/mlserver" start .); pids+=("$mspid"); wait_port "$msp"
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$msp/v2/models/breast-cancer-v2/ready" >/dev/null && break; sleep 0.2; done
-row "MLServer 1.7.1 + onnxruntime custom runtime (1 worker)" "$mspid" --url "http://127.0.0.1:$msp" --model breast-cancer-v2
+row "MLServer 1.7.1 + onnxruntime custom runtime (in-process, parallel_workers 0)" "$mspid" --url "http://127.0.0.1:$msp" --model breast-cancer-v2
 cleanup; pids=()
 
 # ---- 3. criterion ---------------------------------------------------------------------------
