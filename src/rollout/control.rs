@@ -665,15 +665,10 @@ impl Controller {
         if status.phase != Phase::Progressing || status.halted.is_some() || status.suggested_winner.is_some() {
             return None;
         }
-        let mut progress = status.progress.clone().unwrap_or_else(|| fresh_progress(now));
-        if now.saturating_sub(progress.last_analysis_ms) < plan.interval.as_millis() as u64 {
-            return if status.progress.is_none() {
-                Some((RouteStatus { progress: Some(progress), ..status.clone() }, false))
-            } else {
-                None
-            };
-        }
-        progress.last_analysis_ms = now;
+        let progress = match analysis_due(status, plan.interval, now) {
+            Ok(p) => p,
+            Err(not_yet) => return not_yet,
+        };
         let live: Vec<&(String, f64)> = arms.iter().filter(|(a, _)| !status.stopped_arms.contains(a)).collect();
         let stats: Vec<_> = live.iter().map(|(a, _)| self.telemetry.variant(name, a)).collect();
         let windows: Vec<Window> = stats.iter().map(|s| s.step_window()).collect();
@@ -743,15 +738,10 @@ impl Controller {
         if status.phase == Phase::RolledBack {
             return None;
         }
-        let mut progress = status.progress.clone().unwrap_or_else(|| fresh_progress(now));
-        if now.saturating_sub(progress.last_analysis_ms) < plan.interval.as_millis() as u64 {
-            return if status.progress.is_none() {
-                Some((RouteStatus { progress: Some(progress), ..status.clone() }, false))
-            } else {
-                None
-            };
-        }
-        progress.last_analysis_ms = now;
+        let mut progress = match analysis_due(status, plan.interval, now) {
+            Ok(p) => p,
+            Err(not_yet) => return not_yet,
+        };
         let serving = status.active_colour(active).to_string();
         let other = if serving == active { preview.to_string() } else { active.to_string() };
         let (new, old) = (self.telemetry.variant(name, &serving), self.telemetry.variant(name, &other));
@@ -1029,6 +1019,25 @@ fn apply_action(
         (_, Action::Promote { .. } | Action::Rollback) => return refuse("edit routes.yaml to change its backend"),
     }
     Ok(())
+}
+
+/// The progress to analyse with, or — when it is not time for an analysis yet — what the caller
+/// returns: nothing, or (for a rollout seen the first time) the status recording its start.
+#[allow(clippy::result_large_err)] // built at most once per analysis interval, never on the request path
+fn analysis_due(
+    status: &RouteStatus,
+    interval: Duration,
+    now: u64,
+) -> Result<engine::Progress, Option<(RouteStatus, bool)>> {
+    let mut progress = status.progress.clone().unwrap_or_else(|| fresh_progress(now));
+    if now.saturating_sub(progress.last_analysis_ms) < interval.as_millis() as u64 {
+        return Err(status
+            .progress
+            .is_none()
+            .then(|| (RouteStatus { progress: Some(progress), ..status.clone() }, false)));
+    }
+    progress.last_analysis_ms = now;
+    Ok(progress)
 }
 
 fn fresh_progress(now: u64) -> engine::Progress {

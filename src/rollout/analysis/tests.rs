@@ -13,7 +13,7 @@ pub(crate) fn window(rng: &mut StdRng, n: u64, err: f64, ms: f64) -> Window {
     w
 }
 
-fn criteria() -> CanaryCriteria {
+pub(crate) fn criteria() -> CanaryCriteria {
     CanaryCriteria {
         min_samples: 200,
         max_error_rate: Some(0.01),

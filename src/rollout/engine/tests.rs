@@ -1,5 +1,5 @@
 use super::*;
-use crate::rollout::analysis::tests::window;
+use crate::rollout::analysis::tests::{criteria, window};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -10,14 +10,7 @@ fn plan() -> CanaryPlan {
             Step { weight: 30.0, pause: Some(Duration::from_secs(60)) },
             Step { weight: 60.0, pause: Some(Duration::from_secs(60)) },
         ],
-        criteria: CanaryCriteria {
-            min_samples: 200,
-            max_error_rate: Some(0.01),
-            max_error_rate_increase: Some(0.005),
-            max_p99_ratio: Some(1.5),
-            business: None,
-            alpha: 0.01,
-        },
+        criteria: criteria(),
         interval: Duration::from_secs(10),
         failure_limit: 2,
         inconclusive_deadline: Duration::from_secs(120),
