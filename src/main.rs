@@ -238,14 +238,13 @@ fn admin_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
     Ok(token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
 }
 
-/// Reads, validates, loads every routed backend and builds the first table: the same steps for
-/// `validate` and `serve`. `state_dir` resumes persisted rollouts (serve only).
+/// Loads every routed backend of a validated config and builds the first table: the same steps
+/// for `validate` and `serve`. `state_dir` resumes persisted rollouts (serve only).
 async fn start(
-    path: &Path,
+    config: Config,
     ort_flag: Option<&Path>,
     state_dir: Option<PathBuf>,
 ) -> anyhow::Result<(Config, Arc<Controller>)> {
-    let config = Config::load(path)?;
     let ort_library = runtime::locate(ort_flag, config.server.ort_library.as_deref());
     let options = Options { ort_library, telemetry: Telemetry::new(), state_dir };
     let controller = Controller::start(config.clone(), options).await?;
@@ -253,7 +252,7 @@ async fn start(
 }
 
 async fn validate(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<()> {
-    let (config, _) = start(path, ort_flag, None).await?;
+    let (config, _) = start(Config::load(path)?, ort_flag, None).await?;
     println!("{}: ok ({} backends, {} routes)", path.display(), config.backends.len(), config.routes.len());
     Ok(())
 }
@@ -266,11 +265,16 @@ async fn serve(
     state_dir: Option<PathBuf>,
     token: Option<String>,
 ) -> anyhow::Result<()> {
-    let state_dir = match state_dir {
-        Some(d) => d,
-        None => Config::load(path)?.server.state_dir,
-    };
-    let (config, controller) = start(path, ort_flag, Some(state_dir)).await?;
+    let config = Config::load(path)?;
+    let state_dir = state_dir.unwrap_or_else(|| config.server.state_dir.clone());
+    let admin_addr = admin_listen.unwrap_or(config.server.admin_listen);
+    if !admin_addr.ip().is_loopback() && token.is_none() {
+        anyhow::bail!(
+            "refusing to serve the admin API on {admin_addr} without a token: anyone who reaches it could change rollouts. \
+             Set MODELGATE_ADMIN_TOKEN (or --admin-token-file), or keep server.admin_listen on 127.0.0.1"
+        );
+    }
+    let (config, controller) = start(config, ort_flag, Some(state_dir)).await?;
     controller.spawn_analysis(std::time::Duration::from_millis(250));
     if token.is_none() {
         tracing::warn!("no admin token (MODELGATE_ADMIN_TOKEN or --admin-token-file): admin changes are open to anyone who reaches the admin listener");

@@ -356,3 +356,16 @@ fn the_cli_shows_and_changes_rollouts_through_the_admin_api() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_admin_api_is_not_served_beyond_loopback_without_a_token() {
+    let out = modelgate()
+        .args(["serve", "--config", "routes.yaml", "--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+        .env_remove("MODELGATE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refusing to serve the admin API on 0.0.0.0:0 without a token"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+}

@@ -158,6 +158,14 @@ async fn a_missing_or_wrong_token_is_401_and_a_stale_if_match_is_412_and_nothing
     assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
     let again = send(Method::POST, &url, r#"{"weight": 78}"#, &[("authorization", &auth), ("if-match", &etag)]).await;
     assert_eq!(again.status, StatusCode::PRECONDITION_FAILED, "the generation moved on");
+    // The change is in the audit trail under the token's id, never the token.
+    let events = get(&gw.admin_url("/admin/events")).await;
+    let admin_events: Vec<Value> =
+        events.json()["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "admin").cloned().collect();
+    assert_eq!(admin_events.len(), 1, "one change, one event: {admin_events:?}");
+    assert_eq!(admin_events[0]["details"]["who"], modelgate::admin::token_id(Some(ADMIN_TOKEN)));
+    assert!(admin_events[0]["details"]["who"].as_str().unwrap().starts_with("token:"));
+    assert!(!String::from_utf8_lossy(&events.body).contains(ADMIN_TOKEN), "the token never shows");
     // Reads need no token.
     assert_eq!(get(&gw.admin_url("/admin/stats")).await.status, StatusCode::OK);
     let status = get(&gw.admin_url("/admin/status")).await.json();

@@ -50,6 +50,19 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Who made a change, for the audit trail: `token:` and the first 8 hex digits of the token's
+/// SHA-256, or `anonymous` when the gateway has no token. The token itself is never logged.
+pub fn token_id(token: Option<&str>) -> String {
+    use sha2::Digest;
+    match token {
+        Some(t) => format!(
+            "token:{}",
+            sha2::Sha256::digest(t.as_bytes()).iter().take(4).map(|b| format!("{b:02x}")).collect::<String>()
+        ),
+        None => "anonymous".to_string(),
+    }
+}
+
 fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), ApiError> {
     let Some(token) = &state.token else { return Ok(()) };
     let given = req
@@ -98,7 +111,8 @@ pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<
             return response::error(&e);
         }
     }
-    let result = route(&controller, req).await;
+    let who = token_id(state.token.as_deref());
+    let result = route(&controller, req, &who).await;
     match result {
         Ok(v) => {
             let mut resp = response::json_value(StatusCode::OK, &v);
@@ -156,7 +170,7 @@ fn decode(segment: &str) -> Result<String, ApiError> {
     String::from_utf8(out).map_err(|_| ApiError::bad_request(format!("{segment:?} is not UTF-8")))
 }
 
-async fn route(controller: &Arc<Controller>, req: Request<Incoming>) -> Result<Value, ApiError> {
+async fn route(controller: &Arc<Controller>, req: Request<Incoming>, who: &str) -> Result<Value, ApiError> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if path == "/admin/routes" {
@@ -229,8 +243,7 @@ async fn route(controller: &Arc<Controller>, req: Request<Incoming>) -> Result<V
         }
     };
     let action_name = action.name();
-    let generation = controller.act(&name, action, expected).await?;
-    tracing::info!(route = %name, action = action_name, generation, "admin change applied");
+    let generation = controller.act(&name, action, expected, who).await?;
     Ok(json!({ "route": name, "action": action_name, "generation": generation }))
 }
 

@@ -501,14 +501,16 @@ impl Controller {
     }
 
     /// Applies an admin action to a route's rollout; see [`Action`]. Idempotent where it can be:
-    /// an action that changes nothing answers the current generation.
-    pub async fn act(&self, route: &str, action: Action, if_match: Option<u64>) -> Result<u64, ApiError> {
+    /// an action that changes nothing answers the current generation. `who` names the caller in
+    /// the audit trail (a token id, never the token).
+    pub async fn act(&self, route: &str, action: Action, if_match: Option<u64>, who: &str) -> Result<u64, ApiError> {
         let now = self.clock.now_ms();
         let (generation, before, after) =
             self.mutate(route, if_match, |spec, st| apply_action(route, spec, st, &action, now)).await?;
+        tracing::info!(target: "modelgate::audit", who, route, action = action.name(), generation, changed = before != after, "admin change");
         if before != after {
-            let details = serde_json::json!({ "action": action.name(), "status": after });
-            self.emit(now, route, "admin", format!("{} by the admin API", action.name()), details);
+            let details = serde_json::json!({ "action": action.name(), "who": who, "status": after });
+            self.emit(now, route, "admin", format!("{} by {who} through the admin API", action.name()), details);
         }
         // A blue-green switch keeps the old colour warm for scale_down_delay, then unloads it;
         // the new colour's analysis window starts afresh for the post-switch watch.
@@ -549,26 +551,6 @@ impl Controller {
             Ok(_) => tracing::info!(route, colour, "blue-green: old colour scaled down"),
             Err(e) => tracing::warn!(route, colour, error = %e.message, "blue-green: scale-down failed"),
         }
-    }
-
-    /// Sets a canary route's weight (0..=100 percent).
-    pub async fn set_weight(&self, route: &str, weight: f64) -> Result<u64, ApiError> {
-        self.act(route, Action::Weight(weight), None).await
-    }
-
-    /// Blue-green switch.
-    pub async fn switch(&self, route: &str) -> Result<u64, ApiError> {
-        self.act(route, Action::Switch, None).await
-    }
-
-    /// Promote (all the way).
-    pub async fn promote(&self, route: &str, variant: Option<&str>) -> Result<u64, ApiError> {
-        self.act(route, Action::Promote { variant: variant.map(str::to_string), full: true }, None).await
-    }
-
-    /// Roll back.
-    pub async fn rollback(&self, route: &str) -> Result<u64, ApiError> {
-        self.act(route, Action::Rollback, None).await
     }
 
     /// One round of automatic analysis: every canary with steps that is progressing and not
