@@ -38,6 +38,7 @@ fn route(name: &str, telemetry: &Telemetry, backend: &Arc<Backend>) -> Route {
         sticky: Some(Sticky::Header("x-user-id".into())),
         shadow: None,
         unavailable: None,
+        limit: None,
     }
 }
 

@@ -4,6 +4,7 @@ mod support;
 
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
+use std::time::Duration;
 use support::*;
 
 fn routes() -> String {
@@ -350,4 +351,28 @@ async fn concurrent_batched_requests_all_answer() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
     }
+}
+
+#[tokio::test]
+async fn a_huge_shape_is_refused_without_allocating_and_a_slow_client_is_cut_off() {
+    let gw = Gateway::start(&format!(
+        "server:\n  header_read_timeout: 300ms\n{}",
+        routes().replace("server:\n  max_body_bytes: 65536\n", "")
+    ))
+    .await;
+    let body =
+        json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1_000_000_000u64, 30], "data": [1.0]}]});
+    let a = post_json(&gw.url("/v2/models/breast-cancer/infer"), &body).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.error(), "input \"input\": shape [1000000000, 30] needs 30000000000 elements, data has 1");
+
+    // Slowloris: a request head that never ends is cut off after header_read_timeout.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server closed the connection on its own");
+    // Meanwhile and afterwards, others are served.
+    assert_eq!(get(&gw.url("/v2/health/live")).await.status, StatusCode::OK);
 }

@@ -175,3 +175,37 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     assert_eq!(a.status, StatusCode::OK, "the in-flight request finished");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no new connections after shutdown");
 }
+
+#[tokio::test]
+async fn a_route_at_its_concurrency_limit_sheds_with_503_at_once() {
+    let up = Upstream::start(Duration::from_millis(500)).await;
+    let gw = Gateway::start(&format!(
+        "backends:\n  - name: up\n    upstream: {{url: \"{}\"}}\nroutes:\n  - path_prefix: /slow/\n    backend: up\n    max_concurrency: 2\n",
+        up.url()
+    ))
+    .await;
+    let url = gw.url("/slow/work");
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn({
+                let url = url.clone();
+                async move { get(&url).await }
+            })
+        })
+        .collect();
+    while up.hits.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let shed = get(&url).await;
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.headers["retry-after"], "1");
+    assert_eq!(shed.error(), "route \"/slow/\" is at its limit of 2 concurrent requests; retry shortly");
+    assert!(held.iter().all(|h| !h.is_finished()), "shed at once, not queued behind the slow requests");
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 2, "the shed request never reached the upstream");
+    for h in held {
+        assert_eq!(h.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(get(&url).await.status, StatusCode::OK, "room again once they finished");
+    let metrics = String::from_utf8(get(&gw.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    assert!(metrics.contains("modelgate_shed_requests_total{route=\"/slow/\"} 1"), "{metrics}");
+}

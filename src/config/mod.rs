@@ -173,6 +173,8 @@ pub struct RouteSpec {
     pub strategy: Strategy,
     /// A copy of a share of requests for another backend (model routes only).
     pub shadow: Option<ShadowSpec>,
+    /// Requests answered at once; more are shed with 503 + `Retry-After` before they queue.
+    pub max_concurrency: Option<usize>,
 }
 
 /// A deployment strategy. Variants are named after their backends.
@@ -939,7 +941,9 @@ fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut Issues) ->
             }
         };
         if let (Some(kind), Some(strategy), true) = (kind, strategy, all_known) {
-            out.push(RouteSpec { kind, strategy, shadow });
+            let max_concurrency =
+                r.max_concurrency.map(|n| count(Some(n), 1, 1_000_000, &format!("{place}.max_concurrency"), issues));
+            out.push(RouteSpec { kind, strategy, shadow, max_concurrency });
         }
     }
     out

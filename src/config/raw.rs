@@ -95,6 +95,7 @@ pub struct RawRoute {
     pub shadow: Option<RawShadow>,
     pub rewrite: Option<String>,
     pub upstream_model: Option<String>,
+    pub max_concurrency: Option<i64>,
 }
 
 /// `routes[i].strategy:` — exactly one of the deployment strategies must be set.

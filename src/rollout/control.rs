@@ -50,6 +50,8 @@ struct Inner {
     routes: HashMap<String, (RouteSpec, RouteStatus)>,
     loaded: HashMap<String, Loaded>,
     shadow_stats: HashMap<String, Arc<ShadowStats>>,
+    /// Concurrency limits by route: the limit and its permits, kept while the limit is unchanged.
+    limits: HashMap<String, (usize, Arc<tokio::sync::Semaphore>)>,
     generation: u64,
 }
 
@@ -132,7 +134,14 @@ impl Controller {
             routes.insert(r.name().to_string(), (r.clone(), status));
         }
         let source = config.source.display().to_string();
-        let inner = Inner { config, routes, loaded: HashMap::new(), shadow_stats: HashMap::new(), generation: 0 };
+        let inner = Inner {
+            config,
+            routes,
+            loaded: HashMap::new(),
+            shadow_stats: HashMap::new(),
+            limits: HashMap::new(),
+            generation: 0,
+        };
         let controller = Arc::new_cyclic(|me| Controller {
             table: SharedTable::new(RouteTable::default()),
             telemetry,
@@ -355,6 +364,12 @@ impl Controller {
                 }
             }
         }
+        let limited: Vec<(String, usize)> =
+            inner.config.routes.iter().filter_map(|r| Some((r.name().to_string(), r.max_concurrency?))).collect();
+        inner.limits.retain(|name, (max, _)| limited.iter().any(|(n, m)| n == name && m == max));
+        for (name, max) in limited {
+            inner.limits.entry(name).or_insert_with(|| (max, Arc::new(tokio::sync::Semaphore::new(max))));
+        }
         for spec in inner.config.routes.iter().filter(|r| r.shadow.is_some()) {
             let name = spec.name().to_string();
             let telemetry = &self.telemetry;
@@ -448,6 +463,7 @@ impl Controller {
                 sticky,
                 shadow,
                 unavailable: gap.then(|| "its backend is being replaced (recreate); retry shortly".to_string()),
+                limit: inner.limits.get(name).cloned(),
             });
         }
         if issues.is_empty() {

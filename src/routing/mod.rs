@@ -85,6 +85,23 @@ pub struct Route {
     pub shadow: Option<ShadowTarget>,
     /// Set while the route cannot answer (a recreate in progress): requests get 503.
     pub unavailable: Option<String>,
+    /// The route's concurrency limit and its permits, kept across table swaps.
+    pub limit: Option<(usize, Arc<tokio::sync::Semaphore>)>,
+}
+
+impl Route {
+    /// A permit to answer one request, or a 503 with `Retry-After` when the route is at its
+    /// concurrency limit: shed at once, before anything queues. Holding the permit counts the
+    /// request in flight.
+    pub fn admit(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, crate::protocol::ApiError> {
+        let Some((max, permits)) = &self.limit else { return Ok(None) };
+        permits.clone().try_acquire_owned().map(Some).map_err(|_| {
+            crate::protocol::ApiError::unavailable(
+                format!("route {:?} is at its limit of {max} concurrent requests; retry shortly", self.name),
+                std::time::Duration::from_secs(1),
+            )
+        })
+    }
 }
 
 /// One immutable snapshot of every route.

@@ -6,7 +6,7 @@ use crate::config::{RouteKind, ServerSettings};
 use crate::protocol::request_id::{self, IdCodec};
 use crate::protocol::ApiError;
 use crate::routing::{assign, normalize_path, Route, SharedTable, Variant};
-use crate::telemetry::{Feedback, Telemetry, VariantStats};
+use crate::telemetry::{names, Feedback, Telemetry, VariantStats};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -95,6 +95,7 @@ async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) ->
     let RouteKind::Prefix { prefix, rewrite } = &route.kind else {
         return Err(ApiError::internal("prefix table holds a model route"));
     };
+    let _permit = route.admit().inspect_err(|_| shed(state, &route.name))?;
     let picked = pick(route, None, req.headers(), req.uri().query())?;
     let variant = picked.variant;
     let Backend::Upstream(up) = variant.backend.as_ref() else {
@@ -118,6 +119,11 @@ async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) ->
     picked.decorate(state, &route.name, &mut resp, None);
     picked.track(&mut resp);
     Ok(resp)
+}
+
+/// Counts a request shed at a route's concurrency limit.
+pub(super) fn shed(state: &AppState, route: &str) {
+    state.telemetry.counter(names::SHED_TOTAL, vec![metrics::Label::new("route", route.to_string())]).increment(1);
 }
 
 /// Applies a backend's injected faults: its delay, then an error for its share of requests.
