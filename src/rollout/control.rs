@@ -969,28 +969,13 @@ fn apply_action(
             st.phase = Phase::RolledBack;
         }
         (Strategy::Canary { plan: Some(_), .. }, Action::Retry) => {
-            *st = RouteStatus {
-                progress: Some(engine::Progress { step_started_ms: now, last_analysis_ms: now, ..Default::default() }),
-                ..RouteStatus::default()
-            };
+            *st = RouteStatus { progress: Some(fresh_progress(now)), ..RouteStatus::default() };
         }
         (Strategy::Canary { plan: Some(_), .. }, Action::Pause) => {
-            st.progress
-                .get_or_insert_with(|| engine::Progress {
-                    step_started_ms: now,
-                    last_analysis_ms: now,
-                    ..Default::default()
-                })
-                .paused = true;
+            st.progress.get_or_insert_with(|| fresh_progress(now)).paused = true;
         }
         (Strategy::Canary { plan: Some(_), .. }, Action::Resume) => {
-            st.progress
-                .get_or_insert_with(|| engine::Progress {
-                    step_started_ms: now,
-                    last_analysis_ms: now,
-                    ..Default::default()
-                })
-                .paused = false;
+            st.progress.get_or_insert_with(|| fresh_progress(now)).paused = false;
             st.canary_weight = None;
         }
         (_, Action::Retry | Action::Pause | Action::Resume) => {
