@@ -178,7 +178,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
 
 #[tokio::test]
 async fn a_route_at_its_concurrency_limit_sheds_with_503_at_once() {
-    let up = Upstream::start(Duration::from_millis(500)).await;
+    let up = Upstream::start(Duration::from_secs(2)).await;
     let gw = Gateway::start(&format!(
         "backends:\n  - name: up\n    upstream: {{url: \"{}\"}}\nroutes:\n  - path_prefix: /slow/\n    backend: up\n    max_concurrency: 2\n",
         up.url()
