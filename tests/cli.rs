@@ -137,20 +137,43 @@ fn serve_runs_the_demo_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A `modelgate serve` child that is killed when dropped, so a failing test leaves no gateway behind.
+struct Served(std::process::Child);
+
+impl std::ops::Deref for Served {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `modelgate serve` on ports chosen by the OS; returns the child and its inference address.
-fn spawn_serve(config: &str) -> (std::process::Child, String) {
+fn spawn_serve(config: &str) -> (Served, String) {
     let (child, addr, _) = spawn_serve_admin(config);
     (child, addr)
 }
 
 /// Starts `modelgate serve`, sharing the feedback key of every test gateway; returns the child,
 /// its inference address and its admin address.
-fn spawn_serve_admin(config: &str) -> (std::process::Child, String, String) {
+fn spawn_serve_admin(config: &str) -> (Served, String, String) {
     // Each gateway keeps its rollout status in a folder of its own.
     spawn_serve_state(config, &tempfile::tempdir().unwrap().keep())
 }
 
-fn spawn_serve_state(config: &str, state: &std::path::Path) -> (std::process::Child, String, String) {
+fn spawn_serve_state(config: &str, state: &std::path::Path) -> (Served, String, String) {
     let mut child = modelgate()
         .args(["serve", "--config", config, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--state-dir"])
         .arg(state)
@@ -173,7 +196,7 @@ fn spawn_serve_state(config: &str, state: &std::path::Path) -> (std::process::Ch
         .rsplit_once("(admin http://")
         .map(|(_, a)| a.trim_end_matches(')').to_string())
         .unwrap_or_else(|| panic!("{line:?}"));
-    (child, addr, admin)
+    (Served(child), addr, admin)
 }
 
 #[test]
