@@ -404,3 +404,62 @@ async fn a_new_revision_restarts_the_rollout_and_its_analysis() {
         .sum();
     assert_eq!(total, 40, "lifetime numbers stay");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_upstream_canary_is_still_rolled_back_with_retries_and_ejection_on() {
+    let good = Upstream::start(Duration::ZERO).await;
+    let bad_a = Upstream::start_with(Duration::ZERO, Some(StatusCode::INTERNAL_SERVER_ERROR)).await;
+    let bad_b = Upstream::start_with(Duration::ZERO, Some(StatusCode::INTERNAL_SERVER_ERROR)).await;
+    let gw = Gateway::start(&format!(
+        r#"backends:
+  - name: stable
+    upstream: {{url: "{}"}}
+  - name: candidate
+    upstream:
+      urls: ["{}", "{}"]
+      outlier: {{consecutive_failures: 3, ejection_time: 10s}}
+      retries: {{attempts: 2}}
+routes:
+  - path_prefix: /svc/
+    strategy:
+      canary:
+        stable: stable
+        canary: candidate
+        steps: [{{weight: 30, pause: 1h}}]
+        analysis: {{interval: 50ms, min_samples: 20, max_error_rate: 0.02, failure_limit: 2}}
+"#,
+        good.url(),
+        bad_a.url(),
+        bad_b.url()
+    ))
+    .await;
+    let started = Instant::now();
+    let view = loop {
+        for _ in 0..10 {
+            get(&gw.url("/svc/x")).await;
+        }
+        let v = get(&gw.admin_url("/admin/routes")).await.json();
+        if v["routes"][0]["status"]["phase"] == "rolled_back" {
+            break v;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{v}");
+    };
+    assert_eq!(view["routes"][0]["variants"][1]["weight"], 0.0);
+    // Both candidate endpoints were ejected, yet its failures reached the analysis, and no retry
+    // moved a candidate request to stable: stable's hits are all its own traffic.
+    let stats = get(&gw.admin_url("/admin/stats")).await.json();
+    let candidate = stats["routes"][0]["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["variant"] == "candidate")
+        .unwrap()
+        .clone();
+    assert!(candidate["total"]["errors"].as_u64().unwrap() >= 20, "{candidate}");
+    let stable =
+        stats["routes"][0]["variants"].as_array().unwrap().iter().find(|v| v["variant"] == "stable").unwrap().clone();
+    assert_eq!(stable["total"]["requests"].as_u64().unwrap(), good.hits.load(Ordering::SeqCst) as u64);
+    for _ in 0..50 {
+        assert_eq!(get(&gw.url("/svc/x")).await.status, StatusCode::OK, "all traffic back on stable");
+    }
+}

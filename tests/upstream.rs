@@ -209,3 +209,75 @@ async fn a_route_at_its_concurrency_limit_sheds_with_503_at_once() {
     let metrics = String::from_utf8(get(&gw.admin_url("/metrics")).await.body.to_vec()).unwrap();
     assert!(metrics.contains("modelgate_shed_requests_total{route=\"/slow/\"} 1"), "{metrics}");
 }
+
+fn dead_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_gets_no_traffic_then_is_readmitted() {
+    let good = Upstream::start(Duration::ZERO).await;
+    let bad = Upstream::start_with(Duration::ZERO, Some(StatusCode::INTERNAL_SERVER_ERROR)).await;
+    let gw = Gateway::start(&format!(
+        "backends:\n  - name: pool\n    upstream:\n      urls: [\"{}\", \"{}\"]\n      outlier: {{consecutive_failures: 3, ejection_time: 1s}}\nroutes:\n  - path_prefix: /svc/\n    backend: pool\n",
+        good.url(),
+        bad.url()
+    ))
+    .await;
+    let hits = |u: &Upstream| u.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let mut statuses = Vec::new();
+    while gw.upstream("/svc/").ejected.is_empty() {
+        statuses.push(get(&gw.url("/svc/x")).await.status);
+        assert!(statuses.len() < 500, "never ejected");
+    }
+    assert_eq!(hits(&bad), 3, "ejected after 3 failures in a row");
+    assert!(statuses.contains(&StatusCode::INTERNAL_SERVER_ERROR), "its failures were answered as they were");
+    // Ejected: no traffic at all.
+    for _ in 0..20 {
+        assert_eq!(get(&gw.url("/svc/x")).await.status, StatusCode::OK);
+    }
+    assert_eq!(hits(&bad), 3, "an ejected endpoint gets no traffic");
+    // Re-admitted when the ejection time is up.
+    let started = Instant::now();
+    while !gw.upstream("/svc/").ejected.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..20 {
+        get(&gw.url("/svc/x")).await;
+    }
+    assert!(hits(&bad) > 3, "re-admitted");
+    assert!(gw.upstream("/svc/").ejections >= 1);
+}
+
+#[tokio::test]
+async fn retries_go_to_another_endpoint_and_never_exceed_the_budget() {
+    let good = Upstream::start(Duration::ZERO).await;
+    let gw = Gateway::start(&format!(
+        "backends:\n  - name: pool\n    upstream:\n      urls: [\"http://{}\", \"{}\"]\n      outlier: {{consecutive_failures: 0}}\n  - name: dead\n    upstream:\n      url: \"http://{}\"\n      retries: {{attempts: 2, budget_percent: 20, min_per_second: 1}}\nroutes:\n  - path_prefix: /svc/\n    backend: pool\n  - path_prefix: /dead/\n    backend: dead\n",
+        dead_port(),
+        good.url(),
+        dead_port()
+    ))
+    .await;
+    // One endpoint refuses connections: a bodiless GET is retried on the other, unseen by clients.
+    for _ in 0..30 {
+        assert_eq!(get(&gw.url("/svc/x")).await.status, StatusCode::OK);
+    }
+    assert!(gw.upstream("/svc/").retries > 0);
+    // A POST with a body is never retried: it may have been half sent.
+    let before = gw.upstream("/svc/").retries;
+    for _ in 0..30 {
+        send(Method::POST, &gw.url("/svc/x"), "payload", &[]).await;
+    }
+    assert_eq!(gw.upstream("/svc/").retries, before, "bodies are not retried");
+    // Everything refuses: retries stop at the budget (20% of requests, at least 10 per 10 s).
+    for _ in 0..200 {
+        assert_eq!(get(&gw.url("/dead/x")).await.status, StatusCode::BAD_GATEWAY);
+    }
+    let s = gw.upstream("/dead/");
+    assert!(s.retries <= 40, "{s:?}: at most 20% of 200 requests");
+    assert!(s.retries_refused > 0, "{s:?}");
+    println!("retry budget: {} retries, {} refused over 200 failing requests", s.retries, s.retries_refused);
+}

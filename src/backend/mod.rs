@@ -5,7 +5,7 @@ pub mod runtime;
 pub mod upstream;
 
 pub use onnx::{InferError, OnnxBackend};
-pub use upstream::{Body, BodyError, UpstreamBackend};
+pub use upstream::{Body, BodyError, UpstreamBackend, UpstreamStats};
 
 use crate::config::{BackendKind, Config, ConfigErrors, ConfigIssue};
 use std::collections::HashMap;

@@ -1,18 +1,20 @@
 //! Upstream HTTP servers: requests forwarded through a pooled hyper-util client, bodies streamed.
 
-use crate::config::UpstreamSpec;
+use crate::config::{OutlierPolicy, RetryPolicy, UpstreamSpec};
 use crate::protocol::ApiError;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Body as _;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::error::Error as _;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// Why a body stopped: a client or upstream connection error, or a size limit.
 ///
@@ -45,17 +47,56 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// An upstream server behind a pooled client.
+/// One endpoint of an upstream backend, with its passive health.
+#[derive(Debug)]
+struct Endpoint {
+    base: Uri,
+    base_path: String,
+    /// Requests in flight to it (for least-outstanding picks).
+    outstanding: AtomicUsize,
+    /// Failures in a row.
+    failures: AtomicU32,
+    /// Ejected until this many ms after the backend was made.
+    ejected_until: AtomicU64,
+    /// Times ejected so far (each ejection lasts longer, up to 10×).
+    ejections: AtomicU32,
+}
+
+/// What an upstream backend has done about failures, for tests and the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UpstreamStats {
+    /// Retries made.
+    pub retries: u64,
+    /// Retries refused by the budget.
+    pub retries_refused: u64,
+    /// Ejections made.
+    pub ejections: u64,
+    /// Endpoints now ejected.
+    pub ejected: Vec<String>,
+}
+
+/// An upstream server (one or more endpoints) behind a pooled client.
 #[derive(Debug)]
 pub struct UpstreamBackend {
     name: String,
-    base: Uri,
-    base_path: String,
+    endpoints: Vec<Endpoint>,
     client: Client<HttpConnector, Body>,
     request_timeout: Duration,
     connect_timeout: Duration,
     business_header: Option<String>,
+    retry: RetryPolicy,
+    outlier: OutlierPolicy,
+    born: Instant,
+    window_start: AtomicU64,
+    window_requests: AtomicU64,
+    window_retries: AtomicU64,
+    retries: AtomicU64,
+    retries_refused: AtomicU64,
+    ejections: AtomicU64,
 }
+
+/// Length of the retry budget's window.
+const BUDGET_WINDOW_MS: u64 = 10_000;
 
 impl UpstreamBackend {
     /// A backend for `spec`. Connections are made lazily and pooled.
@@ -67,14 +108,34 @@ impl UpstreamBackend {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(connector);
+        let endpoints = spec
+            .urls
+            .iter()
+            .map(|u| Endpoint {
+                base_path: u.path().trim_end_matches('/').to_string(),
+                base: u.clone(),
+                outstanding: AtomicUsize::new(0),
+                failures: AtomicU32::new(0),
+                ejected_until: AtomicU64::new(0),
+                ejections: AtomicU32::new(0),
+            })
+            .collect();
         UpstreamBackend {
             name: name.to_string(),
-            base_path: spec.url.path().trim_end_matches('/').to_string(),
-            base: spec.url.clone(),
+            endpoints,
             client,
             request_timeout: spec.request_timeout,
             connect_timeout: spec.connect_timeout,
             business_header: spec.business_header.clone(),
+            retry: spec.retries.clone(),
+            outlier: spec.outlier.clone(),
+            born: Instant::now(),
+            window_start: AtomicU64::new(0),
+            window_requests: AtomicU64::new(0),
+            window_retries: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            retries_refused: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
         }
     }
 
@@ -83,13 +144,106 @@ impl UpstreamBackend {
         self.business_header.as_deref()
     }
 
-    /// The base URL requests go to.
+    /// The first endpoint's base URL.
     pub fn url(&self) -> &Uri {
-        &self.base
+        &self.endpoints[0].base
     }
 
-    /// Forwards `req` to `path_and_query` (which starts with `/`) under the base URL, and streams
-    /// the answer back. Refused → 502, too slow → 504, both with JSON errors.
+    /// Retries, ejections, and the endpoints ejected now.
+    pub fn stats(&self) -> UpstreamStats {
+        let now = self.now_ms();
+        UpstreamStats {
+            retries: self.retries.load(Ordering::Relaxed),
+            retries_refused: self.retries_refused.load(Ordering::Relaxed),
+            ejections: self.ejections.load(Ordering::Relaxed),
+            ejected: self
+                .endpoints
+                .iter()
+                .filter(|e| e.ejected_until.load(Ordering::Relaxed) > now)
+                .map(|e| e.base.to_string())
+                .collect(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Picks an endpoint not yet tried: the less busy of two healthy ones drawn at random. When
+    /// every endpoint is ejected, ejection is ignored (better a weak endpoint than none).
+    fn pick(&self, tried: &[usize]) -> usize {
+        if self.endpoints.len() == 1 {
+            return 0;
+        }
+        let now = self.now_ms();
+        let untried: Vec<usize> = (0..self.endpoints.len()).filter(|i| !tried.contains(i)).collect();
+        let pool = if untried.is_empty() { (0..self.endpoints.len()).collect() } else { untried };
+        let healthy: Vec<usize> =
+            pool.iter().copied().filter(|&i| self.endpoints[i].ejected_until.load(Ordering::Relaxed) <= now).collect();
+        let candidates = if healthy.is_empty() { pool } else { healthy };
+        if candidates.len() == 1 {
+            return candidates[0];
+        }
+        let a = candidates[rand::random_range(0..candidates.len())];
+        let mut b = candidates[rand::random_range(0..candidates.len() - 1)];
+        if b == a {
+            b = candidates[candidates.len() - 1];
+        }
+        let load = |i: usize| self.endpoints[i].outstanding.load(Ordering::Relaxed);
+        if load(b) < load(a) {
+            b
+        } else {
+            a
+        }
+    }
+
+    /// Counts a failure of `ep`; enough in a row eject it for a while.
+    fn failed(&self, ep: &Endpoint) {
+        let limit = self.outlier.consecutive_failures;
+        if limit == 0 || ep.failures.fetch_add(1, Ordering::Relaxed) + 1 < limit {
+            return;
+        }
+        ep.failures.store(0, Ordering::Relaxed);
+        let times = (ep.ejections.fetch_add(1, Ordering::Relaxed) + 1).min(10);
+        let until = self.now_ms() + self.outlier.ejection_time.as_millis() as u64 * u64::from(times);
+        ep.ejected_until.store(until, Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(backend = %self.name, endpoint = %ep.base, failures = limit, ejected_for = ?self.outlier.ejection_time * times, "upstream endpoint ejected");
+    }
+
+    /// Counts a request in the retry budget's window.
+    fn deposit(&self) {
+        let now = self.now_ms();
+        let start = self.window_start.load(Ordering::Relaxed);
+        if now.saturating_sub(start) > BUDGET_WINDOW_MS
+            && self.window_start.compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.window_requests.store(0, Ordering::Relaxed);
+            self.window_retries.store(0, Ordering::Relaxed);
+        }
+        self.window_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget: a share of the window's requests, with a floor.
+    fn withdraw(&self) -> bool {
+        let requests = self.window_requests.load(Ordering::Relaxed) as f64;
+        let floor = u64::from(self.retry.min_per_second) * BUDGET_WINDOW_MS / 1000;
+        let allowed = floor.max((self.retry.budget_ratio * requests) as u64);
+        if self.window_retries.fetch_add(1, Ordering::Relaxed) < allowed {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            self.window_retries.fetch_sub(1, Ordering::Relaxed);
+            self.retries_refused.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Forwards `req` to `path_and_query` (which starts with `/`) under an endpoint's base URL,
+    /// and streams the answer back. Refused → 502, too slow → 504, both with JSON errors. A
+    /// bodiless idempotent request whose connection failed is retried on another endpoint while
+    /// the budget allows; anything that reached an endpoint is never retried, and a failing
+    /// backend's answers (5xx) come back as they are.
     pub async fn forward(
         &self,
         req: Request<Body>,
@@ -97,35 +251,63 @@ impl UpstreamBackend {
         client: SocketAddr,
     ) -> Result<Response<Body>, ApiError> {
         let (mut parts, body) = req.into_parts();
-        let uri = Uri::builder()
-            .scheme(self.base.scheme_str().unwrap_or("http"))
-            .authority(self.base.authority().map_or("", |a| a.as_str()))
-            .path_and_query(format!("{}{}", self.base_path, path_and_query))
-            .build()
-            .map_err(|e| ApiError::bad_request(format!("cannot forward path {path_and_query:?}: {e}")))?;
         let original_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
         add_forwarded(&mut parts.headers, client, original_host);
-        parts.uri = uri;
         parts.version = Version::HTTP_11;
-        let req = Request::from_parts(parts, body);
-        let answer = tokio::time::timeout(self.request_timeout, self.client.request(req)).await;
-        let mut resp = match answer {
-            Err(_) => {
-                return Err(ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("upstream {:?} did not answer within {:?}", self.name, self.request_timeout),
-                ))
+        let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE);
+        let retryable = self.retry.attempts > 0 && idempotent && body.is_end_stream();
+        self.deposit();
+        let mut body = Some(body);
+        let mut tried = Vec::new();
+        loop {
+            let i = self.pick(&tried);
+            let ep = &self.endpoints[i];
+            let uri = Uri::builder()
+                .scheme(ep.base.scheme_str().unwrap_or("http"))
+                .authority(ep.base.authority().map_or("", |a| a.as_str()))
+                .path_and_query(format!("{}{}", ep.base_path, path_and_query))
+                .build()
+                .map_err(|e| ApiError::bad_request(format!("cannot forward path {path_and_query:?}: {e}")))?;
+            let mut attempt =
+                Request::new(body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()));
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.uri_mut() = uri;
+            *attempt.version_mut() = Version::HTTP_11;
+            *attempt.headers_mut() = if retryable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+            ep.outstanding.fetch_add(1, Ordering::Relaxed);
+            let answer = tokio::time::timeout(self.request_timeout, self.client.request(attempt)).await;
+            ep.outstanding.fetch_sub(1, Ordering::Relaxed);
+            let mut resp = match answer {
+                Err(_) => {
+                    self.failed(ep);
+                    return Err(ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("upstream {:?} did not answer within {:?}", self.name, self.request_timeout),
+                    ));
+                }
+                Ok(Err(e)) => {
+                    self.failed(ep);
+                    if e.is_connect() && retryable && (tried.len() as u32) < self.retry.attempts && self.withdraw() {
+                        tried.push(i);
+                        continue;
+                    }
+                    return Err(self.classify(&e, &ep.base));
+                }
+                Ok(Ok(resp)) => resp,
+            };
+            if resp.status().is_server_error() {
+                self.failed(ep);
+            } else {
+                ep.failures.store(0, Ordering::Relaxed);
             }
-            Ok(Err(e)) => return Err(self.classify(&e)),
-            Ok(Ok(resp)) => resp,
-        };
-        strip_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(|b| b.map_err(BodyError::new).boxed()))
+            strip_hop_by_hop(resp.headers_mut());
+            return Ok(resp.map(|b| b.map_err(BodyError::new).boxed()));
+        }
     }
 
-    fn classify(&self, e: &hyper_util::client::legacy::Error) -> ApiError {
+    fn classify(&self, e: &hyper_util::client::legacy::Error, base: &Uri) -> ApiError {
         let mut cause: Option<&dyn std::error::Error> = e.source();
         let mut root = e.to_string();
         let mut timed_out = false;
@@ -152,17 +334,17 @@ impl UpstreamBackend {
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
                     "upstream {:?} at {} did not accept a connection within {:?}",
-                    self.name, self.base, self.connect_timeout
+                    self.name, base, self.connect_timeout
                 ),
             );
         }
         if e.is_connect() {
             return ApiError::new(
                 StatusCode::BAD_GATEWAY,
-                format!("upstream {:?} at {} refused the connection: {root}", self.name, self.base),
+                format!("upstream {:?} at {} refused the connection: {root}", self.name, base),
             );
         }
-        ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream {:?} at {} failed: {root}", self.name, self.base))
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream {:?} at {} failed: {root}", self.name, base))
     }
 }
 

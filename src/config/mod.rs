@@ -153,14 +153,41 @@ pub struct OnnxSpec {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct UpstreamSpec {
-    /// Base URL: `http://host:port` with an optional path prefix, no query.
-    pub url: Uri,
+    /// Endpoints (at least one), each a base URL: `http://host:port` with an optional path
+    /// prefix, no query. Requests are balanced over them (power of two choices).
+    pub urls: Vec<Uri>,
+    /// Retries of requests that never reached an endpoint.
+    pub retries: RetryPolicy,
+    /// Passive ejection of failing endpoints.
+    pub outlier: OutlierPolicy,
     /// Deadline for the TCP connect.
     pub connect_timeout: Duration,
     /// Deadline for the upstream's response head.
     pub request_timeout: Duration,
     /// A response header in which the upstream reports a business value (recorded as a reward).
     pub business_header: Option<String>,
+}
+
+/// Retries of bodiless idempotent requests whose connection failed, within a budget so that
+/// retries cannot multiply the load on a struggling upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries per request (0 turns them off).
+    pub attempts: u32,
+    /// Retries allowed as a share of requests over the last 10 s.
+    pub budget_ratio: f64,
+    /// Retries always allowed per second, whatever the share.
+    pub min_per_second: u32,
+}
+
+/// Ejects an endpoint after consecutive failures (connection errors, 5xx) for a while;
+/// it is re-admitted when the time is up. When every endpoint is ejected, all are used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierPolicy {
+    /// Failures in a row that eject (0 turns ejection off).
+    pub consecutive_failures: u32,
+    /// How long an ejection lasts (growing with repeated ejections, up to 10×).
+    pub ejection_time: Duration,
 }
 
 /// A route: what clients address, and how its variants share the traffic.
@@ -500,8 +527,8 @@ fn onnx_spec(raw: &raw::RawOnnx, base: &Path, place: &str, issues: &mut Issues) 
     readable.then_some(spec)
 }
 
-fn upstream_spec(raw: &raw::RawUpstream, place: &str, issues: &mut Issues) -> Option<UpstreamSpec> {
-    let url = match raw.url.parse::<Uri>() {
+fn upstream_url(text: &str, place: &str, issues: &mut Issues) -> Option<Uri> {
+    match text.parse::<Uri>() {
         Ok(u) => {
             let problem = if u.scheme_str() != Some("http") {
                 Some("scheme must be http:// (https upstreams are not supported yet)")
@@ -514,16 +541,63 @@ fn upstream_spec(raw: &raw::RawUpstream, place: &str, issues: &mut Issues) -> Op
             };
             match problem {
                 Some(p) => {
-                    issues.push(format!("{place}.url"), format!("invalid upstream URL {:?}: {p}", raw.url));
+                    issues.push(place, format!("invalid upstream URL {text:?}: {p}"));
                     None
                 }
                 None => Some(u),
             }
         }
         Err(e) => {
-            issues.push(format!("{place}.url"), format!("invalid upstream URL {:?}: {e}", raw.url));
+            issues.push(place, format!("invalid upstream URL {text:?}: {e}"));
             None
         }
+    }
+}
+
+fn upstream_spec(raw: &raw::RawUpstream, place: &str, issues: &mut Issues) -> Option<UpstreamSpec> {
+    let urls: Option<Vec<Uri>> = match (&raw.url, &raw.urls) {
+        (Some(u), None) => upstream_url(u, &format!("{place}.url"), issues).map(|u| vec![u]),
+        (None, Some(list)) if !list.is_empty() => {
+            let parsed: Vec<Option<Uri>> =
+                list.iter().enumerate().map(|(i, u)| upstream_url(u, &format!("{place}.urls[{i}]"), issues)).collect();
+            parsed.into_iter().collect()
+        }
+        (None, Some(_)) => {
+            issues.push(format!("{place}.urls"), "list at least one endpoint");
+            None
+        }
+        (Some(_), Some(_)) => {
+            issues.push(place, "set either `url` or `urls`, not both");
+            None
+        }
+        (None, None) => {
+            issues.push(place, "missing `url: http://host:port` (or `urls: [...]`)");
+            None
+        }
+    };
+    let retries = match &raw.retries {
+        None => RetryPolicy { attempts: 1, budget_ratio: 0.2, min_per_second: 10 },
+        Some(r) => {
+            let pct = r.budget_percent.unwrap_or(20.0);
+            percent(pct, &format!("{place}.retries.budget_percent"), issues);
+            RetryPolicy {
+                attempts: r.attempts.unwrap_or(1).min(5),
+                budget_ratio: pct / 100.0,
+                min_per_second: r.min_per_second.unwrap_or(10),
+            }
+        }
+    };
+    let outlier = match &raw.outlier {
+        None => OutlierPolicy { consecutive_failures: 5, ejection_time: Duration::from_secs(30) },
+        Some(o) => OutlierPolicy {
+            consecutive_failures: o.consecutive_failures.unwrap_or(5),
+            ejection_time: duration(
+                &o.ejection_time,
+                Duration::from_secs(30),
+                &format!("{place}.outlier.ejection_time"),
+                issues,
+            ),
+        },
     };
     let d = Duration::from_secs(1);
     let connect_timeout = duration(&raw.connect_timeout, d, &format!("{place}.connect_timeout"), issues);
@@ -536,7 +610,7 @@ fn upstream_spec(raw: &raw::RawUpstream, place: &str, issues: &mut Issues) -> Op
             None
         }
     });
-    url.map(|url| UpstreamSpec { url, connect_timeout, request_timeout, business_header })
+    urls.map(|urls| UpstreamSpec { urls, retries, outlier, connect_timeout, request_timeout, business_header })
 }
 
 /// A path prefix for proxying: starts and ends with `/`, and stays clear of the OIP paths.

@@ -77,10 +77,30 @@ pub struct RawOnnx {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
-    pub url: String,
+    pub url: Option<String>,
+    pub urls: Option<Vec<String>>,
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub business_header: Option<String>,
+    pub retries: Option<RawRetries>,
+    pub outlier: Option<RawOutlier>,
+}
+
+/// `upstream.retries:` — retries of requests that never reached an endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    pub attempts: Option<u32>,
+    pub budget_percent: Option<f64>,
+    pub min_per_second: Option<u32>,
+}
+
+/// `upstream.outlier:` — passive ejection of failing endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<u32>,
+    pub ejection_time: Option<String>,
 }
 
 /// One entry of `routes:`; exactly one of `model` and `path_prefix`, and exactly one of

@@ -154,6 +154,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(slow: Duration) -> Upstream {
+        Self::start_with(slow, None).await
+    }
+
+    /// Like [`Upstream::start`], answering every request with `always` when given.
+    pub async fn start_with(slow: Duration, always: Option<StatusCode>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -182,10 +187,12 @@ impl Upstream {
                             if pq.starts_with("/slow") {
                                 tokio::time::sleep(slow).await;
                             }
-                            let status = pq
-                                .strip_prefix("/status/")
-                                .and_then(|s| s.parse::<u16>().ok())
-                                .and_then(|s| StatusCode::from_u16(s).ok())
+                            let status = always
+                                .or_else(|| {
+                                    pq.strip_prefix("/status/")
+                                        .and_then(|s| s.parse::<u16>().ok())
+                                        .and_then(|s| StatusCode::from_u16(s).ok())
+                                })
                                 .unwrap_or(StatusCode::OK);
                             let echo = serde_json::json!({
                                 "method": parts.method.as_str(),
@@ -243,6 +250,18 @@ impl Answer {
     /// The `error` field of a JSON error body.
     pub fn error(&self) -> String {
         self.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {:?}", self.json())).to_string()
+    }
+}
+
+impl Gateway {
+    /// The upstream backend answering `route` (its first variant).
+    pub fn upstream(&self, route: &str) -> modelgate::backend::UpstreamStats {
+        let table = self.controller.table().load();
+        let r = table.route(route).unwrap_or_else(|| panic!("no route {route}"));
+        match r.variants[0].backend.as_ref() {
+            modelgate::backend::Backend::Upstream(up) => up.stats(),
+            _ => panic!("{route} is not an upstream route"),
+        }
     }
 }
 
