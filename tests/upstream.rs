@@ -255,9 +255,10 @@ async fn a_failing_endpoint_is_ejected_gets_no_traffic_then_is_readmitted() {
 async fn retries_go_to_another_endpoint_and_never_exceed_the_budget() {
     let good = Upstream::start(Duration::ZERO).await;
     let gw = Gateway::start(&format!(
-        "backends:\n  - name: pool\n    upstream:\n      urls: [\"http://{}\", \"{}\"]\n      outlier: {{consecutive_failures: 0}}\n  - name: dead\n    upstream:\n      url: \"http://{}\"\n      retries: {{attempts: 2, budget_percent: 20, min_per_second: 1}}\nroutes:\n  - path_prefix: /svc/\n    backend: pool\n  - path_prefix: /dead/\n    backend: dead\n",
+        "backends:\n  - name: pool\n    upstream:\n      urls: [\"http://{}\", \"{}\"]\n      outlier: {{consecutive_failures: 0}}\n  - name: dead\n    upstream:\n      urls: [\"http://{}\", \"http://{}\"]\n      outlier: {{consecutive_failures: 0}}\n      retries: {{attempts: 2, budget_percent: 20, min_per_second: 1}}\nroutes:\n  - path_prefix: /svc/\n    backend: pool\n  - path_prefix: /dead/\n    backend: dead\n",
         dead_port(),
         good.url(),
+        dead_port(),
         dead_port()
     ))
     .await;

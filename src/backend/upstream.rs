@@ -240,9 +240,9 @@ impl UpstreamBackend {
     }
 
     /// Forwards `req` to `path_and_query` (which starts with `/`) under an endpoint's base URL,
-    /// and streams the answer back. Refused → 502, too slow → 504, both with JSON errors. A
-    /// bodiless idempotent request whose connection failed is retried on another endpoint while
-    /// the budget allows; anything that reached an endpoint is never retried, and a failing
+    /// and streams the answer back. Refused → 502, too slow → 504, both with JSON errors. With
+    /// several endpoints, a bodiless idempotent request whose connection failed is retried on
+    /// another endpoint while the budget allows; anything that reached an endpoint is never retried, and a failing
     /// backend's answers (5xx) come back as they are.
     pub async fn forward(
         &self,
@@ -257,7 +257,8 @@ impl UpstreamBackend {
         add_forwarded(&mut parts.headers, client, original_host);
         parts.version = Version::HTTP_11;
         let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE);
-        let retryable = self.retry.attempts > 0 && idempotent && body.is_end_stream();
+        // Another endpoint is what makes a retry worth it (and the header copy it needs).
+        let retryable = self.retry.attempts > 0 && self.endpoints.len() > 1 && idempotent && body.is_end_stream();
         self.deposit();
         let mut body = Some(body);
         let mut tried = Vec::new();
