@@ -24,6 +24,14 @@ pub enum InferError {
         /// Queue capacity.
         queued: usize,
     },
+    /// The request waited for a session longer than `queue_timeout`.
+    #[error("model {model:?} is overloaded: the request waited more than {waited:?} for a session")]
+    QueueTimeout {
+        /// Backend name.
+        model: String,
+        /// The queue timeout.
+        waited: std::time::Duration,
+    },
     /// ONNX Runtime refused the inputs.
     #[error("model {model:?} refused the inputs: {message}")]
     Invalid {
@@ -46,6 +54,8 @@ struct Job {
     inputs: Vec<Tensor>,
     outputs: Option<Vec<String>>,
     reply: oneshot::Sender<Result<Vec<Tensor>, InferError>>,
+    /// Past this, the job is answered `QueueTimeout` instead of run.
+    deadline: std::time::Instant,
 }
 
 /// A loaded, warmed-up ONNX model with its worker pool.
@@ -54,6 +64,7 @@ pub struct OnnxBackend {
     signature: Signature,
     jobs: Sender<Job>,
     queue: usize,
+    queue_timeout: std::time::Duration,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -77,17 +88,25 @@ impl OnnxBackend {
             run(session, name, warmup.clone(), None).map_err(|e| format!("warm-up inference failed: {e}"))?;
         }
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(spec.queue);
+        let queue_timeout = spec.queue_timeout;
         let mut workers = Vec::with_capacity(sessions.len());
         for (i, session) in sessions.into_iter().enumerate() {
             let rx = rx.clone();
             let model = name.to_string();
             let handle = std::thread::Builder::new()
                 .name(format!("onnx-{name}-{i}"))
-                .spawn(move || worker(session, &model, rx))
+                .spawn(move || worker(session, &model, rx, queue_timeout))
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
             workers.push(handle);
         }
-        Ok(OnnxBackend { name: name.to_string(), signature, jobs, queue: spec.queue, workers })
+        Ok(OnnxBackend {
+            name: name.to_string(),
+            signature,
+            jobs,
+            queue: spec.queue,
+            queue_timeout: spec.queue_timeout,
+            workers,
+        })
     }
 
     /// Closes the queue, lets the workers finish what is queued, and waits until every session
@@ -110,7 +129,8 @@ impl OnnxBackend {
     /// `outputs` selects outputs by name (all when `None`).
     pub async fn infer(&self, inputs: Vec<Tensor>, outputs: Option<Vec<String>>) -> Result<Vec<Tensor>, InferError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.try_send(Job { inputs, outputs, reply }).map_err(|e| match e {
+        let deadline = std::time::Instant::now() + self.queue_timeout;
+        self.jobs.try_send(Job { inputs, outputs, reply, deadline }).map_err(|e| match e {
             TrySendError::Full(_) | TrySendError::Disconnected(_) => {
                 InferError::Overloaded { model: self.name.clone(), queued: self.queue }
             }
@@ -185,11 +205,16 @@ pub(crate) fn warmup_inputs(sig: &Signature) -> Vec<Tensor> {
         .collect()
 }
 
-fn worker(mut session: Session, model: &str, jobs: Receiver<Job>) {
+fn worker(mut session: Session, model: &str, jobs: Receiver<Job>, queue_timeout: std::time::Duration) {
     debug_assert!(tokio::runtime::Handle::try_current().is_err(), "ONNX workers must not run inside a tokio runtime");
     while let Ok(job) = jobs.recv() {
         if job.reply.is_closed() {
             continue; // the caller gave up (timeout, disconnect): don't spend a session on it
+        }
+        if std::time::Instant::now() > job.deadline {
+            // Shed: late answers help no one, and running them makes everyone later.
+            let _ = job.reply.send(Err(InferError::QueueTimeout { model: model.to_string(), waited: queue_timeout }));
+            continue;
         }
         let result = run(&mut session, model, job.inputs, job.outputs.as_deref());
         let _ = job.reply.send(result);
@@ -277,7 +302,13 @@ fn run(
 /// in-process inference costs at the least.
 pub fn bench(model: &std::path::Path, library: &std::path::Path, threads: usize, seconds: u64) -> Result<u64, String> {
     let env = super::runtime::environment(library).map_err(|e| e.to_string())?;
-    let spec = OnnxSpec { path: model.to_path_buf(), sessions: 1, intra_op_threads: 1, queue: 1 };
+    let spec = OnnxSpec {
+        path: model.to_path_buf(),
+        sessions: 1,
+        intra_op_threads: 1,
+        queue: 1,
+        queue_timeout: std::time::Duration::from_secs(1),
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     let handles: Vec<_> = (0..threads.max(1))
         .map(|_| {

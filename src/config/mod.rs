@@ -147,6 +147,8 @@ pub struct OnnxSpec {
     pub intra_op_threads: usize,
     /// Requests that may wait for a free session before new ones get 503 (1..=100 000).
     pub queue: usize,
+    /// Longest a request may wait for a session; later it is answered 503 instead of run.
+    pub queue_timeout: Duration,
 }
 
 /// An upstream HTTP server.
@@ -523,6 +525,7 @@ fn onnx_spec(raw: &raw::RawOnnx, base: &Path, place: &str, issues: &mut Issues) 
         sessions: count(raw.sessions, 1, 64, &format!("{place}.sessions"), issues),
         intra_op_threads: count(raw.intra_op_threads, 1, 64, &format!("{place}.intra_op_threads"), issues),
         queue: count(raw.queue, 128, 100_000, &format!("{place}.queue"), issues),
+        queue_timeout: duration(&raw.queue_timeout, Duration::from_secs(1), &format!("{place}.queue_timeout"), issues),
     };
     readable.then_some(spec)
 }

@@ -71,6 +71,7 @@ pub struct RawOnnx {
     pub sessions: Option<i64>,
     pub intra_op_threads: Option<i64>,
     pub queue: Option<i64>,
+    pub queue_timeout: Option<String>,
 }
 
 /// `backends[i].upstream:` — another HTTP server that requests are forwarded to.

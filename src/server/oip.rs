@@ -162,7 +162,9 @@ fn metadata(route: &Route, variant: &Variant) -> Response<Body> {
 
 fn infer_error(e: InferError) -> ApiError {
     match e {
-        InferError::Overloaded { .. } => ApiError::unavailable(e.to_string(), Duration::from_secs(1)),
+        InferError::Overloaded { .. } | InferError::QueueTimeout { .. } => {
+            ApiError::unavailable(e.to_string(), Duration::from_secs(1))
+        }
         InferError::Invalid { .. } => ApiError::bad_request(e.to_string()),
         InferError::Failed { .. } => ApiError::internal(e.to_string()),
     }
