@@ -241,20 +241,18 @@ impl Controller {
         if inner.config.server != config.server {
             tracing::warn!("server: settings changed in routes.yaml; they apply at the next restart");
         }
-        let old_config = std::mem::replace(&mut inner.config, config.clone());
-        let old_routes = inner.routes.clone();
-        inner.routes = config
+        // Unchanged routes keep their status; a new revision starts over (its windows are
+        // emptied once the new table is published, not before: a refused spec changes nothing).
+        let mut new_revisions = Vec::new();
+        let new_routes: HashMap<String, (RouteSpec, RouteStatus)> = config
             .routes
             .iter()
             .map(|r| {
                 let name = r.name().to_string();
-                let status = match old_routes.get(&name) {
+                let status = match inner.routes.get(&name) {
                     Some((spec, status)) if spec == r => status.clone(),
                     _ => {
-                        // A new revision starts its analysis from empty windows.
-                        for variant in r.strategy.backends() {
-                            self.telemetry.variant(&name, variant).reset_step();
-                        }
+                        new_revisions.push(r.clone());
                         RouteStatus::default()
                     }
                 };
@@ -267,58 +265,48 @@ impl Controller {
             .iter()
             .filter_map(|r| {
                 let Strategy::Recreate { backend: new } = &r.strategy else { return None };
-                let (old_spec, _) = old_routes.get(r.name())?;
+                let (old_spec, _) = inner.routes.get(r.name())?;
                 let Strategy::Recreate { backend: old } = &old_spec.strategy else { return None };
                 let changed = old != new
-                    || old_config.backends.iter().find(|b| &b.name == old)
+                    || inner.config.backends.iter().find(|b| &b.name == old)
                         != config.backends.iter().find(|b| &b.name == new);
                 changed.then(|| (r.name().to_string(), old.clone()))
             })
             .collect();
         let gap_started = Instant::now();
         if !gaps.is_empty() {
+            // Publish the running spec with those routes unavailable, then release their backends
+            // unless another route still answers with them (the gap table holds those).
             let gap_names: Vec<&str> = gaps.iter().map(|(r, _)| r.as_str()).collect();
-            // Publish the old table with those routes unavailable, then release their backends.
-            let new_inner_config = std::mem::replace(&mut inner.config, old_config.clone());
-            let new_routes = std::mem::replace(&mut inner.routes, old_routes.clone());
-            let gap_table = self.build(&inner, inner.generation + 1, &gap_names);
-            inner.config = new_inner_config;
-            inner.routes = new_routes;
-            match gap_table {
-                Ok(t) => {
-                    inner.generation += 1;
-                    self.table.store(t);
-                }
-                Err(e) => {
-                    inner.config = old_config;
-                    inner.routes = old_routes;
-                    return Err(e);
-                }
-            }
+            let gap_table = self.build(&inner, inner.generation + 1, &gap_names)?;
+            inner.generation += 1;
+            self.table.store(gap_table);
             for (route, old) in &gaps {
-                // A backend another route still answers with stays (the gap table holds it).
                 let shared =
-                    old_config.routes.iter().any(|r| r.name() != route && r.backends().contains(&old.as_str()));
-                if shared {
-                    continue;
-                }
-                if let Some(loaded) = inner.loaded.remove(old) {
+                    inner.config.routes.iter().any(|r| r.name() != route && r.backends().contains(&old.as_str()));
+                if let (false, Some(loaded)) = (shared, inner.loaded.remove(old)) {
                     release(loaded.backend, config.server.request_timeout + Duration::from_secs(1)).await;
                 }
             }
         }
-        let gap_names: Vec<String> = gaps.iter().map(|(r, _)| r.clone()).collect();
+        let old_routes = std::mem::replace(&mut inner.routes, new_routes);
+        let old_config = std::mem::replace(&mut inner.config, config);
         match self.publish(&mut inner, &[]).await {
             Ok(generation) => {
-                *self.webhooks.lock().unwrap_or_else(|p| p.into_inner()) = inner.config.webhooks.clone();
-                self.persist(&inner);
+                for r in &new_revisions {
+                    for variant in r.strategy.backends() {
+                        self.telemetry.variant(r.name(), variant).reset_step();
+                    }
+                }
                 let gap = gap_started.elapsed();
-                for name in &gap_names {
+                for (name, _) in &gaps {
                     if let Some((_, status)) = inner.routes.get_mut(name) {
                         status.last_gap = Some(gap.as_secs_f64() * 1000.0);
                     }
                     tracing::info!(route = %name, gap_ms = gap.as_secs_f64() * 1000.0, "recreate: new backend serving");
                 }
+                *self.webhooks.lock().unwrap_or_else(|p| p.into_inner()) = inner.config.webhooks.clone();
+                self.persist(&inner);
                 Ok(generation)
             }
             Err(e) => {
