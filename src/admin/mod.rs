@@ -23,6 +23,7 @@
 pub mod client;
 
 use crate::backend::Body;
+use crate::protocol::secret::{constant_time_eq, hex};
 use crate::protocol::ApiError;
 use crate::rollout::control::Action;
 use crate::rollout::Controller;
@@ -45,20 +46,12 @@ pub struct AdminState {
     pub token: Option<String>,
 }
 
-/// Compares in constant time, so the token does not leak through timing.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Who made a change, for the audit trail: `token:` and the first 8 hex digits of the token's
 /// SHA-256, or `anonymous` when the gateway has no token. The token itself is never logged.
 pub fn token_id(token: Option<&str>) -> String {
     use sha2::Digest;
     match token {
-        Some(t) => format!(
-            "token:{}",
-            sha2::Sha256::digest(t.as_bytes()).iter().take(4).map(|b| format!("{b:02x}")).collect::<String>()
-        ),
+        Some(t) => format!("token:{}", hex(&sha2::Sha256::digest(t.as_bytes())[..4])),
         None => "anonymous".to_string(),
     }
 }
@@ -71,7 +64,7 @@ fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), ApiError
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(g) if same_secret(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token is not the admin token")),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

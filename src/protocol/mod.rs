@@ -3,6 +3,7 @@
 pub mod error;
 pub mod oip;
 pub mod request_id;
+pub mod secret;
 pub mod tensor;
 
 pub use error::ApiError;

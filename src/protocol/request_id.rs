@@ -11,8 +11,7 @@
 //!
 //! Names cannot hold `~` (routes.yaml validation refuses it), so the id splits unambiguously.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use super::secret::{constant_time_eq, hex, hmac_sha256};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The response header that carries the id.
@@ -87,11 +86,7 @@ impl IdCodec {
     fn mac(&self, body: &str) -> String {
         match &self.key {
             None => "0".to_string(),
-            Some(key) => {
-                let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return "0".to_string() };
-                mac.update(body.as_bytes());
-                mac.finalize().into_bytes().iter().take(8).map(|b| format!("{b:02x}")).collect()
-            }
+            Some(key) => hex(&hmac_sha256(key, body.as_bytes())[..8]),
         }
     }
 
@@ -126,9 +121,7 @@ impl IdCodec {
         let body = &text[..text.len() - mac.len() - 1];
         let expected = self.mac(body);
         // Compare in constant time: the mac must not leak through timing.
-        let same = expected.len() == mac.len()
-            && expected.bytes().zip(mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if !same {
+        if !constant_time_eq(expected.as_bytes(), mac.as_bytes()) {
             return Err(IdError::BadSignature);
         }
         let age = now().saturating_sub(issued);

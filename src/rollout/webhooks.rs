@@ -4,13 +4,12 @@
 
 use super::events::Event;
 use crate::config::WebhookSpec;
+use crate::protocol::secret::{hex, hmac_sha256};
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use http::Request;
 use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use sha2::Sha256;
 use std::time::Duration;
 
 /// The signature header: `sha256=` and the hex HMAC-SHA256 of the body.
@@ -18,13 +17,7 @@ pub const SIGNATURE_HEADER: &str = "x-modelgate-signature";
 
 /// HMAC-SHA256 of `body` with `key`, hex.
 pub fn signature(key: &[u8], body: &[u8]) -> String {
-    match Hmac::<Sha256>::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(body);
-            mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
-        }
-        Err(_) => String::new(),
-    }
+    hex(&hmac_sha256(key, body))
 }
 
 /// Sends events to the webhooks that want them, each delivery in its own task.
