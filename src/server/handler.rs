@@ -79,10 +79,7 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
 async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) -> Result<Response<Body>, ApiError> {
     let path = normalize_path(req.uri().path())?.into_owned();
     if path != req.uri().path() {
-        let pq = match req.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
-        };
+        let pq = response::with_query(&path, req.uri().query());
         *req.uri_mut() = pq.parse().map_err(|e| ApiError::bad_request(format!("invalid path {path:?}: {e}")))?;
     }
     if path == "/v2" || path.starts_with("/v2/") {
@@ -101,10 +98,7 @@ async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) ->
     let Backend::Upstream(up) = variant.backend.as_ref() else {
         return Err(ApiError::internal(format!("route {prefix:?} points at an in-process model")));
     };
-    let target = match req.uri().query() {
-        Some(q) => format!("{}{rest}?{q}", rewrite.as_deref().unwrap_or(prefix)),
-        None => format!("{}{rest}", rewrite.as_deref().unwrap_or(prefix)),
-    };
+    let target = response::with_query(&format!("{}{rest}", rewrite.as_deref().unwrap_or(prefix)), req.uri().query());
     response::check_length(req.headers(), state.settings.max_body_bytes)?;
     let limit = state.settings.max_body_bytes;
     let req = req.map(|b| response::limited(b, limit));

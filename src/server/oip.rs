@@ -137,10 +137,7 @@ fn upstream_path(route: &Route, action: Action, query: Option<&str>) -> String {
         Action::Ready => "/ready",
         Action::Infer => "/infer",
     };
-    match query {
-        Some(q) => format!("/v2/models/{model}{tail}?{q}"),
-        None => format!("/v2/models/{model}{tail}"),
-    }
+    response::with_query(&format!("/v2/models/{model}{tail}"), query)
 }
 
 fn metadata(route: &Route, variant: &Variant) -> Response<Body> {
