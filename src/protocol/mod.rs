@@ -1,6 +1,7 @@
 //! Wire formats: Open Inference Protocol v2 JSON ↔ tensors, and client-facing error bodies.
 
 pub mod error;
+pub mod feedback;
 pub mod oip;
 pub mod request_id;
 pub mod secret;
