@@ -16,7 +16,7 @@ fn backend() -> Arc<Backend> {
         Config::parse("backends:\n  - name: up\n    upstream: {url: \"http://127.0.0.1:9\"}\n", Path::new("b.yaml"))
             .expect("valid");
     let modelgate::config::BackendKind::Upstream(spec) = &config.backends[0].kind else { unreachable!() };
-    Arc::new(Backend::Upstream(UpstreamBackend::new("up", spec)))
+    Arc::new(Backend::Upstream(UpstreamBackend::new("up", spec).expect("plain http needs no CA")))
 }
 
 fn route(name: &str, telemetry: &Telemetry, backend: &Arc<Backend>) -> Route {

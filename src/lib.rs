@@ -6,16 +6,20 @@
 //! - [`protocol`] — Open Inference Protocol v2 JSON ↔ tensors, error bodies;
 //! - [`routing`] — the immutable routing table, published with `ArcSwap`;
 //! - [`server`] — the listener, request handling, graceful shutdown;
-//! - [`telemetry`] — logs.
+//! - [`telemetry`] — per-variant windows, Prometheus metrics, logs;
+//! - [`tls`] — rustls listener configs with certificate reload, mTLS, upstream roots.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod backend;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod protocol;
 pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 pub use backend::runtime::LIBRARY_FILE as ORT_LIBRARY_FILE;

@@ -28,29 +28,68 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The routes file.
+    #[arg(long, short, default_value = "routes.yaml")]
+    config: PathBuf,
+    /// Inference listener address; overrides server.listen.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin listener address; overrides server.admin_listen.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// ONNX Runtime shared library; overrides ORT_DYLIB_PATH and server.ort_library.
+    #[arg(long)]
+    ort_library: Option<PathBuf>,
+    /// Folder for persisted rollout status; overrides server.state_dir.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// File holding the admin bearer token (else MODELGATE_ADMIN_TOKEN).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// PEM certificate chain for the inference listener (with --tls-key); overrides server.tls.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for the inference listener.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM certificate chain for the admin listener (with --admin-tls-key); overrides server.admin_tls.
+    #[arg(long, requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// PEM private key for the admin listener.
+    #[arg(long, requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// Require admin clients to present a certificate chaining to a CA in this PEM file.
+    #[arg(long, requires = "admin_tls_cert")]
+    admin_client_ca: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The listeners' TLS: flags over the file's `server.tls` / `server.admin_tls`.
+    fn apply_tls(&self, settings: &mut modelgate::config::ServerSettings) {
+        use modelgate::config::TlsSettings;
+        let every = std::time::Duration::from_secs(10);
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let reload_interval = settings.tls.as_ref().map_or(every, |t| t.reload_interval);
+            settings.tls = Some(TlsSettings { cert: cert.clone(), key: key.clone(), client_ca: None, reload_interval });
+        }
+        if let (Some(cert), Some(key)) = (&self.admin_tls_cert, &self.admin_tls_key) {
+            let reload_interval = settings.admin_tls.as_ref().map_or(every, |t| t.reload_interval);
+            settings.admin_tls = Some(TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.admin_client_ca.clone(),
+                reload_interval,
+            });
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the routes of a routes.yaml; edits to the file (or SIGHUP) reload it.
-    Serve {
-        /// The routes file.
-        #[arg(long, short, default_value = "routes.yaml")]
-        config: PathBuf,
-        /// Inference listener address; overrides server.listen.
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Admin listener address; overrides server.admin_listen.
-        #[arg(long)]
-        admin_listen: Option<SocketAddr>,
-        /// ONNX Runtime shared library; overrides ORT_DYLIB_PATH and server.ort_library.
-        #[arg(long)]
-        ort_library: Option<PathBuf>,
-        /// Folder for persisted rollout status; overrides server.state_dir.
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// File holding the admin bearer token (else MODELGATE_ADMIN_TOKEN).
-        #[arg(long)]
-        admin_token_file: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
     /// Show every route's rollout (admin API).
     Status {
         #[command(flatten)]
@@ -212,9 +251,9 @@ fn main() -> ExitCode {
             Command::Weight { route, weight, admin } => {
                 admin_call(admin, Some(&route), "weight", Some(serde_json::json!({ "weight": weight }))).await
             }
-            Command::Serve { config, listen, admin_listen, ort_library, state_dir, admin_token_file } => {
-                let token = admin_token(admin_token_file.as_deref())?;
-                serve(&config, listen, admin_listen, ort_library.as_deref(), state_dir, token).await
+            Command::Serve(args) => {
+                let token = admin_token(args.admin_token_file.as_deref())?;
+                serve(&args, token).await
             }
         }
     });
@@ -257,23 +296,31 @@ async fn validate(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(
-    path: &Path,
-    listen: Option<SocketAddr>,
-    admin_listen: Option<SocketAddr>,
-    ort_flag: Option<&Path>,
-    state_dir: Option<PathBuf>,
-    token: Option<String>,
-) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    let state_dir = state_dir.unwrap_or_else(|| config.server.state_dir.clone());
-    let admin_addr = admin_listen.unwrap_or(config.server.admin_listen);
-    if !admin_addr.ip().is_loopback() && token.is_none() {
+async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
+    let path = args.config.as_path();
+    let mut config = Config::load(path)?;
+    args.apply_tls(&mut config.server);
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| config.server.state_dir.clone());
+    let admin_addr = args.admin_listen.unwrap_or(config.server.admin_listen);
+    let client_auth = config.server.admin_tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if !admin_addr.ip().is_loopback() && token.is_none() && !client_auth {
         anyhow::bail!(
             "refusing to serve the admin API on {admin_addr} without a token: anyone who reaches it could change rollouts. \
-             Set MODELGATE_ADMIN_TOKEN (or --admin-token-file), or keep server.admin_listen on 127.0.0.1"
+             Set MODELGATE_ADMIN_TOKEN (or --admin-token-file), require client certificates \
+             (server.admin_tls.client_ca / --admin-client-ca), or keep server.admin_listen on 127.0.0.1"
         );
     }
+    let tls = |listener: &'static str, tls: &Option<modelgate::config::TlsSettings>| {
+        tls.as_ref()
+            .map(|t| {
+                let (config, cert) = modelgate::tls::server_config(t)
+                    .with_context(|| format!("cannot serve TLS on the {listener} listener"))?;
+                cert.spawn_reloader(listener, t.reload_interval);
+                anyhow::Ok(config)
+            })
+            .transpose()
+    };
+    let (listen, admin_listen, ort_flag) = (args.listen, args.admin_listen, args.ort_library.as_deref());
     let (config, controller) = start(config, ort_flag, Some(state_dir)).await?;
     controller.spawn_analysis(std::time::Duration::from_millis(250));
     if token.is_none() {
@@ -300,8 +347,16 @@ async fn serve(
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let listener_settings =
-        ListenerSettings { header_read_timeout: settings.header_read_timeout, shutdown_grace: settings.shutdown_grace };
+    let inference_tls = tls("inference", &settings.tls)?;
+    let listener_settings = ListenerSettings {
+        header_read_timeout: settings.header_read_timeout,
+        shutdown_grace: settings.shutdown_grace,
+        tls: tls("admin", &settings.admin_tls)?,
+    };
+    let (scheme, admin_scheme) = (
+        if inference_tls.is_some() { "https" } else { "http" },
+        if listener_settings.tls.is_some() { "https" } else { "http" },
+    );
     let admin_state = Arc::new(AdminState { controller: controller.clone(), token });
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(server::serve_with(
@@ -314,14 +369,14 @@ async fn serve(
     ));
 
     tracing::info!(%local, admin = %admin_local, routes = config.routes.len(), config = %path.display(), "modelgate serving");
-    println!("modelgate: listening on http://{local} (admin http://{admin_local})");
+    println!("modelgate: listening on {scheme}://{local} (admin {admin_scheme}://{admin_local})");
     let ids = IdCodec::from_env(settings.feedback_max_age);
     if std::env::var_os("MODELGATE_FEEDBACK_KEY").is_none() {
         tracing::warn!("MODELGATE_FEEDBACK_KEY is not set: request ids are not signed, so feedback cannot be verified");
     }
     let state =
         Arc::new(AppState { table: controller.table(), settings, telemetry: controller.telemetry().clone(), ids });
-    server::serve(listener, state, server::shutdown_signal()).await;
+    server::serve(listener, state, inference_tls, server::shutdown_signal()).await;
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     Ok(())

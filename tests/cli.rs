@@ -392,3 +392,48 @@ fn the_admin_api_is_not_served_beyond_loopback_without_a_token() {
     assert!(stderr.contains("refusing to serve the admin API on 0.0.0.0:0 without a token"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
 }
+
+#[test]
+fn client_certificates_stand_in_for_the_admin_token_and_bad_tls_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key, client_ca) = (dir.path().join("c.pem"), dir.path().join("k.pem"), dir.path().join("ca.pem"));
+    std::fs::write(&cert, ca.cert.pem()).unwrap();
+    std::fs::write(&key, ca.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&client_ca, ca.cert.pem()).unwrap();
+    let (cert, key, client_ca) = (cert.to_str().unwrap(), key.to_str().unwrap(), client_ca.to_str().unwrap());
+    let state = dir.path().join("state");
+    let serve = |extra: &[&str]| {
+        let mut args =
+            vec!["serve", "--config", "routes.yaml", "--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"];
+        args.extend_from_slice(&["--state-dir", state.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let mut cmd = modelgate();
+        cmd.args(&args).env_remove("MODELGATE_ADMIN_TOKEN");
+        cmd
+    };
+    // TLS without client certificates is not enough beyond loopback.
+    let out = serve(&["--admin-tls-cert", cert, "--admin-tls-key", key]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without a token"));
+    // Required client certificates are.
+    let child = serve(&["--admin-tls-cert", cert, "--admin-tls-key", key, "--admin-client-ca", client_ca])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut served = Served(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(served.0.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.contains("(admin https://0.0.0.0:"), "{line}");
+    drop(served);
+    // A key file that is not a key is named.
+    let out = modelgate()
+        .args(["serve", "--config", "routes.yaml", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--tls-cert", cert, "--tls-key", cert])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot serve TLS on the inference listener") && stderr.contains(cert), "{stderr}");
+    assert!(stderr.contains("no usable private key"), "{stderr}");
+}

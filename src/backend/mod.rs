@@ -39,7 +39,13 @@ pub fn load(config: &Config, names: &[&str], ort_library: &Path) -> Result<Backe
     let mut issues = Vec::new();
     for (i, spec) in config.backends.iter().enumerate().filter(|(_, b)| names.contains(&b.name.as_str())) {
         let backend = match &spec.kind {
-            BackendKind::Upstream(up) => Backend::Upstream(UpstreamBackend::new(&spec.name, up)),
+            BackendKind::Upstream(up) => match UpstreamBackend::new(&spec.name, up) {
+                Ok(b) => Backend::Upstream(b),
+                Err(e) => {
+                    issues.push(ConfigIssue { place: format!("backends[{i}].upstream.ca"), message: e.to_string() });
+                    continue;
+                }
+            },
             BackendKind::Onnx(onnx) => {
                 let loaded = runtime::environment(ort_library)
                     .map_err(|e| ("server.ort_library".to_string(), e.to_string()))

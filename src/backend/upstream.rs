@@ -2,12 +2,14 @@
 
 use crate::config::{OutlierPolicy, RetryPolicy, UpstreamSpec};
 use crate::protocol::ApiError;
+use crate::tls::{self, TlsError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as _;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -80,7 +82,7 @@ pub struct UpstreamStats {
 pub struct UpstreamBackend {
     name: String,
     endpoints: Vec<Endpoint>,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     request_timeout: Duration,
     connect_timeout: Duration,
     business_header: Option<String>,
@@ -99,11 +101,26 @@ pub struct UpstreamBackend {
 const BUDGET_WINDOW_MS: u64 = 10_000;
 
 impl UpstreamBackend {
-    /// A backend for `spec`. Connections are made lazily and pooled.
-    pub fn new(name: &str, spec: &UpstreamSpec) -> UpstreamBackend {
+    /// A backend for `spec`. Connections are made lazily and pooled; `https://` endpoints are
+    /// verified against `spec.ca` (else the system's roots) and may speak h2 (ALPN).
+    pub fn new(name: &str, spec: &UpstreamSpec) -> Result<UpstreamBackend, TlsError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(spec.connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let https = spec.urls.iter().any(|u| u.scheme_str() == Some("https"));
+        let tls = if https {
+            tls::client_config(spec.ca.as_deref())?
+        } else {
+            // Never used: every endpoint is plain http.
+            tls::client_config_without_roots()?
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
@@ -120,7 +137,7 @@ impl UpstreamBackend {
                 ejections: AtomicU32::new(0),
             })
             .collect();
-        UpstreamBackend {
+        Ok(UpstreamBackend {
             name: name.to_string(),
             endpoints,
             client,
@@ -136,7 +153,7 @@ impl UpstreamBackend {
             retries: AtomicU64::new(0),
             retries_refused: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
-        }
+        })
     }
 
     /// The response header in which this upstream reports a business value, if any.

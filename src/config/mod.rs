@@ -86,6 +86,23 @@ pub struct ServerSettings {
     pub state_dir: PathBuf,
     /// ONNX Runtime shared library, when the file names one.
     pub ort_library: Option<PathBuf>,
+    /// TLS on the inference listener.
+    pub tls: Option<TlsSettings>,
+    /// TLS on the admin listener (with `client_ca`: mutual TLS).
+    pub admin_tls: Option<TlsSettings>,
+}
+
+/// A listener's TLS files (relative paths: against the config file's folder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+    /// When set, clients must present a certificate chaining to a CA in this PEM file.
+    pub client_ca: Option<PathBuf>,
+    /// How often the files are checked for a new certificate.
+    pub reload_interval: Duration,
 }
 
 impl Default for ServerSettings {
@@ -100,6 +117,8 @@ impl Default for ServerSettings {
             feedback_max_age: Duration::from_secs(24 * 3600),
             state_dir: PathBuf::from("state"),
             ort_library: None,
+            tls: None,
+            admin_tls: None,
         }
     }
 }
@@ -168,6 +187,8 @@ pub struct UpstreamSpec {
     pub request_timeout: Duration,
     /// A response header in which the upstream reports a business value (recorded as a reward).
     pub business_header: Option<String>,
+    /// CAs trusted for `https://` endpoints (PEM); the system's roots when unset.
+    pub ca: Option<PathBuf>,
 }
 
 /// Retries of bodiless idempotent requests whose connection failed, within a budget so that
@@ -457,7 +478,33 @@ fn server(raw: &RawServer, base: &Path, issues: &mut Issues) -> ServerSettings {
         feedback_max_age: duration(&raw.feedback_max_age, d.feedback_max_age, "server.feedback_max_age", issues),
         state_dir: base.join(raw.state_dir.as_deref().map_or(d.state_dir.as_path(), Path::new)),
         ort_library: raw.ort_library.as_ref().map(PathBuf::from),
+        tls: raw.tls.as_ref().and_then(|t| tls(t, base, "server.tls", issues)),
+        admin_tls: raw.admin_tls.as_ref().and_then(|t| tls(t, base, "server.admin_tls", issues)),
     }
+}
+
+fn tls(raw: &raw::RawTls, base: &Path, place: &str, issues: &mut Issues) -> Option<TlsSettings> {
+    let cert = readable_file(base, &raw.cert, &format!("{place}.cert"), "certificate file", issues);
+    let key = readable_file(base, &raw.key, &format!("{place}.key"), "key file", issues);
+    let client_ca = match &raw.client_ca {
+        None => Some(None),
+        Some(ca) => readable_file(base, ca, &format!("{place}.client_ca"), "CA file", issues).map(Some),
+    };
+    let reload_interval =
+        duration(&raw.reload_interval, Duration::from_secs(10), &format!("{place}.reload_interval"), issues);
+    Some(TlsSettings { cert: cert?, key: key?, client_ca: client_ca?, reload_interval })
+}
+
+/// `base`/`path`, when it is a file that can be opened; otherwise an issue at `place`.
+fn readable_file(base: &Path, path: &str, place: &str, what: &str, issues: &mut Issues) -> Option<PathBuf> {
+    let path = base.join(path);
+    let problem = match std::fs::File::open(&path).and_then(|f| f.metadata()) {
+        Ok(m) if m.is_file() => return Some(path),
+        Ok(_) => format!("{} is not a file", path.display()),
+        Err(e) => format!("cannot open {what} {}: {e}", path.display()),
+    };
+    issues.push(place, problem);
+    None
 }
 
 fn backends(raw: &[RawBackend], base: &Path, issues: &mut Issues) -> Vec<BackendSpec> {
@@ -475,7 +522,9 @@ fn backends(raw: &[RawBackend], base: &Path, issues: &mut Issues) -> Vec<Backend
         }
         let kind = match (&b.onnx, &b.upstream) {
             (Some(onnx), None) => onnx_spec(onnx, base, &format!("{place}.onnx"), issues).map(BackendKind::Onnx),
-            (None, Some(up)) => upstream_spec(up, &format!("{place}.upstream"), issues).map(BackendKind::Upstream),
+            (None, Some(up)) => {
+                upstream_spec(up, base, &format!("{place}.upstream"), issues).map(BackendKind::Upstream)
+            }
             (Some(_), Some(_)) => {
                 issues.push(&place, "set either `onnx` or `upstream`, not both");
                 None
@@ -502,39 +551,22 @@ fn backends(raw: &[RawBackend], base: &Path, issues: &mut Issues) -> Vec<Backend
 }
 
 fn onnx_spec(raw: &raw::RawOnnx, base: &Path, place: &str, issues: &mut Issues) -> Option<OnnxSpec> {
-    let path = base.join(&raw.path);
-    let readable = match std::fs::File::open(&path) {
-        Ok(f) => match f.metadata() {
-            Ok(m) if m.is_file() => true,
-            Ok(_) => {
-                issues.push(format!("{place}.path"), format!("{} is not a file", path.display()));
-                false
-            }
-            Err(e) => {
-                issues.push(format!("{place}.path"), format!("cannot read {}: {e}", path.display()));
-                false
-            }
-        },
-        Err(e) => {
-            issues.push(format!("{place}.path"), format!("cannot open model file {}: {e}", path.display()));
-            false
-        }
-    };
+    let path = readable_file(base, &raw.path, &format!("{place}.path"), "model file", issues);
     let spec = OnnxSpec {
-        path,
+        path: path.clone().unwrap_or_default(),
         sessions: count(raw.sessions, 1, 64, &format!("{place}.sessions"), issues),
         intra_op_threads: count(raw.intra_op_threads, 1, 64, &format!("{place}.intra_op_threads"), issues),
         queue: count(raw.queue, 128, 100_000, &format!("{place}.queue"), issues),
         queue_timeout: duration(&raw.queue_timeout, Duration::from_secs(1), &format!("{place}.queue_timeout"), issues),
     };
-    readable.then_some(spec)
+    path.map(|_| spec)
 }
 
 fn upstream_url(text: &str, place: &str, issues: &mut Issues) -> Option<Uri> {
     match text.parse::<Uri>() {
         Ok(u) => {
-            let problem = if u.scheme_str() != Some("http") {
-                Some("scheme must be http:// (https upstreams are not supported yet)")
+            let problem = if !matches!(u.scheme_str(), Some("http" | "https")) {
+                Some("scheme must be http:// or https://")
             } else if u.authority().is_none_or(|a| a.host().is_empty()) {
                 Some("has no host")
             } else if u.query().is_some() {
@@ -557,7 +589,7 @@ fn upstream_url(text: &str, place: &str, issues: &mut Issues) -> Option<Uri> {
     }
 }
 
-fn upstream_spec(raw: &raw::RawUpstream, place: &str, issues: &mut Issues) -> Option<UpstreamSpec> {
+fn upstream_spec(raw: &raw::RawUpstream, base: &Path, place: &str, issues: &mut Issues) -> Option<UpstreamSpec> {
     let urls: Option<Vec<Uri>> = match (&raw.url, &raw.urls) {
         (Some(u), None) => upstream_url(u, &format!("{place}.url"), issues).map(|u| vec![u]),
         (None, Some(list)) if !list.is_empty() => {
@@ -613,7 +645,12 @@ fn upstream_spec(raw: &raw::RawUpstream, place: &str, issues: &mut Issues) -> Op
             None
         }
     });
-    urls.map(|urls| UpstreamSpec { urls, retries, outlier, connect_timeout, request_timeout, business_header })
+    let ca = match &raw.ca {
+        None => Some(None),
+        Some(ca) => readable_file(base, ca, &format!("{place}.ca"), "CA file", issues).map(Some),
+    };
+    let ca = ca?;
+    urls.map(|urls| UpstreamSpec { urls, retries, outlier, connect_timeout, request_timeout, business_header, ca })
 }
 
 /// A path prefix for proxying: starts and ends with `/`, and stays clear of the OIP paths.

@@ -42,6 +42,19 @@ pub struct RawServer {
     pub feedback_max_age: Option<String>,
     pub state_dir: Option<String>,
     pub ort_library: Option<String>,
+    pub tls: Option<RawTls>,
+    pub admin_tls: Option<RawTls>,
+}
+
+/// `server.tls:` / `server.admin_tls:` — a listener's certificate, and optionally the CA its
+/// clients' certificates must chain to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+    pub client_ca: Option<String>,
+    pub reload_interval: Option<String>,
 }
 
 /// One entry of `backends:`; exactly one of `onnx` and `upstream` must be set.
@@ -83,6 +96,7 @@ pub struct RawUpstream {
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub business_header: Option<String>,
+    pub ca: Option<String>,
     pub retries: Option<RawRetries>,
     pub outlier: Option<RawOutlier>,
 }

@@ -167,3 +167,55 @@ webhooks:
         assert!(got.iter().any(|g| g.starts_with(want)), "missing {want:?} in {got:#?}");
     }
 }
+
+#[test]
+fn tls_files_are_resolved_and_checked_with_their_places() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["cert.pem", "key.pem", "ca.pem"] {
+        std::fs::write(dir.path().join(f), "pem").unwrap();
+    }
+    let c = parse_in(
+        dir.path(),
+        r#"
+server:
+  tls: {cert: cert.pem, key: key.pem}
+  admin_tls: {cert: cert.pem, key: key.pem, client_ca: ca.pem, reload_interval: 1s}
+backends:
+  - name: up
+    upstream: {url: "https://models.internal:8443", ca: ca.pem}
+"#,
+    )
+    .unwrap();
+    let tls = c.server.tls.unwrap();
+    assert_eq!(
+        (tls.cert, tls.client_ca, tls.reload_interval),
+        (dir.path().join("cert.pem"), None, Duration::from_secs(10))
+    );
+    let admin = c.server.admin_tls.unwrap();
+    assert_eq!((admin.client_ca, admin.reload_interval), (Some(dir.path().join("ca.pem")), Duration::from_secs(1)));
+    let BackendKind::Upstream(u) = &c.backends[0].kind else { panic!() };
+    assert_eq!((u.urls[0].scheme_str(), u.ca.clone()), (Some("https"), Some(dir.path().join("ca.pem"))));
+
+    let e = parse_in(
+        dir.path(),
+        r#"
+server:
+  tls: {cert: missing.pem, key: key.pem, reload_interval: 0s}
+  admin_tls: {cert: cert.pem, key: key.pem, client_ca: nope.pem}
+backends:
+  - name: up
+    upstream: {url: "ftp://x:1", ca: gone.pem}
+"#,
+    )
+    .unwrap_err();
+    let all = places(&e).join("\n");
+    for expected in [
+        "server.tls.cert: cannot open certificate file",
+        "server.tls.reload_interval: must be longer than zero",
+        "server.admin_tls.client_ca: cannot open CA file",
+        "backends[0].upstream.url: invalid upstream URL \"ftp://x:1\": scheme must be http:// or https://",
+        "backends[0].upstream.ca: cannot open CA file",
+    ] {
+        assert!(all.contains(expected), "{expected} not in\n{all}");
+    }
+}

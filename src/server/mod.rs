@@ -23,19 +23,27 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Connection settings of a listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ListenerSettings {
-    /// How long a client may take to send a request head.
+    /// How long a client may take to send a request head (and to finish a TLS handshake).
     pub header_read_timeout: Duration,
     /// How long in-flight requests may run on after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Serve TLS with this config (see [`crate::tls::server_config`]); plain HTTP when unset.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Serves the inference API on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let settings = ListenerSettings {
         header_read_timeout: state.settings.header_read_timeout,
         shutdown_grace: state.settings.shutdown_grace,
+        tls,
     };
     serve_with(listener, settings, shutdown, move |req, peer| handler::handle(state.clone(), req, peer)).await;
 }
@@ -54,6 +62,8 @@ pub async fn serve_with<H, F>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout).max_buf_size(64 * 1024);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
+    let builder = Arc::new(builder);
+    let acceptor = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -74,10 +84,25 @@ pub async fn serve_with<H, F>(
                     let fut = handle(req, peer);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let Some(acceptor) = acceptor.clone() else {
+                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                    continue;
+                };
+                // The handshake runs on the connection's own task, bounded like a request head.
+                let (builder, watcher, limit) = (builder.clone(), graceful.watcher(), settings.header_read_timeout);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });

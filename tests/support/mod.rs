@@ -76,12 +76,23 @@ impl Gateway {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut s1 = stopped.clone();
         let mut s2 = stopped;
-        let settings =
-            ListenerSettings { header_read_timeout: Duration::from_secs(10), shutdown_grace: Duration::from_secs(10) };
+        let tls = |t: &Option<modelgate::config::TlsSettings>, listener: &'static str| {
+            t.as_ref().map(|t| {
+                let (config, cert) = modelgate::tls::server_config(t).unwrap_or_else(|e| panic!("{e}"));
+                cert.spawn_reloader(listener, t.reload_interval);
+                config
+            })
+        };
+        let settings = ListenerSettings {
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            tls: tls(&config.server.admin_tls, "admin"),
+        };
+        let inference_tls = tls(&config.server.tls, "inference");
         controller.spawn_analysis(Duration::from_millis(50));
         let admin_state = Arc::new(AdminState { controller: controller.clone(), token: Some(ADMIN_TOKEN.to_string()) });
         let done = vec![
-            tokio::spawn(server::serve(listener, state, async move {
+            tokio::spawn(server::serve(listener, state, inference_tls, async move {
                 let _ = s1.changed().await;
             })),
             tokio::spawn(server::serve_with(
