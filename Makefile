@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/modelgate
 
-.PHONY: run test build ort lint validate models check-metrics scenario scenarios bench clean
+.PHONY: run test build ort lint validate models check-metrics scenario scenarios bench fuzz clean
 
 ## run: fetch ONNX Runtime, build, and serve the demo routes.yaml on 127.0.0.1:8080
 run: ort build
@@ -43,6 +43,10 @@ scenarios: ort
 ## bench: proxy overhead vs nginx/HAProxy, inference vs raw ORT/MLServer, criterion (installs what it needs)
 bench: ort
 	./scripts/bench.sh
+
+## fuzz: each fuzz target for FUZZ_SECONDS (default 600) with cargo fuzz (needs a nightly toolchain)
+fuzz:
+	./scripts/fuzz.sh
 
 ## check-metrics: serve the demo, drive traffic, and lint /metrics with promtool
 check-metrics:

@@ -171,6 +171,15 @@ struct AdminArgs {
     /// The gateway's admin listener.
     #[arg(long, env = "MODELGATE_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
     admin_url: String,
+    /// CA file (PEM) to trust for an https admin URL; else the system's roots.
+    #[arg(long, env = "MODELGATE_ADMIN_CA")]
+    admin_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for an admin listener that requires one (with --admin-key).
+    #[arg(long, env = "MODELGATE_ADMIN_CERT", requires = "admin_key")]
+    admin_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "MODELGATE_ADMIN_KEY", requires = "admin_cert")]
+    admin_key: Option<PathBuf>,
     /// Print the API's JSON answer instead of a table.
     #[arg(long)]
     json: bool,
@@ -189,7 +198,11 @@ async fn admin_call(
         None => (http::Method::GET, "/admin/routes".to_string()),
         Some(r) => (http::Method::POST, client::action_path(r, action)),
     };
-    let answer = client::call(&admin.admin_url, method, &path, body, token.as_deref()).await?;
+    let tls = client::ClientTls {
+        ca: admin.admin_ca.clone(),
+        identity: admin.admin_cert.clone().zip(admin.admin_key.clone()),
+    };
+    let answer = client::call(&admin.admin_url, method, &path, body, token.as_deref(), &tls).await?;
     if admin.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else if route.is_none() {

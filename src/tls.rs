@@ -181,7 +181,12 @@ fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
 
 /// The upstream client's TLS: the CAs in `ca` when given, else the system's roots.
 pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
-    client_config_with(match ca {
+    client_identity_config(ca, None)
+}
+
+/// A client's TLS, presenting the certificate and key in `identity` when given (mutual TLS).
+pub fn client_identity_config(ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> Result<ClientConfig, TlsError> {
+    let roots = match ca {
         Some(path) => roots_from(path)?,
         None => {
             let found = rustls_native_certs::load_native_certs();
@@ -195,19 +200,29 @@ pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
             }
             roots
         }
-    })
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_root_certificates(roots);
+    // ALPN (h2, http/1.1) is set by the connector.
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let (cert_pem, key_pem) = read_pair(cert, key)?;
+            let chain = certs_from_pem(cert, &cert_pem)?;
+            builder
+                .with_client_auth_cert(chain, key_from_pem(key, &key_pem)?)
+                .map_err(|e| file_error(key, format!("does not go with the certificate in {} ({e})", cert.display())))
+        }
+    }
 }
 
 /// A client config trusting nothing: for connectors whose endpoints are all plain http.
 pub fn client_config_without_roots() -> Result<ClientConfig, TlsError> {
-    client_config_with(RootCertStore::empty())
-}
-
-fn client_config_with(roots: RootCertStore) -> Result<ClientConfig, TlsError> {
-    // ALPN (h2, http/1.1) is set by the connector.
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Setup(e.to_string()))?
-        .with_root_certificates(roots)
+        .with_root_certificates(RootCertStore::empty())
         .with_no_client_auth())
 }

@@ -425,6 +425,19 @@ fn client_certificates_stand_in_for_the_admin_token_and_bad_tls_files_are_named(
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(served.0.stdout.take().unwrap()), &mut line).unwrap();
     assert!(line.contains("(admin https://0.0.0.0:"), "{line}");
+    let port = line.trim().trim_end_matches(')').rsplit(':').next().unwrap().to_string();
+    // The CLI reaches it with the CA and a client certificate, and not without the certificate.
+    let url = format!("https://localhost:{port}");
+    let status = |extra: &[&str]| {
+        let mut cmd = modelgate();
+        cmd.args(["status", "--json", "--admin-url", &url, "--admin-ca", client_ca]).args(extra);
+        cmd.output().unwrap()
+    };
+    let out = status(&["--admin-cert", cert, "--admin-key", key]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("routes"));
+    let out = status(&[]);
+    assert_eq!(out.status.code(), Some(2));
     drop(served);
     // A key file that is not a key is named.
     let out = modelgate()

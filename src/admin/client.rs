@@ -8,6 +8,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 /// Why a CLI call failed; the message says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -33,13 +34,23 @@ pub enum ClientError {
     Other(String),
 }
 
-/// Calls the admin API at `base` (like `http://127.0.0.1:9090`).
+/// How to reach an admin listener that serves TLS.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// CAs to trust (PEM); the system's roots when unset.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM), for an admin listener that requires one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// Calls the admin API at `base` (like `http://127.0.0.1:9090` or `https://gw:9443`).
 pub async fn call(
     base: &str,
     method: Method,
     path: &str,
     body: Option<Value>,
     token: Option<&str>,
+    tls: &ClientTls,
 ) -> Result<Value, ClientError> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let mut req = Request::builder().method(method).uri(&url).header("content-type", "application/json");
@@ -48,7 +59,18 @@ pub async fn call(
     }
     let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
     let req = req.body(Full::new(body)).map_err(|e| ClientError::Other(format!("bad admin URL {url:?}: {e}")))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let connector = if base.starts_with("https://") {
+        let identity = tls.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        let config = crate::tls::client_identity_config(tls.ca.as_deref(), identity)
+            .map_err(|e| ClientError::Other(format!("cannot set up TLS to the admin API: {e}")))?;
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only()
+    } else {
+        let config = crate::tls::client_config_without_roots().map_err(|e| ClientError::Other(e.to_string()))?;
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http()
+    }
+    .enable_http1()
+    .build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
     let resp = client.request(req).await.map_err(|e| {
         let mut reason = e.to_string();
         let mut src = std::error::Error::source(&e);
