@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/modelgate
 
-.PHONY: run test build ort lint validate models check-metrics scenario scenarios bench fuzz clean
+.PHONY: run test build ort lint validate models check-metrics scenario scenarios bench fuzz faults soak overload clean
 
 ## run: fetch ONNX Runtime, build, and serve the demo routes.yaml on 127.0.0.1:8080
 run: ort build
@@ -47,6 +47,18 @@ bench: ort
 ## fuzz: each fuzz target for FUZZ_SECONDS (default 600) with cargo fuzz (needs a nightly toolchain)
 fuzz:
 	./scripts/fuzz.sh
+
+## faults: upstream killed mid-load, corrupted model reload, disk full state folder, SIGKILL during state writes
+faults:
+	./scripts/faults.sh
+
+## soak: SOAK_SECONDS (default 600) at 80% of the measured maximum rate, RSS and open fds sampled
+soak:
+	./scripts/soak.sh
+
+## overload: twice the measured capacity; shedding keeps the p99 of accepted requests within 3x unloaded
+overload:
+	./scripts/overload.sh
 
 ## check-metrics: serve the demo, drive traffic, and lint /metrics with promtool
 check-metrics:

@@ -65,6 +65,9 @@ pub struct Args {
     /// Conversion probability per variant, like `bc-v1=0.10,bc-v2=0.15` (default 0.1).
     #[arg(long, default_value = "")]
     pub conversion: String,
+    /// Rows per inference request: this many consecutive samples as one batch.
+    #[arg(long, default_value_t = 1)]
+    pub rows: usize,
     /// Held-out samples to send.
     #[arg(long, default_value = "models/breast-cancer-holdout.json")]
     pub samples: PathBuf,
@@ -103,6 +106,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// What every worker records into.
 struct Stats {
     all: Histogram<u64>,
+    /// Answers with a 2xx status only.
+    accepted: Histogram<u64>,
     variants: BTreeMap<String, (Histogram<u64>, u64, u64)>,
     statuses: BTreeMap<u16, u64>,
     transport_errors: u64,
@@ -117,6 +122,9 @@ impl Stats {
     fn record(&mut self, variant: &str, status: Option<u16>, micros: u64) {
         let micros = micros.clamp(1, 60_000_000);
         let _ = self.all.record(micros);
+        if status.is_some_and(|s| (200..300).contains(&s)) {
+            let _ = self.accepted.record(micros);
+        }
         match status {
             Some(s) => *self.statuses.entry(s).or_default() += 1,
             None => self.transport_errors += 1,
@@ -146,13 +154,20 @@ impl Workload {
         let args = &self.args;
         let (req, label) = match (&args.model, &args.path) {
             (Some(model), _) => {
-                let (features, label) = &self.samples[(i as usize) % self.samples.len()];
-                let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, features.as_array().map_or(0, Vec::len)], "data": features}]});
+                let rows = args.rows.max(1);
+                let first = (i as usize * rows) % self.samples.len();
+                let batch: Vec<&(Value, i64)> =
+                    (0..rows).map(|r| &self.samples[(first + r) % self.samples.len()]).collect();
+                let width = batch[0].0.as_array().map_or(0, Vec::len);
+                let data: Vec<&Value> = batch.iter().flat_map(|(f, _)| f.as_array().into_iter().flatten()).collect();
+                let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, width], "data": data}]});
+                let labels: Vec<i64> = batch.iter().map(|(_, l)| *l).collect();
+                let label = if rows == 1 { json!(labels[0]) } else { json!(labels) };
                 let req = Request::builder()
                     .method(Method::POST)
                     .uri(format!("{}/v2/models/{model}/infer", args.url))
                     .header("content-type", "application/json");
-                (req.body(Full::new(Bytes::from(body.to_string()))), Some(*label))
+                (req.body(Full::new(Bytes::from(body.to_string()))), Some(label))
             }
             (None, Some(path)) => (Request::get(format!("{}{path}", args.url)).body(Full::new(Bytes::new())), None),
             (None, None) => unreachable_config(),
@@ -260,6 +275,7 @@ pub async fn run_until(args: Args, stop: Arc<AtomicBool>) -> anyhow::Result<Valu
         conversion,
         stats: Mutex::new(Stats {
             all: histogram(),
+            accepted: histogram(),
             variants: BTreeMap::new(),
             statuses: BTreeMap::new(),
             transport_errors: 0,
@@ -355,6 +371,8 @@ pub async fn run_until(args: Args, stop: Arc<AtomicBool>) -> anyhow::Result<Valu
         "statuses": s.statuses,
         "transport_errors": s.transport_errors,
         "latency_ms": {"p50": ms(&s.all, 0.5), "p90": ms(&s.all, 0.9), "p99": ms(&s.all, 0.99), "p999": ms(&s.all, 0.999), "max": s.all.max() as f64 / 1000.0},
+        "accepted": s.accepted.len(),
+        "accepted_latency_ms": {"p50": ms(&s.accepted, 0.5), "p99": ms(&s.accepted, 0.99), "max": s.accepted.max() as f64 / 1000.0},
         "variants": per_variant,
         "feedback_sent": s.feedback_sent,
     });

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# `make overload`: does modelgate shed instead of collapsing under twice its capacity?
+#   1. capacity: closed loop on a route without a concurrency limit → R req/s;
+#   2. unloaded: open loop at R/4 on the limited route → p99 of its answers;
+#   3. overload: open loop at 2R on the limited route → 503s, and the p99 of accepted answers,
+#      which must stay within 3× the unloaded p99 (exit 1 otherwise);
+#   4. for contrast: 2R on the route without a limit.
+# The gateway runs pinned to CPU 0 (one tokio worker, one ORT session), the load generator to
+# CPU 1, so the generator does not steal the gateway's CPU. Loopback only, about a minute.
+# OVERLOAD_ROWS (default 32) rows per request; OVERLOAD_LIMIT (default 4) max_concurrency.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${OVERLOAD_ROWS:-32}
+limit=${OVERLOAD_LIMIT:-4}
+work=$(mktemp -d)
+log() { printf 'overload: %s\n' "$*" >&2; }
+./scripts/fetch-ort.sh >/dev/null
+cargo build --locked --release --quiet --workspace --bin modelgate --bin loadtest
+root=$(pwd)
+cat >"$work/routes.yaml" <<YAML
+backends:
+  - name: gbm
+    onnx: {path: "$root/models/breast-cancer-v2.onnx", sessions: 1, queue: 1024}
+routes:
+  - model: limited
+    backend: gbm
+    max_concurrency: $limit
+  - model: unlimited
+    backend: gbm
+YAML
+pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+pin 0 target/release/modelgate --workers 1 serve --config "$work/routes.yaml" --listen 127.0.0.1:0 \
+  --admin-listen 127.0.0.1:0 --state-dir "$work/state" >"$work/gw.out" 2>"$work/gw.err" &
+gw=$!
+trap 'kill $gw 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 1 200); do grep -q listening "$work/gw.out" 2>/dev/null && break; sleep 0.05; done
+url=$(sed -n 's/.*listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$work/gw.out")
+[ -n "$url" ] || { cat "$work/gw.err" >&2; exit 1; }
+lt() { pin 1 target/release/loadtest --quiet --url "$url" --rows "$rows" "$@"; }
+log "capacity: closed loop, 16 connections, 10s, $rows rows per request"
+lt --model unlimited -c 16 --duration 10s --report "$work/capacity.json" >/dev/null
+cap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests_per_second"])' "$work/capacity.json")
+quarter=$(python3 -c "print(round($cap / 4, 1))"); double=$(python3 -c "print(round($cap * 2, 1))")
+log "unloaded: $quarter req/s for 10s"
+lt --model limited --rate "$quarter" --duration 10s --report "$work/unloaded.json" >/dev/null
+log "overload: $double req/s for 20s (max_concurrency $limit)"
+lt --model limited --rate "$double" --duration 20s --report "$work/overload.json" >/dev/null
+log "contrast: $double req/s for 10s without a limit"
+lt --model unlimited --rate "$double" --duration 10s --report "$work/unlimited.json" >/dev/null
+python3 - "$work" "$limit" "$rows" <<'PY'
+import json, sys
+work, limit, rows = sys.argv[1], sys.argv[2], sys.argv[3]
+r = {n: json.load(open(f"{work}/{n}.json")) for n in ["capacity", "unloaded", "overload", "unlimited"]}
+cap = r["capacity"]["requests_per_second"]
+base = r["unloaded"]["accepted_latency_ms"]["p99"]
+def line(name, x):
+    st = x["statuses"]; acc = x["accepted"]; secs = x["seconds"]
+    print(f"| {name} | {x.get('rate_target') or '-'} | {x['requests']} | {acc / secs:,.0f} | "
+          f"{st.get('503', 0)} | {x['transport_errors']} | {x['accepted_latency_ms']['p50']:.2f} | "
+          f"{x['accepted_latency_ms']['p99']:.2f} |")
+print(f"capacity {cap:,.0f} req/s ({rows} rows per request, 1 ORT session, gateway on 1 CPU); max_concurrency {limit}")
+print("| run | offered req/s | answered | accepted req/s | 503 | transport errors | accepted p50 ms | accepted p99 ms |")
+print("|---|---|---|---|---|---|---|---|")
+line("capacity (closed loop, no limit)", r["capacity"])
+line("unloaded (R/4, limited)", r["unloaded"])
+line("overload (2R, limited)", r["overload"])
+line("overload (2R, no limit)", r["unlimited"])
+p99 = r["overload"]["accepted_latency_ms"]["p99"]
+shed = r["overload"]["statuses"].get("503", 0)
+ok = shed > 0 and p99 <= 3 * base and r["overload"]["transport_errors"] == 0
+print(f"accepted p99 under 2R: {p99:.2f} ms = {p99 / base:.2f}x the unloaded p99 ({base:.2f} ms); limit 3x: {'PASS' if ok else 'FAIL'}")
+sys.exit(0 if ok else 1)
+PY
