@@ -160,7 +160,8 @@ impl Workload {
                     (0..rows).map(|r| &self.samples[(first + r) % self.samples.len()]).collect();
                 let width = batch[0].0.as_array().map_or(0, Vec::len);
                 let data: Vec<&Value> = batch.iter().flat_map(|(f, _)| f.as_array().into_iter().flatten()).collect();
-                let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, width], "data": data}]});
+                let body =
+                    json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, width], "data": data}]});
                 let labels: Vec<i64> = batch.iter().map(|(_, l)| *l).collect();
                 let label = if rows == 1 { json!(labels[0]) } else { json!(labels) };
                 let req = Request::builder()
