@@ -573,3 +573,34 @@ async fn shadow_gets_its_share_the_client_sees_only_the_primary_and_agreement_is
     assert_eq!(upstream.last().path_and_query, "/v2/models/risk-up/infer");
     assert_eq!(upstream.last().body, sample().to_string());
 }
+
+#[tokio::test]
+async fn a_slow_shadow_gets_at_most_max_in_flight_copies_and_the_rest_are_skipped() {
+    let slow = Upstream::start(Duration::from_millis(800)).await;
+    let gw = Gateway::start(&format!(
+        "{}  - name: slow\n    upstream: {{url: \"{}/slow\"}}\nroutes:\n  - model: risk\n    backend: v1\n    shadow: {{backend: slow, percent: 100, max_in_flight: 2}}\n",
+        backends(),
+        slow.url()
+    ))
+    .await;
+    for _ in 0..10 {
+        let a = post_json(&gw.url("/v2/models/risk/infer"), &sample()).await;
+        assert_eq!(a.status, StatusCode::OK, "the client never waits for the shadow");
+    }
+    let stats = admin_routes(&gw).await["routes"][0]["shadow"]["stats"].clone();
+    assert_eq!((stats["sent"].as_u64(), stats["skipped"].as_u64()), (Some(2), Some(8)), "{stats}");
+    // Once the copies in flight are answered, new ones go out again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // (The test upstream's echo is no inference answer: the copies end as failed.)
+    while admin_routes(&gw).await["routes"][0]["shadow"]["stats"]["failed"].as_u64() != Some(2) {
+        assert!(std::time::Instant::now() < deadline, "the slow shadow never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(post_json(&gw.url("/v2/models/risk/infer"), &sample()).await.status, StatusCode::OK);
+    let stats = admin_routes(&gw).await["routes"][0]["shadow"]["stats"].clone();
+    assert_eq!((stats["sent"].as_u64(), stats["skipped"].as_u64()), (Some(3), Some(8)), "{stats}");
+    assert_eq!(slow.hits.load(Ordering::SeqCst), 3);
+    let metrics = support::get(&gw.admin_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains(r#"modelgate_shadow_requests_total{route="risk",outcome="skipped"} 8"#), "{text}");
+}

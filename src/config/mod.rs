@@ -295,6 +295,8 @@ pub struct ShadowSpec {
     pub backend: String,
     /// Percent of requests copied, 0..=100.
     pub percent: f64,
+    /// Copies in flight at most; more are skipped (counted), never queued.
+    pub max_in_flight: usize,
 }
 
 impl Strategy {
@@ -987,7 +989,12 @@ fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut Issues) ->
                 );
             }
             let ok_percent = percent(sh.percent, &format!("{place}.shadow.percent"), issues);
-            (ok_backend && ok_percent).then(|| ShadowSpec { backend: sh.backend.clone(), percent: sh.percent })
+            let max_in_flight = count(sh.max_in_flight, 64, 100_000, &format!("{place}.shadow.max_in_flight"), issues);
+            (ok_backend && ok_percent).then(|| ShadowSpec {
+                backend: sh.backend.clone(),
+                percent: sh.percent,
+                max_in_flight,
+            })
         });
         let kind = match (&r.model, &r.path_prefix) {
             (Some(name), None) => {

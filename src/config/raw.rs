@@ -246,4 +246,5 @@ pub struct RawSticky {
 pub struct RawShadow {
     pub backend: String,
     pub percent: f64,
+    pub max_in_flight: Option<i64>,
 }

@@ -415,6 +415,7 @@ impl Controller {
                     name: sh.backend.clone(),
                     backend: loaded.backend.clone(),
                     percent: sh.percent,
+                    max_in_flight: sh.max_in_flight,
                     stats,
                 })
             });

@@ -62,6 +62,8 @@ pub struct ShadowTarget {
     pub backend: Arc<Backend>,
     /// Percent of requests copied.
     pub percent: f64,
+    /// Copies in flight at most.
+    pub max_in_flight: usize,
     /// Agreement with the primary, kept across table swaps.
     pub stats: Arc<ShadowStats>,
 }

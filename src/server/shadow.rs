@@ -23,8 +23,12 @@ pub(super) fn spawn(target: &ShadowTarget, route: &Route, body: Bytes, primary: 
         _ => route.name.clone(),
     };
     let shadow_name = target.name.clone();
+    // Copies never queue: beyond max_in_flight they are skipped, so a slow shadow cannot pile
+    // up tasks and memory in the gateway.
+    let Some(slot) = stats.begin(target.max_in_flight) else { return };
     stats.sent();
     tokio::spawn(async move {
+        let _slot = slot;
         let outputs: Result<Vec<Flat>, String> = match backend.as_ref() {
             Backend::Onnx(m) => match InferRequest::from_json(&body) {
                 Ok(req) => run_local(m, &req).await.map(|t| flatten_tensors(&t)).map_err(|e| e.message),

@@ -9,7 +9,8 @@ use crate::protocol::{Tensor, TensorData};
 use metrics::{Counter, Gauge, Label};
 use serde::Serialize;
 use serde_json::Value;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// One output reduced to what comparison needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +134,8 @@ pub struct ShadowSnapshot {
     pub sent: u64,
     /// Copies that failed (error or unreadable answer).
     pub failed: u64,
+    /// Copies not sent because `max_in_flight` were already out.
+    pub skipped: u64,
     /// Classifier rows compared.
     pub rows_compared: u64,
     /// Classifier rows with the same top class.
@@ -151,8 +154,10 @@ pub struct ShadowSnapshot {
 #[derive(Debug)]
 pub struct ShadowStats {
     totals: Mutex<ShadowSnapshot>,
+    in_flight: AtomicUsize,
     sent: Counter,
     failed: Counter,
+    skipped: Counter,
     agreement: Gauge,
     difference: Gauge,
 }
@@ -161,8 +166,10 @@ impl Default for ShadowStats {
     fn default() -> Self {
         ShadowStats {
             totals: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
             sent: Counter::noop(),
             failed: Counter::noop(),
+            skipped: Counter::noop(),
             agreement: Gauge::noop(),
             difference: Gauge::noop(),
         }
@@ -181,8 +188,10 @@ impl ShadowStats {
         };
         ShadowStats {
             totals: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
             sent: telemetry.counter(names::SHADOW_TOTAL, labels(Some("sent"))),
             failed: telemetry.counter(names::SHADOW_TOTAL, labels(Some("failed"))),
+            skipped: telemetry.counter(names::SHADOW_TOTAL, labels(Some("skipped"))),
             agreement: telemetry.gauge(names::SHADOW_AGREEMENT, labels(None)),
             difference: telemetry.gauge(names::SHADOW_DIFFERENCE, labels(None)),
         }
@@ -191,6 +200,19 @@ impl ShadowStats {
     fn with(&self, f: impl FnOnce(&mut ShadowSnapshot)) {
         let mut s = self.totals.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
+    }
+
+    /// Takes one of `max` in-flight slots for a copy, or counts the copy as skipped.
+    pub fn begin(self: &Arc<Self>, max: usize) -> Option<InFlight> {
+        let taken = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+        match taken {
+            Ok(_) => Some(InFlight(self.clone())),
+            Err(_) => {
+                self.with(|s| s.skipped += 1);
+                self.skipped.increment(1);
+                None
+            }
+        }
     }
 
     /// A copy was sent.
@@ -244,6 +266,16 @@ pub fn prediction(outputs: &[Flat]) -> Option<Vec<i64>> {
         .chain(outputs.iter().filter(|o| !o.integer))
         .find_map(top_classes)
         .map(|rows| rows.into_iter().map(|c| c as i64).collect())
+}
+
+/// A shadow copy's in-flight slot; given back when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<ShadowStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[cfg(test)]
