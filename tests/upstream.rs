@@ -282,3 +282,25 @@ async fn retries_go_to_another_endpoint_and_never_exceed_the_budget() {
     assert!(s.retries_refused > 0, "{s:?}");
     println!("retry budget: {} retries, {} refused over 200 failing requests", s.retries, s.retries_refused);
 }
+
+#[tokio::test]
+async fn a_request_cut_off_by_the_gateway_deadline_counts_against_its_variant() {
+    let up = Upstream::start(Duration::from_secs(3)).await;
+    let yaml = format!(
+        "server:\n  request_timeout: 200ms\nbackends:\n  - name: slow\n    upstream: {{url: \"{}\", request_timeout: 10s}}\nroutes:\n  - path_prefix: /slow/\n    backend: slow\n",
+        up.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    for _ in 0..3 {
+        let a = get(&gw.url("/slow/x")).await;
+        assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(a.error().contains("request_timeout of 200ms"), "{}", a.error());
+    }
+    let metrics = get(&gw.admin_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("modelgate_requests_total{") && l.contains(r#"code="504""#))
+        .unwrap_or_else(|| panic!("no 504 counted for the variant:\n{text}"));
+    assert!(line.contains(r#"variant="slow""#) && line.ends_with(" 3"), "{line}");
+}

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// What every request handler shares.
@@ -30,6 +30,11 @@ pub struct AppState {
 /// Marks an answer to be counted for a variant once it is complete.
 #[derive(Clone)]
 pub(super) struct Track(pub Arc<VariantStats>);
+
+/// The variant a request was given, set as soon as it is picked: a request cut off by the
+/// gateway's request_timeout still counts (as a 504) against the variant that was too slow.
+#[derive(Clone, Default)]
+pub(super) struct TrackCell(Arc<OnceLock<Arc<VariantStats>>>);
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -51,7 +56,9 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     let id = request_id(&req);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let req = req.map(|b| b.map_err(BodyError::new).boxed());
+    let mut req = req.map(|b| b.map_err(BodyError::new).boxed());
+    let cell = TrackCell::default();
+    req.extensions_mut().insert(cell.clone());
     let deadline = state.settings.request_timeout;
     let mut resp = match tokio::time::timeout(deadline, dispatch(&state, req, peer)).await {
         Ok(Ok(resp)) => resp,
@@ -63,8 +70,15 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     };
     resp.headers_mut().insert(REQUEST_ID, id.clone());
     let status = resp.status().as_u16();
-    if let Some(Track(stats)) = resp.extensions_mut().remove::<Track>() {
-        stats.record(status, started.elapsed());
+    match resp.extensions_mut().remove::<Track>() {
+        Some(Track(stats)) => stats.record(status, started.elapsed()),
+        // Cut off by the deadline: the variant's answer never came.
+        None if status == 504 => {
+            if let Some(stats) = cell.0.get() {
+                stats.record(status, started.elapsed());
+            }
+        }
+        None => {}
     }
     let micros = started.elapsed().as_micros() as u64;
     let request_id = id.to_str().unwrap_or("-");
@@ -99,6 +113,7 @@ async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) ->
     };
     let _permit = route.admit().inspect_err(|_| shed(state, &route.name))?;
     let picked = pick(route, None, req.headers(), req.uri().query())?;
+    picked.claim(&req);
     let variant = picked.variant;
     let Backend::Upstream(up) = variant.backend.as_ref() else {
         return Err(ApiError::internal(format!("route {prefix:?} points at an in-process model")));
@@ -193,6 +208,13 @@ impl Picked<'_> {
     }
 
     /// Counts the answer for the variant (status and latency) when it completes.
+    /// Notes the pick on the request, so that a deadline cutting it off counts for the variant.
+    pub fn claim<B>(&self, req: &Request<B>) {
+        if let Some(TrackCell(cell)) = req.extensions().get::<TrackCell>() {
+            let _ = cell.set(self.variant.stats.clone());
+        }
+    }
+
     pub fn track(&self, resp: &mut Response<Body>) {
         resp.extensions_mut().insert(Track(self.variant.stats.clone()));
     }

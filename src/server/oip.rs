@@ -101,6 +101,7 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>, peer: SocketAdd
             let (mut resp, prediction) = match (variant.backend.as_ref(), action) {
                 (_, Action::Infer) => {
                     let _permit = route.admit().inspect_err(|_| shed(state, &route.name))?;
+                    picked.claim(&req);
                     // Failures count against the variant too: answer them here, then track.
                     let (mut resp, prediction) =
                         infer(state, route, variant, req, peer).await.unwrap_or_else(|e| (response::error(&e), None));
