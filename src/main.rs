@@ -387,8 +387,13 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     if std::env::var_os("MODELGATE_FEEDBACK_KEY").is_none() {
         tracing::warn!("MODELGATE_FEEDBACK_KEY is not set: request ids are not signed, so feedback cannot be verified");
     }
-    let state =
-        Arc::new(AppState { table: controller.table(), settings, telemetry: controller.telemetry().clone(), ids });
+    let state = Arc::new(AppState {
+        table: controller.table(),
+        settings,
+        telemetry: controller.telemetry().clone(),
+        ids,
+        feedback: Default::default(),
+    });
     server::serve(listener, state, inference_tls, server::shutdown_signal()).await;
     let _ = stop_tx.send(true);
     let _ = admin_task.await;

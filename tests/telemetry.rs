@@ -179,6 +179,24 @@ async fn bad_feedback_is_refused_with_the_reason() {
     }
     let a = post_json(&gw.url("/v2/feedback"), &json!({"request_id": regression_id, "reward": -2.5})).await;
     assert_eq!(a.status, StatusCode::OK, "a regression takes rewards");
+
+    // Each outcome of an answer counts once: a replayed post is refused and changes nothing.
+    let first = post_json(&gw.url("/v2/feedback"), &json!({"request_id": id, "conversion": true})).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let again = post_json(&gw.url("/v2/feedback"), &json!({"request_id": id, "conversion": false, "label": 1})).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(
+        again.error().starts_with("feedback (conversion) on this request_id was already recorded"),
+        "{}",
+        again.error()
+    );
+    let label = post_json(&gw.url("/v2/feedback"), &json!({"request_id": id, "label": 1})).await;
+    assert_eq!(label.status, StatusCode::OK, "another kind of outcome of the same answer is still taken");
+    let stats = get(&gw.admin_url("/admin/stats")).await.json();
+    let risk = stats["routes"].as_array().unwrap().iter().find(|r| r["route"] == "risk").unwrap().clone();
+    let conversions: u64 =
+        risk["variants"].as_array().unwrap().iter().map(|v| v["total"]["conversion_samples"].as_u64().unwrap()).sum();
+    assert_eq!(conversions, 1);
 }
 
 #[tokio::test]

@@ -9,6 +9,65 @@ use crate::protocol::{feedback, ApiError};
 use crate::telemetry::Feedback;
 use http::{Request, Response, StatusCode};
 use serde_json::json;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+/// What feedback this gateway has recorded, by request id, so that a retried or replayed post
+/// is not counted twice. Bounded: past `capacity` ids the oldest are forgotten. Replicas keep
+/// their own ledgers (a post replayed to another replica is not caught).
+#[derive(Debug)]
+pub struct FeedbackLedger {
+    capacity: usize,
+    seen: Mutex<(HashMap<String, u8>, VecDeque<String>)>,
+}
+
+impl Default for FeedbackLedger {
+    fn default() -> Self {
+        Self::new(262_144)
+    }
+}
+
+const CONVERSION: u8 = 1;
+const REWARD: u8 = 2;
+const LABEL: u8 = 4;
+
+impl FeedbackLedger {
+    /// A ledger remembering up to `capacity` request ids.
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity: capacity.max(1), seen: Mutex::default() }
+    }
+
+    /// Records the kinds in `post` for its request id; refuses when any was recorded before.
+    fn record(&self, nonce: &str, kinds: u8) -> Result<(), ApiError> {
+        let mut guard = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (seen, order) = &mut *guard;
+        let before = seen.get(nonce).copied().unwrap_or(0);
+        if before & kinds != 0 {
+            let names: Vec<&str> = [(CONVERSION, "conversion"), (REWARD, "reward"), (LABEL, "label")]
+                .iter()
+                .filter(|(bit, _)| before & kinds & bit != 0)
+                .map(|(_, name)| *name)
+                .collect();
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "feedback ({}) on this request_id was already recorded; each answer's outcome counts once",
+                    names.join(", ")
+                ),
+            ));
+        }
+        if before == 0 {
+            if order.len() >= self.capacity {
+                if let Some(oldest) = order.pop_front() {
+                    seen.remove(&oldest);
+                }
+            }
+            order.push_back(nonce.to_string());
+        }
+        seen.insert(nonce.to_string(), before | kinds);
+        Ok(())
+    }
+}
 
 pub(super) async fn handle(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
     let body = response::collect(req.into_body(), 64 * 1024).await?;
@@ -20,6 +79,10 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>) -> Result<Respo
             id.route
         )));
     }
+    let kinds = (u8::from(fb.conversion.is_some()) * CONVERSION)
+        | (u8::from(fb.reward.is_some()) * REWARD)
+        | (u8::from(fb.labels.is_some()) * LABEL);
+    state.feedback.record(&id.nonce, kinds)?;
     let scored = fb.labels;
     let stats = state.telemetry.variant(&id.route, &id.variant);
     stats.feedback(&Feedback { conversion: fb.conversion, reward: fb.reward, labels: scored });

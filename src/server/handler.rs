@@ -25,6 +25,8 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     /// Issues and reads the gateway request ids that feedback refers to.
     pub ids: IdCodec,
+    /// Feedback already recorded, so none is counted twice.
+    pub feedback: super::FeedbackLedger,
 }
 
 /// Marks an answer to be counted for a variant once it is complete.

@@ -6,6 +6,7 @@ mod oip;
 pub mod response;
 mod shadow;
 
+pub use feedback::FeedbackLedger;
 pub use handler::AppState;
 
 use crate::backend::Body;

@@ -72,6 +72,7 @@ impl Gateway {
             settings: config.server.clone(),
             telemetry: controller.telemetry().clone(),
             ids,
+            feedback: Default::default(),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut s1 = stopped.clone();
