@@ -201,13 +201,29 @@ async fn a_route_at_its_concurrency_limit_sheds_with_503_at_once() {
     assert_eq!(shed.headers["retry-after"], "1");
     assert_eq!(shed.error(), "route \"/slow/\" is at its limit of 2 concurrent requests; retry shortly");
     assert!(held.iter().all(|h| !h.is_finished()), "shed at once, not queued behind the slow requests");
+    // A shed request's body is read and dropped, so its connection stays usable.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut conn, driver) = hyper::client::conn::http1::handshake::<_, http_body_util::Full<bytes::Bytes>>(
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(driver);
+    let big = http::Request::post("/slow/upload")
+        .header("host", "gw")
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 40_000])))
+        .unwrap();
+    assert_eq!(conn.send_request(big).await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    let live = http::Request::get("/v2/health/live").header("host", "gw").body(Default::default()).unwrap();
+    let again = conn.send_request(live).await.expect("the connection was kept after the 503");
+    assert_eq!(again.status(), StatusCode::OK);
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 2, "the shed request never reached the upstream");
     for h in held {
         assert_eq!(h.await.unwrap().status, StatusCode::OK);
     }
     assert_eq!(get(&url).await.status, StatusCode::OK, "room again once they finished");
     let metrics = String::from_utf8(get(&gw.admin_url("/metrics")).await.body.to_vec()).unwrap();
-    assert!(metrics.contains("modelgate_shed_requests_total{route=\"/slow/\"} 1"), "{metrics}");
+    assert!(metrics.contains("modelgate_shed_requests_total{route=\"/slow/\"} 2"), "{metrics}");
 }
 
 fn dead_port() -> std::net::SocketAddr {

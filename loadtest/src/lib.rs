@@ -141,7 +141,9 @@ impl Stats {
 struct Workload {
     args: Args,
     client: Client<HttpConnector, Full<Bytes>>,
-    pub samples: Vec<(Value, i64)>,
+    /// Request bodies and their labels, one per starting sample, built once: the generator
+    /// must not spend its CPU on JSON while it measures the server.
+    bodies: Vec<(Bytes, Value)>,
     pub conversion: BTreeMap<String, f64>,
     stats: Mutex<Stats>,
     sent: AtomicU64,
@@ -154,21 +156,12 @@ impl Workload {
         let args = &self.args;
         let (req, label) = match (&args.model, &args.path) {
             (Some(model), _) => {
-                let rows = args.rows.max(1);
-                let first = (i as usize * rows) % self.samples.len();
-                let batch: Vec<&(Value, i64)> =
-                    (0..rows).map(|r| &self.samples[(first + r) % self.samples.len()]).collect();
-                let width = batch[0].0.as_array().map_or(0, Vec::len);
-                let data: Vec<&Value> = batch.iter().flat_map(|(f, _)| f.as_array().into_iter().flatten()).collect();
-                let body =
-                    json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, width], "data": data}]});
-                let labels: Vec<i64> = batch.iter().map(|(_, l)| *l).collect();
-                let label = if rows == 1 { json!(labels[0]) } else { json!(labels) };
+                let (body, label) = &self.bodies[(i as usize * args.rows.max(1)) % self.bodies.len()];
                 let req = Request::builder()
                     .method(Method::POST)
                     .uri(format!("{}/v2/models/{model}/infer", args.url))
                     .header("content-type", "application/json");
-                (req.body(Full::new(Bytes::from(body.to_string()))), Some(label))
+                (req.body(Full::new(body.clone())), Some(label.clone()))
             }
             (None, Some(path)) => (Request::get(format!("{}{path}", args.url)).body(Full::new(Bytes::new())), None),
             (None, None) => unreachable_config(),
@@ -218,6 +211,21 @@ impl Workload {
             }
         }
     }
+}
+
+/// One inference body per starting sample: `rows` consecutive samples as a batch, with their labels.
+fn bodies(samples: &[(Value, i64)], rows: usize) -> Vec<(Bytes, Value)> {
+    (0..samples.len())
+        .map(|first| {
+            let batch: Vec<&(Value, i64)> = (0..rows).map(|r| &samples[(first + r) % samples.len()]).collect();
+            let width = batch[0].0.as_array().map_or(0, Vec::len);
+            let data: Vec<&Value> = batch.iter().flat_map(|(f, _)| f.as_array().into_iter().flatten()).collect();
+            let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, width], "data": data}]});
+            let labels: Vec<i64> = batch.iter().map(|(_, l)| *l).collect();
+            let label = if rows == 1 { json!(labels[0]) } else { json!(labels) };
+            (Bytes::from(body.to_string()), label)
+        })
+        .collect()
 }
 
 fn unreachable_config() -> ! {
@@ -270,9 +278,10 @@ pub async fn run_until(args: Args, stop: Arc<AtomicBool>) -> anyhow::Result<Valu
         })
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
     let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build_http();
+    let bodies = bodies(&samples, args.rows.max(1));
     let work = Arc::new(Workload {
+        bodies,
         client,
-        samples,
         conversion,
         stats: Mutex::new(Stats {
             all: histogram(),

@@ -113,7 +113,14 @@ async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) ->
     let RouteKind::Prefix { prefix, rewrite } = &route.kind else {
         return Err(ApiError::internal("prefix table holds a model route"));
     };
-    let _permit = route.admit().inspect_err(|_| shed(state, &route.name))?;
+    let _permit = match route.admit() {
+        Ok(permit) => permit,
+        Err(e) => {
+            shed(state, &route.name);
+            response::discard(req.into_body()).await;
+            return Err(e);
+        }
+    };
     let picked = pick(route, None, req.headers(), req.uri().query())?;
     picked.claim(&req);
     let variant = picked.variant;

@@ -100,7 +100,14 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>, peer: SocketAdd
             let variant = picked.variant;
             let (mut resp, prediction) = match (variant.backend.as_ref(), action) {
                 (_, Action::Infer) => {
-                    let _permit = route.admit().inspect_err(|_| shed(state, &route.name))?;
+                    let _permit = match route.admit() {
+                        Ok(permit) => permit,
+                        Err(e) => {
+                            shed(state, &route.name);
+                            response::discard(req.into_body()).await;
+                            return Err(e);
+                        }
+                    };
                     picked.claim(&req);
                     // Failures count against the variant too: answer them here, then track.
                     let (mut resp, prediction) =

@@ -70,6 +70,18 @@ pub async fn collect(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     }
 }
 
+/// Reads and discards a refused request's body, up to 64 KiB and 250 ms, so that the client's
+/// connection stays usable: an unread body makes the server close it, and under overload every
+/// reconnection is work the gateway cannot spare. Larger or slower bodies are left unread (the
+/// connection is then closed).
+pub async fn discard(body: Body) {
+    let drain = async {
+        let mut body = std::pin::pin!(Limited::new(body, 64 * 1024));
+        while let Some(Ok(_)) = body.frame().await {}
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(250), drain).await;
+}
+
 /// A body that fails once more than `limit` bytes have passed, for streaming.
 pub fn limited(body: Body, limit: usize) -> Body {
     Limited::new(body, limit).map_err(BodyError).boxed()
