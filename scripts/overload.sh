@@ -28,15 +28,16 @@ routes:
   - model: unlimited
     backend: gbm
 YAML
-pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
-pin 0 target/release/modelgate --workers 1 serve --config "$work/routes.yaml" --listen 127.0.0.1:0 \
-  --admin-listen 127.0.0.1:0 --state-dir "$work/state" >"$work/gw.out" 2>"$work/gw.err" &
+# pin CPU COMMAND...: runs COMMAND on that CPU (taskset execs it, so $! is the command's pid).
+pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then exec taskset -c "$1" "${@:2}"; else exec "${@:2}"; fi; }
+(pin 0 target/release/modelgate --workers 1 serve --config "$work/routes.yaml" --listen 127.0.0.1:0 \
+  --admin-listen 127.0.0.1:0 --state-dir "$work/state") >"$work/gw.out" 2>"$work/gw.err" &
 gw=$!
 trap 'kill $gw 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 1 200); do grep -q listening "$work/gw.out" 2>/dev/null && break; sleep 0.05; done
 url=$(sed -n 's/.*listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$work/gw.out")
 [ -n "$url" ] || { cat "$work/gw.err" >&2; exit 1; }
-lt() { pin 1 target/release/loadtest --quiet --url "$url" --rows "$rows" "$@"; }
+lt() { (pin 1 target/release/loadtest --quiet --url "$url" --rows "$rows" "$@"); }
 log "capacity: closed loop, 16 connections, 10s, $rows rows per request"
 lt --model unlimited -c 16 --duration 10s --report "$work/capacity.json" >/dev/null
 cap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests_per_second"])' "$work/capacity.json")
