@@ -3,9 +3,10 @@
 # on a canary route with sticky users, labels fed back and a shadow, sampling the gateway's
 # resident memory and open file descriptors every SOAK_SAMPLE seconds (default 10).
 # Flat means: after the first minute, memory grows by less than 10% (+16 MiB) from the
-# first to the last quarter of the run, and open fds by at most 16 (quarter means), and every
-# answer is a 200; exit 1 otherwise.
-# Loopback only; the samples are written to $SOAK_CSV (default .soak/samples.csv).
+# first to the last quarter of the run (quarter means), open fds by at most 16 (quarter maxima),
+# and every answer is a 200; exit 1 otherwise.
+# The generator keeps at most 64 requests in flight (a client with a bounded pool; waits count
+# in the latency). Loopback only; the samples are written to $SOAK_CSV (default .soak/samples.csv).
 set -euo pipefail
 script_name=soak
 source "$(dirname "$0")/common.sh"
@@ -32,14 +33,22 @@ routes:
     shadow: {backend: v2-shadow, percent: 10}
 YAML
 start_gateway soak "$work/routes.yaml" --state-dir "$work/state"
-log "maximum rate: closed loop, 16 connections, 10s, the same workload (label feedback for every answer)"
-"$lt" --quiet --url "$gw_url" --model risk -c 16 --duration 10s --users 10000 --feedback label \
-  --report "$work/max.json" >/dev/null
+log "maximum rate: closed loop, 64 connections, 10s, the same workload (label feedback for every answer)"
+"$lt" --quiet --url "$gw_url" --model risk -c 64 --duration 10s --users 10000 --feedback label \
+  --report "$work/closed.json" >/dev/null
+estimate=$(json 'j["requests_per_second"]' <"$work/closed.json")
+# The soak's own mode (open loop, at most 64 in flight) costs the generator more per request than
+# a closed loop on these shared cores: its maximum is what that mode gets answered when offered
+# more than the closed-loop estimate.
+over=$(python3 -c "print(round($estimate * 1.25, 1))")
+log "maximum rate: open loop at $over req/s (1.25 x the closed-loop $estimate), at most 64 in flight, 10s"
+"$lt" --quiet --url "$gw_url" --model risk --rate "$over" --max-in-flight 64 --duration 10s --users 10000 \
+  --feedback label --report "$work/max.json" >/dev/null
 max=$(json 'j["requests_per_second"]' <"$work/max.json")
 rate=$(python3 -c "print(round($max * 0.8, 1))")
 log "soak: $rate req/s (80% of $max) for ${seconds}s, with label feedback; sampling every ${every}s"
 echo "seconds,rss_kb,fds,threads" >"$csv"
-"$lt" --quiet --url "$gw_url" --model risk --rate "$rate" --duration "${seconds}s" --users 10000 \
+"$lt" --quiet --url "$gw_url" --model risk --rate "$rate" --max-in-flight 64 --duration "${seconds}s" --users 10000 \
   --feedback label --report "$work/soak.json" >/dev/null &
 load=$!
 start=$(date +%s)
@@ -63,14 +72,14 @@ first, last = steady[:q], steady[-q:]
 mean = lambda xs, k: sum(x[k] for x in xs) / len(xs)
 rss0, rss1 = mean(first, "rss_kb"), mean(last, "rss_kb")
 fds_all = [r["fds"] for r in steady]
-fds0, fds1 = mean(first, "fds"), mean(last, "fds")
+fds0, fds1 = max(r["fds"] for r in first), max(r["fds"] for r in last)
 bad = report["requests"] - report["statuses"].get("200", 0) + report["transport_errors"]
 print(f"soak: {report['seconds']:.0f} s at {rate:,.0f} req/s offered, {report['requests_per_second']:,.0f} answered/s; "
       f"{report['requests']:,} requests, {bad} not 200, {report['feedback_sent']:,} feedback posts; "
       f"p50 {report['latency_ms']['p50']:.2f} ms, p99 {report['latency_ms']['p99']:.2f} ms")
 print(f"RSS: {rows[0]['rss_kb'] / 1024:.1f} MiB at start, {rss0 / 1024:.1f} MiB (first quarter after 60 s) → "
       f"{rss1 / 1024:.1f} MiB (last quarter), max {max(r['rss_kb'] for r in rows) / 1024:.1f} MiB")
-print(f"open fds: {fds0:.0f} (first quarter) → {fds1:.0f} (last quarter), {min(fds_all)}–{max(fds_all)} after 60 s; threads {min(r['threads'] for r in rows)}–{max(r['threads'] for r in rows)}")
+print(f"open fds: at most {fds0} (first quarter) → at most {fds1} (last quarter), {min(fds_all)}–{max(fds_all)} after 60 s; threads {min(r['threads'] for r in rows)}–{max(r['threads'] for r in rows)}")
 flat = rss1 <= rss0 * 1.10 + 16 * 1024 and fds1 <= fds0 + 16
 print("flat: " + ("PASS" if flat and bad == 0 else "FAIL"))
 sys.exit(0 if flat and bad == 0 else 1)

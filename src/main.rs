@@ -304,7 +304,14 @@ async fn start(
 }
 
 async fn validate(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<()> {
-    let (config, _) = start(Config::load(path)?, ort_flag, None).await?;
+    let config = Config::load(path)?;
+    // The certificate files parse and go with their keys, as `serve` will need them.
+    for (listener, tls) in [("server.tls", &config.server.tls), ("server.admin_tls", &config.server.admin_tls)] {
+        if let Some(tls) = tls {
+            modelgate::tls::server_config(tls).with_context(|| format!("{}: {listener}", path.display()))?;
+        }
+    }
+    let (config, _) = start(config, ort_flag, None).await?;
     println!("{}: ok ({} backends, {} routes)", path.display(), config.backends.len(), config.routes.len());
     Ok(())
 }
@@ -336,6 +343,7 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     let (listen, admin_listen, ort_flag) = (args.listen, args.admin_listen, args.ort_library.as_deref());
     let (config, controller) = start(config, ort_flag, Some(state_dir)).await?;
     controller.spawn_analysis(std::time::Duration::from_millis(250));
+    controller.telemetry().spawn_upkeep(std::time::Duration::from_secs(5));
     if token.is_none() {
         tracing::warn!("no admin token (MODELGATE_ADMIN_TOKEN or --admin-token-file): admin changes are open to anyone who reaches the admin listener");
     }

@@ -449,4 +449,11 @@ fn client_certificates_stand_in_for_the_admin_token_and_bad_tls_files_are_named(
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot serve TLS on the inference listener") && stderr.contains(cert), "{stderr}");
     assert!(stderr.contains("no usable private key"), "{stderr}");
+    // `validate` catches it too, naming the file and the setting.
+    let routes = dir.path().join("tls-routes.yaml");
+    std::fs::write(&routes, format!("server:\n  tls: {{cert: \"{cert}\", key: \"{cert}\"}}\n")).unwrap();
+    let out = modelgate().args(["validate", routes.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tls-routes.yaml: server.tls") && stderr.contains("no usable private key"), "{stderr}");
 }

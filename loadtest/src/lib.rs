@@ -46,6 +46,10 @@ pub struct Args {
     /// Open loop: requests per second on a fixed schedule (overrides -c).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Open loop: at most this many requests in flight, like a client with a bounded connection
+    /// pool; a request waiting for a slot still counts its wait (from its intended send time).
+    #[arg(long)]
+    pub max_in_flight: Option<usize>,
     /// How long to run.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     #[serde(deserialize_with = "de_duration")]
@@ -326,6 +330,8 @@ pub async fn run_until(args: Args, stop: Arc<AtomicBool>) -> anyhow::Result<Valu
         Some(rate) if rate > 0.0 => {
             // Open loop: request i is due at started + i/rate, whatever the answers do.
             let interval = Duration::from_secs_f64(1.0 / rate);
+            let slots = args.max_in_flight.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+            let mut running = tokio::task::JoinSet::new();
             let mut i = 0u64;
             loop {
                 let due = started + interval.mul_f64(i as f64);
@@ -333,11 +339,19 @@ pub async fn run_until(args: Args, stop: Arc<AtomicBool>) -> anyhow::Result<Valu
                     break;
                 }
                 tokio::time::sleep_until(due.into()).await;
-                let work = work.clone();
+                let (work, slots) = (work.clone(), slots.clone());
                 work.sent.fetch_add(1, Ordering::Relaxed);
-                tasks.push(tokio::spawn(async move { work.one(i, due).await }));
+                running.spawn(async move {
+                    let _slot = match slots {
+                        Some(s) => s.acquire_owned().await.ok(),
+                        None => None,
+                    };
+                    work.one(i, due).await
+                });
+                while running.try_join_next().is_some() {}
                 i += 1;
             }
+            while running.join_next().await.is_some() {}
         }
         _ => {
             for _ in 0..args.connections.max(1) {

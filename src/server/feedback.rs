@@ -18,7 +18,8 @@ use std::sync::Mutex;
 #[derive(Debug)]
 pub struct FeedbackLedger {
     capacity: usize,
-    seen: Mutex<(HashMap<String, u8>, VecDeque<String>)>,
+    /// Kinds recorded by nonce, and the nonces oldest first.
+    seen: Mutex<(HashMap<u64, u8>, VecDeque<u64>)>,
 }
 
 impl Default for FeedbackLedger {
@@ -38,10 +39,10 @@ impl FeedbackLedger {
     }
 
     /// Records the kinds in `post` for its request id; refuses when any was recorded before.
-    fn record(&self, nonce: &str, kinds: u8) -> Result<(), ApiError> {
+    fn record(&self, nonce: u64, kinds: u8) -> Result<(), ApiError> {
         let mut guard = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (seen, order) = &mut *guard;
-        let before = seen.get(nonce).copied().unwrap_or(0);
+        let before = seen.get(&nonce).copied().unwrap_or(0);
         if before & kinds != 0 {
             let names: Vec<&str> = [(CONVERSION, "conversion"), (REWARD, "reward"), (LABEL, "label")]
                 .iter()
@@ -62,9 +63,9 @@ impl FeedbackLedger {
                     seen.remove(&oldest);
                 }
             }
-            order.push_back(nonce.to_string());
+            order.push_back(nonce);
         }
-        seen.insert(nonce.to_string(), before | kinds);
+        seen.insert(nonce, before | kinds);
         Ok(())
     }
 }
@@ -82,7 +83,9 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>) -> Result<Respo
     let kinds = (u8::from(fb.conversion.is_some()) * CONVERSION)
         | (u8::from(fb.reward.is_some()) * REWARD)
         | (u8::from(fb.labels.is_some()) * LABEL);
-    state.feedback.record(&id.nonce, kinds)?;
+    // The nonce is 16 hex digits (checked when the id was decoded).
+    let nonce = u64::from_str_radix(&id.nonce, 16).map_err(|_| ApiError::bad_request("malformed request_id nonce"))?;
+    state.feedback.record(nonce, kinds)?;
     let scored = fb.labels;
     let stats = state.telemetry.variant(&id.route, &id.variant);
     stats.feedback(&Feedback { conversion: fb.conversion, reward: fb.reward, labels: scored });

@@ -262,6 +262,25 @@ impl Telemetry {
     pub fn render(&self) -> String {
         self.handle.render()
     }
+
+    /// Folds the histogram observations recorded since the last upkeep (or scrape) into their
+    /// buckets. The recorder queues every observation until then, so without upkeep a gateway
+    /// nobody scrapes grows by a few bytes per request.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// Runs [`Telemetry::upkeep`] every `every` for as long as this telemetry lives.
+    pub fn spawn_upkeep(self: &Arc<Self>, every: std::time::Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(t) = me.upgrade() else { return };
+                t.upkeep();
+            }
+        });
+    }
 }
 
 /// Decrements the in-flight gauge when dropped.

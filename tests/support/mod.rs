@@ -91,6 +91,7 @@ impl Gateway {
         };
         let inference_tls = tls(&config.server.tls, "inference");
         controller.spawn_analysis(Duration::from_millis(50));
+        controller.telemetry().spawn_upkeep(Duration::from_millis(100));
         let admin_state = Arc::new(AdminState { controller: controller.clone(), token: Some(ADMIN_TOKEN.to_string()) });
         let done = vec![
             tokio::spawn(server::serve(listener, state, inference_tls, async move {
