@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// What every request handler shares.
 #[derive(Debug)]
@@ -113,14 +114,7 @@ async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) ->
     let RouteKind::Prefix { prefix, rewrite } = &route.kind else {
         return Err(ApiError::internal("prefix table holds a model route"));
     };
-    let _permit = match route.admit() {
-        Ok(permit) => permit,
-        Err(e) => {
-            shed(state, &route.name);
-            response::discard(req.into_body()).await;
-            return Err(e);
-        }
-    };
+    let (_permit, req) = admit(state, route, req).await?;
     let picked = pick(route, None, req.headers(), req.uri().query())?;
     picked.claim(&req);
     let variant = picked.variant;
@@ -144,9 +138,22 @@ async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) ->
     Ok(resp)
 }
 
-/// Counts a request shed at a route's concurrency limit.
-pub(super) fn shed(state: &AppState, route: &str) {
-    state.telemetry.counter(names::SHED_TOTAL, vec![metrics::Label::new("route", route.to_string())]).increment(1);
+/// Admits a request under its route's concurrency limit, or sheds it: counted, its body read
+/// and dropped (so the connection stays usable), and a 503 + Retry-After.
+pub(super) async fn admit(
+    state: &AppState,
+    route: &Route,
+    req: Request<Body>,
+) -> Result<(Option<OwnedSemaphorePermit>, Request<Body>), ApiError> {
+    match route.admit() {
+        Ok(permit) => Ok((permit, req)),
+        Err(e) => {
+            let label = metrics::Label::new("route", route.name.clone());
+            state.telemetry.counter(names::SHED_TOTAL, vec![label]).increment(1);
+            response::discard(req.into_body()).await;
+            Err(e)
+        }
+    }
 }
 
 /// Applies a backend's injected faults: its delay, then an error for its share of requests.

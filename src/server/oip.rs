@@ -1,6 +1,6 @@
 //! Open Inference Protocol v2 REST endpoints.
 
-use super::handler::{business_value, inject_fault, pick, shed, AppState};
+use super::handler::{admit, business_value, inject_fault, pick, AppState};
 use super::{feedback, response, shadow};
 use crate::backend::{Backend, Body, InferError, OnnxBackend};
 use crate::config::RouteKind;
@@ -100,14 +100,7 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>, peer: SocketAdd
             let variant = picked.variant;
             let (mut resp, prediction) = match (variant.backend.as_ref(), action) {
                 (_, Action::Infer) => {
-                    let _permit = match route.admit() {
-                        Ok(permit) => permit,
-                        Err(e) => {
-                            shed(state, &route.name);
-                            response::discard(req.into_body()).await;
-                            return Err(e);
-                        }
-                    };
+                    let (_permit, req) = admit(state, route, req).await?;
                     picked.claim(&req);
                     // Failures count against the variant too: answer them here, then track.
                     let (mut resp, prediction) =
