@@ -36,8 +36,8 @@ pub(super) struct Track(pub Arc<VariantStats>);
 
 /// The variant a request was given, set as soon as it is picked: a request cut off by the
 /// gateway's request_timeout still counts (as a 504) against the variant that was too slow.
-#[derive(Clone, Default)]
-pub(super) struct TrackCell(Arc<OnceLock<Arc<VariantStats>>>);
+/// It lives on the handler's stack and is lent to the dispatch it outlives.
+pub(super) type Claim = OnceLock<Arc<VariantStats>>;
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -59,11 +59,10 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     let id = request_id(&req);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let mut req = req.map(|b| b.map_err(BodyError::new).boxed());
-    let cell = TrackCell::default();
-    req.extensions_mut().insert(cell.clone());
+    let req = req.map(|b| b.map_err(BodyError::new).boxed());
+    let claim = Claim::new();
     let deadline = state.settings.request_timeout;
-    let mut resp = match tokio::time::timeout(deadline, dispatch(&state, req, peer)).await {
+    let mut resp = match tokio::time::timeout(deadline, dispatch(&state, req, peer, &claim)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => response::error(&e),
         Err(_) => response::error(&ApiError::new(
@@ -77,7 +76,7 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
         Some(Track(stats)) => stats.record(status, started.elapsed()),
         // Cut off by the deadline: the variant's answer never came.
         None if status == 504 => {
-            if let Some(stats) = cell.0.get() {
+            if let Some(stats) = claim.get() {
                 stats.record(status, started.elapsed());
             }
         }
@@ -98,14 +97,19 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     resp
 }
 
-async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) -> Result<Response<Body>, ApiError> {
+async fn dispatch(
+    state: &AppState,
+    mut req: Request<Body>,
+    peer: SocketAddr,
+    claim: &Claim,
+) -> Result<Response<Body>, ApiError> {
     let path = normalize_path(req.uri().path())?.into_owned();
     if path != req.uri().path() {
         let pq = response::with_query(&path, req.uri().query());
         *req.uri_mut() = pq.parse().map_err(|e| ApiError::bad_request(format!("invalid path {path:?}: {e}")))?;
     }
     if path == "/v2" || path.starts_with("/v2/") {
-        return oip::handle(state, req, peer).await;
+        return oip::handle(state, req, peer, claim).await;
     }
     let table = state.table.load();
     let Some((route, rest)) = table.prefix(&path) else {
@@ -116,7 +120,7 @@ async fn dispatch(state: &AppState, mut req: Request<Body>, peer: SocketAddr) ->
     };
     let (_permit, req) = admit(state, route, req).await?;
     let picked = pick(route, None, req.headers(), req.uri().query())?;
-    picked.claim(&req);
+    picked.claim(claim);
     let variant = picked.variant;
     let Backend::Upstream(up) = variant.backend.as_ref() else {
         return Err(ApiError::internal(format!("route {prefix:?} points at an in-process model")));
@@ -223,14 +227,12 @@ impl Picked<'_> {
         }
     }
 
-    /// Counts the answer for the variant (status and latency) when it completes.
-    /// Notes the pick on the request, so that a deadline cutting it off counts for the variant.
-    pub fn claim<B>(&self, req: &Request<B>) {
-        if let Some(TrackCell(cell)) = req.extensions().get::<TrackCell>() {
-            let _ = cell.set(self.variant.stats.clone());
-        }
+    /// Notes the pick, so that a deadline cutting the request off counts for the variant.
+    pub fn claim(&self, claim: &Claim) {
+        let _ = claim.set(self.variant.stats.clone());
     }
 
+    /// Counts the answer for the variant (status and latency) when it completes.
     pub fn track(&self, resp: &mut Response<Body>) {
         resp.extensions_mut().insert(Track(self.variant.stats.clone()));
     }

@@ -1,6 +1,6 @@
 //! Open Inference Protocol v2 REST endpoints.
 
-use super::handler::{admit, business_value, inject_fault, pick, AppState};
+use super::handler::{admit, business_value, inject_fault, pick, AppState, Claim};
 use super::{feedback, response, shadow};
 use crate::backend::{Backend, Body, InferError, OnnxBackend};
 use crate::config::RouteKind;
@@ -63,7 +63,12 @@ fn allow(method: &Method, wanted: Method) -> Result<(), ApiError> {
     }
 }
 
-pub(super) async fn handle(state: &AppState, req: Request<Body>, peer: SocketAddr) -> Result<Response<Body>, ApiError> {
+pub(super) async fn handle(
+    state: &AppState,
+    req: Request<Body>,
+    peer: SocketAddr,
+    claim: &Claim,
+) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let Some(endpoint) = parse(&path) else {
         return Err(ApiError::not_found(format!("no Open Inference Protocol endpoint at {path:?}")));
@@ -101,7 +106,7 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>, peer: SocketAdd
             let (mut resp, prediction) = match (variant.backend.as_ref(), action) {
                 (_, Action::Infer) => {
                     let (_permit, req) = admit(state, route, req).await?;
-                    picked.claim(&req);
+                    picked.claim(claim);
                     // Failures count against the variant too: answer them here, then track.
                     let (mut resp, prediction) =
                         infer(state, route, variant, req, peer).await.unwrap_or_else(|e| (response::error(&e), None));
