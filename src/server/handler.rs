@@ -84,13 +84,14 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     }
     let micros = started.elapsed().as_micros() as u64;
     let request_id = id.to_str().unwrap_or("-");
-    if status >= 500 && !resp.headers().contains_key(http::header::RETRY_AFTER) {
+    let refused = resp.extensions().get::<response::Refused>().is_some();
+    if status >= 500 && !refused {
         tracing::warn!(%method, path, status, micros, request_id, %peer, "request failed");
     } else if status >= 500 {
-        // Shed by the gateway's own overload protection (503 + Retry-After): counted in
+        // Refused by the gateway's own overload protection (503 + Retry-After): counted in
         // modelgate_shed_requests_total; a log line each would add work exactly when there is
         // too much of it.
-        tracing::debug!(%method, path, status, micros, request_id, "request shed");
+        tracing::debug!(%method, path, status, micros, request_id, "request refused; retry later");
     } else {
         tracing::debug!(%method, path, status, micros, request_id, "request");
     }

@@ -35,10 +35,16 @@ pub fn json_value<T: serde::Serialize>(status: StatusCode, value: &T) -> Respons
     }
 }
 
+/// Marks a "try again shortly" answer the gateway made itself (shed, queue full, recreate gap),
+/// as opposed to one passed on from an upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused;
+
 /// `{"error": "..."}` with the error's status (and `Retry-After` when it has one).
 pub fn error(e: &ApiError) -> Response<Body> {
     let mut resp = json(e.status, e.body());
     if let Some(after) = e.retry_after {
+        resp.extensions_mut().insert(Refused);
         let secs = after.as_secs().max(1);
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
