@@ -85,25 +85,21 @@ pub async fn serve_with<H, F>(
                     let fut = handle(req, peer);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let Some(acceptor) = acceptor.clone() else {
-                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    });
-                    continue;
-                };
-                // The handshake runs on the connection's own task, bounded like a request head.
-                let (builder, watcher, limit) = (builder.clone(), graceful.watcher(), settings.header_read_timeout);
+                let (builder, watcher, acceptor) = (builder.clone(), graceful.watcher(), acceptor.clone());
+                let handshake_limit = settings.header_read_timeout;
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    let served = match acceptor {
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
+                        // The handshake runs on the connection's own task, bounded like a request head.
+                        Some(acceptor) => match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => {
+                                watcher.watch(builder.serve_connection(TokioIo::new(tls), svc).into_owned()).await
+                            }
+                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                        },
                     };
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
+                    if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
