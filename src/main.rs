@@ -333,10 +333,8 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     let tls = |listener: &'static str, tls: &Option<modelgate::config::TlsSettings>| {
         tls.as_ref()
             .map(|t| {
-                let (config, cert) = modelgate::tls::server_config(t)
-                    .with_context(|| format!("cannot serve TLS on the {listener} listener"))?;
-                cert.spawn_reloader(listener, t.reload_interval);
-                anyhow::Ok(config)
+                modelgate::tls::listener_config(t, listener)
+                    .with_context(|| format!("cannot serve TLS on the {listener} listener"))
             })
             .transpose()
     };

@@ -103,13 +103,9 @@ impl ReloadingCert {
         Ok(true)
     }
 
-    /// The certificate chain being served.
-    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        self.current.load().cert.clone()
-    }
-
-    /// Checks the files every `every` until the process ends, logging swaps and refusals.
-    pub fn spawn_reloader(self: &Arc<Self>, listener: &'static str, every: Duration) {
+    /// Checks the files every `every` (reading them off the async threads) for as long as the
+    /// certificate is served, logging swaps and refusals.
+    fn spawn_reloader(self: &Arc<Self>, listener: &'static str, every: Duration) {
         let cert = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -117,7 +113,16 @@ impl ReloadingCert {
             loop {
                 tick.tick().await;
                 let Some(cert) = cert.upgrade() else { return };
-                match cert.reload_if_changed() {
+                let (cert, reloaded) = match tokio::task::spawn_blocking(move || {
+                    let reloaded = cert.reload_if_changed();
+                    (cert, reloaded)
+                })
+                .await
+                {
+                    Ok(done) => done,
+                    Err(_) => return,
+                };
+                match reloaded {
                     Ok(true) => tracing::info!(listener, cert = %cert.cert_path.display(), "TLS certificate reloaded"),
                     Ok(false) => {}
                     Err(e) => tracing::warn!(
@@ -150,8 +155,20 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-/// A listener's TLS: the rustls config (ALPN h2 and http/1.1) and its reloading certificate.
-pub fn server_config(tls: &TlsSettings) -> Result<(Arc<ServerConfig>, Arc<ReloadingCert>), TlsError> {
+/// A listener's TLS (ALPN h2 and http/1.1), its certificate re-read every
+/// `tls.reload_interval` while the config is in use. Call it inside the runtime.
+pub fn listener_config(tls: &TlsSettings, listener: &'static str) -> Result<Arc<ServerConfig>, TlsError> {
+    let (config, cert) = build_server_config(tls)?;
+    cert.spawn_reloader(listener, tls.reload_interval);
+    Ok(config)
+}
+
+/// A listener's TLS without the reloading: checks that the files make a usable config.
+pub fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    build_server_config(tls).map(|(config, _)| config)
+}
+
+fn build_server_config(tls: &TlsSettings) -> Result<(Arc<ServerConfig>, Arc<ReloadingCert>), TlsError> {
     let cert = ReloadingCert::load(&tls.cert, &tls.key)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -201,6 +218,15 @@ pub fn client_identity_config(ca: Option<&Path>, identity: Option<(&Path, &Path)
             roots
         }
     };
+    client_config_from(roots, identity)
+}
+
+/// A client config trusting nothing: for connectors whose endpoints are all plain http.
+pub fn client_config_without_roots() -> Result<ClientConfig, TlsError> {
+    client_config_from(RootCertStore::empty(), None)
+}
+
+fn client_config_from(roots: RootCertStore, identity: Option<(&Path, &Path)>) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Setup(e.to_string()))?
@@ -216,13 +242,4 @@ pub fn client_identity_config(ca: Option<&Path>, identity: Option<(&Path, &Path)
                 .map_err(|e| file_error(key, format!("does not go with the certificate in {} ({e})", cert.display())))
         }
     }
-}
-
-/// A client config trusting nothing: for connectors whose endpoints are all plain http.
-pub fn client_config_without_roots() -> Result<ClientConfig, TlsError> {
-    Ok(ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Setup(e.to_string()))?
-        .with_root_certificates(RootCertStore::empty())
-        .with_no_client_auth())
 }

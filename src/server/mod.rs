@@ -30,7 +30,7 @@ pub struct ListenerSettings {
     pub header_read_timeout: Duration,
     /// How long in-flight requests may run on after shutdown begins.
     pub shutdown_grace: Duration,
-    /// Serve TLS with this config (see [`crate::tls::server_config`]); plain HTTP when unset.
+    /// Serve TLS with this config (see [`crate::tls::listener_config`]); plain HTTP when unset.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 

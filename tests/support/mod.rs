@@ -78,11 +78,7 @@ impl Gateway {
         let mut s1 = stopped.clone();
         let mut s2 = stopped;
         let tls = |t: &Option<modelgate::config::TlsSettings>, listener: &'static str| {
-            t.as_ref().map(|t| {
-                let (config, cert) = modelgate::tls::server_config(t).unwrap_or_else(|e| panic!("{e}"));
-                cert.spawn_reloader(listener, t.reload_interval);
-                config
-            })
+            t.as_ref().map(|t| modelgate::tls::listener_config(t, listener).unwrap_or_else(|e| panic!("{e}")))
         };
         let settings = ListenerSettings {
             header_read_timeout: Duration::from_secs(10),
