@@ -1,6 +1,7 @@
 # Helpers shared by the fault, soak and overload scripts. Source it; loopback only.
 # start_gateway NAME CONFIG [ARGS...] runs `modelgate serve` on 127.0.0.1:0 (pid in $gw_pid,
-# inference URL in $gw_url, admin URL in $gw_admin); stop_gateway kills it with SIGTERM.
+# inference URL in $gw_url, admin URL in $gw_admin), prefixed by $gw_launcher when set (a
+# command that execs the rest, like `taskset -c 0`); stop_gateway kills it with SIGTERM.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mg="$root/target/release/modelgate"
 lt="$root/target/release/loadtest"
@@ -15,7 +16,7 @@ start_gateway() {
   local name=$1 config=$2; shift 2
   local out="$work/$name.out"
   : >"$out"
-  "$mg" serve --config "$config" --listen "${listen:-127.0.0.1:0}" --admin-listen 127.0.0.1:0 "$@" \
+  ${gw_launcher:-} "$mg" serve --config "$config" --listen "${listen:-127.0.0.1:0}" --admin-listen 127.0.0.1:0 "$@" \
     >"$out" 2>"$work/$name.err" &
   gw_pid=$!
   for _ in $(seq 1 400); do
@@ -35,6 +36,8 @@ admin() {
 }
 # json EXPR: evaluates a Python expression over the JSON on stdin (bound to `j`).
 json() { python3 -c "import json,sys; j=json.load(sys.stdin); print($1)"; }
+# pin CPU: the prefix that runs a command on that CPU (nothing where taskset or a 2nd CPU is missing).
+pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then echo "taskset -c $1"; fi; }
 # rss_kb PID / fds PID: resident memory and open file descriptors of a process.
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 fds() { ls "/proc/$1/fd" | wc -l; }

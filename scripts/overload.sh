@@ -9,14 +9,13 @@
 # CPU 1, so the generator does not steal the gateway's CPU. Loopback only, about a minute.
 # OVERLOAD_ROWS (default 32) rows per request; OVERLOAD_LIMIT (default 4) max_concurrency.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+script_name=overload
+source "$(dirname "$0")/common.sh"
 rows=${OVERLOAD_ROWS:-32}
 limit=${OVERLOAD_LIMIT:-4}
 work=$(mktemp -d)
-log() { printf 'overload: %s\n' "$*" >&2; }
-./scripts/fetch-ort.sh >/dev/null
-cargo build --locked --release --quiet --workspace --bin modelgate --bin loadtest
-root=$(pwd)
+trap 'kill ${gw_pid:-} 2>/dev/null || true; rm -rf "$work"' EXIT
+build_all
 cat >"$work/routes.yaml" <<YAML
 backends:
   - name: gbm
@@ -28,26 +27,18 @@ routes:
   - model: unlimited
     backend: gbm
 YAML
-# pin CPU COMMAND...: runs COMMAND on that CPU (taskset execs it, so $! is the command's pid).
-pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then exec taskset -c "$1" "${@:2}"; else exec "${@:2}"; fi; }
-(pin 0 target/release/modelgate --workers 1 serve --config "$work/routes.yaml" --listen 127.0.0.1:0 \
-  --admin-listen 127.0.0.1:0 --state-dir "$work/state") >"$work/gw.out" 2>"$work/gw.err" &
-gw=$!
-trap 'kill $gw 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 1 200); do grep -q listening "$work/gw.out" 2>/dev/null && break; sleep 0.05; done
-url=$(sed -n 's/.*listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$work/gw.out")
-[ -n "$url" ] || { cat "$work/gw.err" >&2; exit 1; }
-lt() { (pin 1 target/release/loadtest --quiet --url "$url" --rows "$rows" "$@"); }
+MODELGATE_WORKERS=1 gw_launcher=$(pin 0) start_gateway gw "$work/routes.yaml" --state-dir "$work/state"
+load() { $(pin 1) "$lt" --quiet --url "$gw_url" --rows "$rows" "$@"; }
 log "capacity: closed loop, 16 connections, 10s, $rows rows per request"
-lt --model unlimited -c 16 --duration 10s --report "$work/capacity.json" >/dev/null
-cap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests_per_second"])' "$work/capacity.json")
+load --model unlimited -c 16 --duration 10s --report "$work/capacity.json" >/dev/null
+cap=$(json 'j["requests_per_second"]' <"$work/capacity.json")
 quarter=$(python3 -c "print(round($cap / 4, 1))"); double=$(python3 -c "print(round($cap * 2, 1))")
 log "unloaded: $quarter req/s for 10s"
-lt --model limited --rate "$quarter" --duration 10s --report "$work/unloaded.json" >/dev/null
+load --model limited --rate "$quarter" --duration 10s --report "$work/unloaded.json" >/dev/null
 log "overload: $double req/s for 20s (max_concurrency $limit)"
-lt --model limited --rate "$double" --duration 20s --report "$work/overload.json" >/dev/null
+load --model limited --rate "$double" --duration 20s --report "$work/overload.json" >/dev/null
 log "contrast: $double req/s for 10s without a limit"
-lt --model unlimited --rate "$double" --duration 10s --report "$work/unlimited.json" >/dev/null
+load --model unlimited --rate "$double" --duration 10s --report "$work/unlimited.json" >/dev/null
 python3 - "$work" "$limit" "$rows" <<'PY'
 import json, sys
 work, limit, rows = sys.argv[1], sys.argv[2], sys.argv[3]

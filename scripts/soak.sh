@@ -16,7 +16,7 @@ out_dir="$root/.soak"
 csv=${SOAK_CSV:-$out_dir/samples.csv}
 mkdir -p "$out_dir"
 work=$(mktemp -d)
-trap 'kill $gw_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill ${gw_pid:-} 2>/dev/null || true; rm -rf "$work"' EXIT
 build_all
 cat >"$work/routes.yaml" <<YAML
 backends:
