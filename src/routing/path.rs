@@ -6,8 +6,12 @@ use crate::protocol::ApiError;
 /// it was routed by, and refuses percent-encoded dots, slashes and backslashes, which upstreams
 /// may decode into the same climb. `..` at the root stays at the root.
 pub fn normalize_path(path: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
-    let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c"].iter().any(|enc| lower.contains(enc)) {
+    // `%2e`, `%2f`, `%5c` in any case, without copying the path.
+    let encoded = path
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && matches!((w[1], w[2].to_ascii_lowercase()), (b'2', b'e' | b'f') | (b'5', b'c')));
+    if encoded {
         return Err(ApiError::bad_request(format!(
             "path {path:?} holds a percent-encoded '.', '/' or '\\'; send them unencoded"
         )));

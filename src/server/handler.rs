@@ -10,6 +10,7 @@ use crate::telemetry::{names, Feedback, Telemetry, VariantStats};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -58,42 +59,42 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     let _in_flight = state.telemetry.in_flight();
     let id = request_id(&req);
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // For the log line: a Uri clone shares its bytes, where copying the path would allocate.
+    let uri = req.uri().clone();
     let req = req.map(|b| b.map_err(BodyError::new).boxed());
     let claim = Claim::new();
     let deadline = state.settings.request_timeout;
     let mut resp = match tokio::time::timeout(deadline, dispatch(&state, req, peer, &claim)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => response::error(&e),
-        Err(_) => response::error(&ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("request did not finish within the gateway's request_timeout of {deadline:?}"),
-        )),
+        Err(_) => {
+            // Cut off by the deadline: the variant's answer never came, and counts against it.
+            if let Some(stats) = claim.get() {
+                stats.record(StatusCode::GATEWAY_TIMEOUT.as_u16(), started.elapsed());
+            }
+            response::error(&ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("request did not finish within the gateway's request_timeout of {deadline:?}"),
+            ))
+        }
     };
     resp.headers_mut().insert(REQUEST_ID, id.clone());
     let status = resp.status().as_u16();
-    match resp.extensions_mut().remove::<Track>() {
-        Some(Track(stats)) => stats.record(status, started.elapsed()),
-        // Cut off by the deadline: the variant's answer never came.
-        None if status == 504 => {
-            if let Some(stats) = claim.get() {
-                stats.record(status, started.elapsed());
-            }
-        }
-        None => {}
+    if let Some(Track(stats)) = resp.extensions_mut().remove::<Track>() {
+        stats.record(status, started.elapsed());
     }
     let micros = started.elapsed().as_micros() as u64;
     let request_id = id.to_str().unwrap_or("-");
     let refused = resp.extensions().get::<response::Refused>().is_some();
     if status >= 500 && !refused {
-        tracing::warn!(%method, path, status, micros, request_id, %peer, "request failed");
+        tracing::warn!(%method, path = uri.path(), status, micros, request_id, %peer, "request failed");
     } else if status >= 500 {
         // Refused by the gateway's own overload protection (503 + Retry-After): counted in
         // modelgate_shed_requests_total; a log line each would add work exactly when there is
         // too much of it.
-        tracing::debug!(%method, path, status, micros, request_id, "request refused; retry later");
+        tracing::debug!(%method, path = uri.path(), status, micros, request_id, "request refused; retry later");
     } else {
-        tracing::debug!(%method, path, status, micros, request_id, "request");
+        tracing::debug!(%method, path = uri.path(), status, micros, request_id, "request");
     }
     resp
 }
@@ -104,16 +105,18 @@ async fn dispatch(
     peer: SocketAddr,
     claim: &Claim,
 ) -> Result<Response<Body>, ApiError> {
-    let path = normalize_path(req.uri().path())?.into_owned();
-    if path != req.uri().path() {
-        let pq = response::with_query(&path, req.uri().query());
-        *req.uri_mut() = pq.parse().map_err(|e| ApiError::bad_request(format!("invalid path {path:?}: {e}")))?;
+    if let Cow::Owned(normal) = normalize_path(req.uri().path())? {
+        let pq = response::with_query(&normal, req.uri().query());
+        *req.uri_mut() = pq.parse().map_err(|e| ApiError::bad_request(format!("invalid path {normal:?}: {e}")))?;
     }
+    // A Uri clone shares its bytes: the path is borrowed from it, not copied.
+    let uri = req.uri().clone();
+    let path = uri.path();
     if path == "/v2" || path.starts_with("/v2/") {
         return oip::handle(state, req, peer, claim).await;
     }
     let table = state.table.load();
-    let Some((route, rest)) = table.prefix(&path) else {
+    let Some((route, rest)) = table.prefix(path) else {
         return Err(ApiError::not_found(format!("no route for path {path:?}")));
     };
     let RouteKind::Prefix { prefix, rewrite } = &route.kind else {
