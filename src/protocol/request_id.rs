@@ -23,8 +23,8 @@ pub const MAX_ROWS: usize = 64;
 /// A decoded gateway request id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayRequestId {
-    /// 16 hex digits, random.
-    pub nonce: String,
+    /// Random; written as 16 hex digits.
+    pub nonce: u64,
     /// Unix seconds when it was issued.
     pub issued: u64,
     /// The route that was addressed (model name or path prefix).
@@ -112,6 +112,7 @@ impl IdCodec {
         {
             return Err(malformed());
         }
+        let nonce = u64::from_str_radix(nonce, 16).map_err(|_| malformed())?;
         let issued: u64 = issued.parse().map_err(|_| malformed())?;
         let prediction = if pred.is_empty() {
             None
@@ -128,13 +129,7 @@ impl IdCodec {
         if age > self.max_age.as_secs() {
             return Err(IdError::Expired { age, max: self.max_age.as_secs() });
         }
-        Ok(GatewayRequestId {
-            nonce: nonce.to_string(),
-            issued,
-            route: route.to_string(),
-            variant: variant.to_string(),
-            prediction,
-        })
+        Ok(GatewayRequestId { nonce, issued, route: route.to_string(), variant: variant.to_string(), prediction })
     }
 }
 

@@ -83,9 +83,7 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>) -> Result<Respo
     let kinds = (u8::from(fb.conversion.is_some()) * CONVERSION)
         | (u8::from(fb.reward.is_some()) * REWARD)
         | (u8::from(fb.labels.is_some()) * LABEL);
-    // The nonce is 16 hex digits (checked when the id was decoded).
-    let nonce = u64::from_str_radix(&id.nonce, 16).map_err(|_| ApiError::bad_request("malformed request_id nonce"))?;
-    state.feedback.record(nonce, kinds)?;
+    state.feedback.record(id.nonce, kinds)?;
     let scored = fb.labels;
     let stats = state.telemetry.variant(&id.route, &id.variant);
     stats.feedback(&Feedback { conversion: fb.conversion, reward: fb.reward, labels: scored });
