@@ -97,7 +97,7 @@ pub fn request_id(data: &[u8]) {
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8")))
                 .collect();
-            let id = keyed.issue(&route, &variant, Some(&prediction));
+            let id = keyed.issue(&route, &variant, crate::telemetry::window::Unit::Request(1), Some(&prediction));
             let back = keyed.decode(&id).expect("an issued id reads back");
             assert_eq!((back.route.as_str(), back.variant.as_str()), (route.as_str(), variant.as_str()));
             let carried = !prediction.is_empty() && prediction.len() <= MAX_ROWS;
@@ -106,7 +106,7 @@ pub fn request_id(data: &[u8]) {
         }
         _ => {
             // A valid id with the fuzzer's bytes as the rest of the feedback body.
-            let id = keyed.issue("r", "v", Some(&[0, 1, 2]));
+            let id = keyed.issue("r", "v", crate::telemetry::window::Unit::Request(1), Some(&[0, 1, 2]));
             let body = [format!("{{\"request_id\":\"{id}\",").as_bytes(), rest].concat();
             match feedback::parse(&body, &keyed) {
                 Ok(post) => {

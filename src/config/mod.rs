@@ -7,10 +7,12 @@ mod error;
 mod raw;
 pub mod watch;
 
-use crate::rollout::analysis::{AbCriteria, BusinessGuard, CanaryCriteria, Metric};
-use crate::rollout::engine::{AbPlan, BlueGreenPlan, CanaryPlan, OnInconclusive, Step};
+pub mod plan;
 use error::Issues;
 pub use error::{ConfigErrors, ConfigIssue};
+use plan::{
+    AbCriteria, AbPlan, BlueGreenPlan, BusinessGuard, CanaryCriteria, CanaryPlan, Metric, OnInconclusive, Step,
+};
 use raw::{RawAbAnalysis, RawAnalysis, RawBackend, RawConfig, RawRoute, RawServer, RawStep, RawSticky};
 
 use http::Uri;

@@ -1,8 +1,11 @@
 //! The gateway's request id: which route and variant answered, and what it predicted, readable
 //! by any replica without a shared store.
 //!
-//! `x-modelgate-request-id: <nonce>~<issued>~<route>~<variant>~<prediction>~<mac>`
+//! `x-modelgate-request-id: <nonce>~<issued>~<route>~<variant>~<unit>~<prediction>~<mac>`
 //! - `nonce`: 16 hex digits, random; `issued`: unix seconds;
+//! - `unit`: who the answer counts for in an experiment: `p` when the variant was pinned,
+//!   `r` when the request had no sticky key (the request is its own unit, its id the nonce),
+//!   or the sticky key's unit id in 16 hex digits (a hash of the key, never the key);
 //! - `prediction`: the top class of each row, `.`-separated (empty when the answer was not a
 //!   classifier's, or had more than [`MAX_ROWS`] rows);
 //! - `mac`: the first 16 hex digits of HMAC-SHA256 over the rest with the key shared by the
@@ -12,6 +15,7 @@
 //! Names cannot hold `~` (routes.yaml validation refuses it), so the id splits unambiguously.
 
 use super::secret::{constant_time_eq, hex, hmac_sha256};
+use crate::telemetry::window::Unit;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The response header that carries the id.
@@ -31,6 +35,8 @@ pub struct GatewayRequestId {
     pub route: String,
     /// The variant that answered.
     pub variant: String,
+    /// Who the answer counts for.
+    pub unit: Unit,
     /// The top class of each row the variant answered, when it was a classifier.
     pub prediction: Option<Vec<i64>>,
 }
@@ -90,15 +96,21 @@ impl IdCodec {
         }
     }
 
-    /// A new id for an answer of `variant` on `route`.
-    pub fn issue(&self, route: &str, variant: &str, prediction: Option<&[i64]>) -> String {
+    /// A new id for an answer of `variant` on `route` given to `unit` (an unkeyed request's
+    /// unit id becomes the nonce).
+    pub fn issue(&self, route: &str, variant: &str, unit: Unit, prediction: Option<&[i64]>) -> String {
         let pred = match prediction {
             Some(p) if !p.is_empty() && p.len() <= MAX_ROWS => {
                 p.iter().map(i64::to_string).collect::<Vec<_>>().join(".")
             }
             _ => String::new(),
         };
-        let body = format!("{:016x}~{}~{route}~{variant}~{pred}", rand::random::<u64>(), now());
+        let (nonce, unit) = match unit {
+            Unit::Pinned => (rand::random::<u64>(), "p".to_string()),
+            Unit::Request(id) => (id, "r".to_string()),
+            Unit::Key(id) => (rand::random::<u64>(), format!("{id:016x}")),
+        };
+        let body = format!("{nonce:016x}~{}~{route}~{variant}~{unit}~{pred}", now());
         let mac = self.mac(&body);
         format!("{body}~{mac}")
     }
@@ -107,13 +119,21 @@ impl IdCodec {
     pub fn decode(&self, text: &str) -> Result<GatewayRequestId, IdError> {
         let malformed = || IdError::Malformed(text.chars().take(200).collect());
         let parts: Vec<&str> = text.split('~').collect();
-        let [nonce, issued, route, variant, pred, mac] = parts[..] else { return Err(malformed()) };
+        let [nonce, issued, route, variant, unit, pred, mac] = parts[..] else { return Err(malformed()) };
         if nonce.len() != 16 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) || route.is_empty() || variant.is_empty()
         {
             return Err(malformed());
         }
         let nonce = u64::from_str_radix(nonce, 16).map_err(|_| malformed())?;
         let issued: u64 = issued.parse().map_err(|_| malformed())?;
+        let unit = match unit {
+            "p" => Unit::Pinned,
+            "r" => Unit::Request(nonce),
+            hex16 if hex16.len() == 16 && hex16.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Unit::Key(u64::from_str_radix(hex16, 16).map_err(|_| malformed())?)
+            }
+            _ => return Err(malformed()),
+        };
         let prediction = if pred.is_empty() {
             None
         } else {
@@ -129,7 +149,7 @@ impl IdCodec {
         if age > self.max_age.as_secs() {
             return Err(IdError::Expired { age, max: self.max_age.as_secs() });
         }
-        Ok(GatewayRequestId { nonce, issued, route: route.to_string(), variant: variant.to_string(), prediction })
+        Ok(GatewayRequestId { nonce, issued, route: route.to_string(), variant: variant.to_string(), unit, prediction })
     }
 }
 
@@ -141,11 +161,16 @@ mod tests {
     fn ids_round_trip_and_refuse_strangers_forgeries_and_old_ones() {
         let day = Duration::from_secs(86_400);
         let a = IdCodec::new(Some(b"secret".to_vec()), day);
-        let id = a.issue("/remote/", "bc-v2", Some(&[1, 0, -3]));
+        let id = a.issue("/remote/", "bc-v2", Unit::Key(0xabc), Some(&[1, 0, -3]));
         let got = a.decode(&id).unwrap();
         assert_eq!((got.route.as_str(), got.variant.as_str()), ("/remote/", "bc-v2"));
         assert_eq!(got.prediction, Some(vec![1, 0, -3]));
-        assert_eq!(a.decode(&a.issue("r", "v", None)).unwrap().prediction, None);
+        assert_eq!(got.unit, Unit::Key(0xabc));
+        let pinned = a.decode(&a.issue("r", "v", Unit::Pinned, None)).unwrap();
+        assert_eq!(pinned.unit, Unit::Pinned);
+        let unkeyed = a.decode(&a.issue("r", "v", Unit::Request(77), None)).unwrap();
+        assert_eq!((unkeyed.unit, unkeyed.nonce), (Unit::Request(77), 77));
+        assert_eq!(a.decode(&a.issue("r", "v", Unit::Request(1), None)).unwrap().prediction, None);
 
         assert!(matches!(a.decode("abc"), Err(IdError::Malformed(_))));
         let forged = id.replace("bc-v2", "bc-v1");
@@ -153,10 +178,10 @@ mod tests {
         let other_key = IdCodec::new(Some(b"other".to_vec()), day);
         assert_eq!(other_key.decode(&id), Err(IdError::BadSignature));
         let unsigned = IdCodec::new(None, day);
-        assert!(unsigned.decode(&unsigned.issue("r", "v", None)).is_ok());
+        assert!(unsigned.decode(&unsigned.issue("r", "v", Unit::Request(1), None)).is_ok());
 
         let parts: Vec<&str> = id.split('~').collect();
-        let old_body = format!("{}~{}~{}~{}~{}", parts[0], now() - 90_000, parts[2], parts[3], parts[4]);
+        let old_body = format!("{}~{}~{}~{}~{}~{}", parts[0], now() - 90_000, parts[2], parts[3], parts[4], parts[5]);
         let old = format!("{old_body}~{}", a.mac(&old_body));
         assert!(matches!(a.decode(&old), Err(IdError::Expired { max: 86_400, .. })));
     }

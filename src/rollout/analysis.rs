@@ -15,6 +15,7 @@
 //! - sample-ratio mismatch: chi-square goodness of fit of the arms' request counts against
 //!   their weights.
 
+pub use crate::config::plan::{AbCriteria, BusinessGuard, CanaryCriteria, Metric};
 use crate::telemetry::window::Window;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -30,46 +31,6 @@ pub enum Verdict {
     Fail(String),
     /// Not enough evidence either way; the reason says what is missing.
     Inconclusive(String),
-}
-
-/// A business metric to guard or to pick an A/B winner on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    /// Conversion rate (proportion).
-    Conversion,
-    /// Accuracy against true labels (proportion).
-    Accuracy,
-    /// Mean reward.
-    Reward,
-}
-
-/// Thresholds of a canary analysis.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CanaryCriteria {
-    /// Requests the canary must have answered in the step before anything is judged.
-    pub min_samples: u64,
-    /// Highest error rate allowed for the canary (0..1).
-    pub max_error_rate: Option<f64>,
-    /// Largest increase of the error rate over stable's (0..1).
-    pub max_error_rate_increase: Option<f64>,
-    /// Largest ratio of canary p99 to stable p99.
-    pub max_p99_ratio: Option<f64>,
-    /// Business guard: the canary must not be worse than stable by more than `margin`.
-    pub business: Option<BusinessGuard>,
-    /// Significance level of the latency and business tests.
-    pub alpha: f64,
-}
-
-/// A non-inferiority guard on a business metric.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BusinessGuard {
-    /// The metric.
-    pub metric: Metric,
-    /// Allowed shortfall (absolute: 0.02 = two points of conversion, or reward units).
-    pub margin: f64,
-    /// Samples each side needs before the guard judges.
-    pub min_samples: u64,
 }
 
 fn std_normal() -> Normal {
@@ -132,21 +93,8 @@ struct Moments {
 }
 
 fn moments(w: &Window, metric: Metric) -> Moments {
-    let prop = |(n, k): (u64, u64)| {
-        let p = if n > 0 { k as f64 / n as f64 } else { 0.0 };
-        Moments { n: n as f64, mean: p, var: p * (1.0 - p) }
-    };
-    match metric {
-        Metric::Conversion => prop(w.conversions),
-        Metric::Accuracy => prop(w.accuracy),
-        Metric::Reward => {
-            let (n, sum, sq) = w.reward;
-            let n = n as f64;
-            let mean = if n > 0.0 { sum / n } else { 0.0 };
-            let var = if n > 1.0 { ((sq - n * mean * mean) / (n - 1.0)).max(0.0) } else { 0.0 };
-            Moments { n, mean, var }
-        }
-    }
+    let g = w.goal(metric);
+    Moments { n: g.n as f64, mean: g.mean, var: g.variance() }
 }
 
 fn latency_ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -304,24 +252,9 @@ pub enum AbOutcome {
     },
 }
 
-/// Settings of an A/B analysis.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AbCriteria {
-    /// The goal metric.
-    pub metric: Metric,
-    /// Significance level (overall).
-    pub alpha: f64,
-    /// Squared effect size worth finding (mSPRT mixture variance).
-    pub tau2: f64,
-    /// Goal samples each arm needs before any winner is declared.
-    pub min_samples: u64,
-    /// Guardrails each arm must pass against control.
-    pub guardrails: Option<CanaryCriteria>,
-}
-
 /// Judges an A/B test; `windows[0]` is control. `weights` are the arms' traffic shares.
 pub fn judge_ab(windows: &[&Window], weights: &[f64], c: &AbCriteria) -> AbOutcome {
-    let counts: Vec<u64> = windows.iter().map(|w| w.requests).collect();
+    let counts: Vec<u64> = windows.iter().map(|w| w.requests).collect(); // TODO units
     if let Some(p) = sample_ratio_p(&counts, weights) {
         if p < 0.001 && counts.iter().sum::<u64>() >= 1000 {
             return AbOutcome::SampleRatioMismatch { p };

@@ -2,7 +2,8 @@
 //! promoted or rolled back. Pure: time comes in as `now_ms` (see [`Clock`]), so tests walk a
 //! whole rollout in microseconds.
 
-use super::analysis::{judge_canary, CanaryCriteria, Verdict};
+use super::analysis::{judge_canary, Verdict};
+pub use crate::config::plan::{AbPlan, BlueGreenPlan, CanaryPlan, OnInconclusive, Step};
 use crate::telemetry::window::Window;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,65 +22,6 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
     }
-}
-
-/// One step of a canary: a weight, held for a pause.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Step {
-    /// Percent of traffic to the canary.
-    pub weight: f64,
-    /// How long to hold before the step can pass; `None` waits for an admin promote.
-    pub pause: Option<Duration>,
-}
-
-/// What to do when the analysis stays inconclusive past its deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnInconclusive {
-    /// Keep holding the step.
-    Hold,
-    /// Roll back.
-    Rollback,
-}
-
-/// A canary rollout plan from routes.yaml.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CanaryPlan {
-    /// At least one.
-    pub steps: Vec<Step>,
-    /// What each analysis checks.
-    pub criteria: CanaryCriteria,
-    /// Time between analyses.
-    pub interval: Duration,
-    /// Consecutive failed analyses that roll back.
-    pub failure_limit: u32,
-    /// How long past its pause a step may stay inconclusive.
-    pub inconclusive_deadline: Duration,
-    /// What happens after that.
-    pub on_inconclusive: OnInconclusive,
-}
-
-/// An A/B test's automatic analysis.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AbPlan {
-    /// Goal metric, significance, guardrails.
-    pub criteria: super::analysis::AbCriteria,
-    /// Time between analyses.
-    pub interval: Duration,
-    /// Promote a winner on its own; otherwise record it and wait for an admin promote.
-    pub auto_promote: bool,
-}
-
-/// A blue-green rollout's automatic analysis.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BlueGreenPlan {
-    /// Checks of the preview (before a switch) and of the new colour (after it).
-    pub criteria: CanaryCriteria,
-    /// Time between analyses.
-    pub interval: Duration,
-    /// Switch on its own once the preview has passed and been up this long.
-    pub auto_promote_after: Option<Duration>,
-    /// After a switch, how long the new colour is watched; a failure switches back.
-    pub post_switch_window: Duration,
 }
 
 /// How far a rollout has got; persisted with the route's status.
@@ -110,13 +52,6 @@ pub enum Decision {
     Promote,
     /// Take the canary out, for this reason.
     Rollback(String),
-}
-
-impl CanaryPlan {
-    /// The weight of `step` (the last step's beyond the end).
-    pub fn weight(&self, step: usize) -> f64 {
-        self.steps.get(step).or(self.steps.last()).map_or(0.0, |s| s.weight)
-    }
 }
 
 /// One tick of the state machine at `now_ms`, given the current step's windows.

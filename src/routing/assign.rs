@@ -40,6 +40,15 @@ pub fn bucket(salt: &str, key: &str) -> u32 {
     (xxh3_64(&buf) % u64::from(BUCKETS)) as u32
 }
 
+/// Seed of the unit id hash: independent of the bucket hash, so that sampling units by their
+/// id's low bits takes the same share of every arm.
+const UNIT_SEED: u64 = 0x6d67_756e_6974_7331;
+
+/// The unit id of a sticky key: who an experiment's numbers are counted for.
+pub fn unit_id(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), UNIT_SEED)
+}
+
 /// Bucket counts for weights in a fixed order, summing to [`BUCKETS`] (largest remainder, ties
 /// to the earlier variant). All-zero weights give everything to the first variant.
 pub fn bucket_counts(weights: &[f64]) -> Vec<u32> {

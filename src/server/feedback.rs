@@ -86,7 +86,7 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>) -> Result<Respo
     state.feedback.record(id.nonce, kinds)?;
     let scored = fb.labels;
     let stats = state.telemetry.variant(&id.route, &id.variant);
-    stats.feedback(&Feedback { conversion: fb.conversion, reward: fb.reward, labels: scored });
+    stats.feedback(&Feedback { conversion: fb.conversion, reward: fb.reward, labels: scored }, id.unit);
     Ok(response::json_value(
         StatusCode::OK,
         &json!({

@@ -6,6 +6,7 @@ use crate::config::{RouteKind, ServerSettings};
 use crate::protocol::request_id::{self, IdCodec};
 use crate::protocol::ApiError;
 use crate::routing::{assign, normalize_path, Route, SharedTable, Variant};
+use crate::telemetry::window::Unit;
 use crate::telemetry::{names, Feedback, Telemetry, VariantStats};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -33,12 +34,12 @@ pub struct AppState {
 
 /// Marks an answer to be counted for a variant once it is complete.
 #[derive(Clone)]
-pub(super) struct Track(pub Arc<VariantStats>);
+pub(super) struct Track(pub Arc<VariantStats>, pub Unit);
 
 /// The variant a request was given, set as soon as it is picked: a request cut off by the
 /// gateway's request_timeout still counts (as a 504) against the variant that was too slow.
 /// It lives on the handler's stack and is lent to the dispatch it outlives.
-pub(super) type Claim = OnceLock<Arc<VariantStats>>;
+pub(super) type Claim = OnceLock<(Arc<VariantStats>, Unit)>;
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -69,8 +70,8 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
         Ok(Err(e)) => response::error(&e),
         Err(_) => {
             // Cut off by the deadline: the variant's answer never came, and counts against it.
-            if let Some(stats) = claim.get() {
-                stats.record(StatusCode::GATEWAY_TIMEOUT.as_u16(), started.elapsed());
+            if let Some((stats, unit)) = claim.get() {
+                stats.record(StatusCode::GATEWAY_TIMEOUT.as_u16(), started.elapsed(), *unit);
             }
             response::error(&ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -80,8 +81,8 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     };
     resp.headers_mut().insert(REQUEST_ID, id.clone());
     let status = resp.status().as_u16();
-    if let Some(Track(stats)) = resp.extensions_mut().remove::<Track>() {
-        stats.record(status, started.elapsed());
+    if let Some(Track(stats, unit)) = resp.extensions_mut().remove::<Track>() {
+        stats.record(status, started.elapsed(), unit);
     }
     let micros = started.elapsed().as_micros() as u64;
     let request_id = id.to_str().unwrap_or("-");
@@ -140,7 +141,7 @@ async fn dispatch(
     };
     variant.stats.upstream(sent.elapsed());
     let mut resp = result.unwrap_or_else(|e| response::error(&e));
-    business_value(up, variant, &resp);
+    business_value(up, variant, picked.unit, &resp);
     picked.decorate(state, &route.name, &mut resp, None);
     picked.track(&mut resp);
     Ok(resp)
@@ -180,11 +181,11 @@ pub(super) async fn inject_fault(variant: &Variant) -> Result<(), ApiError> {
 }
 
 /// Records the business value an upstream reports in its configured header, as a reward.
-pub(super) fn business_value(up: &UpstreamBackend, variant: &Variant, resp: &Response<Body>) {
+pub(super) fn business_value(up: &UpstreamBackend, variant: &Variant, unit: Unit, resp: &Response<Body>) {
     let Some(name) = up.business_header() else { return };
     let value = resp.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
     if let Some(reward) = value.filter(|v| v.is_finite()) {
-        variant.stats.feedback(&Feedback { reward: Some(reward), ..Feedback::default() });
+        variant.stats.feedback(&Feedback { reward: Some(reward), ..Feedback::default() }, unit);
     }
 }
 
@@ -192,6 +193,8 @@ pub(super) fn business_value(up: &UpstreamBackend, variant: &Variant, resp: &Res
 pub(super) struct Picked<'r> {
     pub variant: &'r Variant,
     pub set_cookie: Option<String>,
+    /// Who the answer counts for: pinned, the sticky key's user, or the request itself.
+    pub unit: Unit,
 }
 
 /// Assigns a variant: pinned version, override header, sticky key, weighted draw.
@@ -211,8 +214,13 @@ pub(super) fn pick<'r>(
         (Some(sticky), None, None) => assign::sticky_key(sticky, headers, query),
         _ => None,
     };
-    let (variant, _reason) = assign::assign(route, version, override_header, key.as_ref().map(|k| k.key.as_str()))?;
-    Ok(Picked { variant, set_cookie: key.and_then(|k| k.set_cookie) })
+    let (variant, reason) = assign::assign(route, version, override_header, key.as_ref().map(|k| k.key.as_str()))?;
+    let unit = match (reason, &key) {
+        (assign::Reason::Version | assign::Reason::Override, _) => Unit::Pinned,
+        (_, Some(k)) => Unit::Key(assign::unit_id(&k.key)),
+        (_, None) => Unit::Request(rand::random()),
+    };
+    Ok(Picked { variant, set_cookie: key.and_then(|k| k.set_cookie), unit })
 }
 
 impl Picked<'_> {
@@ -223,7 +231,7 @@ impl Picked<'_> {
         if let Ok(v) = HeaderValue::from_str(&self.variant.name) {
             headers.insert(assign::OVERRIDE_HEADER, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&state.ids.issue(route, &self.variant.name, prediction)) {
+        if let Ok(v) = HeaderValue::from_str(&state.ids.issue(route, &self.variant.name, self.unit, prediction)) {
             headers.insert(request_id::HEADER, v);
         }
         if let Some(cookie) = self.set_cookie.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
@@ -233,11 +241,11 @@ impl Picked<'_> {
 
     /// Notes the pick, so that a deadline cutting the request off counts for the variant.
     pub fn claim(&self, claim: &Claim) {
-        let _ = claim.set(self.variant.stats.clone());
+        let _ = claim.set((self.variant.stats.clone(), self.unit));
     }
 
     /// Counts the answer for the variant (status and latency) when it completes.
     pub fn track(&self, resp: &mut Response<Body>) {
-        resp.extensions_mut().insert(Track(self.variant.stats.clone()));
+        resp.extensions_mut().insert(Track(self.variant.stats.clone(), self.unit));
     }
 }

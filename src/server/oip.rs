@@ -108,8 +108,9 @@ pub(super) async fn handle(
                     let (_permit, req) = admit(state, route, req).await?;
                     picked.claim(claim);
                     // Failures count against the variant too: answer them here, then track.
-                    let (mut resp, prediction) =
-                        infer(state, route, variant, req, peer).await.unwrap_or_else(|e| (response::error(&e), None));
+                    let (mut resp, prediction) = infer(state, route, variant, picked.unit, req, peer)
+                        .await
+                        .unwrap_or_else(|e| (response::error(&e), None));
                     picked.track(&mut resp);
                     (resp, prediction)
                 }
@@ -188,6 +189,7 @@ async fn infer(
     state: &AppState,
     route: &Route,
     variant: &Variant,
+    unit: crate::telemetry::window::Unit,
     req: Request<Body>,
     peer: SocketAddr,
 ) -> Result<Answered, ApiError> {
@@ -229,7 +231,7 @@ async fn infer(
             let started = Instant::now();
             let resp = up.forward(Request::from_parts(parts, body), &target, peer).await?;
             variant.stats.upstream(started.elapsed());
-            business_value(up, variant, &resp);
+            business_value(up, variant, unit, &resp);
             // Small successful answers are read to learn the prediction (and for the shadow).
             let small = resp
                 .headers()

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
-use window::{Window, WindowSnapshot};
+use window::{Unit, Window, WindowSnapshot};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -48,15 +48,24 @@ pub struct Feedback {
     pub labels: Option<(u64, u64)>,
 }
 
-/// One variant's numbers: a lifetime window, a per-step window, and its metric handles.
+/// One variant's windows: assigned traffic over its life and in the current analysis step, and
+/// pinned traffic (version path, override header) in the current step, kept apart.
+#[derive(Debug, Default)]
+struct Windows {
+    total: Window,
+    step: Window,
+    pinned: Window,
+}
+
+/// One variant's numbers: its windows and its metric handles.
 #[derive(Debug)]
 pub struct VariantStats {
     /// Route name.
     pub route: String,
     /// Variant name.
     pub variant: String,
-    windows: Mutex<(Window, Window)>,
-    by_code: Mutex<HashMap<u16, Counter>>,
+    windows: Mutex<Windows>,
+    by_code: Mutex<HashMap<(u16, bool), Counter>>,
     duration: Histogram,
     inference: Histogram,
     upstream: Histogram,
@@ -64,24 +73,28 @@ pub struct VariantStats {
 }
 
 impl VariantStats {
-    fn with(&self, f: impl FnOnce(&mut Window, &mut Window)) {
-        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, step) = &mut *w;
-        f(total, step);
+    fn windows(&self) -> std::sync::MutexGuard<'_, Windows> {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One answered request.
-    pub fn record(&self, code: u16, latency: Duration) {
+    /// One answered request of `unit`; pinned requests go to the pinned window only.
+    pub fn record(&self, code: u16, latency: Duration, unit: Unit) {
         let error = code >= 500;
-        self.with(|t, s| {
-            t.record(latency, error);
-            s.record(latency, error);
-        });
+        let pinned = unit == Unit::Pinned;
+        {
+            let mut w = self.windows();
+            if pinned {
+                w.pinned.record(latency, error, unit);
+            } else {
+                w.total.record(latency, error, unit);
+                w.step.record(latency, error, unit);
+            }
+        }
         self.duration.record(latency.as_secs_f64());
         let counter = {
             let mut codes = self.by_code.lock().unwrap_or_else(|p| p.into_inner());
             codes
-                .entry(code)
+                .entry((code, pinned))
                 .or_insert_with(|| match self.telemetry.upgrade() {
                     Some(t) => t.counter(
                         names::REQUESTS_TOTAL,
@@ -89,6 +102,7 @@ impl VariantStats {
                             Label::new("route", self.route.clone()),
                             Label::new("variant", self.variant.clone()),
                             Label::new("code", code.to_string()),
+                            Label::new("pinned", if pinned { "true" } else { "false" }),
                         ],
                     ),
                     None => Counter::noop(),
@@ -108,25 +122,27 @@ impl VariantStats {
         self.upstream.record(d.as_secs_f64());
     }
 
-    /// Business feedback.
-    pub fn feedback(&self, fb: &Feedback) {
-        self.with(|t, s| {
-            for w in [t, s] {
+    /// Business feedback on an answer given to `unit`; on a pinned answer it goes to the
+    /// pinned window only.
+    pub fn feedback(&self, fb: &Feedback, unit: Unit) {
+        {
+            let mut guard = self.windows();
+            let Windows { total, step, pinned } = &mut *guard;
+            let windows = if unit == Unit::Pinned { vec![pinned] } else { vec![total, step] };
+            // A pinned answer's outcome is recorded under a stand-in unit in its own window.
+            let unit = if unit == Unit::Pinned { Unit::Request(0) } else { unit };
+            for w in windows {
                 if let Some(c) = fb.conversion {
-                    w.conversions.0 += 1;
-                    w.conversions.1 += u64::from(c);
+                    w.conversion.add(unit, f64::from(u8::from(c)));
                 }
                 if let Some(r) = fb.reward {
-                    w.reward.0 += 1;
-                    w.reward.1 += r;
-                    w.reward.2 += r * r;
+                    w.reward.add(unit, r);
                 }
                 if let Some((rows, right)) = fb.labels {
-                    w.accuracy.0 += rows;
-                    w.accuracy.1 += right;
+                    w.accuracy.add_proportion(unit, rows, right);
                 }
             }
-        });
+        }
         let Some(t) = self.telemetry.upgrade() else { return };
         let labels = |kind: &'static str| {
             let mut l = vec![Label::new("route", self.route.clone()), Label::new("variant", self.variant.clone())];
@@ -149,24 +165,36 @@ impl VariantStats {
         }
     }
 
-    /// The lifetime numbers.
+    /// The lifetime numbers of assigned traffic.
     pub fn total(&self) -> WindowSnapshot {
-        self.windows.lock().unwrap_or_else(|p| p.into_inner()).0.snapshot()
+        self.windows().total.snapshot()
     }
 
-    /// The current analysis step's numbers.
+    /// The current analysis step's numbers (assigned traffic).
     pub fn step(&self) -> WindowSnapshot {
-        self.windows.lock().unwrap_or_else(|p| p.into_inner()).1.snapshot()
+        self.windows().step.snapshot()
     }
 
-    /// A copy of the current analysis step's window, for judging.
+    /// The current step's pinned traffic.
+    pub fn pinned(&self) -> WindowSnapshot {
+        self.windows().pinned.snapshot()
+    }
+
+    /// A copy of the current analysis step's window of assigned traffic, for judging.
     pub fn step_window(&self) -> Window {
-        self.windows.lock().unwrap_or_else(|p| p.into_inner()).1.clone()
+        self.windows().step.clone()
     }
 
-    /// Starts a new analysis step: empties the step window.
+    /// A copy of the current step's pinned window (blue-green judges its preview on it).
+    pub fn pinned_window(&self) -> Window {
+        self.windows().pinned.clone()
+    }
+
+    /// Starts a new analysis step: empties the step's windows, assigned and pinned.
     pub fn reset_step(&self) {
-        self.windows.lock().unwrap_or_else(|p| p.into_inner()).1.reset();
+        let mut w = self.windows();
+        w.step.reset();
+        w.pinned.reset();
     }
 }
 

@@ -1,14 +1,24 @@
 use super::*;
+use crate::telemetry::window::{Goal, Unit};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
+
+/// `n` 0/1 outcomes of which `k` are 1, each from its own unit.
+pub(crate) fn proportion(n: u64, k: u64) -> Goal {
+    let mut g = Goal::default();
+    for i in 0..n {
+        g.add(Unit::Request(i), f64::from(u8::from(i < k)));
+    }
+    g
+}
 
 /// A window of `n` requests with `err` errors and latencies around `ms` (±20%).
 pub(crate) fn window(rng: &mut StdRng, n: u64, err: f64, ms: f64) -> Window {
     let mut w = Window::default();
     for _ in 0..n {
         let latency = ms * rng.random_range(0.8..1.2);
-        w.record(Duration::from_secs_f64(latency / 1000.0), rng.random_bool(err));
+        w.record(Duration::from_secs_f64(latency / 1000.0), rng.random_bool(err), Unit::Request(rng.random()));
     }
     w
 }
@@ -73,12 +83,12 @@ fn the_business_guard_fails_a_worse_canary_and_holds_without_samples() {
     let mut rng = StdRng::seed_from_u64(6);
     let mut s = window(&mut rng, 3000, 0.0, 10.0);
     let mut k = window(&mut rng, 3000, 0.0, 10.0);
-    s.conversions = (3000, 600); // 20%
-    k.conversions = (3000, 450); // 15%
+    s.conversion = proportion(3000, 600); // 20%
+    k.conversion = proportion(3000, 450); // 15%
     assert!(matches!(judge_canary(&s, &k, &c), Verdict::Fail(_)));
-    k.conversions = (3000, 590); // 19.7%: within the margin
+    k.conversion = proportion(3000, 590); // 19.7%: within the margin
     assert_eq!(judge_canary(&s, &k, &c), Verdict::Pass);
-    k.conversions = (100, 10);
+    k.conversion = proportion(100, 10);
     assert!(matches!(judge_canary(&s, &k, &c), Verdict::Inconclusive(_)));
 }
 
@@ -94,10 +104,8 @@ fn experiment(rng: &mut StdRng, pa: f64, pb: f64, max: u64, every: u64) -> Optio
         for _ in 0..every {
             a.requests += 1;
             b.requests += 1;
-            a.conversions.0 += 1;
-            a.conversions.1 += u64::from(rng.random_bool(pa));
-            b.conversions.0 += 1;
-            b.conversions.1 += u64::from(rng.random_bool(pb));
+            a.conversion.add(Unit::Request(rng.random()), f64::from(u8::from(rng.random_bool(pa))));
+            b.conversion.add(Unit::Request(rng.random()), f64::from(u8::from(rng.random_bool(pb))));
         }
         n += every;
         if let AbOutcome::Winner { arm, .. } = judge_ab(&[&a, &b], &[1.0, 1.0], &ab()) {
