@@ -92,6 +92,28 @@ pub struct ServerSettings {
     pub tls: Option<TlsSettings>,
     /// TLS on the admin listener (with `client_ca`: mutual TLS).
     pub admin_tls: Option<TlsSettings>,
+    /// Who may pin a variant (version path, override header) on routes that do not say.
+    pub overrides: OverridePolicy,
+    /// Serve without `MODELGATE_FEEDBACK_KEY`: request ids unsigned, so anyone can forge
+    /// feedback. For demos only.
+    pub insecure_unsigned_feedback: bool,
+}
+
+/// Who may pin a request to a variant (a version path, or the `x-modelgate-variant` header).
+/// Pinned requests are counted apart and never judge an experiment, but they reach variants
+/// that have no share of traffic (a blue-green preview, a rolled-back canary, a stopped arm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverridePolicy {
+    /// Any client.
+    Allow,
+    /// Nobody: pins are refused with 403.
+    Deny,
+    /// Only callers that carry the admin token (`Authorization: Bearer <token>`, or any caller
+    /// when the gateway runs without one). The default: smoke tests and QA can reach a preview,
+    /// while ordinary clients cannot route themselves onto an unreleased model.
+    #[default]
+    AdminToken,
 }
 
 /// A listener's TLS files (relative paths: against the config file's folder).
@@ -121,6 +143,8 @@ impl Default for ServerSettings {
             ort_library: None,
             tls: None,
             admin_tls: None,
+            overrides: OverridePolicy::default(),
+            insecure_unsigned_feedback: false,
         }
     }
 }
@@ -227,6 +251,8 @@ pub struct RouteSpec {
     pub shadow: Option<ShadowSpec>,
     /// Requests answered at once; more are shed with 503 + `Retry-After` before they queue.
     pub max_concurrency: Option<usize>,
+    /// Who may pin a variant on this route; the server's policy when `None`.
+    pub overrides: Option<OverridePolicy>,
 }
 
 /// A deployment strategy. Variants are named after their backends.
@@ -269,8 +295,10 @@ pub enum Strategy {
     },
     /// Two or more arms, sticky per user.
     AbTest {
-        /// Arms with relative weights, in name order (the order of their bucket ranges).
+        /// Arms with relative weights, in file order (the order of their bucket ranges).
         arms: Vec<(String, f64)>,
+        /// The arm the others are compared with (`control:`, default the first arm written).
+        control: String,
         /// Where the user key comes from.
         sticky: Sticky,
         /// How a winner is found, if automatically.
@@ -484,6 +512,20 @@ fn server(raw: &RawServer, base: &Path, issues: &mut Issues) -> ServerSettings {
         ort_library: raw.ort_library.as_ref().map(PathBuf::from),
         tls: raw.tls.as_ref().and_then(|t| tls(t, base, "server.tls", issues)),
         admin_tls: raw.admin_tls.as_ref().and_then(|t| tls(t, base, "server.admin_tls", issues)),
+        overrides: raw.overrides.as_deref().and_then(|o| overrides(o, "server.overrides", issues)).unwrap_or_default(),
+        insecure_unsigned_feedback: raw.insecure_unsigned_feedback.unwrap_or(false),
+    }
+}
+
+fn overrides(text: &str, place: &str, issues: &mut Issues) -> Option<OverridePolicy> {
+    match text {
+        "allow" => Some(OverridePolicy::Allow),
+        "deny" => Some(OverridePolicy::Deny),
+        "admin_token" => Some(OverridePolicy::AdminToken),
+        other => {
+            issues.push(place, format!("{other:?} is not a policy: allow, deny or admin_token"));
+            None
+        }
     }
 }
 
@@ -787,17 +829,29 @@ fn strategy(r: &RawRoute, place: &str, issues: &mut Issues) -> Option<Strategy> 
             format!("an A/B test needs at least two variants, got {}", ab.variants.len()),
         );
     }
-    for (name, w) in &ab.variants {
+    for (i, (name, w)) in ab.variants.iter().enumerate() {
         if !(w.is_finite() && *w >= 0.0) {
             issues.push(format!("{place}.variants.{name}"), format!("weight must be zero or more, got {w}"));
         }
+        if ab.variants[..i].iter().any(|(n, _)| n == name) {
+            issues.push(format!("{place}.variants.{name}"), "named twice");
+        }
     }
-    if ab.variants.values().all(|w| *w <= 0.0) {
+    if ab.variants.iter().all(|(_, w)| *w <= 0.0) {
         issues.push(format!("{place}.variants"), "at least one weight must be above zero");
     }
+    let control = match &ab.control {
+        Some(c) if !ab.variants.iter().any(|(n, _)| n == c) => {
+            let names: Vec<&str> = ab.variants.iter().map(|(n, _)| n.as_str()).collect();
+            issues.push(format!("{place}.control"), format!("{c:?} is not one of the arms ({})", names.join(", ")));
+            return None;
+        }
+        Some(c) => c.clone(),
+        None => ab.variants.first()?.0.clone(),
+    };
     let st = sticky(&ab.sticky, &format!("{place}.sticky"), issues)?;
     let plan = ab.analysis.as_ref().and_then(|a| ab_plan(a, &format!("{place}.analysis"), issues));
-    Some(Strategy::AbTest { arms: ab.variants.iter().map(|(k, v)| (k.clone(), *v)).collect(), sticky: st, plan })
+    Some(Strategy::AbTest { arms: ab.variants.clone(), control, sticky: st, plan })
 }
 
 fn webhooks(raw: &[raw::RawWebhook], issues: &mut Issues) -> Vec<WebhookSpec> {
@@ -1066,7 +1120,8 @@ fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut Issues) ->
         if let (Some(kind), Some(strategy), true) = (kind, strategy, all_known) {
             let max_concurrency =
                 r.max_concurrency.map(|n| count(Some(n), 1, 1_000_000, &format!("{place}.max_concurrency"), issues));
-            out.push(RouteSpec { kind, strategy, shadow, max_concurrency });
+            let overrides = r.overrides.as_deref().and_then(|o| overrides(o, &format!("{place}.overrides"), issues));
+            out.push(RouteSpec { kind, strategy, shadow, max_concurrency, overrides });
         }
     }
     out

@@ -2,7 +2,6 @@
 //! [`super::Config`] is what the rest of the gateway uses; it is made from these by validation.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +43,8 @@ pub struct RawServer {
     pub ort_library: Option<String>,
     pub tls: Option<RawTls>,
     pub admin_tls: Option<RawTls>,
+    pub overrides: Option<String>,
+    pub insecure_unsigned_feedback: Option<bool>,
 }
 
 /// `server.tls:` / `server.admin_tls:` — a listener's certificate, and optionally the CA its
@@ -131,6 +132,7 @@ pub struct RawRoute {
     pub rewrite: Option<String>,
     pub upstream_model: Option<String>,
     pub max_concurrency: Option<i64>,
+    pub overrides: Option<String>,
 }
 
 /// `routes[i].strategy:` — exactly one of the deployment strategies must be set.
@@ -212,7 +214,10 @@ pub struct RawBusiness {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAbTest {
-    pub variants: BTreeMap<String, f64>,
+    /// In file order: the order of the arms' bucket ranges, and the default control.
+    #[serde(deserialize_with = "ordered_map")]
+    pub variants: Vec<(String, f64)>,
+    pub control: Option<String>,
     pub sticky: RawSticky,
     pub analysis: Option<RawAbAnalysis>,
 }
@@ -247,4 +252,24 @@ pub struct RawShadow {
     pub backend: String,
     pub percent: f64,
     pub max_in_flight: Option<i64>,
+}
+
+/// A YAML mapping read in file order (a `BTreeMap` would sort it by name). Duplicate keys are
+/// refused by the YAML parser before this sees them.
+fn ordered_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, f64)>, D::Error> {
+    struct Ordered;
+    impl<'de> serde::de::Visitor<'de> for Ordered {
+        type Value = Vec<(String, f64)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a mapping of arm names to weights, like {a: 50, b: 50}")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+            while let Some(entry) = map.next_entry::<String, f64>()? {
+                out.push(entry);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Ordered)
 }

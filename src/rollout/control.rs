@@ -453,6 +453,7 @@ impl Controller {
                 shadow,
                 unavailable: gap.then(|| "its backend is being replaced (recreate); retry shortly".to_string()),
                 limit: inner.limits.get(name).cloned(),
+                overrides: spec.overrides.unwrap_or(inner.config.server.overrides),
             });
         }
         if issues.is_empty() {

@@ -9,7 +9,7 @@ mod path;
 pub use path::normalize_path;
 
 use crate::backend::Backend;
-use crate::config::{FaultSpec, RouteKind, Sticky};
+use crate::config::{FaultSpec, OverridePolicy, RouteKind, Sticky};
 use crate::telemetry::shadow::ShadowStats;
 use crate::telemetry::VariantStats;
 use arc_swap::ArcSwap;
@@ -89,6 +89,8 @@ pub struct Route {
     pub unavailable: Option<String>,
     /// The route's concurrency limit and its permits, kept across table swaps.
     pub limit: Option<(usize, Arc<tokio::sync::Semaphore>)>,
+    /// Who may pin a variant (version path, override header).
+    pub overrides: OverridePolicy,
 }
 
 impl Route {
