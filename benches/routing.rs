@@ -20,12 +20,12 @@ fn backend() -> Arc<Backend> {
 }
 
 fn route(name: &str, telemetry: &Telemetry, backend: &Arc<Backend>) -> Route {
-    let variant = |v: &str, role, weight, upper| Variant {
+    let variant = |v: &str, role, weight, buckets| Variant {
         name: v.to_string(),
         role,
         backend: backend.clone(),
         weight,
-        upper,
+        buckets,
         stats: telemetry.variant(name, v),
         fault: None,
     };
@@ -34,11 +34,14 @@ fn route(name: &str, telemetry: &Telemetry, backend: &Arc<Backend>) -> Route {
         kind: RouteKind::Model { name: name.to_string(), upstream_model: None },
         strategy: "canary",
         salt: name.to_string(),
-        variants: vec![variant("stable", Role::Stable, 90.0, 9000), variant("canary", Role::Canary, 10.0, 10_000)],
+        variants: vec![variant("stable", Role::Stable, 90.0, 9000), variant("canary", Role::Canary, 10.0, 1000)],
+        segments: vec![(9000, 0), (10_000, 1)],
+        version: 1,
         sticky: Some(Sticky::Header("x-user-id".into())),
         shadow: None,
         unavailable: None,
         limit: None,
+        overrides: modelgate::config::OverridePolicy::Allow,
     }
 }
 

@@ -316,8 +316,11 @@ fn a_gateway_killed_mid_rollout_resumes_the_same_step() {
     second.kill().unwrap();
     second.wait().unwrap();
 
-    // A changed spec is a new revision: it starts over, and the old status goes to the history.
-    std::fs::write(&routes, std::fs::read_to_string(&routes).unwrap().replace("weight: 70", "weight: 80")).unwrap();
+    // Another model file for the canary is a new revision: it starts over, and the old status
+    // goes to the history. (Changed step weights or thresholds would not: they apply to the
+    // running rollout.)
+    let text = std::fs::read_to_string(&routes).unwrap();
+    std::fs::write(&routes, text.replace("breast-cancer-v2.onnx", "breast-cancer-v1.onnx")).unwrap();
     let (mut third, _, admin) = spawn_serve_state(routes.to_str().unwrap(), &state);
     let fresh = rt.block_on(async { get(&format!("http://{admin}/admin/routes")).await.json()["routes"][0].clone() });
     assert_eq!(fresh["variants"][1]["weight"], 10.0, "{fresh}");

@@ -382,27 +382,52 @@ async fn decisions_reach_a_webhook_signed_and_retried() {
 }
 
 #[tokio::test]
-async fn a_new_revision_restarts_the_rollout_and_its_analysis() {
-    let gw = Gateway::start(&routes("good").replace("pause: 300ms", "pause: 1h")).await;
-    assert_eq!(gw.admin_post("/admin/routes/risk/promote", "").await.status, StatusCode::OK);
+async fn a_new_model_file_restarts_a_promoted_rollout_and_operational_changes_keep_it() {
+    let spec = routes("good").replace("pause: 300ms", "pause: 1h");
+    let gw = Gateway::start(&spec).await;
+    let full = gw.admin_post("/admin/routes/risk/promote", r#"{"full": true}"#).await;
+    assert_eq!(full.status, StatusCode::OK, "{:?}", full.body);
+    let view = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!(view["routes"][0]["status"]["phase"], "promoted");
     for _ in 0..40 {
-        post_json(&gw.url("/v2/models/risk/infer"), &body()).await;
+        let r = post_json(&gw.url("/v2/models/risk/infer"), &body()).await;
+        assert_eq!(r.headers["x-modelgate-variant"], "good", "promoted: everything on the candidate");
     }
-    std::fs::write(gw.routes_file(), routes("good").replace("pause: 300ms", "pause: 2h")).unwrap();
+
+    // Operational changes (a limit, a threshold, a pause) apply to the running rollout.
+    let tuned = spec
+        .replace("min_samples: 20", "min_samples: 30")
+        .replace("pause: 1h", "pause: 2h")
+        .replace("  - model: risk\n", "  - model: risk\n    max_concurrency: 50\n");
+    std::fs::write(gw.routes_file(), &tuned).unwrap();
     gw.controller.reload_file().await.unwrap();
     let view = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!(view["routes"][0]["status"]["phase"], "promoted", "still promoted: {view}");
+    assert_eq!(view["routes"][0]["variants"][1]["weight"], 100.0);
+
+    // The same canary backend pointed at another model file: a new rollout, at step 0.
+    let other = tuned.replace(
+        &format!("name: good\n    onnx: {{path: \"{}\"}}", model("breast-cancer-v2.onnx")),
+        &format!("name: good\n    onnx: {{path: \"{}\"}}", model("breast-cancer-v1.onnx")),
+    );
+    assert_ne!(other, tuned);
+    std::fs::write(gw.routes_file(), &other).unwrap();
+    gw.controller.reload_file().await.unwrap();
+    let view = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!(view["routes"][0]["status"]["phase"], "progressing", "{view}");
     assert_eq!(view["routes"][0]["variants"][1]["weight"], 20.0, "back to the first step: {view}");
-    let stats = get(&gw.admin_url("/admin/stats")).await.json();
-    for v in stats["routes"][0]["variants"].as_array().unwrap() {
-        assert_eq!(v["step"]["requests"], 0, "the analysis window starts empty: {v}");
+    let mut on_new = 0;
+    for _ in 0..50 {
+        let r = post_json(&gw.url("/v2/models/risk/infer"), &body()).await;
+        on_new += u32::from(r.headers["x-modelgate-variant"] == "good");
     }
-    let total: u64 = stats["routes"][0]["variants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["total"]["requests"].as_u64().unwrap())
-        .sum();
-    assert_eq!(total, 40, "lifetime numbers stay");
+    assert!(on_new < 30, "the never-analysed model gets its first step's share, not everything: {on_new}/50");
+    let stats = get(&gw.admin_url("/admin/stats")).await.json();
+    let variants = stats["routes"][0]["variants"].as_array().unwrap();
+    let step: u64 = variants.iter().map(|v| v["step"]["requests"].as_u64().unwrap()).sum();
+    assert_eq!(step, 50, "the analysis window started empty with the new revision: {stats}");
+    let total: u64 = variants.iter().map(|v| v["total"]["requests"].as_u64().unwrap()).sum();
+    assert_eq!(total, 90, "lifetime numbers stay");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,9 @@
 //! - `GET  /admin/events[?since=N&route=R]` — decisions with the numbers behind them.
 //!
 //! Mutations need `Authorization: Bearer <token>` when the gateway has a token, and take
-//! `If-Match: "<generation>"` (from the `ETag` of any answer): a stale one is refused with 412.
+//! `If-Match: "<generation>"` (the `ETag` of any answer, or a route's `etag` in
+//! `GET /admin/routes`): it is refused with 412 only when that route changed after that
+//! generation — a decision on another route does not make it stale.
 //!
 //! `{route}` is the model name, or the path prefix percent-encoded (`%2Fremote%2F`).
 
@@ -25,7 +27,7 @@ pub mod client;
 use crate::backend::Body;
 use crate::protocol::secret::{constant_time_eq, hex};
 use crate::protocol::ApiError;
-use crate::rollout::control::Action;
+use crate::rollout::Action;
 use crate::rollout::Controller;
 use crate::server::response;
 use http::{Method, Request, Response, StatusCode};
@@ -174,9 +176,9 @@ async fn route(controller: &Arc<Controller>, req: Request<Incoming>, who: &str) 
         };
     }
     if path == "/admin/status" {
-        let statuses = controller.statuses().await;
+        let statuses = controller.statuses();
         let routes: Vec<Value> =
-            statuses.into_iter().map(|(route, status)| json!({ "route": route, "status": status })).collect();
+            statuses.iter().map(|(route, status)| json!({ "route": route, "status": status })).collect();
         return Ok(
             json!({ "generation": controller.generation(), "persist_error": controller.persist_error(), "routes": routes }),
         );
@@ -244,7 +246,7 @@ async fn route(controller: &Arc<Controller>, req: Request<Incoming>, who: &str) 
 pub fn stats(controller: &Controller) -> Value {
     let mut routes: Vec<(String, Vec<Value>)> = Vec::new();
     for v in controller.telemetry().variants() {
-        let entry = json!({ "variant": v.variant, "total": v.total(), "step": v.step() });
+        let entry = json!({ "variant": v.variant, "total": v.total(), "step": v.step(), "pinned": v.pinned() });
         match routes.last_mut() {
             Some((route, list)) if *route == v.route => list.push(entry),
             _ => routes.push((v.route.clone(), vec![entry])),
@@ -257,22 +259,17 @@ pub fn stats(controller: &Controller) -> Value {
 
 /// `GET /admin/routes`.
 pub async fn view(controller: &Controller) -> Value {
-    let statuses = controller.statuses().await;
+    let statuses = controller.statuses();
     let table = controller.table().load();
     let routes: Vec<Value> = table
         .routes()
         .iter()
         .map(|r| {
             let status = statuses.iter().find(|(n, _)| *n == r.name).map(|(_, s)| s.clone()).unwrap_or_default();
-            let mut lower = 0;
             let variants: Vec<Value> = r
                 .variants
                 .iter()
-                .map(|v| {
-                    let buckets = v.upper - lower;
-                    lower = v.upper;
-                    json!({ "name": v.name, "role": v.role, "weight": v.weight, "buckets": buckets })
-                })
+                .map(|v| json!({ "name": v.name, "role": v.role, "weight": v.weight, "buckets": v.buckets }))
                 .collect();
             let sticky = r.sticky.as_ref().map(|s| match s {
                 crate::config::Sticky::Header(h) => format!("header:{h}"),
@@ -295,6 +292,7 @@ pub async fn view(controller: &Controller) -> Value {
                 "sticky": sticky,
                 "shadow": shadow,
                 "unavailable": r.unavailable,
+                "etag": r.version,
                 "status": status,
             })
         })

@@ -66,6 +66,16 @@ pub struct OnnxBackend {
     queue: usize,
     queue_timeout: std::time::Duration,
     workers: Vec<std::thread::JoinHandle<()>>,
+    released: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Held by every worker thread; when the last one exits (its session dropped), it says so.
+struct Released(tokio::sync::watch::Sender<bool>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl std::fmt::Debug for OnnxBackend {
@@ -90,12 +100,18 @@ impl OnnxBackend {
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(spec.queue);
         let queue_timeout = spec.queue_timeout;
         let mut workers = Vec::with_capacity(sessions.len());
+        let (tx, released) = tokio::sync::watch::channel(false);
+        let signal = std::sync::Arc::new(Released(tx));
         for (i, session) in sessions.into_iter().enumerate() {
             let rx = rx.clone();
             let model = name.to_string();
+            let signal = signal.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("onnx-{name}-{i}"))
-                .spawn(move || worker(session, &model, rx, queue_timeout))
+                .spawn(move || {
+                    worker(session, &model, rx, queue_timeout);
+                    drop(signal);
+                })
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
             workers.push(handle);
         }
@@ -106,7 +122,14 @@ impl OnnxBackend {
             queue: spec.queue,
             queue_timeout: spec.queue_timeout,
             workers,
+            released,
         })
+    }
+
+    /// Turns `true` once every session is released: after the backend was dropped (its queue
+    /// closed) and each worker finished what was queued. Await it instead of polling.
+    pub fn released(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.released.clone()
     }
 
     /// Closes the queue, lets the workers finish what is queued, and waits until every session
@@ -304,6 +327,7 @@ pub fn bench(model: &std::path::Path, library: &std::path::Path, threads: usize,
     let env = super::runtime::environment(library).map_err(|e| e.to_string())?;
     let spec = OnnxSpec {
         path: model.to_path_buf(),
+        sha256: String::new(),
         sessions: 1,
         intra_op_threads: 1,
         queue: 1,

@@ -186,6 +186,8 @@ pub enum BackendKind {
 pub struct OnnxSpec {
     /// Model file, resolved against the config file's folder; it existed and was readable.
     pub path: PathBuf,
+    /// SHA-256 of the file's bytes when the config was read: the model's identity.
+    pub sha256: String,
     /// Number of ORT sessions, each on its own worker thread (1..=64).
     pub sessions: usize,
     /// ORT intra-op threads per session (1..=64).
@@ -596,10 +598,35 @@ fn backends(raw: &[RawBackend], base: &Path, issues: &mut Issues) -> Vec<Backend
     out
 }
 
+/// The SHA-256 of a file, read in chunks (a model file is never held whole for this).
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match file.read(&mut buf)? {
+            0 => break,
+            n => hasher.update(&buf[..n]),
+        }
+    }
+    Ok(crate::protocol::secret::hex(&hasher.finalize()))
+}
+
 fn onnx_spec(raw: &raw::RawOnnx, base: &Path, place: &str, issues: &mut Issues) -> Option<OnnxSpec> {
     let path = readable_file(base, &raw.path, &format!("{place}.path"), "model file", issues);
+    let sha256 = match path.as_deref().map(file_sha256) {
+        Some(Ok(digest)) => digest,
+        Some(Err(e)) => {
+            issues.push(format!("{place}.path"), format!("cannot read model file: {e}"));
+            return None;
+        }
+        None => String::new(),
+    };
     let spec = OnnxSpec {
         path: path.clone().unwrap_or_default(),
+        sha256,
         sessions: count(raw.sessions, 1, 64, &format!("{place}.sessions"), issues),
         intra_op_threads: count(raw.intra_op_threads, 1, 64, &format!("{place}.intra_op_threads"), issues),
         queue: count(raw.queue, 128, 100_000, &format!("{place}.queue"), issues),

@@ -1,13 +1,28 @@
 //! Rollouts: where each route stands (status) and the controller through which every change to
-//! the routing table goes.
+//! the routing table goes. Rooms:
+//! - `control` — the lock, building and publishing tables, status for readers, one mutate path;
+//! - `reload` — applying routes.yaml (revisions, recreate gaps) and watching the file;
+//! - `actions` — admin actions on a rollout;
+//! - `drivers` — the periodic analysis of canaries, A/B tests and blue-green previews;
+//! - `analysis`, `engine` — pure statistics and the canary step state machine;
+//! - `revision` — what identifies a rollout; `status` — where it stands and its bucket layout;
+//! - `persist`, `store` — status on disk, off the async threads; `drain` — letting go of backends;
+//! - `events`, `webhooks` — decisions, logged and sent.
 
+mod actions;
 pub mod analysis;
 pub mod control;
+mod drain;
+mod drivers;
 pub mod engine;
 pub mod events;
+mod persist;
+mod reload;
+pub mod revision;
 pub mod status;
 pub mod store;
 pub mod webhooks;
 
+pub use actions::Action;
 pub use control::{Controller, ReloadReport};
 pub use status::{Phase, RouteStatus};

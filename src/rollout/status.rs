@@ -2,7 +2,7 @@
 
 use super::engine::Progress;
 use crate::config::{RouteSpec, Strategy};
-use crate::routing::assign::{bucket_counts, canary_counts};
+use crate::routing::assign::{canary_counts, Layout, Share};
 use crate::routing::Role;
 use serde::{Deserialize, Serialize};
 
@@ -53,19 +53,6 @@ pub struct RouteStatus {
     pub last_analysis: Option<String>,
 }
 
-/// A variant as the spec and status make it: name (= backend), role, percent of traffic, buckets.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Share {
-    /// Backend name.
-    pub name: String,
-    /// Part in the rollout.
-    pub role: Role,
-    /// Percent of unpinned traffic.
-    pub weight: f64,
-    /// Buckets owned, in order.
-    pub buckets: u32,
-}
-
 impl RouteStatus {
     /// The blue-green colour serving now.
     pub fn active_colour<'a>(&'a self, spec_active: &'a str) -> &'a str {
@@ -73,12 +60,12 @@ impl RouteStatus {
     }
 }
 
-/// The variants of `spec` in bucket order, with their shares, given `status`.
-pub fn shares(spec: &RouteSpec, status: &RouteStatus) -> Vec<Share> {
+/// How `spec`'s buckets are divided among its variants, given `status`.
+pub fn layout(spec: &RouteSpec, status: &RouteStatus) -> Layout {
     let share = |name: &str, role, weight, buckets| Share { name: name.to_string(), role, weight, buckets };
     match &spec.strategy {
         Strategy::Single { backend } | Strategy::Recreate { backend } => {
-            vec![share(backend, Role::Primary, 100.0, 10_000)]
+            Layout::contiguous(vec![share(backend, Role::Primary, 100.0, 10_000)])
         }
         Strategy::BlueGreen { active, preview, .. } => {
             let now = status.active_colour(active);
@@ -87,7 +74,7 @@ pub fn shares(spec: &RouteSpec, status: &RouteStatus) -> Vec<Share> {
             if status.scaled_down.as_deref() != Some(other.as_str()) {
                 v.push(share(other, Role::Preview, 0.0, 0));
             }
-            v
+            Layout::contiguous(v)
         }
         Strategy::Canary { stable, canary, weight, plan, .. } => {
             let planned = plan.as_ref().map(|p| p.weight(status.progress.as_ref().map_or(0, |p| p.step)));
@@ -97,19 +84,28 @@ pub fn shares(spec: &RouteSpec, status: &RouteStatus) -> Vec<Share> {
                 Phase::Progressing => status.canary_weight.or(planned).unwrap_or(*weight),
             };
             let [s, c] = canary_counts(w);
-            vec![share(stable, Role::Stable, 100.0 - w, s), share(canary, Role::Canary, w, c)]
+            Layout::contiguous(vec![share(stable, Role::Stable, 100.0 - w, s), share(canary, Role::Canary, w, c)])
         }
-        Strategy::AbTest { arms, .. } => {
-            let weights: Vec<f64> = match &status.winner {
-                Some(w) => arms.iter().map(|(a, _)| if a == w { 1.0 } else { 0.0 }).collect(),
-                None => arms.iter().map(|(a, w)| if status.stopped_arms.contains(a) { 0.0 } else { *w }).collect(),
-            };
-            let total: f64 = weights.iter().sum();
-            let counts = bucket_counts(&weights);
+        Strategy::AbTest { arms, .. } => layout_of_arms(arms, status),
+    }
+}
+
+/// An A/B test's layout: the winner takes every bucket; otherwise each arm keeps its range and
+/// a stopped arm's range is divided among the live arms.
+pub fn layout_of_arms(arms: &[(String, f64)], status: &RouteStatus) -> Layout {
+    match &status.winner {
+        Some(winner) => Layout::contiguous(
             arms.iter()
-                .zip(weights.iter().zip(counts))
-                .map(|((a, _), (w, c))| share(a, Role::Arm, w / total * 100.0, c))
-                .collect()
+                .map(|(a, _)| {
+                    let all = a == winner;
+                    let (weight, buckets) = if all { (100.0, 10_000) } else { (0.0, 0) };
+                    Share { name: a.clone(), role: Role::Arm, weight, buckets }
+                })
+                .collect(),
+        ),
+        None => {
+            let live: Vec<bool> = arms.iter().map(|(a, _)| !status.stopped_arms.contains(a)).collect();
+            Layout::ab(arms, &live)
         }
     }
 }

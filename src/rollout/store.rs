@@ -2,7 +2,6 @@
 //! so a crash at any moment leaves either the old file or the new one, never a torn one.
 
 use super::status::RouteStatus;
-use crate::config::RouteSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -17,15 +16,10 @@ pub const HISTORY_FILE: &str = "history.jsonl";
 /// A route's status with the spec revision it belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Saved {
-    /// Hash of the route's spec.
+    /// The route's revision (see [`super::revision`]).
     pub revision: String,
     /// The status.
     pub status: RouteStatus,
-}
-
-/// The revision of a route's spec: a change to it starts a new rollout.
-pub fn revision(spec: &RouteSpec) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(format!("{spec:?}").as_bytes()))
 }
 
 /// The state folder.

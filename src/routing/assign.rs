@@ -86,6 +86,109 @@ pub fn canary_counts(weight: f64) -> [u32; 2] {
     [BUCKETS - canary, canary]
 }
 
+/// A variant's share of a route as the spec and status make it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Share {
+    /// Backend name.
+    pub name: String,
+    /// Part in the rollout.
+    pub role: super::Role,
+    /// Percent of unpinned traffic.
+    pub weight: f64,
+    /// Buckets owned.
+    pub buckets: u32,
+}
+
+/// How a route's buckets are divided: the variants' shares, and the bucket ranges in order as
+/// (exclusive upper end, index into the shares).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// In bucket order (stable / active / control-as-written first).
+    pub shares: Vec<Share>,
+    /// Ranges covering every bucket.
+    pub segments: Vec<(u32, usize)>,
+}
+
+impl Layout {
+    /// One contiguous range per share, in order.
+    pub fn contiguous(shares: Vec<Share>) -> Layout {
+        let mut upper = 0;
+        let segments = shares
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.buckets > 0)
+            .map(|(i, s)| {
+                upper += s.buckets;
+                (upper, i)
+            })
+            .collect();
+        Layout { shares, segments }
+    }
+
+    /// An A/B test's layout: every arm keeps the range its file weight gives it; a stopped
+    /// arm's range is divided among the live arms by their weights, so stopping an arm moves
+    /// only that arm's users and every other user keeps their arm.
+    pub fn ab(arms: &[(String, f64)], live: &[bool]) -> Layout {
+        let weights: Vec<f64> = arms.iter().map(|(_, w)| *w).collect();
+        let base = bucket_counts(&weights);
+        let any_live = live.iter().zip(&weights).any(|(l, w)| *l && *w > 0.0);
+        let is_live = |i: usize| !any_live || live.get(i).copied().unwrap_or(true);
+        let live_weights: Vec<f64> =
+            weights.iter().enumerate().map(|(i, w)| if is_live(i) { *w } else { 0.0 }).collect();
+        let mut owned = vec![0u32; arms.len()];
+        let mut segments = Vec::new();
+        let mut upper = 0u32;
+        for (i, count) in base.iter().enumerate() {
+            if *count == 0 {
+                continue;
+            }
+            if is_live(i) {
+                upper += count;
+                owned[i] += count;
+                segments.push((upper, i));
+            } else {
+                for (j, part) in split(*count, &live_weights).into_iter().enumerate() {
+                    if part > 0 {
+                        upper += part;
+                        owned[j] += part;
+                        segments.push((upper, j));
+                    }
+                }
+            }
+        }
+        let shares = arms
+            .iter()
+            .zip(owned)
+            .map(|((name, _), buckets)| Share {
+                name: name.clone(),
+                role: super::Role::Arm,
+                weight: f64::from(buckets) * 100.0 / f64::from(BUCKETS),
+                buckets,
+            })
+            .collect();
+        Layout { shares, segments }
+    }
+}
+
+/// `count` buckets split by `weights` (largest remainder, ties to the earlier one).
+fn split(count: u32, weights: &[f64]) -> Vec<u32> {
+    let total: f64 = weights.iter().filter(|w| **w > 0.0).sum();
+    if total <= 0.0 {
+        return weights.iter().map(|_| 0).collect();
+    }
+    let exact: Vec<f64> = weights.iter().map(|w| w.max(0.0) / total * f64::from(count)).collect();
+    let mut parts: Vec<u32> = exact.iter().map(|e| e.floor() as u32).collect();
+    let mut left = count - parts.iter().sum::<u32>();
+    let mut order: Vec<usize> = (0..weights.len()).filter(|i| weights[*i] > 0.0).collect();
+    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
+    for i in order.into_iter().cycle().take(left as usize) {
+        parts[i] += 1;
+        left -= 1;
+    }
+    debug_assert_eq!(left, 0);
+    parts
+}
+
 /// Where the sticky key of a request comes from, and whether the gateway had to make one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StickyKey {
@@ -160,9 +263,10 @@ pub fn assign<'r>(
         None => (rand::random_range(0..BUCKETS), Reason::Random),
     };
     route
-        .variants
+        .segments
         .iter()
-        .find(|v| b < v.upper)
+        .find(|(upper, _)| b < *upper)
+        .and_then(|(_, i)| route.variants.get(*i))
         .map(|v| (v, reason))
         .ok_or_else(|| ApiError::internal(format!("route {:?} has no variant for bucket {b}", route.name)))
 }
@@ -179,6 +283,46 @@ mod tests {
         assert_eq!(bucket_counts(&[0.0, 0.0]), vec![10000, 0]);
         assert_eq!(canary_counts(12.34), [8766, 1234]);
         assert_eq!(canary_counts(100.0), [0, 10000]);
+    }
+
+    fn arm_of(layout: &Layout, b: u32) -> usize {
+        layout.segments.iter().find(|(upper, _)| b < *upper).map(|(_, i)| *i).unwrap()
+    }
+
+    #[test]
+    fn stopping_one_of_three_arms_moves_only_its_users() {
+        let arms: Vec<(String, f64)> = [("a", 50.0), ("b", 30.0), ("c", 20.0)].map(|(n, w)| (n.into(), w)).to_vec();
+        let before = Layout::ab(&arms, &[true, true, true]);
+        assert_eq!(before.shares.iter().map(|s| s.buckets).collect::<Vec<_>>(), vec![5000, 3000, 2000]);
+        for stopped in 0..3 {
+            let mut live = [true; 3];
+            live[stopped] = false;
+            let after = Layout::ab(&arms, &live);
+            assert_eq!(after.shares.iter().map(|s| s.buckets).sum::<u32>(), BUCKETS);
+            assert_eq!(after.shares[stopped].buckets, 0);
+            let (mut kept, mut moved) = (0, 0);
+            for k in 0..10_000 {
+                let b = bucket("ab-route", &format!("user-{k}"));
+                let (was, now) = (arm_of(&before, b), arm_of(&after, b));
+                if was == stopped {
+                    assert_ne!(now, stopped);
+                    moved += 1;
+                } else {
+                    assert_eq!(was, now, "user-{k} of a live arm kept their arm");
+                    kept += 1;
+                }
+            }
+            assert!(kept > 0 && moved > 0);
+            // The stopped arm's users are divided by the live arms' weights.
+            let others: Vec<usize> = (0..3).filter(|i| *i != stopped).collect();
+            let total: f64 = others.iter().map(|i| arms[*i].1).sum();
+            for i in others {
+                let expected = 10_000.0 * arms[i].1 / 100.0 + 10_000.0 * arms[stopped].1 / 100.0 * arms[i].1 / total;
+                assert!((f64::from(after.shares[i].buckets) - expected).abs() <= 1.0, "{after:?}");
+            }
+        }
+        // Every arm stopped: nobody is left without an answer (the file's layout holds).
+        assert_eq!(Layout::ab(&arms, &[false; 3]), before);
     }
 
     #[test]

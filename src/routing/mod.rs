@@ -4,6 +4,7 @@
 //! whole new [`RouteTable`] and swaps it in.
 
 pub mod assign;
+pub mod build;
 mod path;
 
 pub use path::normalize_path;
@@ -45,8 +46,8 @@ pub struct Variant {
     pub backend: Arc<Backend>,
     /// Share of unpinned traffic, in percent.
     pub weight: f64,
-    /// Exclusive upper end of its bucket range; the range starts where the previous variant's ends.
-    pub upper: u32,
+    /// Buckets it owns (of [`assign::BUCKETS`]), in one range or several.
+    pub buckets: u32,
     /// Its numbers, kept across table swaps.
     pub stats: Arc<VariantStats>,
     /// Injected faults of its backend.
@@ -81,6 +82,11 @@ pub struct Route {
     pub salt: String,
     /// In bucket order; at least one unless the route is unavailable.
     pub variants: Vec<Variant>,
+    /// Bucket ranges in order: (exclusive upper end, index into `variants`). Ranges start where
+    /// the previous one ends; together they cover every bucket.
+    pub segments: Vec<(u32, usize)>,
+    /// The table generation at which this route's spec or status last changed: its ETag.
+    pub version: u64,
     /// Where sticky keys come from, if anywhere.
     pub sticky: Option<Sticky>,
     /// Shadow traffic, if any.

@@ -130,7 +130,9 @@ pub fn comparable_units(arms: &[&UnitCount]) -> Vec<u64> {
 pub struct Goal {
     /// Samples (rows scored, conversions reported, rewards reported).
     pub n: u64,
-    /// Their mean.
+    /// Their sum (exact for counts; what the mean shown is computed from).
+    pub sum: f64,
+    /// Their mean (Welford's running mean, for the variance).
     pub mean: f64,
     /// Sum of squared deviations from the mean.
     pub m2: f64,
@@ -153,6 +155,7 @@ impl Goal {
         self.mean += delta * nb / n;
         self.m2 += m2 + delta * delta * na * nb / n;
         self.n += count;
+        self.sum += sum;
         if self.cells.is_empty() {
             self.cells = vec![(0, 0.0); CELLS];
         }
@@ -204,6 +207,7 @@ impl Goal {
         self.mean += delta * nb / n;
         self.m2 += other.m2 + delta * delta * na * nb / n;
         self.n += other.n;
+        self.sum += other.sum;
         if self.cells.is_empty() {
             self.cells = vec![(0, 0.0); CELLS];
         }
@@ -305,7 +309,7 @@ impl Window {
     /// The window's numbers.
     pub fn snapshot(&self) -> WindowSnapshot {
         let q = |h: &Histogram<u64>, p: f64| (!h.is_empty()).then(|| h.value_at_quantile(p) as f64 / 1000.0);
-        let mean = |g: &Goal| (g.n > 0).then_some(g.mean);
+        let mean = |g: &Goal| (g.n > 0).then(|| g.sum / g.n as f64);
         WindowSnapshot {
             requests: self.requests,
             errors: self.errors,
