@@ -6,11 +6,12 @@
 use super::engine::{Clock, SystemClock};
 use super::events::{Event, EventLog};
 use super::persist::Persister;
+pub use super::reload::ReloadReport;
 use super::revision::revision;
 use super::status::{layout, RouteStatus};
 use super::store::{Saved, Store};
 use crate::backend::{self, Backend};
-use crate::config::{BackendSpec, Config, ConfigErrors, ConfigIssue};
+use crate::config::{BackendSpec, Config, ConfigErrors};
 use crate::protocol::ApiError;
 use crate::routing::build::{self, Limit, Parts};
 use crate::routing::{RouteTable, SharedTable};
@@ -19,27 +20,9 @@ use crate::telemetry::{names, Telemetry};
 use arc_swap::ArcSwap;
 use http::StatusCode;
 use metrics::Label;
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
-
-/// The outcome of the last attempt to apply routes.yaml.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReloadReport {
-    /// The file.
-    pub source: String,
-    /// Whether the last attempt applied.
-    pub ok: bool,
-    /// When it was made (ms since the epoch).
-    pub at_unix_ms: u64,
-    /// Every error of a refused file; empty when it applied.
-    pub errors: Vec<ConfigIssue>,
-    /// Attempts that applied.
-    pub applied: u64,
-    /// Attempts that were refused.
-    pub refused: u64,
-}
 
 pub(super) struct Loaded {
     pub spec: BackendSpec,
@@ -91,7 +74,7 @@ pub struct Controller {
     ort_library: PathBuf,
     pub(super) inner: tokio::sync::Mutex<Inner>,
     statuses: ArcSwap<Statuses>,
-    report: Mutex<ReloadReport>,
+    pub(super) report: Mutex<ReloadReport>,
     pub(super) me: Weak<Controller>,
 }
 
@@ -392,25 +375,6 @@ impl Controller {
         };
         self.saved(ticket).await;
         Ok(answer)
-    }
-
-    pub(super) fn record_reload(&self, result: &Result<u64, ConfigErrors>) {
-        let outcome = if result.is_ok() { "applied" } else { "refused" };
-        self.telemetry.counter(names::RELOADS_TOTAL, vec![Label::new("outcome", outcome)]).increment(1);
-        let mut r = lock(&self.report);
-        r.at_unix_ms = self.clock.now_ms();
-        match result {
-            Ok(_) => {
-                r.ok = true;
-                r.errors.clear();
-                r.applied += 1;
-            }
-            Err(e) => {
-                r.ok = false;
-                r.errors = e.issues.clone();
-                r.refused += 1;
-            }
-        }
     }
 }
 

@@ -2,17 +2,56 @@
 //! they read, and the last one applies the newest file), keep each route's status while its
 //! revision holds, start changed revisions over, and replace recreate backends old-first.
 
-use super::control::{prune, Controller, RouteState};
+use super::control::{lock, prune, Controller, RouteState};
 use super::drain::release;
 use super::revision::revision;
 use super::status::RouteStatus;
 use super::store::Saved;
-use crate::config::{Config, ConfigErrors, Strategy};
+use crate::config::{Config, ConfigErrors, ConfigIssue, Strategy};
+use crate::telemetry::names;
+use metrics::Label;
+use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The outcome of the last attempt to apply routes.yaml.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadReport {
+    /// The file.
+    pub source: String,
+    /// Whether the last attempt applied.
+    pub ok: bool,
+    /// When it was made (ms since the epoch).
+    pub at_unix_ms: u64,
+    /// Every error of a refused file; empty when it applied.
+    pub errors: Vec<ConfigIssue>,
+    /// Attempts that applied.
+    pub applied: u64,
+    /// Attempts that were refused.
+    pub refused: u64,
+}
+
 impl Controller {
+    pub(super) fn record_reload(&self, result: &Result<u64, ConfigErrors>) {
+        let outcome = if result.is_ok() { "applied" } else { "refused" };
+        self.telemetry.counter(names::RELOADS_TOTAL, vec![Label::new("outcome", outcome)]).increment(1);
+        let mut r = lock(&self.report);
+        r.at_unix_ms = self.clock.now_ms();
+        match result {
+            Ok(_) => {
+                r.ok = true;
+                r.errors.clear();
+                r.applied += 1;
+            }
+            Err(e) => {
+                r.ok = false;
+                r.errors = e.issues.clone();
+                r.refused += 1;
+            }
+        }
+    }
+
     /// Reads the routes file again and applies it. A refused file changes nothing; its errors
     /// are logged and kept for `GET /admin/routes`.
     pub async fn reload_file(&self) -> Result<u64, ConfigErrors> {
@@ -139,7 +178,7 @@ impl Controller {
                     }
                     tracing::info!(route = %name, gap_ms = gap.as_secs_f64() * 1000.0, "recreate: new backend serving");
                 }
-                *super::control::lock(&self.webhooks) = inner.config.webhooks.clone();
+                *lock(&self.webhooks) = inner.config.webhooks.clone();
                 self.commit(inner, archive);
                 Ok(generation)
             }
