@@ -39,6 +39,7 @@ fn route(name: &str, telemetry: &Telemetry, backend: &Arc<Backend>) -> Route {
         shadow: None,
         unavailable: None,
         limit: None,
+        overrides: Default::default(),
     }
 }
 
