@@ -457,3 +457,49 @@ fn client_certificates_stand_in_for_the_admin_token_and_bad_tls_files_are_named(
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tls-routes.yaml: server.tls") && stderr.contains("no usable private key"), "{stderr}");
 }
+
+#[test]
+fn serve_refuses_to_start_without_a_feedback_key_unless_the_file_allows_unsigned_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "routes.yaml",
+        &format!(
+            "backends:\n  - name: b\n    onnx: {{path: \"{}\"}}\nroutes:\n  - model: m\n    backend: b\n",
+            model("breast-cancer-v1.onnx")
+        ),
+    );
+    let serve = |config: &str, key: Option<&str>| {
+        let mut c = modelgate();
+        c.args([
+            "serve",
+            "--config",
+            config,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"));
+        match key {
+            Some(k) => c.env("MODELGATE_FEEDBACK_KEY", k),
+            None => c.env_remove("MODELGATE_FEEDBACK_KEY"),
+        };
+        c
+    };
+    for key in [None, Some("")] {
+        let out = serve(file.to_str().unwrap(), key).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{key:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let f = file.display();
+        assert!(stderr.contains(&format!("refusing to serve {f} without MODELGATE_FEEDBACK_KEY")), "{stderr}");
+        assert!(stderr.contains(&format!("`insecure_unsigned_feedback: true` under `server:` in {f}")), "{stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    }
+    // The demo file says insecure_unsigned_feedback: true, so it serves without a key.
+    let mut child = Served(serve("routes.yaml", None).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("modelgate: listening on http://127.0.0.1:"), "{line:?}");
+}
