@@ -62,7 +62,8 @@ async fn pins_follow_the_route_policy_and_the_default_wants_the_admin_token() {
     let pin_header = ("x-modelgate-variant", "v2");
     let wrong = ("authorization", "Bearer not-the-token");
     // (what, model, pinned by path or header, extra header, expected status)
-    let cases: Vec<(&str, &str, bool, Option<(&str, &str)>, StatusCode)> = vec![
+    type Case<'a> = (&'a str, &'a str, bool, Option<(&'a str, &'a str)>, StatusCode);
+    let cases: Vec<Case> = vec![
         ("default, no token", "risk", true, None, StatusCode::FORBIDDEN),
         ("default, no token", "risk", false, None, StatusCode::FORBIDDEN),
         ("default, wrong token", "risk", true, Some(wrong), StatusCode::FORBIDDEN),
