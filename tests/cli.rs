@@ -267,7 +267,9 @@ fn feedback_posted_to_another_process_goes_to_the_variant_the_first_chose() {
             let (n, right) = expected[v["variant"].as_str().unwrap()];
             assert_eq!(v["total"]["requests"], 0, "B answered none of these requests");
             assert_eq!(v["total"]["accuracy_samples"], n);
-            assert_eq!(v["total"]["accuracy"].as_f64().unwrap(), right as f64 / n as f64);
+            // A mean of per-unit cells (Welford moments): equal up to rounding.
+            let accuracy = v["total"]["accuracy"].as_f64().unwrap();
+            assert!((accuracy - right as f64 / n as f64).abs() < 1e-12, "{v}");
         }
     });
     for c in [&mut a, &mut b] {
