@@ -11,6 +11,7 @@ secs=${BENCH_SECONDS:-10}
 conns=${BENCH_CONNECTIONS:-32}
 work=.bench
 mkdir -p "$work"
+export MODELGATE_FEEDBACK_KEY=${MODELGATE_FEEDBACK_KEY:-bench}  # serve refuses to start without one
 log() { printf '%s\n' "$*" >&2; }
 
 need_apt() {

@@ -6,6 +6,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mg="$root/target/release/modelgate"
 lt="$root/target/release/loadtest"
 export MODELGATE_ADMIN_TOKEN=${MODELGATE_ADMIN_TOKEN:-fault-test-token}
+export MODELGATE_FEEDBACK_KEY=${MODELGATE_FEEDBACK_KEY:-script-feedback-key}  # serve needs one
 log() { printf '%s: %s\n' "${script_name:-script}" "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 build_all() {

@@ -10,6 +10,7 @@ use crate::protocol::feedback;
 use crate::protocol::oip::{InferRequest, ResponseOutput};
 use crate::protocol::request_id::{IdCodec, MAX_ROWS};
 use crate::protocol::{DataType, Signature, TensorSpec};
+use crate::telemetry::window::Unit;
 use std::path::Path;
 use std::time::Duration;
 
@@ -71,7 +72,7 @@ pub fn routes(data: &[u8]) {
 }
 
 /// The request id and feedback parsers: arbitrary ids are refused cleanly; ids this gateway
-/// issued (for any route, variant and prediction the fuzzer picks) read back exactly, and
+/// issued (for any unit, route, variant and prediction the fuzzer picks) read back exactly, and
 /// feedback bodies built around them are either accepted or refused with a 400.
 pub fn request_id(data: &[u8]) {
     let keyed = IdCodec::new(Some(b"fuzz-key".to_vec()), Duration::from_secs(3600));
@@ -84,7 +85,13 @@ pub fn request_id(data: &[u8]) {
             let _ = open.decode(&text);
         }
         1 => {
-            // route \0 variant \0 prediction bytes (each 8 bytes → one i64)
+            // unit byte, then route \0 variant \0 prediction bytes (each 8 bytes → one i64)
+            let Some((&unit, rest)) = rest.split_first() else { return };
+            let unit = match unit % 3 {
+                0 => Unit::Pinned,
+                1 => Unit::Request((u64::from(unit) << 40) | 0x5eed),
+                _ => Unit::Key(u64::from(unit).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            };
             let mut parts = rest.splitn(3, |b| *b == 0);
             let route = String::from_utf8_lossy(parts.next().unwrap_or_default()).replace('~', "");
             let variant = String::from_utf8_lossy(parts.next().unwrap_or_default()).replace('~', "");
@@ -97,16 +104,20 @@ pub fn request_id(data: &[u8]) {
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8")))
                 .collect();
-            let id = keyed.issue(&route, &variant, crate::telemetry::window::Unit::Request(1), Some(&prediction));
+            let id = keyed.issue(&route, &variant, unit, Some(&prediction));
             let back = keyed.decode(&id).expect("an issued id reads back");
             assert_eq!((back.route.as_str(), back.variant.as_str()), (route.as_str(), variant.as_str()));
+            assert_eq!(back.unit, unit, "the unit reads back (a pinned answer's id says so)");
+            if let Unit::Request(nonce) = unit {
+                assert_eq!(back.nonce, nonce, "an unkeyed request's unit id is its nonce");
+            }
             let carried = !prediction.is_empty() && prediction.len() <= MAX_ROWS;
             assert_eq!(back.prediction, carried.then_some(prediction));
             assert!(open.decode(&id).is_err(), "a signed id is refused by an unkeyed gateway");
         }
         _ => {
             // A valid id with the fuzzer's bytes as the rest of the feedback body.
-            let id = keyed.issue("r", "v", crate::telemetry::window::Unit::Request(1), Some(&[0, 1, 2]));
+            let id = keyed.issue("r", "v", Unit::Request(1), Some(&[0, 1, 2]));
             let body = [format!("{{\"request_id\":\"{id}\",").as_bytes(), rest].concat();
             match feedback::parse(&body, &keyed) {
                 Ok(post) => {

@@ -320,6 +320,16 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     let path = args.config.as_path();
     let mut config = Config::load(path)?;
     args.apply_tls(&mut config.server);
+    let feedback_key = std::env::var("MODELGATE_FEEDBACK_KEY").ok().filter(|k| !k.is_empty());
+    if feedback_key.is_none() && !config.server.insecure_unsigned_feedback {
+        anyhow::bail!(
+            "refusing to serve {} without MODELGATE_FEEDBACK_KEY: request ids would be unsigned, so anyone could post \
+             forged feedback and steer the rollouts. Set MODELGATE_FEEDBACK_KEY to a secret shared by every replica, \
+             or, for a demo only, set `insecure_unsigned_feedback: true` under `server:` in {}",
+            path.display(),
+            path.display()
+        );
+    }
     let state_dir = args.state_dir.clone().unwrap_or_else(|| config.server.state_dir.clone());
     let admin_addr = args.admin_listen.unwrap_or(config.server.admin_listen);
     let client_auth = config.server.admin_tls.as_ref().is_some_and(|t| t.client_ca.is_some());
@@ -376,7 +386,7 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         if inference_tls.is_some() { "https" } else { "http" },
         if listener_settings.tls.is_some() { "https" } else { "http" },
     );
-    let admin_state = Arc::new(AdminState { controller: controller.clone(), token });
+    let admin_state = Arc::new(AdminState { controller: controller.clone(), token: token.clone() });
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(server::serve_with(
         admin,
@@ -389,17 +399,14 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
 
     tracing::info!(%local, admin = %admin_local, routes = config.routes.len(), config = %path.display(), "modelgate serving");
     println!("modelgate: listening on {scheme}://{local} (admin {admin_scheme}://{admin_local})");
-    let ids = IdCodec::from_env(settings.feedback_max_age);
-    if std::env::var_os("MODELGATE_FEEDBACK_KEY").is_none() {
-        tracing::warn!("MODELGATE_FEEDBACK_KEY is not set: request ids are not signed, so feedback cannot be verified");
+    if feedback_key.is_none() {
+        tracing::warn!(
+            "MODELGATE_FEEDBACK_KEY is not set (server.insecure_unsigned_feedback): request ids are not signed, so \
+             anyone can forge feedback"
+        );
     }
-    let state = Arc::new(AppState {
-        table: controller.table(),
-        settings,
-        telemetry: controller.telemetry().clone(),
-        ids,
-        feedback: Default::default(),
-    });
+    let ids = IdCodec::new(feedback_key.map(String::into_bytes), settings.feedback_max_age);
+    let state = Arc::new(AppState::new(controller.table(), settings, controller.telemetry().clone(), ids, token));
     server::serve(listener, state, inference_tls, server::shutdown_signal()).await;
     let _ = stop_tx.send(true);
     let _ = admin_task.await;

@@ -148,17 +148,20 @@ async fn server_health_and_model_endpoints() {
     assert_eq!(meta["inputs"], json!([{"name": "input", "datatype": "FP32", "shape": [-1, 30]}]));
     assert_eq!(meta["outputs"][0], json!({"name": "label", "datatype": "INT64", "shape": [-1]}));
     assert_eq!(meta["outputs"][1], json!({"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}));
-    let meta = get(&gw.url("/v2/models/diabetes/versions/diabetes-v1")).await.json();
+    // Versions are pins: the test gateway's default policy (overrides: admin_token) wants the token.
+    let pinned = |url: String| async move { send(Method::GET, &url, "", &[PIN_AUTH]).await };
+    let meta = pinned(gw.url("/v2/models/diabetes/versions/diabetes-v1")).await.json();
     assert_eq!(meta["inputs"][0]["datatype"], "FP64");
 
     let ready = get(&gw.url("/v2/models/breast-cancer/ready")).await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.json()["ready"], true);
-    assert_eq!(get(&gw.url("/v2/models/breast-cancer/versions/bc-v1/ready")).await.status, StatusCode::OK);
+    assert_eq!(pinned(gw.url("/v2/models/breast-cancer/versions/bc-v1/ready")).await.status, StatusCode::OK);
 
     // The version form pins the variant.
     let (req, _) = recorded_request("breast-cancer-v1");
-    let a = post_json(&gw.url("/v2/models/breast-cancer/versions/bc-v1/infer"), &req).await;
+    let a = send(Method::POST, &gw.url("/v2/models/breast-cancer/versions/bc-v1/infer"), req.to_string(), &[PIN_AUTH])
+        .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json()["model_version"], "bc-v1");
 }
@@ -266,7 +269,8 @@ async fn each_bad_input_gets_its_status_and_names_the_problem_and_serving_goes_o
         ),
     ];
     for (what, url, body, status, message) in cases {
-        let a = send(Method::POST, &url, body, &[("content-type", "application/json")]).await;
+        // With the admin token, so that a pinned version gets as far as the version lookup.
+        let a = send(Method::POST, &url, body, &[("content-type", "application/json"), PIN_AUTH]).await;
         assert_eq!(a.status, status, "{what}: {:?}", String::from_utf8_lossy(&a.body));
         assert_eq!(a.headers["content-type"], "application/json", "{what}");
         let error = a.error();

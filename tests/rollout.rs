@@ -296,7 +296,8 @@ async fn a_good_preview_is_switched_to_on_its_own_after_auto_promote_after() {
     let view = loop {
         for _ in 0..10 {
             post_json(&gw.url("/v2/models/bg/infer"), &body()).await;
-            let a = send(Method::POST, &gw.url("/v2/models/bg/versions/green/infer"), body().to_string(), &[]).await;
+            let url = gw.url("/v2/models/bg/versions/green/infer");
+            let a = send(Method::POST, &url, body().to_string(), &[PIN_AUTH]).await;
             assert_eq!(a.status, StatusCode::OK);
         }
         let v = get(&gw.admin_url("/admin/routes")).await.json();

@@ -150,14 +150,17 @@ async fn sticky_keys_hold_across_restarts_and_replicas_and_raising_the_canary_on
 #[tokio::test]
 async fn pins_and_cookies() {
     let gw = Gateway::start(&sticky_routes()).await;
-    // The version path and the override header pin a variant, whatever the weights.
+    // The version path and the override header pin a variant, whatever the weights (with the
+    // admin token, as the default `overrides: admin_token` wants).
     for _ in 0..20 {
-        let a = get(&gw.url("/v2/models/canary/versions/v2/ready")).await;
+        let a = send(Method::GET, &gw.url("/v2/models/canary/versions/v2/ready"), "", &[PIN_AUTH]).await;
         assert_eq!(variant(&a), "v2");
-        let a = send(Method::GET, &gw.url("/v2/models/canary/ready"), "", &[("x-modelgate-variant", "v2")]).await;
+        let pin = [("x-modelgate-variant", "v2"), PIN_AUTH];
+        let a = send(Method::GET, &gw.url("/v2/models/canary/ready"), "", &pin).await;
         assert_eq!(variant(&a), "v2");
     }
-    let a = send(Method::GET, &gw.url("/v2/models/canary/ready"), "", &[("x-modelgate-variant", "v9")]).await;
+    let pin = [("x-modelgate-variant", "v9"), PIN_AUTH];
+    let a = send(Method::GET, &gw.url("/v2/models/canary/ready"), "", &pin).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(a.error(), "x-modelgate-variant: route \"canary\" has no variant \"v9\"; variants: v1, v2");
 
@@ -175,9 +178,9 @@ async fn pins_and_cookies() {
         }
     }
     // The gateway request id names route and variant.
-    let a = get(&gw.url("/v2/models/canary/versions/v1/ready")).await;
+    let a = send(Method::GET, &gw.url("/v2/models/canary/versions/v1/ready"), "", &[PIN_AUTH]).await;
     let id = a.headers["x-modelgate-request-id"].to_str().unwrap();
-    let codec = modelgate::protocol::request_id::IdCodec::new(Some(b"test-key".to_vec()), Duration::from_secs(60));
+    let codec = modelgate::protocol::request_id::IdCodec::new(Some(FEEDBACK_KEY.to_vec()), Duration::from_secs(60));
     let decoded = codec.decode(id).unwrap();
     assert_eq!((decoded.route.as_str(), decoded.variant.as_str()), ("canary", "v1"));
 }
@@ -447,11 +450,16 @@ async fn blue_green_preview_is_reachable_and_the_old_colour_is_scaled_down_after
     for _ in 0..10 {
         assert_eq!(variant(&get(&gw.url("/v2/models/bg/ready")).await), "v1");
     }
-    assert_eq!(variant(&get(&gw.url("/v2/models/bg/versions/v2/ready")).await), "v2", "preview reachable by version");
+    // Pins need the admin token under the default policy; the test's reads carry it.
+    let pinned = |path: &'static str| {
+        let url = gw.url(path);
+        async move { send(Method::GET, &url, "", &[PIN_AUTH]).await }
+    };
+    assert_eq!(variant(&pinned("/v2/models/bg/versions/v2/ready").await), "v2", "preview reachable by version");
     let a = gw.admin_post("/admin/routes/bg/promote", "").await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(variant(&get(&gw.url("/v2/models/bg/ready")).await), "v2");
-    assert_eq!(variant(&get(&gw.url("/v2/models/bg/versions/v1/ready")).await), "v1", "old colour warm");
+    assert_eq!(variant(&pinned("/v2/models/bg/versions/v1/ready").await), "v1", "old colour warm");
     // Roll back while warm: instant, and back on v1.
     let a = gw.admin_post("/admin/routes/bg/rollback", "").await;
     assert_eq!(a.status, StatusCode::OK);
@@ -467,7 +475,7 @@ async fn blue_green_preview_is_reachable_and_the_old_colour_is_scaled_down_after
         assert!(std::time::Instant::now() < deadline, "never scaled down: {v}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(get(&gw.url("/v2/models/bg/versions/v2/ready")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(pinned("/v2/models/bg/versions/v2/ready").await.status, StatusCode::NOT_FOUND);
     // Switching again loads it back.
     assert_eq!(gw.admin_post("/admin/routes/bg/switch", "").await.status, StatusCode::OK);
     assert_eq!(variant(&get(&gw.url("/v2/models/bg/ready")).await), "v2");

@@ -60,13 +60,8 @@ pub fn token_id(token: Option<&str>) -> String {
 
 fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), ApiError> {
     let Some(token) = &state.token else { return Ok(()) };
-    let given = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
+    match crate::server::bearer(req.headers()) {
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token is not the admin token")),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -2,8 +2,9 @@
 
 use super::{oip, response};
 use crate::backend::{Backend, Body, BodyError, UpstreamBackend};
-use crate::config::{RouteKind, ServerSettings};
+use crate::config::{OverridePolicy, RouteKind, ServerSettings};
 use crate::protocol::request_id::{self, IdCodec};
+use crate::protocol::secret::constant_time_eq;
 use crate::protocol::ApiError;
 use crate::routing::{assign, normalize_path, Route, SharedTable, Variant};
 use crate::telemetry::window::Unit;
@@ -30,6 +31,23 @@ pub struct AppState {
     pub ids: IdCodec,
     /// Feedback already recorded, so none is counted twice.
     pub feedback: super::FeedbackLedger,
+    /// The admin token: under `overrides: admin_token` a pin needs it as a bearer token (with
+    /// none, any caller may pin: a loopback dev setup). Never forwarded upstream.
+    pub admin_token: Option<String>,
+}
+
+impl AppState {
+    /// The state of an inference listener, with a feedback ledger of the default size.
+    pub fn new(
+        table: SharedTable,
+        settings: ServerSettings,
+        telemetry: Arc<Telemetry>,
+        ids: IdCodec,
+        admin_token: Option<String>,
+    ) -> AppState {
+        let feedback = super::FeedbackLedger::new(super::FeedbackLedger::DEFAULT_CAPACITY, settings.feedback_max_age);
+        AppState { table, settings, telemetry, ids, feedback, admin_token }
+    }
 }
 
 /// Marks an answer to be counted for a variant once it is complete.
@@ -123,8 +141,9 @@ async fn dispatch(
     let RouteKind::Prefix { prefix, rewrite } = &route.kind else {
         return Err(ApiError::internal("prefix table holds a model route"));
     };
-    let (_permit, req) = admit(state, route, req).await?;
-    let picked = pick(route, None, req.headers(), req.uri().query())?;
+    let (_permit, mut req) = admit(state, route, req).await?;
+    let picked = pick(state, route, None, req.headers(), req.uri().query())?;
+    strip_gateway_headers(state, req.headers_mut());
     picked.claim(claim);
     let variant = picked.variant;
     let Backend::Upstream(up) = variant.backend.as_ref() else {
@@ -197,8 +216,10 @@ pub(super) struct Picked<'r> {
     pub unit: Unit,
 }
 
-/// Assigns a variant: pinned version, override header, sticky key, weighted draw.
+/// Assigns a variant: pinned version, override header, sticky key, weighted draw. A pin must be
+/// allowed by the route's `overrides` policy.
 pub(super) fn pick<'r>(
+    state: &AppState,
     route: &'r Route,
     version: Option<&str>,
     headers: &HeaderMap,
@@ -210,6 +231,9 @@ pub(super) fn pick<'r>(
         }
         None => None,
     };
+    if version.is_some() || override_header.is_some() {
+        may_pin(state, route, headers)?;
+    }
     let key = match (&route.sticky, version, override_header) {
         (Some(sticky), None, None) => assign::sticky_key(sticky, headers, query),
         _ => None,
@@ -221,6 +245,58 @@ pub(super) fn pick<'r>(
         (_, None) => Unit::Request(rand::random()),
     };
     Ok(Picked { variant, set_cookie: key.and_then(|k| k.set_cookie), unit })
+}
+
+/// The bearer token an `Authorization` header carries, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Whether `headers` carry `token` as their bearer token (compared in constant time).
+pub fn carries_token(headers: &HeaderMap, token: &str) -> bool {
+    bearer(headers).is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+/// Refuses a pin (version path or override header) that the route's policy does not allow.
+fn may_pin(state: &AppState, route: &Route, headers: &HeaderMap) -> Result<(), ApiError> {
+    let how = format!("/v2/models/{{model}}/versions/{{variant}} or {}", assign::OVERRIDE_HEADER);
+    match route.overrides {
+        OverridePolicy::Allow => Ok(()),
+        OverridePolicy::Deny => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "route {:?} does not let clients pin a variant ({how}; overrides: deny): send the request without \
+                 the pin, or set `overrides: admin_token` or `overrides: allow` on the route in routes.yaml",
+                route.name
+            ),
+        )),
+        OverridePolicy::AdminToken => match state.admin_token.as_deref() {
+            None => Ok(()),
+            Some(token) if carries_token(headers, token) => Ok(()),
+            Some(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "pinning a variant of route {:?} ({how}) needs the gateway's admin token: send \
+                     `Authorization: Bearer <admin token>`, or set `overrides: allow` on the route (or under server:) \
+                     in routes.yaml to let any client pin",
+                    route.name
+                ),
+            )),
+        },
+    }
+}
+
+/// Removes the gateway's own control headers before a request is forwarded: the override
+/// header, and an `Authorization` that carries the admin token (any other is the upstream's).
+pub(super) fn strip_gateway_headers(state: &AppState, headers: &mut HeaderMap) {
+    headers.remove(assign::OVERRIDE_HEADER);
+    if state.admin_token.as_deref().is_some_and(|t| carries_token(headers, t)) {
+        headers.remove(http::header::AUTHORIZATION);
+    }
 }
 
 impl Picked<'_> {

@@ -7,7 +7,7 @@ pub mod response;
 mod shadow;
 
 pub use feedback::FeedbackLedger;
-pub use handler::AppState;
+pub use handler::{bearer, carries_token, AppState};
 
 use crate::backend::Body;
 use http::{Request, Response};

@@ -1,6 +1,6 @@
 //! Open Inference Protocol v2 REST endpoints.
 
-use super::handler::{admit, business_value, inject_fault, pick, AppState, Claim};
+use super::handler::{admit, business_value, inject_fault, pick, strip_gateway_headers, AppState, Claim};
 use super::{feedback, response, shadow};
 use crate::backend::{Backend, Body, InferError, OnnxBackend};
 use crate::config::RouteKind;
@@ -65,7 +65,7 @@ fn allow(method: &Method, wanted: Method) -> Result<(), ApiError> {
 
 pub(super) async fn handle(
     state: &AppState,
-    req: Request<Body>,
+    mut req: Request<Body>,
     peer: SocketAddr,
     claim: &Claim,
 ) -> Result<Response<Body>, ApiError> {
@@ -101,7 +101,8 @@ pub(super) async fn handle(
             })?;
             let expected = if action == Action::Infer { Method::POST } else { Method::GET };
             allow(req.method(), expected)?;
-            let picked = pick(route, version, req.headers(), req.uri().query())?;
+            let picked = pick(state, route, version, req.headers(), req.uri().query())?;
+            strip_gateway_headers(state, req.headers_mut());
             let variant = picked.variant;
             let (mut resp, prediction) = match (variant.backend.as_ref(), action) {
                 (_, Action::Infer) => {

@@ -28,6 +28,12 @@ use tokio::net::TcpListener;
 /// The admin token of every test gateway.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// The feedback key (MODELGATE_FEEDBACK_KEY) of every test gateway: request ids are signed.
+pub const FEEDBACK_KEY: &[u8] = b"test-key";
+
+/// The header that lets a test pin a variant under the default `overrides: admin_token`.
+pub const PIN_AUTH: (&str, &str) = ("authorization", "Bearer test-admin-token");
+
 /// The checkout's root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -66,14 +72,14 @@ impl Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
-        let ids = IdCodec::new(Some(b"test-key".to_vec()), config.server.feedback_max_age);
-        let state = Arc::new(AppState {
-            table: controller.table(),
-            settings: config.server.clone(),
-            telemetry: controller.telemetry().clone(),
+        let ids = IdCodec::new(Some(FEEDBACK_KEY.to_vec()), config.server.feedback_max_age);
+        let state = Arc::new(AppState::new(
+            controller.table(),
+            config.server.clone(),
+            controller.telemetry().clone(),
             ids,
-            feedback: Default::default(),
-        });
+            Some(ADMIN_TOKEN.to_string()),
+        ));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut s1 = stopped.clone();
         let mut s2 = stopped;
