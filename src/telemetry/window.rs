@@ -72,12 +72,8 @@ impl UnitCount {
             Unit::Pinned => {}
             Unit::Request(_) => self.unkeyed += 1,
             Unit::Key(id) => {
-                if sampled(id, self.level) && self.keys.insert(id) && self.keys.len() > MAX_UNITS {
-                    while self.keys.len() > MAX_UNITS && self.level < 64 {
-                        self.level += 1;
-                        let level = self.level;
-                        self.keys.retain(|k| sampled(*k, level));
-                    }
+                if sampled(id, self.level) && self.keys.insert(id) {
+                    self.shrink();
                 }
             }
         }
@@ -109,6 +105,11 @@ impl UnitCount {
         self.level = level;
         self.keys.retain(|k| sampled(*k, level));
         self.keys.extend(other.keys.iter().filter(|k| sampled(**k, level)));
+        self.shrink();
+    }
+
+    /// Raises the sampling level until the kept keys fit in [`MAX_UNITS`].
+    fn shrink(&mut self) {
         while self.keys.len() > MAX_UNITS && self.level < 64 {
             self.level += 1;
             let level = self.level;
