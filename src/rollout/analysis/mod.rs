@@ -31,7 +31,7 @@
 //!   interval would be crossed eventually). When the distinct-unit sample rises a level the
 //!   test continues on the hash-defined sub-sample; each of those few levels keeps the bound.
 
-
+pub mod simulate;
 pub mod stats;
 
 pub use crate::config::plan::{AbCriteria, BusinessGuard, CanaryCriteria, Metric};

@@ -153,7 +153,11 @@ pub fn sample_ratio_p(observed: &[u64], weights: &[f64]) -> Option<f64> {
 /// most α however often it is looked at. `None` for malformed input.
 pub fn srm_log_bayes_factor(observed: &[u64], weights: &[f64], concentration: f64) -> Option<f64> {
     let total: f64 = weights.iter().sum();
-    if observed.len() < 2 || observed.len() != weights.len() || !(total > 0.0) || !(concentration > 0.0) {
+    if observed.len() < 2
+        || observed.len() != weights.len()
+        || total.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        || concentration.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+    {
         return None;
     }
     let mut lbf = 0.0;
@@ -201,26 +205,45 @@ impl TailCounts {
 }
 
 /// Counts answers above the pooled `q` quantile of `baseline` and `candidate` (HDR histograms
-/// with the same bucket layout). `None` when either side is empty.
+/// with the same bucket layout). The pooled quantile is the smallest recorded value (highest
+/// equivalent of its bucket) with at least ⌈q·N⌉ answers at or below it: a function of the
+/// pooled multiset only. `None` when either side is empty.
 pub fn tail_counts(baseline: &Histogram<u64>, candidate: &Histogram<u64>, q: f64) -> Option<TailCounts> {
     if baseline.is_empty() || candidate.is_empty() {
         return None;
     }
-    let mut pooled = baseline.clone();
-    pooled.add(candidate).ok()?;
-    let threshold_us = pooled.highest_equivalent(pooled.value_at_quantile(q));
-    let above = |h: &Histogram<u64>| -> u64 {
-        h.iter_recorded()
-            .filter(|v| h.highest_equivalent(v.value_iterated_to()) > threshold_us)
-            .map(|v| v.count_at_value())
-            .sum()
+    // (bucket value, baseline count, candidate count), merged without copying a histogram.
+    let recorded = |h: &Histogram<u64>| -> Vec<(u64, u64)> {
+        h.iter_recorded().map(|v| (h.highest_equivalent(v.value_iterated_to()), v.count_at_value())).collect()
     };
-    let candidate_above = above(candidate);
-    Some(TailCounts {
-        threshold_us,
-        total: pooled.len(),
-        candidate: candidate.len(),
-        above: above(baseline) + candidate_above,
-        candidate_above,
-    })
+    let (b, c) = (recorded(baseline), recorded(candidate));
+    // Both come in ascending order: merge them.
+    let mut values: Vec<(u64, u64, u64)> = Vec::with_capacity(b.len() + c.len());
+    let (mut i, mut j) = (0, 0);
+    while i < b.len() || j < c.len() {
+        let (vb, vc) = (b.get(i).map_or(u64::MAX, |x| x.0), c.get(j).map_or(u64::MAX, |x| x.0));
+        if vb <= vc {
+            values.push((vb, b[i].1, 0));
+            i += 1;
+        } else {
+            values.push((vc, 0, c[j].1));
+            j += 1;
+        }
+    }
+    let total = baseline.len() + candidate.len();
+    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).clamp(1, total);
+    let (mut seen, mut threshold_us) = (0u64, 0u64);
+    for &(v, b, c) in &values {
+        seen += b + c;
+        threshold_us = v;
+        if seen >= rank {
+            break;
+        }
+    }
+    let (mut above, mut candidate_above) = (0u64, 0u64);
+    for &(_, b, c) in values.iter().filter(|v| v.0 > threshold_us) {
+        above += b + c;
+        candidate_above += c;
+    }
+    Some(TailCounts { threshold_us, total, candidate: candidate.len(), above, candidate_above })
 }
