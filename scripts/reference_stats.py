@@ -50,7 +50,7 @@ def cluster_variance(units, values):
     s = np.array([c[1] for c in cells.values()])
     mean = s.sum() / n.sum()
     k = len(cells)
-    return mean, k / (k - 1) * np.sum((s - mean * n) ** 2) / n.sum() ** 2, k
+    return mean, k / (k - 1) * np.sum((s - mean * n) ** 2) / n.sum() ** 2, k, n.sum() ** 2 / np.sum(n**2)
 
 
 def msprt(theta, v, tau2):
@@ -72,6 +72,7 @@ def main():
     out["normal_cdf"] = [[z, stats.norm.cdf(z)] for z in [-8.0, -3.3, -1.96, -0.5, 0.0, 0.7, 1.645, 2.5, 5.0]]
     out["normal_sf"] = [[z, stats.norm.sf(z)] for z in [-2.0, 0.0, 1.0, 2.326, 3.5, 6.0, 9.0]]
     out["normal_quantile"] = [[p, stats.norm.ppf(p)] for p in [1e-9, 1e-5, 0.001, 0.025, 0.3, 0.5, 0.95, 0.99, 0.9999, 1 - 1e-7]]
+    out["student_t_upper_quantile"] = [[a, df, stats.t.isf(a, df)] for a, df in [(0.05, 1), (0.01, 5), (1e-4, 30), (7e-5, 12.5), (1e-6, 200), (0.3, 3)]]
     out["chi_square_sf"] = [[x, df, stats.chi2.sf(x, df)] for x, df in [(0.5, 1), (3.84, 1), (10.0, 1), (7.0, 2), (30.0, 3), (0.1, 4)]]
     out["binomial_sf_at_least"] = [
         [k, n, p, stats.binom.sf(k - 1, n, p)]
@@ -90,8 +91,8 @@ def main():
     # A fixed dataset: 600 outcomes of 97 units (ids beyond 1024, some sharing a cell).
     units = [((i * 7919) % 97) * 1031 + (i % 3) * CELLS * 5 for i in range(600)]
     values = [float((i * 37) % 11 > 6) + 0.25 * ((i * 13) % 5) for i in range(600)]
-    mean, var, k = cluster_variance(units, values)
-    out["cluster"] = {"units": units, "values": values, "mean": mean, "var": var, "cells": k}
+    mean, var, k, eff = cluster_variance(units, values)
+    out["cluster"] = {"units": units, "values": values, "mean": mean, "var": var, "cells": k, "effective_cells": eff}
     big = [1e6 + ((i * 37) % 101) / 7.0 for i in range(2000)]
     out["welford"] = {"values": big, "mean": float(np.mean(big)), "var": float(np.var(big, ddof=1))}
     out["msprt"] = [[t, v, tau2, msprt(t, v, tau2)] for t, v, tau2 in [(0.0, 1e-4, 4e-4), (0.02, 1e-4, 4e-4), (0.05, 2.5e-4, 2.5e-3), (-0.01, 5e-6, 1e-4)]]

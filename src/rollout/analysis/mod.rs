@@ -17,7 +17,9 @@
 //!   Ratio over without a significant tail is Inconclusive;
 //! - **business guard**: non-inferiority z on the goal metric, means with cluster-robust
 //!   (delta-method over unit cells) variances. Pass when (diff + margin)/se > z₁₋α, Fail when it
-//!   is below −z₁₋α (shown worse than the margin), otherwise Inconclusive;
+//!   is below −z₁₋α (shown worse than the margin), otherwise Inconclusive. z₁₋α is Student's t
+//!   quantile on the effective number of cells, min over the arms, minus one: a few heavy users
+//!   carrying most outcomes leave the mean far from normal at the small α of a spent look;
 //! - **A/B winner**: mixture sequential probability ratio test (mSPRT, normal mixture; Johari,
 //!   Pekelis & Walsh 2017) on the cluster-robust variance of the difference. Its always-valid
 //!   p-value stays valid however often it is looked at; winners are declared against the first
@@ -38,7 +40,7 @@ pub use crate::config::plan::{AbCriteria, BusinessGuard, CanaryCriteria, Metric}
 use crate::telemetry::window::{comparable_units, Window};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use stats::{binomial_sf_at_least, goal_estimate, normal_cdf, normal_quantile, normal_sf, tail_counts};
+use stats::{binomial_sf_at_least, goal_estimate, normal_cdf, normal_sf, student_t_upper_quantile, tail_counts};
 pub use stats::{msprt_lr, sample_ratio_p, MeanEstimate};
 
 /// Overall level of the sequential sample-ratio test: false halts over a whole A/B test.
@@ -187,7 +189,11 @@ fn business(stable: &Window, canary: &Window, g: &BusinessGuard, alpha: f64) -> 
             _ => 0.0,
         }
     };
-    let crit = normal_quantile(1.0 - alpha);
+    // Heavy units make the clustered mean far from normal in the tails the test uses: the
+    // critical value is Student's t on the effective number of cells (a Satterthwaite-style
+    // small-cluster correction; the normal's when there are many).
+    let df = (s.effective_cells.min(k.effective_cells) - 1.0).max(1.0);
+    let crit = student_t_upper_quantile(alpha, df);
     let numbers = format!(
         "canary {:?} {:.4} vs stable's {:.4} (margin {}, z={z:.2}, needed ±{crit:.2})",
         g.metric, k.mean, s.mean, g.margin

@@ -49,6 +49,10 @@ fn distributions_match_scipy() {
     for row in rows(&r, "normal_quantile") {
         close(&format!("normal_quantile({})", row[0]), normal_quantile(f(&row[0])), f(&row[1]));
     }
+    for row in rows(&r, "student_t_upper_quantile") {
+        let got = student_t_upper_quantile(f(&row[0]), f(&row[1]));
+        close(&format!("student_t_upper_quantile{row}"), got, f(&row[2]));
+    }
     for row in rows(&r, "chi_square_sf") {
         let got = chi_square_sf(f(&row[0]), f(&row[1])).unwrap();
         close(&format!("chi_square_sf{row}"), got, f(&row[2]));
@@ -96,6 +100,7 @@ fn goal_moments_match_numpy() {
     close("cluster mean", e.mean, f(&c["mean"]));
     close("cluster variance of the mean", e.var, f(&c["var"]));
     assert_eq!(e.cells as u64, u(&c["cells"]));
+    close("effective cells", e.effective_cells, f(&c["effective_cells"]));
     let w = &r["welford"];
     let mut g = Goal::default();
     for (i, v) in floats(&w["values"]).into_iter().enumerate() {

@@ -5,7 +5,7 @@
 
 use crate::telemetry::window::Goal;
 use hdrhistogram::Histogram;
-use statrs::distribution::{Binomial, ChiSquared, ContinuousCDF, DiscreteCDF, Hypergeometric, Normal};
+use statrs::distribution::{Binomial, ChiSquared, ContinuousCDF, DiscreteCDF, Hypergeometric, Normal, StudentsT};
 use statrs::function::gamma::ln_gamma;
 
 fn std_normal() -> Normal {
@@ -27,6 +27,16 @@ pub fn normal_sf(z: f64) -> f64 {
 pub fn normal_quantile(p: f64) -> f64 {
     let p = if p.is_nan() { 0.5 } else { p.clamp(1e-300, 1.0 - 1e-16) };
     std_normal().inverse_cdf(p)
+}
+
+/// The t with P(T > t) = `alpha` for Student's T with `df` degrees of freedom (the normal's
+/// beyond 1e7 degrees, or for a df that is not a positive number).
+pub fn student_t_upper_quantile(alpha: f64, df: f64) -> f64 {
+    let alpha = if alpha.is_nan() { 0.5 } else { alpha.clamp(1e-300, 0.5) };
+    match StudentsT::new(0.0, 1.0, df) {
+        Ok(t) if df < 1e7 => -t.inverse_cdf(alpha),
+        _ => -normal_quantile(alpha),
+    }
 }
 
 /// P(X ≥ k) for X ~ Binomial(n, p): the exact one-sided p-value of `k` events in `n` trials
@@ -90,6 +100,8 @@ pub struct MeanEstimate {
     pub var: f64,
     /// Non-empty cells (clusters of units) it was estimated from.
     pub cells: usize,
+    /// Effective number of cells, (Σ n_c)² / Σ n_c²: few when a few heavy units dominate.
+    pub effective_cells: f64,
 }
 
 /// The cluster-robust (delta-method) variance of a ratio mean from per-cluster (samples, sum):
@@ -108,7 +120,8 @@ pub fn cluster_mean(cells: impl IntoIterator<Item = (u64, f64)>) -> Option<MeanE
     let mean = total / nf;
     let ss: f64 = cells.iter().map(|&(m, s)| (s - mean * m as f64).powi(2)).sum();
     let kf = k as f64;
-    Some(MeanEstimate { n, mean, var: kf / (kf - 1.0) * ss / (nf * nf), cells: k })
+    let squares: f64 = cells.iter().map(|c| (c.0 as f64).powi(2)).sum();
+    Some(MeanEstimate { n, mean, var: kf / (kf - 1.0) * ss / (nf * nf), cells: k, effective_cells: nf * nf / squares })
 }
 
 /// A goal's mean with its cluster-robust variance (cells are units mod 1024).

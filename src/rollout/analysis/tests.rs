@@ -279,3 +279,25 @@ fn a_harmful_arm_trips_its_guardrail() {
     let c = AbCriteria { guardrails: Some(criteria()), ..ab() };
     assert!(matches!(judge_ab(&[&a, &b], &[1.0, 1.0], &c), AbOutcome::Guardrail { arm: 1, .. }));
 }
+
+#[test]
+fn a_few_heavy_users_need_more_evidence_than_a_normal_quantile() {
+    let mut c = criteria();
+    c.business = Some(BusinessGuard { metric: Metric::Conversion, margin: 0.01, min_samples: 500 });
+    let mut rng = StdRng::seed_from_u64(17);
+    let (mut s, mut k) = (window(&mut rng, 3000, 0.0, 10.0), window(&mut rng, 3000, 0.0, 10.0));
+    s.conversion = proportion(20_000, 4000); // 20%
+    // 8 users with 400 outcomes each, converting 6%..20%: 13% on 3200 samples but 8 units.
+    let mut g = Goal::default();
+    for u in 0..8u64 {
+        g.add_proportion(Unit::Key(u * 1031 + 5), 400, 24 + 8 * u);
+    }
+    k.conversion = g;
+    let (es, ek) = (stats::goal_estimate(&s.conversion).unwrap(), stats::goal_estimate(&k.conversion).unwrap());
+    assert!(ek.effective_cells < 8.5, "{ek:?}");
+    let z = (ek.mean - es.mean + 0.01) / (es.var + ek.var).sqrt();
+    let alpha = c.alpha / 4.0;
+    assert!(z < stats::normal_quantile(alpha), "z={z}: a normal critical value would fail the canary");
+    let Verdict::Inconclusive(why) = judge_canary(&s, &k, &c) else { panic!("z={z}") };
+    assert!(why.contains("not yet shown"), "{why}");
+}
