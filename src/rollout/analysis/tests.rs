@@ -286,8 +286,9 @@ fn a_few_heavy_users_need_more_evidence_than_a_normal_quantile() {
     c.business = Some(BusinessGuard { metric: Metric::Conversion, margin: 0.01, min_samples: 500 });
     let mut rng = StdRng::seed_from_u64(17);
     let (mut s, mut k) = (window(&mut rng, 3000, 0.0, 10.0), window(&mut rng, 3000, 0.0, 10.0));
-    s.conversion = proportion(20_000, 4000); // 20%
-    // 8 users with 400 outcomes each, converting 6%..20%: 13% on 3200 samples but 8 units.
+    // Stable: 20% on 20 000 units. Canary: 8 users with 400 outcomes each, converting 6%..20%:
+    // 13% on 3200 samples but 8 units.
+    s.conversion = proportion(20_000, 4000);
     let mut g = Goal::default();
     for u in 0..8u64 {
         g.add_proportion(Unit::Key(u * 1031 + 5), 400, 24 + 8 * u);
