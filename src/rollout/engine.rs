@@ -1,8 +1,17 @@
 //! The canary state machine: steps of weight and pause, judged by the analysis, advanced,
 //! promoted or rolled back. Pure: time comes in as `now_ms` (see [`Clock`]), so tests walk a
 //! whole rollout in microseconds.
+//!
+//! **Repeated looks.** The analysis runs every `interval` on a growing window, and any look may
+//! count towards a rollback; a per-look α would be spent again at every look. The plan's α is
+//! therefore spent over the rollout's looks ([`look_alpha`]): half of it evenly (Bonferroni)
+//! over the planned looks — ⌈pause / interval⌉ per step, [`UNTIL_PROMOTED_LOOKS`] for a step
+//! held until promoted — and the other half over any looks past those (a step held
+//! inconclusive, or longer than planned) as α·L / (2k(k−1)) at look k > L, which sums to α/2
+//! however long it goes on. By the union bound a harmless canary is rolled back with
+//! probability at most α over the whole rollout, whatever `failure_limit` is.
 
-use super::analysis::{judge_canary, Verdict};
+use super::analysis::{judge_canary, CanaryCriteria, Verdict};
 pub use crate::config::plan::{AbPlan, BlueGreenPlan, CanaryPlan, OnInconclusive, Step};
 use crate::telemetry::window::Window;
 use serde::{Deserialize, Serialize};
@@ -39,6 +48,36 @@ pub struct Progress {
     pub paused: bool,
     /// The last analysis' verdict.
     pub last_verdict: Option<Verdict>,
+    /// Analyses run so far in the whole rollout (they share the plan's α).
+    #[serde(default)]
+    pub looks: u32,
+}
+
+/// Looks a step held `until_promoted` is planned for in the α budget (an hour at 10 s).
+pub const UNTIL_PROMOTED_LOOKS: u64 = 360;
+
+/// The looks the plan's α is planned to be spent over: ⌈pause / interval⌉ per step (at least
+/// one), [`UNTIL_PROMOTED_LOOKS`] for a step without a pause.
+pub fn planned_looks(plan: &CanaryPlan) -> u64 {
+    let interval = plan.interval.as_millis().max(1);
+    plan.steps
+        .iter()
+        .map(|s| s.pause.map_or(UNTIL_PROMOTED_LOOKS, |d| d.as_millis().div_ceil(interval).max(1) as u64))
+        .sum::<u64>()
+        .max(1)
+}
+
+/// The significance level of the rollout's `look`-th analysis (1-based): α / (2L) for the L
+/// planned looks, α·L / (2k(k−1)) for a look k past them. The levels sum to at most α.
+pub fn look_alpha(plan: &CanaryPlan, look: u64) -> f64 {
+    let alpha = plan.criteria.alpha;
+    let l = planned_looks(plan) as f64;
+    let k = look.max(1) as f64;
+    if k <= l {
+        alpha / (2.0 * l)
+    } else {
+        alpha * l / (2.0 * k * (k - 1.0))
+    }
 }
 
 /// What the engine decided at one tick.
@@ -60,7 +99,9 @@ pub fn tick(plan: &CanaryPlan, p: &mut Progress, now_ms: u64, stable: &Window, c
         return Decision::Nothing;
     }
     p.last_analysis_ms = now_ms;
-    let verdict = judge_canary(stable, canary, &plan.criteria);
+    p.looks = p.looks.saturating_add(1);
+    let criteria = CanaryCriteria { alpha: look_alpha(plan, u64::from(p.looks)), ..plan.criteria.clone() };
+    let verdict = judge_canary(stable, canary, &criteria);
     p.last_verdict = Some(verdict.clone());
     let elapsed = Duration::from_millis(now_ms.saturating_sub(p.step_started_ms));
     let pause = plan.steps.get(p.step).and_then(|s| s.pause);

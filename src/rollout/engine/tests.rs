@@ -95,3 +95,25 @@ fn a_paused_rollout_does_nothing() {
         assert_eq!(tick(&plan(), &mut p, t * 1000, &s, &c), Decision::Nothing);
     }
 }
+
+#[test]
+fn alpha_is_spent_over_the_rollouts_looks() {
+    let plan = plan();
+    assert_eq!(planned_looks(&plan), 18, "3 steps of 60 s every 10 s");
+    let alpha = plan.criteria.alpha;
+    assert!((look_alpha(&plan, 1) - alpha / 36.0).abs() < 1e-15);
+    assert!((look_alpha(&plan, 18) - alpha / 36.0).abs() < 1e-15);
+    assert!(look_alpha(&plan, 19) < look_alpha(&plan, 18));
+    // However long a step is held, the levels of all looks add up to at most alpha.
+    let spent: f64 = (1..1_000_000).map(|k| look_alpha(&plan, k)).sum();
+    assert!(spent <= alpha && spent > 0.99 * alpha, "{spent}");
+    let held = CanaryPlan { steps: vec![Step { weight: 5.0, pause: None }], ..plan };
+    assert_eq!(planned_looks(&held), UNTIL_PROMOTED_LOOKS);
+}
+
+#[test]
+fn progress_saved_before_looks_were_counted_still_loads() {
+    let old = r#"{"step":1,"step_started_ms":5,"last_analysis_ms":7,"failures":0,"paused":false,"last_verdict":null}"#;
+    let p: Progress = serde_json::from_str(old).unwrap();
+    assert_eq!((p.step, p.looks), (1, 0));
+}
