@@ -169,7 +169,7 @@ impl Controller {
                 }
             }
             AbOutcome::SampleRatioMismatch { p } => {
-                let why = format!("sample-ratio mismatch (chi-square p={p:.2e}): the arms' traffic does not match their weights, so the test cannot be trusted");
+                let why = format!("sample-ratio mismatch (sequential multinomial test on units, always-valid p={p:.2e}): the arms' users do not match their weights, so the test cannot be trusted");
                 next.halted = Some(why.clone());
                 self.emit(now, name, "halted", why, numbers);
             }
@@ -214,7 +214,14 @@ impl Controller {
         match status.switched_at_ms {
             // Watching the colour that took over.
             Some(at) if now.saturating_sub(at) <= plan.post_switch_window.as_millis() as u64 => {
-                let verdict = analysis::judge_canary(&old.step_window(), &new.step_window(), &plan.criteria);
+                // The window is looked at every interval: its α is split over those looks
+                // (Bonferroni), so a good new colour is not switched back by chance.
+                let looks = plan.post_switch_window.as_millis().div_ceil(plan.interval.as_millis().max(1)).max(1);
+                let criteria = crate::config::plan::CanaryCriteria {
+                    alpha: plan.criteria.alpha / looks as f64,
+                    ..plan.criteria.clone()
+                };
+                let verdict = analysis::judge_canary(&old.step_window(), &new.step_window(), &criteria);
                 if let Verdict::Fail(why) = &verdict {
                     bg_switch(active, preview, &mut next, now);
                     next.phase = Phase::RolledBack;
