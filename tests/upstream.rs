@@ -145,9 +145,23 @@ async fn oip_routes_forward_to_another_model_server() {
     assert_eq!(a.headers["x-modelgate-variant"], "remote");
     let body = a.json();
     assert_eq!(body["id"], "r1");
+    assert_eq!(body["model_name"], "remote-risk", "the client-facing name, not the upstream's");
     assert_eq!(body["outputs"][0]["data"], e["outputs"]["label"]["data"]);
     let meta = get(&gw.url("/v2/models/remote-risk")).await;
     assert_eq!(meta.json()["inputs"][0]["shape"], json!([-1, 30]));
+    assert_eq!(meta.json()["name"], "remote-risk", "{:?}", meta.json());
+    // Pinning the forwarded route's variant reaches the upstream without the gateway's header.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let mut pin_input = e["inputs"]["input"].clone();
+    pin_input["name"] = json!("input");
+    let pinned = send(
+        Method::POST,
+        &gw.url("/v2/models/remote-risk/infer"),
+        json!({"inputs": [pin_input]}).to_string(),
+        &[("x-modelgate-variant", "remote"), ("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(pinned.status, StatusCode::OK, "{:?}", pinned.body);
     assert_eq!(get(&gw.url("/v2/models/remote-risk/ready")).await.status, StatusCode::OK);
     // An upstream's own errors come through as they are.
     let a = post_json(&gw.url("/v2/models/remote-risk/infer"), &json!({"inputs": []})).await;

@@ -80,7 +80,10 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     let method = req.method().clone();
     // For the log line: a Uri clone shares its bytes, where copying the path would allocate.
     let uri = req.uri().clone();
-    let req = req.map(|b| b.map_err(BodyError::new).boxed());
+    let coding = super::encoding::accepted(req.headers());
+    let mut req = req.map(|b| b.map_err(BodyError::new).boxed());
+    // Forwarded with the request, so upstream logs correlate with the gateway's.
+    req.headers_mut().insert(REQUEST_ID, id.clone());
     let claim = Claim::new();
     let deadline = state.settings.request_timeout;
     let mut resp = match tokio::time::timeout(deadline, dispatch(&state, req, peer, &claim)).await {
@@ -98,6 +101,7 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
         }
     };
     resp.headers_mut().insert(REQUEST_ID, id.clone());
+    let mut resp = super::encoding::encode_response(resp, coding).await;
     let status = resp.status().as_u16();
     if let Some(Track(stats, unit)) = resp.extensions_mut().remove::<Track>() {
         stats.record(status, started.elapsed(), unit);

@@ -1,8 +1,10 @@
 //! The listeners: connections (HTTP/1.1 and h2c), request handling, graceful shutdown.
 
+pub mod encoding;
 mod feedback;
 mod handler;
 mod oip;
+mod rename;
 pub mod response;
 mod shadow;
 

@@ -80,6 +80,7 @@ pub(super) async fn handle(
         }
         Endpoint::Feedback => {
             allow(req.method(), Method::POST)?;
+            let req = super::encoding::decode_request(req, state.settings.max_body_bytes).await?;
             feedback::handle(state, req).await
         }
         Endpoint::Live => {
@@ -108,16 +109,20 @@ pub(super) async fn handle(
                 (_, Action::Infer) => {
                     let (_permit, req) = admit(state, route, req).await?;
                     picked.claim(claim);
+                    // Inflated after admission: a shed request costs no decompression.
+                    let answered = match super::encoding::decode_request(req, state.settings.max_body_bytes).await {
+                        Ok(req) => infer(state, route, variant, picked.unit, req, peer).await,
+                        Err(e) => Err(e),
+                    };
                     // Failures count against the variant too: answer them here, then track.
-                    let (mut resp, prediction) = infer(state, route, variant, picked.unit, req, peer)
-                        .await
-                        .unwrap_or_else(|e| (response::error(&e), None));
+                    let (mut resp, prediction) = answered.unwrap_or_else(|e| (response::error(&e), None));
                     picked.track(&mut resp);
                     (resp, prediction)
                 }
                 (Backend::Upstream(up), _) => {
                     let target = upstream_path(route, action, req.uri().query());
-                    (up.forward(req, &target, peer).await?, None)
+                    let resp = up.forward(req, &target, peer).await?;
+                    (client_facing(route, resp, state.settings.max_body_bytes).await?, None)
                 }
                 (Backend::Onnx(_), Action::Metadata) => (metadata(route, variant), None),
                 (Backend::Onnx(_), Action::Ready) => (
@@ -132,6 +137,36 @@ pub(super) async fn handle(
             Ok(resp)
         }
     }
+}
+
+/// The model name the upstream knows the route by, when it differs from the route's.
+fn upstream_model(route: &Route) -> Option<&str> {
+    match &route.kind {
+        RouteKind::Model { name, upstream_model: Some(m) } if m != name => Some(m.as_str()),
+        _ => None,
+    }
+}
+
+/// An upstream's answer under the client-facing model name. Answers with a known length up to
+/// `limit` are read and rewritten; longer or streamed ones pass as they are.
+async fn client_facing(route: &Route, resp: Response<Body>, limit: usize) -> Result<Response<Body>, ApiError> {
+    let Some(upstream) = upstream_model(route) else { return Ok(resp) };
+    let small = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n <= limit);
+    if !small || resp.headers().contains_key(http::header::CONTENT_ENCODING) {
+        return Ok(resp);
+    }
+    let (mut parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer broke off: {e}")))?
+        .to_bytes();
+    let body = super::rename::client_facing(body, &mut parts.headers, upstream, &route.name);
+    Ok(Response::from_parts(parts, response::full(body)))
 }
 
 /// The path of a model endpoint at an upstream model server.
@@ -232,6 +267,7 @@ async fn infer(
             let started = Instant::now();
             let resp = up.forward(Request::from_parts(parts, body), &target, peer).await?;
             variant.stats.upstream(started.elapsed());
+            let resp = client_facing(route, resp, limit).await?;
             business_value(up, variant, unit, &resp);
             // Small successful answers are read to learn the prediction (and for the shadow).
             let small = resp

@@ -24,6 +24,7 @@ pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(full(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.extensions_mut().insert(super::encoding::Compressible);
     resp
 }
 
