@@ -2,14 +2,14 @@
 CARGO ?= cargo
 BIN := target/release/modelgate
 
-.PHONY: run test build ort lint validate models check-metrics scenario scenarios bench fuzz faults soak overload decisions clean
+.PHONY: run test build ort pyenv lint validate models check-metrics scenario scenarios bench fuzz faults soak overload decisions clean
 
 ## run: fetch ONNX Runtime, build, and serve the demo routes.yaml on 127.0.0.1:8080
 run: ort build
 	./scripts/run-demo.sh
 
-## test: fetch ONNX Runtime, check formatting and lints, run every test
-test: ort lint
+## test: fetch ONNX Runtime and the Python client environment, check formatting and lints, run every test
+test: ort pyenv lint
 	$(CARGO) test --locked --workspace
 
 ## build: release build of the gateway
@@ -19,6 +19,10 @@ build:
 ## ort: the pinned ONNX Runtime library into .ort/ (pip download + sha256 check)
 ort:
 	./scripts/fetch-ort.sh
+
+## pyenv: the client conformance tests' Python (tritonclient, numpy, onnxruntime; pinned) in .venv/
+pyenv:
+	./scripts/python-env.sh
 
 ## lint: rustfmt and clippy, warnings are errors
 lint:

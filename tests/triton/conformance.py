@@ -1,0 +1,116 @@
+"""Client conformance: the official tritonclient (HTTP) against a running modelgate.
+
+Run by tests/tritonclient.rs with the project's .venv (scripts/python-env.sh). For every route
+given, in every mode given, it reads the model's metadata, sends rows of the breast-cancer
+holdout (or the diabetes features), and compares every answer with Python onnxruntime running
+the model file of the variant that answered (the response's model_version) to 1e-5.
+
+Modes:
+  json          inputs and outputs as JSON (binary_data=False)
+  json-gzip     the same, request and response gzip-compressed
+  json-deflate  the same, deflate
+  default       the client's defaults: binary tensor data both ways
+  default-gzip  defaults with gzip both ways
+  mixed         one input as binary, outputs one binary and one JSON
+
+Prints one line per call; exits non-zero on the first mismatch or error.
+"""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import tritonclient.http as httpclient
+
+ROWS = 8
+
+
+def reference(model_path, feed):
+    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed)))
+
+
+def rows_for(meta, holdout, diabetes):
+    (spec,) = meta["inputs"]
+    width = int(spec["shape"][-1])
+    dtype = {"FP32": np.float32, "FP64": np.float64}[spec["datatype"]]
+    if width == 30:
+        data = [s["features"] for s in holdout["samples"][:ROWS]]
+    else:
+        data = [diabetes[: width]] * ROWS
+    return spec["name"], spec["datatype"], np.asarray(data, dtype=dtype)
+
+
+def call(client, route, mode, name, datatype, x, outputs, headers):
+    binary_in = mode.startswith("default") or mode == "mixed"
+    inp = httpclient.InferInput(name, list(x.shape), datatype)
+    inp.set_data_from_numpy(x, binary_data=binary_in)
+    if mode.startswith("default"):
+        requested = None  # the client's default: every output, binary
+    else:
+        binary_out = [mode == "mixed" and i == 0 for i in range(len(outputs))]
+        requested = [httpclient.InferRequestedOutput(o, binary_data=b) for o, b in zip(outputs, binary_out)]
+    compression = None
+    for c in ("gzip", "deflate"):
+        if mode.endswith(c):
+            compression = c
+    return client.infer(
+        route,
+        [inp],
+        outputs=requested,
+        headers=headers,
+        request_compression_algorithm=compression,
+        response_compression_algorithm=compression,
+    )
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--routes", required=True, help='JSON: {route: {variant: model file}}')
+    p.add_argument("--modes", default="json")
+    p.add_argument("--holdout", required=True)
+    p.add_argument("--diabetes", required=True, help="JSON list: one row of diabetes features")
+    p.add_argument("--header", action="append", default=[], help="name:value sent with every call")
+    a = p.parse_args()
+    routes = json.loads(a.routes)
+    holdout = json.load(open(a.holdout))
+    diabetes = json.loads(a.diabetes)
+    headers = dict(h.split(":", 1) for h in a.header)
+    client = httpclient.InferenceServerClient(url=a.url)
+    assert client.is_server_live() and client.is_server_ready()
+    calls = 0
+    for route, variants in routes.items():
+        assert client.is_model_ready(route), route
+        meta = client.get_model_metadata(route)
+        assert meta["name"] == route, f"metadata names {meta['name']!r}, asked for {route!r}"
+        name, datatype, x = rows_for(meta, holdout, diabetes)
+        outputs = [o["name"] for o in meta["outputs"]]
+        for mode in a.modes.split(","):
+            for user in range(3):
+                h = dict(headers, **{"x-user-id": f"user-{user}"})
+                result = call(client, route, mode, name, datatype, x, outputs, h)
+                response = result.get_response()
+                assert response["model_name"] == route, response
+                variant = response.get("model_version")
+                model = variants.get(variant)
+                if model is None:
+                    raise SystemExit(f"{route}: answered by {variant!r}, not one of {list(variants)}")
+                want = reference(model, {name: x})
+                for out in outputs:
+                    got = result.as_numpy(out)
+                    if got is None:
+                        raise SystemExit(f"{route} [{mode}]: no output {out!r} in {response}")
+                    exp = want[out]
+                    if got.shape != exp.shape or not np.allclose(got, exp, rtol=1e-5, atol=1e-5):
+                        raise SystemExit(f"{route} [{mode}] {variant}: {out} differs: {got.ravel()[:5]} vs {exp.ravel()[:5]}")
+                calls += 1
+                print(f"ok {route} [{mode}] {variant}: {', '.join(outputs)} match onnxruntime", flush=True)
+    print(f"conformance: {calls} calls, every answer matched onnxruntime to 1e-5")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
