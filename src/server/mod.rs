@@ -7,6 +7,7 @@ mod oip;
 mod rename;
 pub mod response;
 mod shadow;
+mod triton;
 
 pub use feedback::FeedbackLedger;
 pub use handler::{bearer, carries_token, AppState};

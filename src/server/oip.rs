@@ -29,6 +29,10 @@ enum Action {
     Metadata,
     Ready,
     Infer,
+    /// Triton's model configuration extension.
+    Config,
+    /// Triton's statistics extension.
+    Stats,
 }
 
 fn parse(path: &str) -> Option<Endpoint<'_>> {
@@ -40,6 +44,8 @@ fn parse(path: &str) -> Option<Endpoint<'_>> {
     let action = |s: &str| match s {
         "ready" => Some(Action::Ready),
         "infer" => Some(Action::Infer),
+        "config" => Some(Action::Config),
+        "stats" => Some(Action::Stats),
         _ => None,
     };
     Some(match segments.as_slice() {
@@ -125,6 +131,16 @@ pub(super) async fn handle(
                     (client_facing(route, resp, state.settings.max_body_bytes).await?, None)
                 }
                 (Backend::Onnx(_), Action::Metadata) => (metadata(route, variant), None),
+                (Backend::Onnx(model), Action::Config) => {
+                    let sig = model.signature();
+                    (
+                        response::json_value(StatusCode::OK, &super::triton::config(route, &sig.inputs, &sig.outputs)),
+                        None,
+                    )
+                }
+                (Backend::Onnx(_), Action::Stats) => {
+                    (response::json_value(StatusCode::OK, &super::triton::stats(route, version)), None)
+                }
                 (Backend::Onnx(_), Action::Ready) => (
                     response::json_value(
                         StatusCode::OK,
@@ -179,6 +195,8 @@ fn upstream_path(route: &Route, action: Action, query: Option<&str>) -> String {
         Action::Metadata => "",
         Action::Ready => "/ready",
         Action::Infer => "/infer",
+        Action::Config => "/config",
+        Action::Stats => "/stats",
     };
     response::with_query(&format!("/v2/models/{model}{tail}"), query)
 }

@@ -180,6 +180,19 @@ impl VariantStats {
         self.windows().pinned.snapshot()
     }
 
+    /// Answers since start, assigned and pinned: (successful count, their total time in ns,
+    /// failed count, their total time in ns), for Triton's statistics extension. Times are HDR
+    /// means × counts (3 significant digits).
+    pub fn lifetime_counts(&self) -> (u64, u64, u64, u64) {
+        let w = self.windows();
+        let sum = |h: &hdrhistogram::Histogram<u64>| (h.len(), (h.mean() * h.len() as f64 * 1000.0) as u64);
+        let (ok_a, ok_a_ns) = sum(&w.total.latency);
+        let (ok_p, ok_p_ns) = sum(&w.pinned.latency);
+        let (bad_a, bad_a_ns) = sum(&w.total.error_latency);
+        let (bad_p, bad_p_ns) = sum(&w.pinned.error_latency);
+        (ok_a + ok_p, ok_a_ns + ok_p_ns, bad_a + bad_p, bad_a_ns + bad_p_ns)
+    }
+
     /// A copy of the current analysis step's window of assigned traffic, for judging.
     pub fn step_window(&self) -> Window {
         self.windows().step.clone()

@@ -89,6 +89,16 @@ def main():
         assert meta["name"] == route, f"metadata names {meta['name']!r}, asked for {route!r}"
         name, datatype, x = rows_for(meta, holdout, diabetes)
         outputs = [o["name"] for o in meta["outputs"]]
+        # Triton's model configuration extension: the same tensors, the batch dimension told.
+        config = client.get_model_config(route)
+        assert config["name"] == route, config
+        assert [i["name"] for i in config["input"]] == [i["name"] for i in meta["inputs"]], config
+        assert [o["name"] for o in config["output"]] == outputs, config
+        spec = meta["inputs"][0]
+        if int(spec["shape"][0]) == -1 and config.get("max_batch_size", 0) > 0:
+            assert [int(d) for d in config["input"][0]["dims"]] == [int(d) for d in spec["shape"][1:]], config
+        before = sum(int(m.get("inference_count", 0)) for m in client.get_inference_statistics(route).get("model_stats", []))
+        route_calls = 0
         for mode in a.modes.split(","):
             for user in range(3):
                 h = dict(headers, **{"x-user-id": f"user-{user}"})
@@ -108,7 +118,13 @@ def main():
                     if got.shape != exp.shape or not np.allclose(got, exp, rtol=1e-5, atol=1e-5):
                         raise SystemExit(f"{route} [{mode}] {variant}: {out} differs: {got.ravel()[:5]} vs {exp.ravel()[:5]}")
                 calls += 1
+                route_calls += 1
                 print(f"ok {route} [{mode}] {variant}: {', '.join(outputs)} match onnxruntime", flush=True)
+        # Triton's statistics extension counts what was answered (a forwarding route reports
+        # what its upstream counted, which includes only the calls made through this route).
+        after = sum(int(m.get("inference_count", 0)) for m in client.get_inference_statistics(route).get("model_stats", []))
+        assert after - before >= route_calls, f"{route}: statistics counted {after - before} of {route_calls} calls"
+        print(f"ok {route}: model config and statistics ({after - before} inferences counted)", flush=True)
     print(f"conformance: {calls} calls, every answer matched onnxruntime to 1e-5")
 
 
