@@ -169,6 +169,7 @@ async fn inference_listener_speaks_h2_and_http1_and_reloads_its_certificate_unde
         assert_eq!(c.server_cert, first);
         let (status, body) = c.get("/web/hello", None).await.unwrap();
         assert_eq!(status, StatusCode::OK, "{body:?}");
+        assert_eq!(upstream.last().headers["x-forwarded-proto"], "https", "the TLS listener's scheme is told upstream");
     }
     // A client that does not trust the CA is refused at the handshake.
     let stranger = Ca::new("other CA");

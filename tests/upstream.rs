@@ -334,3 +334,45 @@ async fn a_request_cut_off_by_the_gateway_deadline_counts_against_its_variant() 
         .unwrap_or_else(|| panic!("no 504 counted for the variant:\n{text}"));
     assert!(line.contains(r#"variant="slow""#) && line.ends_with(" 3"), "{line}");
 }
+
+#[tokio::test]
+async fn forwarded_headers_are_believed_only_from_trusted_proxies() {
+    let up = Upstream::start(Duration::ZERO).await;
+    let routes = |trusted: &str| {
+        format!(
+            "server: {{trusted_proxies: [{trusted}]}}\nbackends:\n  - name: up\n    upstream: {{url: \"{}\"}}\nroutes:\n  - path_prefix: /p/\n    backend: up\n",
+            up.url()
+        )
+    };
+    let spoofed = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("forwarded", "for=6.6.6.6;proto=https"),
+        ("x-request-id", "client-correlation-1"),
+    ];
+    // Nobody trusted: the client's claims are dropped and made afresh.
+    let gw = Gateway::start(&routes("10.0.0.0/8")).await;
+    assert_eq!(send(Method::GET, &gw.url("/p/x"), "", &spoofed).await.status, StatusCode::OK);
+    let seen = up.last().headers;
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_ne!(seen["x-forwarded-host"], "evil.example");
+    assert!(!seen.contains_key("forwarded"));
+    assert_eq!(seen["x-request-id"], "client-correlation-1", "the client's correlation id goes on");
+    assert!(!seen.contains_key("x-modelgate-variant"));
+    drop(gw);
+    // Loopback trusted (a load balancer in front): its chain is extended, its scheme kept.
+    let gw = Gateway::start(&routes("\"127.0.0.1\"")).await;
+    assert_eq!(send(Method::GET, &gw.url("/p/x"), "", &spoofed).await.status, StatusCode::OK);
+    let seen = up.last().headers;
+    assert_eq!(seen["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-forwarded-host"], "evil.example");
+    // A request without an id gets the gateway's, the same one the client is answered with.
+    let a = send(Method::GET, &gw.url("/p/x"), "", &[]).await;
+    assert_eq!(up.last().headers["x-request-id"], a.headers["x-request-id"]);
+    // A bad entry is refused with its place.
+    let e = modelgate::config::Config::parse(&routes("\"not-an-ip\""), std::path::Path::new("r.yaml")).unwrap_err();
+    assert!(e.to_string().contains("server.trusted_proxies[0]"), "{e}");
+}

@@ -97,6 +97,9 @@ pub struct ServerSettings {
     /// Serve without `MODELGATE_FEEDBACK_KEY`: request ids unsigned, so anyone can forge
     /// feedback. For demos only.
     pub insecure_unsigned_feedback: bool,
+    /// Clients whose `X-Forwarded-*` and `Forwarded` headers are believed (load balancers in
+    /// front of the gateway); from anyone else those headers are dropped and made afresh.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Who may pin a request to a variant (a version path, or the `x-modelgate-variant` header).
@@ -145,6 +148,7 @@ impl Default for ServerSettings {
             admin_tls: None,
             overrides: OverridePolicy::default(),
             insecure_unsigned_feedback: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -516,7 +520,28 @@ fn server(raw: &RawServer, base: &Path, issues: &mut Issues) -> ServerSettings {
         admin_tls: raw.admin_tls.as_ref().and_then(|t| tls(t, base, "server.admin_tls", issues)),
         overrides: raw.overrides.as_deref().and_then(|o| overrides(o, "server.overrides", issues)).unwrap_or_default(),
         insecure_unsigned_feedback: raw.insecure_unsigned_feedback.unwrap_or(false),
+        trusted_proxies: trusted_proxies(raw.trusted_proxies.as_deref().unwrap_or_default(), issues),
     }
+}
+
+fn trusted_proxies(raw: &[String], issues: &mut Issues) -> Vec<ipnet::IpNet> {
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            let parsed =
+                text.parse::<ipnet::IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            parsed
+                .map_err(|_| {
+                    issues.push(
+                        format!("server.trusted_proxies[{i}]"),
+                        format!(
+                            "{text:?} is not an address or a network; write it like \"10.0.0.0/8\" or \"127.0.0.1\""
+                        ),
+                    )
+                })
+                .ok()
+        })
+        .collect()
 }
 
 fn overrides(text: &str, place: &str, issues: &mut Issues) -> Option<OverridePolicy> {

@@ -45,6 +45,7 @@ pub struct RawServer {
     pub admin_tls: Option<RawTls>,
     pub overrides: Option<String>,
     pub insecure_unsigned_feedback: Option<bool>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `server.tls:` / `server.admin_tls:` — a listener's certificate, and optionally the CA its

@@ -84,6 +84,7 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     let mut req = req.map(|b| b.map_err(BodyError::new).boxed());
     // Forwarded with the request, so upstream logs correlate with the gateway's.
     req.headers_mut().insert(REQUEST_ID, id.clone());
+    forwarded_headers(&state.settings, req.headers_mut(), peer);
     let claim = Claim::new();
     let deadline = state.settings.request_timeout;
     let mut resp = match tokio::time::timeout(deadline, dispatch(&state, req, peer, &claim)).await {
@@ -168,6 +169,22 @@ async fn dispatch(
     picked.decorate(state, &route.name, &mut resp, None);
     picked.track(&mut resp);
     Ok(resp)
+}
+
+/// What a forwarded request may say about where it came from: `X-Forwarded-*` and `Forwarded`
+/// are believed only from `server.trusted_proxies` (dropped from anyone else, so a client cannot
+/// claim another address); the listener's scheme is `X-Forwarded-Proto` unless a trusted proxy
+/// said it. The upstream forward then appends the peer to `X-Forwarded-For`.
+fn forwarded_headers(settings: &ServerSettings, headers: &mut HeaderMap, peer: SocketAddr) {
+    let trusted = settings.trusted_proxies.iter().any(|net| net.contains(&peer.ip()));
+    if !trusted {
+        for name in ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded"] {
+            headers.remove(name);
+        }
+    }
+    if settings.tls.is_some() {
+        headers.entry("x-forwarded-proto").or_insert(HeaderValue::from_static("https"));
+    }
 }
 
 /// Admits a request under its route's concurrency limit, or sheds it: counted, its body read
