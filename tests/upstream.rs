@@ -372,6 +372,17 @@ async fn forwarded_headers_are_believed_only_from_trusted_proxies() {
     // A request without an id gets the gateway's, the same one the client is answered with.
     let a = send(Method::GET, &gw.url("/p/x"), "", &[]).await;
     assert_eq!(up.last().headers["x-request-id"], a.headers["x-request-id"]);
+    // A route's own sticky cookie and the gateway's headers stay at the gateway.
+    let gw2 = Gateway::start(&format!(
+        "backends:\n  - name: a\n    upstream: {{url: \"{u}\"}}\n  - name: b\n    upstream: {{url: \"{u}\"}}\nroutes:\n  - path_prefix: /c/\n    strategy:\n      canary: {{stable: a, canary: b, weight: 50, sticky: {{cookie: mg_user}}}}\n",
+        u = up.url()
+    ))
+    .await;
+    let cookies = [("cookie", "a=1; mg_user=bob; c=3"), ("x-modelgate-request-id", "forged")];
+    assert_eq!(send(Method::GET, &gw2.url("/c/x"), "", &cookies).await.status, StatusCode::OK);
+    let seen = up.last().headers;
+    assert_eq!(seen["cookie"], "a=1; c=3");
+    assert!(!seen.contains_key("x-modelgate-request-id"));
     // A bad entry is refused with its place.
     let e = modelgate::config::Config::parse(&routes("\"not-an-ip\""), std::path::Path::new("r.yaml")).unwrap_err();
     assert!(e.to_string().contains("server.trusted_proxies[0]"), "{e}");

@@ -148,7 +148,7 @@ async fn dispatch(
     };
     let (_permit, mut req) = admit(state, route, req).await?;
     let picked = pick(state, route, None, req.headers(), req.uri().query())?;
-    strip_gateway_headers(state, req.headers_mut());
+    strip_gateway_headers(state, route, req.headers_mut());
     picked.claim(claim);
     let variant = picked.variant;
     let Backend::Upstream(up) = variant.backend.as_ref() else {
@@ -313,10 +313,31 @@ fn may_pin(state: &AppState, route: &Route, headers: &HeaderMap) -> Result<(), A
 
 /// Removes the gateway's own control headers before a request is forwarded: the override
 /// header, and an `Authorization` that carries the admin token (any other is the upstream's).
-pub(super) fn strip_gateway_headers(state: &AppState, headers: &mut HeaderMap) {
+pub(super) fn strip_gateway_headers(state: &AppState, route: &Route, headers: &mut HeaderMap) {
     headers.remove(assign::OVERRIDE_HEADER);
+    headers.remove(request_id::HEADER);
     if state.admin_token.as_deref().is_some_and(|t| carries_token(headers, t)) {
         headers.remove(http::header::AUTHORIZATION);
+    }
+    // The route's sticky cookie is the gateway's; the client's other cookies go on.
+    if let Some(crate::config::Sticky::Cookie(name)) = &route.sticky {
+        if headers.contains_key(http::header::COOKIE) {
+            let kept: Vec<String> = headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .map(str::trim)
+                .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(k, _)| k.trim()) != name)
+                .map(str::to_string)
+                .collect();
+            headers.remove(http::header::COOKIE);
+            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                if !kept.is_empty() {
+                    headers.insert(http::header::COOKIE, v);
+                }
+            }
+        }
     }
 }
 

@@ -109,7 +109,7 @@ pub(super) async fn handle(
             let expected = if action == Action::Infer { Method::POST } else { Method::GET };
             allow(req.method(), expected)?;
             let picked = pick(state, route, version, req.headers(), req.uri().query())?;
-            strip_gateway_headers(state, req.headers_mut());
+            strip_gateway_headers(state, route, req.headers_mut());
             let variant = picked.variant;
             let (mut resp, prediction) = match (variant.backend.as_ref(), action) {
                 (_, Action::Infer) => {
