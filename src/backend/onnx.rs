@@ -65,8 +65,38 @@ pub struct OnnxBackend {
     jobs: Sender<Job>,
     queue: usize,
     queue_timeout: std::time::Duration,
-    workers: Vec<std::thread::JoinHandle<()>>,
+    workers: Workers,
     released: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The worker threads' handles, shared with whoever waits for the model to unload.
+type Workers = std::sync::Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>;
+
+/// Waits for a dropped model's sessions to be released and its worker threads to end.
+#[derive(Debug)]
+pub struct Unloading {
+    released: tokio::sync::watch::Receiver<bool>,
+    workers: Workers,
+}
+
+impl Unloading {
+    /// Returns `true` once every worker has finished and exited, `false` if that took longer
+    /// than `limit` (the model then unloads when its last request ends). Call it after the last
+    /// holder of the backend let go of it.
+    pub async fn wait(mut self, limit: std::time::Duration) -> bool {
+        if tokio::time::timeout(limit, self.released.wait_for(|done| *done)).await.is_err() {
+            return false;
+        }
+        // Released: the threads are past their last job; joining them takes no time.
+        let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        tokio::task::spawn_blocking(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        })
+        .await
+        .is_ok()
+    }
 }
 
 /// Held by every worker thread; when the last one exits (its session dropped), it says so.
@@ -121,15 +151,16 @@ impl OnnxBackend {
             jobs,
             queue: spec.queue,
             queue_timeout: spec.queue_timeout,
-            workers,
+            workers: std::sync::Arc::new(std::sync::Mutex::new(workers)),
             released,
         })
     }
 
-    /// Turns `true` once every session is released: after the backend was dropped (its queue
-    /// closed) and each worker finished what was queued. Await it instead of polling.
-    pub fn released(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.released.clone()
+    /// What to await, after dropping the backend, until its sessions are released and its
+    /// worker threads have ended (its queue closes when the last holder drops it). Awaited by
+    /// notification, not polling.
+    pub fn unloading(&self) -> Unloading {
+        Unloading { released: self.released.clone(), workers: self.workers.clone() }
     }
 
     /// Closes the queue, lets the workers finish what is queued, and waits until every session
@@ -138,7 +169,8 @@ impl OnnxBackend {
     pub fn shutdown(self) {
         let OnnxBackend { jobs, workers, .. } = self;
         drop(jobs);
-        for w in workers {
+        let handles = std::mem::take(&mut *workers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for w in handles {
             let _ = w.join();
         }
     }

@@ -9,13 +9,12 @@ use std::time::Duration;
 /// Drops this holder of `backend` and waits, up to `limit`, until every other holder (tables,
 /// in-flight requests) is gone and, for a model, its sessions are released.
 pub async fn release(backend: Arc<Backend>, limit: Duration) {
-    let released = match backend.as_ref() {
-        Backend::Onnx(model) => model.released(),
+    let unloading = match backend.as_ref() {
+        Backend::Onnx(model) => model.unloading(),
         Backend::Upstream(_) => return,
     };
     drop(backend);
-    let mut released = released;
-    if tokio::time::timeout(limit, released.wait_for(|done| *done)).await.is_err() {
+    if !unloading.wait(limit).await {
         tracing::warn!(
             ?limit,
             "recreate: old backend still in use after the drain limit; it unloads when its last request ends"
