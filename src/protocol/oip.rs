@@ -358,8 +358,8 @@ fn collect<T: Element>(data: &Value, expected: usize) -> Result<Vec<T>, DataErro
     let Value::Array(_) = data else {
         return Err(DataError::NotArray);
     };
-    // The capacity is capped: a shape alone must not make the gateway allocate.
-    let mut out = Vec::with_capacity(expected.min(1 << 16));
+    // The capacity is capped (at 512 KiB): a shape alone must not make the gateway allocate.
+    let mut out = Vec::with_capacity(expected.min((1 << 19) / std::mem::size_of::<T>().max(1)).min(1 << 16));
     push_all(data, &mut out, expected)?;
     if out.len() != expected {
         return Err(DataError::Count { found: out.len().to_string() });
