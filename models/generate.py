@@ -43,6 +43,37 @@ def tolist(a):
     return np.asarray(a).tolist()
 
 
+def halves():
+    """halves.onnx: FP16, BF16 and BYTES (ONNX string) through ORT, for the binary extension's
+    tests. FP16 is also cast to FP32 so that a test sees ORT read the half-precision bits."""
+    ins = [helper.make_tensor_value_info("h16", TensorProto.FLOAT16, ["batch", 2]),
+           helper.make_tensor_value_info("b16", TensorProto.BFLOAT16, ["batch", 2]),
+           helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])]
+    outs = [helper.make_tensor_value_info("h16_out", TensorProto.FLOAT16, ["batch", 2]),
+            helper.make_tensor_value_info("h16_as_f32", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("b16_out", TensorProto.BFLOAT16, ["batch", 2]),
+            helper.make_tensor_value_info("text_out", TensorProto.STRING, ["batch"])]
+    nodes = [helper.make_node("Identity", ["h16"], ["h16_out"]),
+             helper.make_node("Cast", ["h16"], ["h16_as_f32"], to=TensorProto.FLOAT),
+             helper.make_node("Identity", ["b16"], ["b16_out"]),
+             helper.make_node("Identity", ["text"], ["text_out"])]
+    m = helper.make_model(helper.make_graph(nodes, "halves", ins, outs),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    path = save(m, "halves.onnx")
+    # A check, not a recording: every value below is exact in half precision, so the Rust tests
+    # state them directly. numpy has no bfloat16: BF16 goes in as its raw uint16 bits.
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    b16 = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+        np.array([[0x3FC0, 0xC000]], np.uint16), TensorProto.BFLOAT16)  # 1.5, -2.0
+    h16_out, as_f32, text = sess.run(["h16_out", "h16_as_f32", "text_out"], {
+        "h16": np.array([[1.5, -0.25]], np.float16), "b16": b16, "text": np.array(["héllo"], object)})
+    assert as_f32.tolist() == [[1.5, -0.25]] and h16_out.tolist() == [[1.5, -0.25]], (h16_out, as_f32)
+    assert text.tolist() == ["héllo"], text
+    return path
+
+
 def main():
     expected = {}
 
@@ -117,6 +148,8 @@ def main():
     m.ir_version = 8
     onnx.checker.check_model(m)
     save(m, "dtypes.onnx")
+
+    halves()
 
     (HERE / "expected-outputs.json").write_text(json.dumps(
         {"generator": "models/generate.py", "onnxruntime": ort.__version__, "models": expected}, indent=1) + "\n")

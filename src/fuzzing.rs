@@ -6,6 +6,7 @@
 //! allocation the input's size does not justify.
 
 use crate::config::Config;
+use crate::protocol::binary;
 use crate::protocol::feedback;
 use crate::protocol::oip::{InferRequest, ResponseOutput};
 use crate::protocol::request_id::{IdCodec, MAX_ROWS};
@@ -35,10 +36,28 @@ fn signatures() -> Vec<Signature> {
 }
 
 /// The OIP v2 request decoder: parse, decode against each signature, encode what was decoded.
+/// The same bytes are also read as a binary-extension body whose JSON header is the first JSON
+/// value in them (`Inference-Header-Content-Length` = where it ends) and whose tail is the rest.
 pub fn oip(data: &[u8]) {
-    let Ok(req) = InferRequest::from_json(data) else { return };
+    if let Ok(req) = InferRequest::from_json(data) {
+        check_decoded(&req, false);
+    }
+    let mut values = serde_json::Deserializer::from_slice(data).into_iter::<serde::de::IgnoredAny>();
+    if let Some(Ok(_)) = values.next() {
+        let length = values.byte_offset().to_string();
+        match InferRequest::from_body(bytes::Bytes::copy_from_slice(data), Some(length.as_bytes())) {
+            Ok(req) => check_decoded(&req, true),
+            Err(e) => assert_eq!(e.status, http::StatusCode::BAD_REQUEST, "{}", e.message),
+        }
+    }
+    // Arbitrary header values are refused cleanly, never trusted.
+    let _ = InferRequest::from_body(bytes::Bytes::copy_from_slice(data), Some(data));
+}
+
+fn check_decoded(req: &InferRequest, binary_body: bool) {
     for sig in signatures() {
         let _ = req.selected_outputs(&sig);
+        let _ = req.output_forms(&sig);
         let Ok(tensors) = req.decode_inputs(&sig) else { continue };
         assert_eq!(tensors.len(), sig.inputs.len(), "one tensor per model input");
         for (t, s) in tensors.iter().zip(&sig.inputs) {
@@ -49,7 +68,13 @@ pub fn oip(data: &[u8]) {
             for (got, want) in t.shape.iter().zip(&s.shape) {
                 assert!(*want < 0 || *got as i64 == *want, "fixed dimension kept");
             }
-            serde_json::to_vec(&ResponseOutput::from_tensor(t)).expect("a decoded tensor encodes");
+            let mut raw = Vec::new();
+            binary::encode(&t.data, &mut raw).expect("a decoded tensor encodes in binary form");
+            assert_eq!(raw.len(), binary::encoded_len(&t.data));
+            assert_eq!(binary::decode(&raw, s.datatype, elements).as_ref(), Ok(&t.data), "binary round trip");
+            let json = serde_json::to_vec(&ResponseOutput::from_tensor(t));
+            // Only binary data can hold what JSON cannot (BF16, BYTES that are not UTF-8).
+            assert!(binary_body || json.is_ok(), "a tensor decoded from JSON encodes in JSON");
         }
     }
 }
@@ -130,6 +155,27 @@ pub fn request_id(data: &[u8]) {
                 Err(e) => assert_eq!(e.status, http::StatusCode::BAD_REQUEST),
             }
             let _ = feedback::parse(rest, &keyed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binary seeds reach the decoder's far end: every signature they target decodes.
+    #[test]
+    fn binary_seeds_decode() {
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/oip");
+        for (seed, sig) in [("binary-fp32.bin", 0), ("binary-every-datatype.bin", 2)] {
+            let data = std::fs::read(seeds.join(seed)).expect("seed");
+            let mut values = serde_json::Deserializer::from_slice(&data).into_iter::<serde::de::IgnoredAny>();
+            assert!(matches!(values.next(), Some(Ok(_))), "{seed}");
+            let length = values.byte_offset().to_string();
+            let req = InferRequest::from_body(bytes::Bytes::from(data), Some(length.as_bytes())).expect(seed);
+            let decoded = req.decode_inputs(&signatures()[sig]);
+            assert!(decoded.is_ok(), "{seed}: {decoded:?}");
+            oip(&std::fs::read(seeds.join(seed)).expect("seed"));
         }
     }
 }

@@ -222,6 +222,9 @@ fn datatype(ty: TensorElementType) -> Option<DataType> {
         TensorElementType::Int64 => DataType::Int64,
         TensorElementType::Float32 => DataType::Fp32,
         TensorElementType::Float64 => DataType::Fp64,
+        TensorElementType::Float16 => DataType::Fp16,
+        TensorElementType::Bfloat16 => DataType::Bf16,
+        TensorElementType::String => DataType::Bytes,
         _ => return None,
     })
 }
@@ -277,10 +280,42 @@ fn worker(mut session: Session, model: &str, jobs: Receiver<Job>, queue_timeout:
     tracing::debug!(model, "onnx worker stopped");
 }
 
-fn ort_value(t: Tensor) -> ort::Result<DynValue> {
+/// Why an input could not become an ORT value: the caller's data, or ORT itself.
+enum ValueError {
+    Input(String),
+    Ort(ort::Error),
+}
+
+impl From<ort::Error> for ValueError {
+    fn from(e: ort::Error) -> Self {
+        ValueError::Ort(e)
+    }
+}
+
+/// ONNX string tensors hold text: each element must be UTF-8 without NUL bytes.
+fn string_tensor(name: &str, shape: Vec<usize>, elements: Vec<Vec<u8>>) -> Result<DynValue, ValueError> {
+    let mut text = Vec::with_capacity(elements.len());
+    for (i, e) in elements.into_iter().enumerate() {
+        match String::from_utf8(e) {
+            Ok(s) if !s.contains('\0') => text.push(s),
+            _ => {
+                return Err(ValueError::Input(format!(
+                    "input {name:?}: BYTES element {i} is not UTF-8 text without NUL bytes, which this model's \
+                     string input needs"
+                )))
+            }
+        }
+    }
+    Ok(ort::value::Tensor::from_string_array((shape, text.as_slice()))?.into_dyn())
+}
+
+fn ort_value(t: Tensor) -> Result<DynValue, ValueError> {
     use ort::value::Tensor as OrtTensor;
     let shape = t.shape;
     Ok(match t.data {
+        TensorData::Fp16(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Bf16(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Bytes(v) => string_tensor(&t.name, shape, v)?,
         TensorData::Bool(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
         TensorData::Uint8(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
         TensorData::Int8(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
@@ -309,6 +344,15 @@ fn tensor_of(name: &str, value: &DynValue) -> ort::Result<Tensor> {
         Some(DataType::Int64) => extract!(i64, Int64),
         Some(DataType::Fp32) => extract!(f32, Fp32),
         Some(DataType::Fp64) => extract!(f64, Fp64),
+        Some(DataType::Fp16) => extract!(half::f16, Fp16),
+        Some(DataType::Bf16) => extract!(half::bf16, Bf16),
+        Some(DataType::Bytes) => {
+            let (shape, data) = value.try_extract_strings()?;
+            (
+                shape.iter().map(|&d| d.max(0) as usize).collect(),
+                TensorData::Bytes(data.into_iter().map(String::into_bytes).collect()),
+            )
+        }
         None => {
             return Err(ort::Error::new(format!(
                 "output {name:?} has a type the gateway cannot carry: {:?}",
@@ -336,7 +380,11 @@ fn run(
     let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
     for t in inputs {
         let name = t.name.clone();
-        values.push((Cow::Owned(name), ort_value(t).map_err(failed)?.into()));
+        let value = ort_value(t).map_err(|e| match e {
+            ValueError::Input(message) => InferError::Invalid { model: model.to_string(), message },
+            ValueError::Ort(e) => failed(e),
+        })?;
+        values.push((Cow::Owned(name), value.into()));
     }
     let result = session.run(values).map_err(failed)?;
     let mut out = Vec::new();

@@ -1,5 +1,6 @@
 //! Wire formats: Open Inference Protocol v2 JSON ↔ tensors, and client-facing error bodies.
 
+pub mod binary;
 pub mod error;
 pub mod feedback;
 pub mod oip;

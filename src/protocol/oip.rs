@@ -1,8 +1,11 @@
-//! Open Inference Protocol v2 (REST, JSON): request decoding against a model's signature, and
-//! response encoding. Every refusal names the input and what was expected against what came.
+//! Open Inference Protocol v2 (REST, JSON and Triton's binary tensor data extension): request
+//! decoding against a model's signature, and response encoding. Every refusal names the input
+//! and what was expected against what came.
 
+use super::binary::{self, RawError};
 use super::error::ApiError;
 use super::tensor::{DataType, Signature, Tensor, TensorData, TensorSpec};
+use half::f16;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -12,7 +15,7 @@ pub struct InferRequest {
     /// Echoed in the response.
     #[serde(default)]
     pub id: Option<String>,
-    /// Request parameters; accepted and ignored.
+    /// Request parameters: `binary_data_output` is read, the rest accepted and ignored.
     #[serde(default)]
     pub parameters: Option<serde_json::Map<String, Value>>,
     /// Input tensors.
@@ -20,6 +23,12 @@ pub struct InferRequest {
     /// Outputs to return; all when absent.
     #[serde(default)]
     pub outputs: Option<Vec<RequestOutput>>,
+    /// The bytes after the JSON header (binary tensor data extension); empty for plain JSON.
+    #[serde(skip)]
+    pub binary: bytes::Bytes,
+    /// Whether the body came with `Inference-Header-Content-Length`.
+    #[serde(skip)]
+    pub has_binary_header: bool,
 }
 
 /// One input tensor as sent: data flat (row-major) or nested.
@@ -31,11 +40,12 @@ pub struct RequestInput {
     pub shape: Vec<i64>,
     /// Protocol datatype, such as `FP32`.
     pub datatype: String,
-    /// Per-input parameters; accepted and ignored.
+    /// Per-input parameters: `binary_data_size` is read, the rest accepted and ignored.
     #[serde(default)]
     pub parameters: Option<serde_json::Map<String, Value>>,
-    /// Elements.
-    pub data: Value,
+    /// Elements; absent when they come in binary form.
+    #[serde(default)]
+    pub data: Option<Value>,
 }
 
 /// One requested output.
@@ -43,7 +53,7 @@ pub struct RequestInput {
 pub struct RequestOutput {
     /// Output name.
     pub name: String,
-    /// Per-output parameters; accepted and ignored.
+    /// Per-output parameters: `binary_data` and `classification` are read, the rest ignored.
     #[serde(default)]
     pub parameters: Option<serde_json::Map<String, Value>>,
 }
@@ -60,6 +70,75 @@ impl InferRequest {
         })
     }
 
+    /// Parses a request body that may use the binary tensor data extension: with
+    /// `header_length` (the `Inference-Header-Content-Length` header's value) the body is that
+    /// many bytes of JSON followed by the inputs' binary data; without it, plain JSON.
+    pub fn from_body(body: bytes::Bytes, header_length: Option<&[u8]>) -> Result<InferRequest, ApiError> {
+        let Some(value) = header_length else {
+            return InferRequest::from_json(&body);
+        };
+        let length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "the Inference-Header-Content-Length header must be the JSON header's length in bytes, got {:?}",
+                String::from_utf8_lossy(value)
+            ))
+        })?;
+        if length > body.len() {
+            return Err(ApiError::bad_request(format!(
+                "the Inference-Header-Content-Length header says {length} bytes of JSON, but the body has only {} bytes",
+                body.len()
+            )));
+        }
+        let mut request = InferRequest::from_json(&body[..length])?;
+        request.binary = body.slice(length..);
+        request.has_binary_header = true;
+        Ok(request)
+    }
+
+    /// Each input's binary bytes (in request order, `None` for JSON inputs), checked to consume
+    /// the binary part exactly.
+    fn binary_parts(&self) -> Result<Vec<Option<&[u8]>>, ApiError> {
+        let mut rest: &[u8] = &self.binary;
+        let mut parts = Vec::with_capacity(self.inputs.len());
+        let mut total = 0usize;
+        for input in &self.inputs {
+            let name = &input.name;
+            let Some(size) = input.binary_data_size()? else {
+                parts.push(None);
+                continue;
+            };
+            if input.data.is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "input {name:?} has both data and parameters.binary_data_size; send one of them"
+                )));
+            }
+            let Some((raw, tail)) = rest.split_at_checked(size) else {
+                let hint = if self.has_binary_header {
+                    ""
+                } else {
+                    " (binary data needs the Inference-Header-Content-Length header)"
+                };
+                return Err(ApiError::bad_request(format!(
+                    "input {name:?}: parameters.binary_data_size is {size} bytes, but only {} bytes of binary data \
+                     remain after the JSON header and the inputs before it{hint}",
+                    rest.len()
+                )));
+            };
+            parts.push(Some(raw));
+            total += size;
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "{} bytes of binary data follow the JSON header, but the inputs' parameters.binary_data_size \
+                 add up to {total}; {} bytes are left over",
+                self.binary.len(),
+                rest.len()
+            )));
+        }
+        Ok(parts)
+    }
+
     /// Decodes and checks every input against `sig`; returns them in the model's input order.
     pub fn decode_inputs(&self, sig: &Signature) -> Result<Vec<Tensor>, ApiError> {
         for (i, input) in self.inputs.iter().enumerate() {
@@ -74,10 +153,11 @@ impl InferRequest {
                 return Err(ApiError::bad_request(format!("input {:?} is given twice", input.name)));
             }
         }
+        let parts = self.binary_parts()?;
         sig.inputs
             .iter()
             .map(|spec| {
-                let input = self.inputs.iter().find(|i| i.name == spec.name).ok_or_else(|| {
+                let index = self.inputs.iter().position(|i| i.name == spec.name).ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "missing input {:?} ({} {}); the model's inputs are: {}",
                         spec.name,
@@ -86,7 +166,7 @@ impl InferRequest {
                         names(&sig.inputs)
                     ))
                 })?;
-                decode_input(input, spec)
+                decode_input(&self.inputs[index], spec, parts[index])
             })
             .collect()
     }
@@ -124,7 +204,23 @@ pub fn shape_text<T: std::fmt::Display>(shape: &[T]) -> String {
     format!("[{}]", dims.join(", "))
 }
 
-fn decode_input(input: &RequestInput, spec: &TensorSpec) -> Result<Tensor, ApiError> {
+impl RequestInput {
+    /// `parameters.binary_data_size`, checked to be a whole number of bytes.
+    fn binary_data_size(&self) -> Result<Option<usize>, ApiError> {
+        let Some(value) = self.parameters.as_ref().and_then(|p| p.get("binary_data_size")) else {
+            return Ok(None);
+        };
+        value.as_u64().and_then(|n| usize::try_from(n).ok()).map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "input {:?}: parameters.binary_data_size must be a whole number of bytes, got {}",
+                self.name,
+                snippet(value)
+            ))
+        })
+    }
+}
+
+fn decode_input(input: &RequestInput, spec: &TensorSpec, raw: Option<&[u8]>) -> Result<Tensor, ApiError> {
     let name = &input.name;
     let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
         ApiError::bad_request(format!(
@@ -151,7 +247,28 @@ fn decode_input(input: &RequestInput, spec: &TensorSpec) -> Result<Tensor, ApiEr
     let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
         ApiError::bad_request(format!("input {name:?}: shape {} has too many elements", shape_text(&shape)))
     })?;
-    let data = decode_data(&input.data, datatype, expected).map_err(|e| {
+    if let Some(raw) = raw {
+        let data = binary::decode(raw, datatype, expected).map_err(|e| {
+            ApiError::bad_request(match e {
+                RawError::Size { .. } => format!("input {name:?}: shape {}: {e}", shape_text(&shape)),
+                _ => format!("input {name:?}: {e}"),
+            })
+        })?;
+        return Ok(Tensor { name: name.clone(), shape, data });
+    }
+    let Some(json) = &input.data else {
+        return Err(ApiError::bad_request(format!(
+            "input {name:?} has no data: send data, or parameters.binary_data_size with the bytes after the \
+             JSON header (binary tensor data extension)"
+        )));
+    };
+    if datatype == DataType::Bf16 {
+        return Err(ApiError::bad_request(format!(
+            "input {name:?}: BF16 has no JSON form; send it as binary data (parameters.binary_data_size and the \
+             Inference-Header-Content-Length header)"
+        )));
+    }
+    let data = decode_data(json, datatype, expected).map_err(|e| {
         ApiError::bad_request(match e {
             DataError::NotArray => format!("input {name:?}: data must be a JSON array"),
             DataError::Element { index, found } => {
@@ -208,6 +325,16 @@ impl Element for f64 {
         v.as_f64()
     }
 }
+impl Element for f16 {
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_f64().map(f16::from_f64)
+    }
+}
+impl Element for Vec<u8> {
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_str().map(|s| s.as_bytes().to_vec())
+    }
+}
 
 fn decode_data(data: &Value, datatype: DataType, expected: usize) -> Result<TensorData, DataError> {
     Ok(match datatype {
@@ -219,6 +346,10 @@ fn decode_data(data: &Value, datatype: DataType, expected: usize) -> Result<Tens
         DataType::Int64 => TensorData::Int64(collect(data, expected)?),
         DataType::Fp32 => TensorData::Fp32(collect(data, expected)?),
         DataType::Fp64 => TensorData::Fp64(collect(data, expected)?),
+        DataType::Fp16 => TensorData::Fp16(collect(data, expected)?),
+        DataType::Bytes => TensorData::Bytes(collect(data, expected)?),
+        // Refused before: BF16 has no JSON form.
+        DataType::Bf16 => return Err(DataError::NotArray),
     })
 }
 
@@ -227,8 +358,8 @@ fn collect<T: Element>(data: &Value, expected: usize) -> Result<Vec<T>, DataErro
     let Value::Array(_) = data else {
         return Err(DataError::NotArray);
     };
-    // The capacity is capped: a shape alone must not make the gateway allocate.
-    let mut out = Vec::with_capacity(expected.min(1 << 16));
+    // The capacity is capped (at 512 KiB): a shape alone must not make the gateway allocate.
+    let mut out = Vec::with_capacity(expected.min((1 << 19) / std::mem::size_of::<T>().max(1)).min(1 << 16));
     push_all(data, &mut out, expected)?;
     if out.len() != expected {
         return Err(DataError::Count { found: out.len().to_string() });
@@ -278,7 +409,8 @@ pub struct InferResponse<'a> {
     pub outputs: Vec<ResponseOutput<'a>>,
 }
 
-/// One output tensor in an answer.
+/// One output tensor in an answer: its data in JSON, or its size when the data follows the
+/// JSON header in binary form.
 #[derive(Debug, Serialize)]
 pub struct ResponseOutput<'a> {
     /// Output name.
@@ -287,19 +419,48 @@ pub struct ResponseOutput<'a> {
     pub datatype: &'static str,
     /// Dimensions.
     pub shape: &'a [usize],
-    /// Row-major elements.
-    pub data: &'a TensorData,
+    /// `binary_data_size` for a binary output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<OutputParameters>,
+    /// Row-major elements, for a JSON output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<&'a TensorData>,
+}
+
+/// An output's parameters in an answer.
+#[derive(Debug, Serialize)]
+pub struct OutputParameters {
+    /// Bytes of this output after the JSON header.
+    pub binary_data_size: usize,
 }
 
 impl<'a> ResponseOutput<'a> {
-    /// Borrows a tensor for encoding.
+    /// Borrows a tensor for encoding in JSON.
     pub fn from_tensor(t: &'a Tensor) -> Self {
-        Self { name: &t.name, datatype: t.data.datatype().as_str(), shape: &t.shape, data: &t.data }
+        Self {
+            name: &t.name,
+            datatype: t.data.datatype().as_str(),
+            shape: &t.shape,
+            parameters: None,
+            data: Some(&t.data),
+        }
+    }
+
+    /// Borrows a tensor whose data is sent in binary form.
+    pub fn binary(t: &'a Tensor) -> Self {
+        Self {
+            name: &t.name,
+            datatype: t.data.datatype().as_str(),
+            shape: &t.shape,
+            parameters: Some(OutputParameters { binary_data_size: binary::encoded_len(&t.data) }),
+            data: None,
+        }
     }
 }
 
 impl Serialize for TensorData {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
         match self {
             TensorData::Bool(v) => v.serialize(s),
             TensorData::Uint8(v) => v.serialize(s),
@@ -309,8 +470,176 @@ impl Serialize for TensorData {
             TensorData::Int64(v) => v.serialize(s),
             TensorData::Fp32(v) => v.serialize(s),
             TensorData::Fp64(v) => v.serialize(s),
+            TensorData::Fp16(v) => s.collect_seq(v.iter().map(|x| x.to_f32())),
+            TensorData::Bf16(_) => Err(S::Error::custom("BF16 has no JSON form; ask for it in binary form")),
+            TensorData::Bytes(v) => {
+                let mut seq = s.serialize_seq(Some(v.len()))?;
+                for (i, e) in v.iter().enumerate() {
+                    let text = std::str::from_utf8(e).map_err(|_| {
+                        S::Error::custom(format!(
+                            "BYTES element {i} is not UTF-8, which JSON cannot carry; ask for it in binary form"
+                        ))
+                    })?;
+                    seq.serialize_element(text)?;
+                }
+                seq.end()
+            }
         }
     }
+}
+
+/// Which outputs of an answer go in binary form, from the request's `binary_data_output` and
+/// each output's `binary_data`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutputForms {
+    /// Outputs not named otherwise.
+    default_binary: bool,
+    /// Outputs the request named, with their own choice when they made one.
+    named: Vec<(String, Option<bool>)>,
+}
+
+impl OutputForms {
+    /// Whether output `name` is answered in binary form.
+    pub fn is_binary(&self, name: &str) -> bool {
+        self.named.iter().find(|(n, _)| n == name).and_then(|(_, b)| *b).unwrap_or(self.default_binary)
+    }
+
+    /// Whether any output can be answered in binary form.
+    pub fn any_binary(&self) -> bool {
+        self.default_binary || self.named.iter().any(|(_, b)| *b == Some(true))
+    }
+}
+
+fn flag(params: Option<&serde_json::Map<String, Value>>, key: &str, whose: &str) -> Result<Option<bool>, ApiError> {
+    match params.and_then(|p| p.get(key)) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => {
+            Err(ApiError::bad_request(format!("{whose}parameters.{key} must be true or false, got {}", snippet(other))))
+        }
+    }
+}
+
+impl InferRequest {
+    /// Reads how outputs are to be answered, and refuses what cannot be: the classification
+    /// extension, and `BF16` outputs asked for in JSON (`sig` says which outputs are `BF16`).
+    pub fn output_forms(&self, sig: &Signature) -> Result<OutputForms, ApiError> {
+        let default_binary = flag(self.parameters.as_ref(), "binary_data_output", "")?.unwrap_or(false);
+        let mut named = Vec::new();
+        for o in self.outputs.iter().flatten() {
+            let whose = format!("output {:?}: ", o.name);
+            if o.parameters.as_ref().is_some_and(|p| p.contains_key("classification")) {
+                return Err(ApiError::bad_request(format!(
+                    "output {:?}: the classification extension is not supported; ask for the raw output \
+                     (no parameters.classification)",
+                    o.name
+                )));
+            }
+            named.push((o.name.clone(), flag(o.parameters.as_ref(), "binary_data", &whose)?));
+        }
+        let forms = OutputForms { default_binary, named };
+        let returned = |name: &str| self.outputs.as_ref().is_none_or(|os| os.iter().any(|o| o.name == name));
+        if let Some(spec) =
+            sig.outputs.iter().find(|s| s.datatype == DataType::Bf16 && returned(&s.name) && !forms.is_binary(&s.name))
+        {
+            return Err(ApiError::bad_request(format!(
+                "output {:?} is BF16, which has no JSON form; ask for it in binary form (parameters.binary_data: \
+                 true on the output, or binary_data_output: true on the request)",
+                spec.name
+            )));
+        }
+        Ok(forms)
+    }
+
+    /// Whether the request uses the binary tensor data extension at all (binary inputs or
+    /// binary outputs asked for).
+    pub fn uses_binary(&self) -> bool {
+        self.has_binary_header
+            || self.inputs.iter().any(|i| i.parameters.as_ref().is_some_and(|p| p.contains_key("binary_data_size")))
+            || flag(self.parameters.as_ref(), "binary_data_output", "").ok().flatten() == Some(true)
+            || self
+                .outputs
+                .iter()
+                .flatten()
+                .any(|o| flag(o.parameters.as_ref(), "binary_data", "").ok().flatten() == Some(true))
+    }
+
+    /// The same request as plain JSON with `inputs` (decoded from it): for a copy sent elsewhere
+    /// (a shadow) that need not speak the binary extension. `None` when an input has no JSON
+    /// form (`BF16`, or `BYTES` that are not UTF-8).
+    pub fn to_plain_json(&self, inputs: &[Tensor]) -> Option<Vec<u8>> {
+        #[derive(Serialize)]
+        struct Input<'a> {
+            name: &'a str,
+            shape: &'a [usize],
+            datatype: &'static str,
+            data: &'a TensorData,
+        }
+        #[derive(Serialize)]
+        struct Output<'a> {
+            name: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Plain<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            id: Option<&'a str>,
+            inputs: Vec<Input<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            outputs: Option<Vec<Output<'a>>>,
+        }
+        let plain = Plain {
+            id: self.id.as_deref(),
+            inputs: inputs
+                .iter()
+                .map(|t| Input { name: &t.name, shape: &t.shape, datatype: t.data.datatype().as_str(), data: &t.data })
+                .collect(),
+            outputs: self.outputs.as_ref().map(|os| os.iter().map(|o| Output { name: &o.name }).collect()),
+        };
+        serde_json::to_vec(&plain).ok()
+    }
+}
+
+/// An encoded answer: the body, and the JSON header's length when binary data follows it (the
+/// `Inference-Header-Content-Length` response header; the body is then
+/// `application/octet-stream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedResponse {
+    /// The whole body.
+    pub body: Vec<u8>,
+    /// The JSON header's length, when binary data follows it.
+    pub header_length: Option<usize>,
+}
+
+/// Encodes an answer with each output in the form `forms` asks for.
+pub fn encode_response(
+    model_name: &str,
+    model_version: Option<&str>,
+    id: Option<&str>,
+    outputs: &[Tensor],
+    forms: &OutputForms,
+) -> Result<EncodedResponse, ApiError> {
+    let binary: Vec<bool> = outputs.iter().map(|t| forms.is_binary(&t.name)).collect();
+    let answer = InferResponse {
+        model_name,
+        model_version,
+        id,
+        outputs: outputs
+            .iter()
+            .zip(&binary)
+            .map(|(t, &b)| if b { ResponseOutput::binary(t) } else { ResponseOutput::from_tensor(t) })
+            .collect(),
+    };
+    let mut body =
+        serde_json::to_vec(&answer).map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))?;
+    if !binary.contains(&true) {
+        return Ok(EncodedResponse { body, header_length: None });
+    }
+    let header_length = body.len();
+    for (t, _) in outputs.iter().zip(&binary).filter(|(_, &b)| b) {
+        binary::encode(&t.data, &mut body)
+            .map_err(|e| ApiError::internal(format!("cannot encode output {:?}: {e}", t.name)))?;
+    }
+    Ok(EncodedResponse { body, header_length: Some(header_length) })
 }
 
 /// `GET /v2/models/{m}` answer for in-process models.
@@ -333,6 +662,6 @@ pub fn server_metadata() -> Value {
     serde_json::json!({
         "name": "modelgate",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     })
 }

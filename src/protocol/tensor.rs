@@ -1,5 +1,6 @@
 //! Tensors as the gateway carries them between the protocol and the backends.
 
+use half::{bf16, f16};
 use std::fmt;
 
 /// An Open Inference Protocol datatype that modelgate can carry.
@@ -21,19 +22,28 @@ pub enum DataType {
     Fp32,
     /// `FP64`
     Fp64,
+    /// `FP16`: IEEE half precision.
+    Fp16,
+    /// `BF16`: bfloat16; carried only in binary form (the protocol has no JSON form for it).
+    Bf16,
+    /// `BYTES`: each element a byte string (ONNX `string` tensors).
+    Bytes,
 }
 
 impl DataType {
     /// Every datatype, for messages that list them.
-    pub const ALL: [DataType; 8] = [
+    pub const ALL: [DataType; 11] = [
         DataType::Bool,
         DataType::Uint8,
         DataType::Int8,
         DataType::Int16,
         DataType::Int32,
         DataType::Int64,
+        DataType::Fp16,
+        DataType::Bf16,
         DataType::Fp32,
         DataType::Fp64,
+        DataType::Bytes,
     ];
 
     /// The protocol's spelling.
@@ -47,7 +57,21 @@ impl DataType {
             DataType::Int64 => "INT64",
             DataType::Fp32 => "FP32",
             DataType::Fp64 => "FP64",
+            DataType::Fp16 => "FP16",
+            DataType::Bf16 => "BF16",
+            DataType::Bytes => "BYTES",
         }
+    }
+
+    /// Bytes per element in binary form; `None` for `BYTES`, whose elements vary in length.
+    pub fn element_size(self) -> Option<usize> {
+        Some(match self {
+            DataType::Bool | DataType::Uint8 | DataType::Int8 => 1,
+            DataType::Int16 | DataType::Fp16 | DataType::Bf16 => 2,
+            DataType::Int32 | DataType::Fp32 => 4,
+            DataType::Int64 | DataType::Fp64 => 8,
+            DataType::Bytes => return None,
+        })
     }
 
     /// Parses the protocol's spelling.
@@ -81,6 +105,12 @@ pub enum TensorData {
     Fp32(Vec<f32>),
     /// `FP64`
     Fp64(Vec<f64>),
+    /// `FP16`
+    Fp16(Vec<f16>),
+    /// `BF16`
+    Bf16(Vec<bf16>),
+    /// `BYTES`: one byte string per element.
+    Bytes(Vec<Vec<u8>>),
 }
 
 impl TensorData {
@@ -95,6 +125,9 @@ impl TensorData {
             TensorData::Int64(_) => DataType::Int64,
             TensorData::Fp32(_) => DataType::Fp32,
             TensorData::Fp64(_) => DataType::Fp64,
+            TensorData::Fp16(_) => DataType::Fp16,
+            TensorData::Bf16(_) => DataType::Bf16,
+            TensorData::Bytes(_) => DataType::Bytes,
         }
     }
 
@@ -109,6 +142,9 @@ impl TensorData {
             TensorData::Int64(v) => v.len(),
             TensorData::Fp32(v) => v.len(),
             TensorData::Fp64(v) => v.len(),
+            TensorData::Fp16(v) => v.len(),
+            TensorData::Bf16(v) => v.len(),
+            TensorData::Bytes(v) => v.len(),
         }
     }
 
@@ -117,7 +153,25 @@ impl TensorData {
         self.len() == 0
     }
 
-    /// `len` zeros (or `false`s) of `datatype`: the input of a warm-up run.
+    /// The elements as numbers, and whether they are integers (`BOOL` counts as 0/1); `None` for
+    /// `BYTES`, which has no numeric reading. Shadow comparison and predictions use this.
+    pub fn numbers(&self) -> Option<(bool, Vec<f64>)> {
+        Some(match self {
+            TensorData::Bool(v) => (true, v.iter().map(|&b| f64::from(u8::from(b))).collect()),
+            TensorData::Uint8(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
+            TensorData::Int8(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
+            TensorData::Int16(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
+            TensorData::Int32(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
+            TensorData::Int64(v) => (true, v.iter().map(|&x| x as f64).collect()),
+            TensorData::Fp32(v) => (false, v.iter().map(|&x| f64::from(x)).collect()),
+            TensorData::Fp64(v) => (false, v.clone()),
+            TensorData::Fp16(v) => (false, v.iter().map(|&x| x.to_f64()).collect()),
+            TensorData::Bf16(v) => (false, v.iter().map(|&x| x.to_f64()).collect()),
+            TensorData::Bytes(_) => return None,
+        })
+    }
+
+    /// `len` zeros (or `false`s, or empty strings) of `datatype`: the input of a warm-up run.
     pub fn zeros(datatype: DataType, len: usize) -> TensorData {
         match datatype {
             DataType::Bool => TensorData::Bool(vec![false; len]),
@@ -128,6 +182,9 @@ impl TensorData {
             DataType::Int64 => TensorData::Int64(vec![0; len]),
             DataType::Fp32 => TensorData::Fp32(vec![0.0; len]),
             DataType::Fp64 => TensorData::Fp64(vec![0.0; len]),
+            DataType::Fp16 => TensorData::Fp16(vec![f16::ZERO; len]),
+            DataType::Bf16 => TensorData::Bf16(vec![bf16::ZERO; len]),
+            DataType::Bytes => TensorData::Bytes(vec![Vec::new(); len]),
         }
     }
 }

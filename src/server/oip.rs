@@ -4,11 +4,13 @@ use super::handler::{admit, business_value, inject_fault, pick, strip_gateway_he
 use super::{feedback, response, shadow};
 use crate::backend::{Backend, Body, InferError, OnnxBackend};
 use crate::config::RouteKind;
-use crate::protocol::oip::{server_metadata, InferRequest, InferResponse, ModelMetadata, ResponseOutput};
+use crate::protocol::binary;
+use crate::protocol::oip::{encode_response, server_metadata, InferRequest, ModelMetadata};
 use crate::protocol::{ApiError, Tensor};
 use crate::routing::{Route, Variant};
 use crate::telemetry::shadow::{flatten_json, flatten_tensors, prediction};
-use http::{Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -253,23 +255,37 @@ async fn infer(
     let shadow = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent);
     match variant.backend.as_ref() {
         Backend::Onnx(model) => {
+            let header_length = req.headers().get(binary::HEADER_LENGTH).map(|v| v.as_bytes().to_vec());
             let body = response::collect(req.into_body(), limit).await?;
-            let request = InferRequest::from_json(&body)?;
+            let request = InferRequest::from_body(body.clone(), header_length.as_deref())?;
+            let sig = model.signature();
+            let forms = request.output_forms(sig)?;
+            let inputs = request.decode_inputs(sig)?;
+            let selected = request.selected_outputs(sig)?;
+            // A shadow gets the body as it came, or, for a binary request, the same request in
+            // plain JSON (shadows need not speak the binary extension; BF16 inputs have no JSON
+            // form, so such requests are not shadowed).
+            let shadow = shadow.and_then(|target| {
+                let copy =
+                    if request.uses_binary() { Bytes::from(request.to_plain_json(&inputs)?) } else { body.clone() };
+                Some((target, copy))
+            });
             let started = Instant::now();
-            let outputs = run_local(model, &request).await?;
+            let outputs = model.infer(inputs, selected).await.map_err(infer_error)?;
             variant.stats.inference(started.elapsed());
             let flat = flatten_tensors(&outputs);
             let predicted = prediction(&flat);
-            if let Some(target) = shadow {
-                shadow::spawn(target, route, body, flat);
+            if let Some((target, copy)) = shadow {
+                shadow::spawn(target, route, copy, flat);
             }
-            let answer = InferResponse {
-                model_name: &route.name,
-                model_version: Some(&variant.name),
-                id: request.id.as_deref(),
-                outputs: outputs.iter().map(ResponseOutput::from_tensor).collect(),
-            };
-            Ok((response::json_value(StatusCode::OK, &answer), predicted))
+            let encoded = encode_response(&route.name, Some(&variant.name), request.id.as_deref(), &outputs, &forms)?;
+            let mut resp = response::json(StatusCode::OK, encoded.body);
+            if let Some(n) = encoded.header_length {
+                let headers = resp.headers_mut();
+                headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                headers.insert(binary::HEADER_LENGTH, HeaderValue::from(n));
+            }
+            Ok((resp, predicted))
         }
         Backend::Upstream(up) => {
             let target = upstream_path(route, Action::Infer, req.uri().query());

@@ -5,7 +5,7 @@
 //! difference of their first common output.
 
 use super::{names, Telemetry};
-use crate::protocol::{Tensor, TensorData};
+use crate::protocol::Tensor;
 use metrics::{Counter, Gauge, Label};
 use serde::Serialize;
 use serde_json::Value;
@@ -27,20 +27,12 @@ pub struct Flat {
 
 /// Outputs of an in-process model.
 pub fn flatten_tensors(tensors: &[Tensor]) -> Vec<Flat> {
+    // BYTES outputs have no numeric reading and are left out.
     tensors
         .iter()
-        .map(|t| {
-            let (integer, values): (bool, Vec<f64>) = match &t.data {
-                TensorData::Bool(v) => (true, v.iter().map(|&b| f64::from(u8::from(b))).collect()),
-                TensorData::Uint8(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
-                TensorData::Int8(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
-                TensorData::Int16(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
-                TensorData::Int32(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
-                TensorData::Int64(v) => (true, v.iter().map(|&x| x as f64).collect()),
-                TensorData::Fp32(v) => (false, v.iter().map(|&x| f64::from(x)).collect()),
-                TensorData::Fp64(v) => (false, v.clone()),
-            };
-            Flat { name: t.name.clone(), integer, shape: t.shape.clone(), values }
+        .filter_map(|t| {
+            let (integer, values) = t.data.numbers()?;
+            Some(Flat { name: t.name.clone(), integer, shape: t.shape.clone(), values })
         })
         .collect()
 }
