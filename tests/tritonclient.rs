@@ -89,5 +89,5 @@ routes:
         "shadowed": bc,
         "remote-breast-cancer": { "v2": v2 },
     });
-    conformance(&gw, &routes, "json,json-gzip,json-deflate").await;
+    conformance(&gw, &routes, "default,default-gzip,mixed,json,json-gzip,json-deflate").await;
 }

@@ -8,8 +8,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue};
 use serde_json::Value;
 
-/// The header that gives the length of the JSON part of a binary tensor body.
-pub const HEADER_LENGTH: &str = "inference-header-content-length";
+use crate::protocol::binary::HEADER_LENGTH;
 
 /// Rewrites an upstream answer's body from `upstream` to `client` naming. Returns the body as
 /// it was when there is nothing to rewrite or it is not JSON the gateway can read.
