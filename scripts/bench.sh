@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: the three benchmark tables, each run side by side on this machine, loopback only.
 #   1. proxy overhead: direct to an upstream vs. modelgate vs. nginx vs. HAProxy (1 worker each)
-#   2. in-process inference: modelgate OIP infer vs. a raw ONNX Runtime loop vs. MLServer 1.7
+#   2. in-process inference: modelgate OIP infer vs. a raw ONNX Runtime loop vs. MLServer 1.7,
+#      then JSON vs. binary tensor data at 1 and 256 rows
 #   3. criterion micro-benchmarks: variant assignment and table swaps
 # Installs what it needs when missing: nginx and haproxy (Debian), MLServer (PyPI, in .bench/venv).
 # BENCH_SECONDS (default 10) sets each load run's length; BENCH_CONNECTIONS (default 32) its connections.
@@ -144,6 +145,17 @@ echo "| target | requests/s | p50 ms | p99 ms | server CPU s / 1000 req | errors
 echo "|---|---:|---:|---:|---:|---:|"
 mipid=$(start "$mg" serve --config "$work/infer.yaml"); pids+=("$mipid"); wait_port "$mip"
 row "modelgate OIP infer (2 sessions)" "$mipid" --url "http://127.0.0.1:$mip" --model breast-cancer-v2
+forms=$(
+  echo
+  echo "### Tensor forms over HTTP (the same modelgate and model, $conns connections, ${secs}s each)"
+  echo
+  echo "| request | requests/s | p50 ms | p99 ms | server CPU s / 1000 req | errors |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for rows in 1 256; do
+    row "JSON, $rows row(s)" "$mipid" --url "http://127.0.0.1:$mip" --model breast-cancer-v2 --rows "$rows"
+    row "binary tensor data, $rows row(s)" "$mipid" --url "http://127.0.0.1:$mip" --model breast-cancer-v2 --rows "$rows" --binary
+  done
+)
 cleanup; pids=()
 raw=$("$mg" bench-onnx models/breast-cancer-v2.onnx --threads 2 --seconds "$secs")
 python3 - "$raw" <<'PY'
@@ -155,6 +167,8 @@ mspid=$(start env -C "$work/mlserver" "$PWD/$work/venv/bin/mlserver" start .); p
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$msp/v2/models/breast-cancer-v2/ready" >/dev/null && break; sleep 0.2; done
 row "MLServer 1.7.1 + onnxruntime custom runtime (in-process, parallel_workers 0)" "$mspid" --url "http://127.0.0.1:$msp" --model breast-cancer-v2
 cleanup; pids=()
+
+echo "$forms"
 
 # ---- 3. criterion ---------------------------------------------------------------------------
 echo

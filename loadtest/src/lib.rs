@@ -72,6 +72,10 @@ pub struct Args {
     /// Rows per inference request: this many consecutive samples as one batch.
     #[arg(long, default_value_t = 1)]
     pub rows: usize,
+    /// Send inputs and ask for outputs in Triton's binary tensor form (what tritonclient does
+    /// by default) instead of JSON.
+    #[arg(long)]
+    pub binary: bool,
     /// Held-out samples to send.
     #[arg(long, default_value = "models/breast-cancer-holdout.json")]
     pub samples: PathBuf,
@@ -147,7 +151,7 @@ struct Workload {
     client: Client<HttpConnector, Full<Bytes>>,
     /// Request bodies and their labels, one per starting sample, built once: the generator
     /// must not spend its CPU on JSON while it measures the server.
-    bodies: Vec<(Bytes, Value)>,
+    bodies: Vec<(Bytes, Value, Option<usize>)>,
     pub conversion: BTreeMap<String, f64>,
     stats: Mutex<Stats>,
     sent: AtomicU64,
@@ -160,11 +164,15 @@ impl Workload {
         let args = &self.args;
         let (req, label) = match (&args.model, &args.path) {
             (Some(model), _) => {
-                let (body, label) = &self.bodies[(i as usize * args.rows.max(1)) % self.bodies.len()];
-                let req = Request::builder()
-                    .method(Method::POST)
-                    .uri(format!("{}/v2/models/{model}/infer", args.url))
-                    .header("content-type", "application/json");
+                let (body, label, header) = &self.bodies[(i as usize * args.rows.max(1)) % self.bodies.len()];
+                let mut req =
+                    Request::builder().method(Method::POST).uri(format!("{}/v2/models/{model}/infer", args.url));
+                req = match header {
+                    Some(n) => req
+                        .header("content-type", "application/octet-stream")
+                        .header("inference-header-content-length", n.to_string()),
+                    None => req.header("content-type", "application/json"),
+                };
                 (req.body(Full::new(body.clone())), Some(label.clone()))
             }
             (None, Some(path)) => (Request::get(format!("{}{path}", args.url)).body(Full::new(Bytes::new())), None),
@@ -217,17 +225,30 @@ impl Workload {
     }
 }
 
-/// One inference body per starting sample: `rows` consecutive samples as a batch, with their labels.
-fn bodies(samples: &[(Value, i64)], rows: usize) -> Vec<(Bytes, Value)> {
+/// One inference body per starting sample: `rows` consecutive samples as a batch, with their
+/// labels, and (binary form) the length of the JSON header.
+fn bodies(samples: &[(Value, i64)], rows: usize, binary: bool) -> Vec<(Bytes, Value, Option<usize>)> {
     (0..samples.len())
         .map(|first| {
             let batch: Vec<&(Value, i64)> = (0..rows).map(|r| &samples[(first + r) % samples.len()]).collect();
             let width = batch[0].0.as_array().map_or(0, Vec::len);
             let data: Vec<&Value> = batch.iter().flat_map(|(f, _)| f.as_array().into_iter().flatten()).collect();
-            let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, width], "data": data}]});
             let labels: Vec<i64> = batch.iter().map(|(_, l)| *l).collect();
             let label = if rows == 1 { json!(labels[0]) } else { json!(labels) };
-            (Bytes::from(body.to_string()), label)
+            if !binary {
+                let body =
+                    json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, width], "data": data}]});
+                return (Bytes::from(body.to_string()), label, None);
+            }
+            let raw: Vec<u8> = data.iter().flat_map(|v| (v.as_f64().unwrap_or(0.0) as f32).to_le_bytes()).collect();
+            let header = json!({
+                "inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, width],
+                            "parameters": {"binary_data_size": raw.len()}}],
+                "parameters": {"binary_data_output": true},
+            })
+            .to_string();
+            let n = header.len();
+            (Bytes::from([header.into_bytes(), raw].concat()), label, Some(n))
         })
         .collect()
 }
@@ -282,7 +303,7 @@ pub async fn run_until(args: Args, stop: Arc<AtomicBool>) -> anyhow::Result<Valu
         })
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
     let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build_http();
-    let bodies = bodies(&samples, args.rows.max(1));
+    let bodies = bodies(&samples, args.rows.max(1), args.binary);
     let work = Arc::new(Workload {
         bodies,
         client,
