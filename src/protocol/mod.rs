@@ -1,7 +1,9 @@
 //! Wire formats: Open Inference Protocol v2 JSON ↔ tensors, and client-facing error bodies.
 
+pub mod check;
 pub mod error;
 pub mod feedback;
+pub mod grpc;
 pub mod oip;
 pub mod request_id;
 pub mod secret;
