@@ -6,7 +6,7 @@ use crate::backend::{Backend, Body, InferError, OnnxBackend};
 use crate::config::RouteKind;
 use crate::protocol::oip::{server_metadata, InferRequest, InferResponse, ModelMetadata, ResponseOutput};
 use crate::protocol::{ApiError, Tensor};
-use crate::routing::{Route, Variant};
+use crate::routing::{Route, RouteTable, Variant};
 use crate::telemetry::shadow::{flatten_json, flatten_tensors, prediction};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -94,12 +94,7 @@ pub(super) async fn handle(
         }
         Endpoint::Model { name, version, action } => {
             let table = state.table.load();
-            let route = table.model(name).ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "unknown model {name:?}; routed models: {}",
-                    table.model_names().join(", ")
-                ))
-            })?;
+            let route = find_model(&table, name)?;
             let expected = if action == Action::Infer { Method::POST } else { Method::GET };
             allow(req.method(), expected)?;
             let picked = pick(state, route, version, req.headers(), req.uri().query())?;
@@ -137,6 +132,13 @@ pub(super) async fn handle(
             Ok(resp)
         }
     }
+}
+
+/// The route of a model name, or a 404 that lists the routed models.
+pub(super) fn find_model<'t>(table: &'t RouteTable, name: &str) -> Result<&'t Route, ApiError> {
+    table.model(name).map(|r| r.as_ref()).ok_or_else(|| {
+        ApiError::not_found(format!("unknown model {name:?}; routed models: {}", table.model_names().join(", ")))
+    })
 }
 
 /// The model name the upstream knows the route by, when it differs from the route's.
@@ -215,6 +217,16 @@ pub(super) async fn run_local(model: &OnnxBackend, request: &InferRequest) -> Re
     let sig = model.signature();
     let inputs = request.decode_inputs(sig)?;
     let selected = request.selected_outputs(sig)?;
+    run_model(model, inputs, selected).await
+}
+
+/// Runs an in-process model on inputs already checked against its signature: the one call
+/// into a model that HTTP and gRPC share, with its failures as client-facing errors.
+pub(super) async fn run_model(
+    model: &OnnxBackend,
+    inputs: Vec<Tensor>,
+    selected: Option<Vec<String>>,
+) -> Result<Vec<Tensor>, ApiError> {
     model.infer(inputs, selected).await.map_err(infer_error)
 }
 
