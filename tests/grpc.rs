@@ -46,6 +46,9 @@ routes:
     max_concurrency: 1
   - model: remote
     backend: remote
+  - model: shadowed
+    backend: bc-v1
+    shadow: {{backend: bc-v2, percent: 100}}
 {extra}"#,
         v1 = model("breast-cancer-v1.onnx"),
         v2 = model("breast-cancer-v2.onnx"),
@@ -372,4 +375,29 @@ async fn deadlines_shedding_and_upstream_routes() {
     let e = client.model_infer(request("remote", &name, &input, false)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(e.message().contains("gRPC to upstreams is not supported yet"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn a_shadow_gets_a_copy_of_grpc_requests_and_agreement_is_recorded() {
+    let gw = Gateway::start(&routes("")).await;
+    let mut client = gw.grpc_client();
+    let (name, input, _) = recorded("breast-cancer-v1");
+    const CALLS: u64 = 6;
+    for i in 0..CALLS {
+        let resp = client.model_infer(request("shadowed", &name, &input, i % 2 == 0)).await.unwrap();
+        assert_eq!(resp.get_ref().model_version, "bc-v1", "the client only sees the primary");
+    }
+    // Copies run after the answers; wait for them to settle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let routes = get(&gw.admin_url("/admin/routes")).await.json();
+        let route = routes["routes"].as_array().unwrap().iter().find(|r| r["name"] == "shadowed").unwrap().clone();
+        let s = route["shadow"]["stats"].clone();
+        if s["sent"].as_u64() == Some(CALLS) && s["rows_compared"].as_u64() == Some(CALLS * 5) {
+            assert_eq!(s["failed"], 0, "{s}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

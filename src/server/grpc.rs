@@ -14,11 +14,12 @@ use crate::protocol::grpc::pb::{
     ServerReadyRequest, ServerReadyResponse,
 };
 use crate::protocol::grpc::{decode_inputs, encode_outputs, selected_outputs};
-use crate::protocol::oip::server_metadata;
-use crate::protocol::{ApiError, TensorSpec};
+use crate::protocol::oip::{server_metadata, ResponseOutput};
+use crate::protocol::{ApiError, Tensor, TensorSpec};
 use crate::routing::{Route, Variant};
 use crate::telemetry::shadow::{flatten_tensors, prediction};
 use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::json;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -263,8 +264,8 @@ fn upstream_unsupported(route: &Route) -> ApiError {
 }
 
 /// Runs an in-process model on a gRPC request: its injected faults, the inputs decoded
-/// against the model's signature, the shared model call, and the outputs in the form the
-/// inputs came in (raw for raw).
+/// against the model's signature, the shared model call, the route's shadow copy, and the
+/// outputs in the form the inputs came in (raw for raw).
 async fn answer(route: &Route, variant: &Variant, message: ModelInferRequest) -> Result<Answered, ApiError> {
     let Backend::Onnx(model) = variant.backend.as_ref() else {
         return Err(upstream_unsupported(route));
@@ -274,10 +275,17 @@ async fn answer(route: &Route, variant: &Variant, message: ModelInferRequest) ->
     let raw = !message.raw_input_contents.is_empty();
     let selected = selected_outputs(&message.outputs, sig)?;
     let inputs = decode_inputs(message.inputs, message.raw_input_contents, sig)?;
+    let shadow = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent);
+    // A shadow takes the request in the JSON form, as an HTTP client would have sent it.
+    let copy = shadow.map(|_| shadow_copy(&inputs, selected.as_deref()));
     let started = Instant::now();
     let outputs = run_model(model, inputs, selected).await?;
     variant.stats.inference(started.elapsed());
-    let prediction = prediction(&flatten_tensors(&outputs));
+    let flat = flatten_tensors(&outputs);
+    let prediction = prediction(&flat);
+    if let (Some(target), Some(Ok(body))) = (shadow, copy) {
+        super::shadow::spawn(target, route, body.into(), flat);
+    }
     let (outputs, raw_output_contents) = encode_outputs(outputs, raw);
     let response = ModelInferResponse {
         model_name: route.name.clone(),
@@ -288,6 +296,18 @@ async fn answer(route: &Route, variant: &Variant, message: ModelInferRequest) ->
         raw_output_contents,
     };
     Ok(Answered { response, prediction })
+}
+
+/// The Open Inference Protocol JSON request for decoded `inputs` (and the outputs asked for).
+fn shadow_copy(inputs: &[Tensor], selected: Option<&[String]>) -> serde_json::Result<Vec<u8>> {
+    let inputs: Vec<ResponseOutput<'_>> = inputs.iter().map(ResponseOutput::from_tensor).collect();
+    match selected {
+        None => serde_json::to_vec(&json!({ "inputs": inputs })),
+        Some(names) => {
+            let outputs: Vec<_> = names.iter().map(|n| json!({ "name": n })).collect();
+            serde_json::to_vec(&json!({ "inputs": inputs, "outputs": outputs }))
+        }
+    }
 }
 
 fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
