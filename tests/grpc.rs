@@ -372,9 +372,57 @@ async fn deadlines_shedding_and_upstream_routes() {
         assert_eq!(header(e.metadata(), "grpc-retry-pushback-ms"), "1000");
     }
 
+    // An upstream that cannot be reached: UNAVAILABLE, counted against the variant.
     let e = client.model_infer(request("remote", &name, &input, false)).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("gRPC to upstreams is not supported yet"), "{}", e.message());
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+}
+
+#[tokio::test]
+async fn calls_to_upstream_routes_are_forwarded_as_oip_json() {
+    let upstream = Gateway::start(&format!(
+        "backends:\n  - name: v2\n    onnx: {{path: \"{}\"}}\nroutes:\n  - model: breast-cancer\n    backend: v2\n",
+        model("breast-cancer-v2.onnx")
+    ))
+    .await;
+    let extra = "  - model: remote-bc\n    backend: up\n    upstream_model: breast-cancer\n";
+    let yaml = routes(extra)
+        .replace("routes:\n", &format!("  - name: up\n    upstream: {{url: \"{}\"}}\nroutes:\n", upstream.url("")));
+    let gw = Gateway::start(&yaml).await;
+    let mut client = gw.grpc_client();
+    let (name, input, expected) = recorded("breast-cancer-v2");
+    for raw in [false, true] {
+        let resp = client.model_infer(request("remote-bc", &name, &input, raw)).await.unwrap();
+        assert_eq!(header(resp.metadata(), "x-modelgate-variant"), "up", "the gateway's variant");
+        let resp = resp.into_inner();
+        assert_eq!(
+            (resp.model_name.as_str(), resp.model_version.as_str(), resp.id.as_str()),
+            ("remote-bc", "v2", "req-remote-bc")
+        );
+        assert_eq!(resp.raw_output_contents.is_empty(), !raw);
+        for out in ["label", "probabilities"] {
+            let (got, want) = (output_values(&resp, out), floats(&expected[out]["data"]));
+            assert_eq!(got.len(), want.len(), "{out}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{out}: got {g}, onnxruntime gave {w}");
+            }
+        }
+    }
+    // The upstream's refusal, under the client-facing name, with its gRPC code.
+    let mut bad = request("remote-bc", &name, &input, false);
+    bad.inputs[0].shape = vec![5, 29];
+    bad.inputs[0].contents.as_mut().unwrap().fp32_contents.truncate(5 * 29);
+    let e = client.model_infer(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("expected shape [-1, 30]"), "{}", e.message());
+    // Metadata is relayed under the route's name.
+    let meta = client.model_metadata(ModelMetadataRequest { name: "remote-bc".into(), version: String::new() }).await;
+    let meta = meta.unwrap().into_inner();
+    assert_eq!(meta.name, "remote-bc");
+    assert_eq!(meta.inputs[0].shape, vec![-1, 30]);
+    assert_eq!(meta.outputs.len(), 2);
+    let windows = get(&gw.admin_url("/admin/stats")).await.json();
+    let route = windows["routes"].as_array().unwrap().iter().find(|r| r["route"] == "remote-bc").unwrap().clone();
+    assert_eq!(route["variants"][0]["step"]["requests"], 3, "{route}");
 }
 
 #[tokio::test]

@@ -2,10 +2,12 @@
 //! `server.grpc_listen`: the same routing, limits, variant windows, metrics and request ids as
 //! the HTTP endpoints, with HTTP's errors as gRPC statuses.
 
-use super::handler::{admit_permit, inject_fault, pick, request_id, AppState, Claim, Picked, REQUEST_ID};
-use super::oip::{find_model, run_model};
-use super::{serve_with, ListenerSettings};
-use crate::backend::Backend;
+use super::handler::{
+    admit_permit, business_value, inject_fault, pick, request_id, AppState, Claim, Picked, REQUEST_ID,
+};
+use super::oip::{client_facing, find_model, run_model, upstream_path, Action};
+use super::{response, serve_with, ListenerSettings};
+use crate::backend::{Backend, OnnxBackend, UpstreamBackend};
 use crate::protocol::grpc::pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::protocol::grpc::pb::model_metadata_response::TensorMetadata;
 use crate::protocol::grpc::pb::{
@@ -14,13 +16,16 @@ use crate::protocol::grpc::pb::{
     ServerReadyRequest, ServerReadyResponse,
 };
 use crate::protocol::grpc::{decode_inputs, encode_outputs, selected_outputs};
-use crate::protocol::oip::{server_metadata, ResponseOutput};
-use crate::protocol::{ApiError, Tensor, TensorSpec};
+use crate::protocol::oip::{server_metadata, InferRequest, RequestInput, ResponseOutput};
+use crate::protocol::{ApiError, DataType, Signature, Tensor, TensorSpec};
 use crate::routing::{Route, Variant};
 use crate::telemetry::shadow::{flatten_tensors, prediction};
+use crate::telemetry::window::Unit;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -50,8 +55,9 @@ pub async fn serve(
         .accept_compressed(CompressionEncoding::Deflate)
         .send_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Deflate);
-    serve_with(listener, settings, shutdown, move |req, _peer| {
+    serve_with(listener, settings, shutdown, move |mut req, peer| {
         let mut service = service.clone();
+        req.extensions_mut().insert(Peer(peer));
         async move {
             let resp = match service.call(req).await {
                 Ok(resp) => resp,
@@ -77,6 +83,10 @@ fn too_large(resp: http::Response<tonic::body::Body>, limit: usize) -> http::Res
     ))
     .into_http()
 }
+
+/// The client's address, for the `Forwarded` headers of calls forwarded upstream.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
 
 /// The `inference.GRPCInferenceService` implementation.
 #[derive(Debug, Clone)]
@@ -162,7 +172,8 @@ impl Inference {
         let state = &*self.state;
         let started = Instant::now();
         let _in_flight = state.telemetry.in_flight();
-        let (metadata_in, _, message) = request.into_parts();
+        let (metadata_in, extensions, message) = request.into_parts();
+        let peer = extensions.get::<Peer>().map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.0);
         let headers = metadata_in.into_headers();
         let id = request_id(&headers);
         let model = message.model_name.clone();
@@ -170,7 +181,12 @@ impl Inference {
         let client = grpc_timeout(&headers).filter(|d| *d < gateway);
         let deadline = client.unwrap_or(gateway);
         let claim = Claim::new();
-        let result = match tokio::time::timeout(deadline, self.infer(&headers, message, &claim, started)).await {
+        let result = match tokio::time::timeout(
+            deadline,
+            self.infer(&headers, message, &claim, started, Call { id: &id, peer }),
+        )
+        .await
+        {
             Ok(result) => result,
             Err(_) => {
                 // Cut off by the deadline: the variant's answer never came, and counts against it.
@@ -214,6 +230,7 @@ impl Inference {
         message: ModelInferRequest,
         claim: &Claim,
         started: Instant,
+        call: Call<'_>,
     ) -> Result<(ModelInferResponse, HeaderMap), Status> {
         let state = &*self.state;
         let table = state.table.load();
@@ -221,12 +238,12 @@ impl Inference {
         let version = Some(message.model_version.as_str()).filter(|v| !v.is_empty());
         let picked = pick(state, route, version, headers, None).map_err(refuse)?;
         let variant = picked.variant;
-        if matches!(variant.backend.as_ref(), Backend::Upstream(_)) {
-            return Err(refuse(upstream_unsupported(route)));
-        }
         let _permit = admit_permit(state, route).map_err(refuse)?;
         picked.claim(claim);
-        let answered = answer(route, variant, message).await;
+        let answered = match variant.backend.as_ref() {
+            Backend::Onnx(model) => answer(route, variant, model, message).await,
+            Backend::Upstream(up) => forward(state, route, variant, up, picked.unit, message, call).await,
+        };
         let code = match &answered {
             Ok(_) => StatusCode::OK,
             Err(e) => e.status,
@@ -252,24 +269,22 @@ impl Inference {
     }
 }
 
-fn upstream_unsupported(route: &Route) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "model {:?} forwards to an HTTP upstream; gRPC to upstreams is not supported yet: call \
-             /v2/models/{}/infer over HTTP",
-            route.name, route.name
-        ),
-    )
+/// Where a call came from and the id the gateway correlates it by.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    id: &'a HeaderValue,
+    peer: SocketAddr,
 }
 
 /// Runs an in-process model on a gRPC request: its injected faults, the inputs decoded
 /// against the model's signature, the shared model call, the route's shadow copy, and the
 /// outputs in the form the inputs came in (raw for raw).
-async fn answer(route: &Route, variant: &Variant, message: ModelInferRequest) -> Result<Answered, ApiError> {
-    let Backend::Onnx(model) = variant.backend.as_ref() else {
-        return Err(upstream_unsupported(route));
-    };
+async fn answer(
+    route: &Route,
+    variant: &Variant,
+    model: &OnnxBackend,
+    message: ModelInferRequest,
+) -> Result<Answered, ApiError> {
     inject_fault(variant).await?;
     let sig = model.signature();
     let raw = !message.raw_input_contents.is_empty();
@@ -277,7 +292,7 @@ async fn answer(route: &Route, variant: &Variant, message: ModelInferRequest) ->
     let inputs = decode_inputs(message.inputs, message.raw_input_contents, sig)?;
     let shadow = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent);
     // A shadow takes the request in the JSON form, as an HTTP client would have sent it.
-    let copy = shadow.map(|_| shadow_copy(&inputs, selected.as_deref()));
+    let copy = shadow.map(|_| oip_json(&inputs, selected.as_deref(), None));
     let started = Instant::now();
     let outputs = run_model(model, inputs, selected).await?;
     variant.stats.inference(started.elapsed());
@@ -299,15 +314,163 @@ async fn answer(route: &Route, variant: &Variant, message: ModelInferRequest) ->
 }
 
 /// The Open Inference Protocol JSON request for decoded `inputs` (and the outputs asked for).
-fn shadow_copy(inputs: &[Tensor], selected: Option<&[String]>) -> serde_json::Result<Vec<u8>> {
+fn oip_json(inputs: &[Tensor], selected: Option<&[String]>, id: Option<&str>) -> serde_json::Result<Vec<u8>> {
     let inputs: Vec<ResponseOutput<'_>> = inputs.iter().map(ResponseOutput::from_tensor).collect();
-    match selected {
-        None => serde_json::to_vec(&json!({ "inputs": inputs })),
-        Some(names) => {
-            let outputs: Vec<_> = names.iter().map(|n| json!({ "name": n })).collect();
-            serde_json::to_vec(&json!({ "inputs": inputs, "outputs": outputs }))
-        }
+    let mut body = json!({ "inputs": inputs });
+    if let Some(names) = selected {
+        body["outputs"] = names.iter().map(|n| json!({ "name": n })).collect();
     }
+    if let Some(id) = id.filter(|i| !i.is_empty()) {
+        body["id"] = json!(id);
+    }
+    serde_json::to_vec(&body)
+}
+
+/// The signature a list of tensors declares for itself (for tensors bound for, or coming
+/// from, an upstream whose model signature the gateway does not know).
+fn declared<'a>(tensors: impl Iterator<Item = (&'a str, &'a str, &'a [i64])>) -> Result<Vec<TensorSpec>, ApiError> {
+    tensors
+        .map(|(name, datatype, shape)| {
+            let datatype = DataType::parse(datatype).ok_or_else(|| {
+                let known: Vec<&str> = DataType::ALL.iter().map(|d| d.as_str()).collect();
+                ApiError::bad_request(format!(
+                    "input {name:?}: unsupported datatype {datatype:?}; modelgate carries {}",
+                    known.join(", ")
+                ))
+            })?;
+            Ok(TensorSpec { name: name.to_string(), datatype, shape: shape.to_vec() })
+        })
+        .collect()
+}
+
+/// Forwards a gRPC inference to an HTTP upstream as the Open Inference Protocol JSON request
+/// (checked against the shapes and datatypes it declares), and answers with the upstream's
+/// outputs, raw for raw like in-process answers.
+async fn forward(
+    state: &AppState,
+    route: &Route,
+    variant: &Variant,
+    up: &UpstreamBackend,
+    unit: Unit,
+    message: ModelInferRequest,
+    call: Call<'_>,
+) -> Result<Answered, ApiError> {
+    inject_fault(variant).await?;
+    let limit = state.settings.max_body_bytes;
+    let raw = !message.raw_input_contents.is_empty();
+    let inputs = declared(message.inputs.iter().map(|i| (i.name.as_str(), i.datatype.as_str(), i.shape.as_slice())))?;
+    let sig = Signature { inputs, outputs: Vec::new() };
+    let names: Vec<String> = message.outputs.iter().map(|o| o.name.clone()).collect();
+    let selected = (!names.is_empty()).then_some(names);
+    let inputs = decode_inputs(message.inputs, message.raw_input_contents, &sig)?;
+    let body = oip_json(&inputs, selected.as_deref(), Some(&message.id))
+        .map_err(|e| ApiError::bad_request(format!("the inputs have no JSON form: {e}")))?;
+    let body = Bytes::from(body);
+    let req = http::Request::post("/")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(REQUEST_ID, call.id.clone())
+        .body(response::full(body.clone()))
+        .map_err(|e| ApiError::internal(format!("cannot build the upstream request: {e}")))?;
+    let sent = Instant::now();
+    let resp = up.forward(req, &upstream_path(route, Action::Infer, None), call.peer).await?;
+    variant.stats.upstream(sent.elapsed());
+    let resp = client_facing(route, resp, limit).await?;
+    business_value(up, variant, unit, &resp);
+    let code = resp.status();
+    let answer = response::collect(resp.into_body(), limit)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer unreadable: {}", e.message)))?;
+    let json: Value = serde_json::from_slice(&answer).map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answered {code} with a body that is not JSON: {e}"))
+    })?;
+    if !code.is_success() {
+        let message = json["error"].as_str().map_or_else(|| format!("upstream answered {code}"), str::to_string);
+        return Err(ApiError::new(code, message));
+    }
+    // As over HTTP, the version is the upstream's own (the gateway's variant is in the metadata).
+    let model_version = json["model_version"].as_str().map_or_else(|| variant.name.clone(), str::to_string);
+    let outputs = upstream_outputs(json).map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer is not an inference response: {}", e.message))
+    })?;
+    let flat = flatten_tensors(&outputs);
+    let prediction = prediction(&flat);
+    if let Some(target) = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent) {
+        super::shadow::spawn(target, route, body, flat);
+    }
+    let (outputs, raw_output_contents) = encode_outputs(outputs, raw);
+    let response = ModelInferResponse {
+        model_name: route.name.clone(),
+        model_version,
+        id: message.id,
+        parameters: Default::default(),
+        outputs,
+        raw_output_contents,
+    };
+    Ok(Answered { response, prediction })
+}
+
+/// An upstream's JSON answer's outputs as tensors, each checked against its own shape.
+fn upstream_outputs(json: Value) -> Result<Vec<Tensor>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        outputs: Vec<RequestInput>,
+    }
+    let answer: Answer = serde_json::from_value(json).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let specs = declared(answer.outputs.iter().map(|o| (o.name.as_str(), o.datatype.as_str(), o.shape.as_slice())))?;
+    let sig = Signature { inputs: specs, outputs: Vec::new() };
+    InferRequest { id: None, parameters: None, inputs: answer.outputs, outputs: None }.decode_inputs(&sig)
+}
+
+/// An upstream's model metadata (`GET /v2/models/{model}`), under the route's name.
+async fn upstream_metadata(
+    state: &AppState,
+    route: &Route,
+    up: &UpstreamBackend,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<ModelMetadataResponse, ApiError> {
+    let limit = state.settings.max_body_bytes;
+    let req = http::Request::get("/")
+        .header(REQUEST_ID, request_id(headers))
+        .body(response::full(Bytes::new()))
+        .map_err(|e| ApiError::internal(format!("cannot build the upstream request: {e}")))?;
+    let resp = up.forward(req, &upstream_path(route, Action::Metadata, None), peer).await?;
+    let resp = client_facing(route, resp, limit).await?;
+    let code = resp.status();
+    let body = response::collect(resp.into_body(), limit)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer unreadable: {}", e.message)))?;
+    let json: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answered {code} with a body that is not JSON: {e}"))
+    })?;
+    if !code.is_success() {
+        let message = json["error"].as_str().map_or_else(|| format!("upstream answered {code}"), str::to_string);
+        return Err(ApiError::new(code, message));
+    }
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let tensors = |v: &Value| -> Vec<TensorMetadata> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| TensorMetadata {
+                        name: text(&t["name"]),
+                        datatype: text(&t["datatype"]),
+                        shape: t["shape"]
+                            .as_array()
+                            .map(|d| d.iter().filter_map(Value::as_i64).collect())
+                            .unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(ModelMetadataResponse {
+        name: route.name.clone(),
+        versions: json["versions"].as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default(),
+        platform: text(&json["platform"]),
+        inputs: tensors(&json["inputs"]),
+        outputs: tensors(&json["outputs"]),
+    })
 }
 
 fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
@@ -363,15 +526,22 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
-        let (metadata_in, _, message) = request.into_parts();
+        let (metadata_in, extensions, message) = request.into_parts();
         let headers = metadata_in.into_headers();
         let table = self.state.table.load();
         let route = find_model(&table, &message.name).map_err(refuse)?;
         let picked = self.picked(route, &message.version, &headers).map_err(refuse)?;
         let mut out = HeaderMap::new();
         picked.decorate_headers(&self.state, &route.name, &mut out, None);
-        let Backend::Onnx(model) = picked.variant.backend.as_ref() else {
-            return Err(status(&upstream_unsupported(route), out));
+        let model = match picked.variant.backend.as_ref() {
+            Backend::Onnx(model) => model,
+            Backend::Upstream(up) => {
+                let peer = extensions.get::<Peer>().map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.0);
+                return match upstream_metadata(&self.state, route, up, &headers, peer).await {
+                    Ok(answer) => Ok(Response::from_parts(metadata(out), answer, Default::default())),
+                    Err(e) => Err(status(&e, out)),
+                };
+            }
         };
         let sig = model.signature();
         let answer = ModelMetadataResponse {

@@ -25,7 +25,7 @@ enum Endpoint<'a> {
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
-enum Action {
+pub(super) enum Action {
     Metadata,
     Ready,
     Infer,
@@ -151,7 +151,11 @@ fn upstream_model(route: &Route) -> Option<&str> {
 
 /// An upstream's answer under the client-facing model name. Answers with a known length up to
 /// `limit` are read and rewritten; longer or streamed ones pass as they are.
-async fn client_facing(route: &Route, resp: Response<Body>, limit: usize) -> Result<Response<Body>, ApiError> {
+pub(super) async fn client_facing(
+    route: &Route,
+    resp: Response<Body>,
+    limit: usize,
+) -> Result<Response<Body>, ApiError> {
     let Some(upstream) = upstream_model(route) else { return Ok(resp) };
     let small = resp
         .headers()
@@ -172,7 +176,7 @@ async fn client_facing(route: &Route, resp: Response<Body>, limit: usize) -> Res
 }
 
 /// The path of a model endpoint at an upstream model server.
-fn upstream_path(route: &Route, action: Action, query: Option<&str>) -> String {
+pub(super) fn upstream_path(route: &Route, action: Action, query: Option<&str>) -> String {
     let model = match &route.kind {
         RouteKind::Model { upstream_model: Some(m), .. } => m.as_str(),
         _ => route.name.as_str(),
