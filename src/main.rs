@@ -411,12 +411,10 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
 
     let grpc_local = grpc.as_ref().map(|g| g.local_addr()).transpose()?;
     tracing::info!(%local, admin = %admin_local, grpc = ?grpc_local, routes = config.routes.len(), config = %path.display(), "modelgate serving");
-    match grpc_local {
-        Some(g) => println!(
-            "modelgate: listening on {scheme}://{local} (admin {admin_scheme}://{admin_local}, gRPC {}://{g})",
-            if inference_tls.is_some() { "grpcs" } else { "grpc" }
-        ),
-        None => println!("modelgate: listening on {scheme}://{local} (admin {admin_scheme}://{admin_local})"),
+    println!("modelgate: listening on {scheme}://{local} (admin {admin_scheme}://{admin_local})");
+    if let Some(g) = grpc_local {
+        let scheme = if inference_tls.is_some() { "grpcs" } else { "grpc" };
+        println!("modelgate: Open Inference Protocol gRPC on {scheme}://{g}");
     }
     if feedback_key.is_none() {
         tracing::warn!(

@@ -336,8 +336,12 @@ pub type GrpcClient = modelgate::protocol::grpc::pb::grpc_inference_service_clie
 impl Gateway {
     /// A gRPC client of this gateway's gRPC listener.
     pub fn grpc_client(&self) -> GrpcClient {
-        let addr = self.grpc.expect("this gateway has no gRPC listener: set server.grpc_listen");
-        let pool = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
-        GrpcClient::with_origin(pool, format!("http://{addr}").parse().unwrap())
+        grpc_client(self.grpc.expect("this gateway has no gRPC listener: set server.grpc_listen"))
     }
+}
+
+/// A gRPC client of the gRPC listener at `addr` (h2c).
+pub fn grpc_client(addr: SocketAddr) -> GrpcClient {
+    let pool = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    GrpcClient::with_origin(pool, format!("http://{addr}").parse().unwrap())
 }
