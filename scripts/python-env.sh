@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Python environment of the client conformance tests: the official tritonclient (HTTP),
+# The Python environment of the client conformance tests: the official tritonclient (HTTP and gRPC),
 # numpy and onnxruntime (the reference the answers are compared with), every package pinned in
 # tests/triton/requirements.txt, installed from PyPI into .venv/ (ignored by git). Made once;
 # made again when the requirements change.

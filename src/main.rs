@@ -39,6 +39,9 @@ struct ServeArgs {
     /// Admin listener address; overrides server.admin_listen.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// Open Inference Protocol gRPC listener address; overrides server.grpc_listen.
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
     /// ONNX Runtime shared library; overrides ORT_DYLIB_PATH and server.ort_library.
     #[arg(long)]
     ort_library: Option<PathBuf>,
@@ -358,12 +361,21 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     let mut settings = config.server.clone();
     settings.listen = listen.unwrap_or(settings.listen);
     settings.admin_listen = admin_listen.unwrap_or(settings.admin_listen);
+    settings.grpc_listen = args.grpc_listen.or(settings.grpc_listen);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen / --listen)", settings.listen))?;
     let admin = tokio::net::TcpListener::bind(settings.admin_listen).await.with_context(|| {
         format!("cannot listen on {} (server.admin_listen / --admin-listen)", settings.admin_listen)
     })?;
+    let grpc = match settings.grpc_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (server.grpc_listen / --grpc-listen)"))?,
+        ),
+        None => None,
+    };
     let (local, admin_local) = (listener.local_addr()?, admin.local_addr()?);
 
     let (_watch, reload) = controller.watch_file().with_context(|| format!("cannot watch {}", path.display()))?;
@@ -397,8 +409,13 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         move |req, _peer| modelgate::admin::handle(admin_state.clone(), req),
     ));
 
-    tracing::info!(%local, admin = %admin_local, routes = config.routes.len(), config = %path.display(), "modelgate serving");
+    let grpc_local = grpc.as_ref().map(|g| g.local_addr()).transpose()?;
+    tracing::info!(%local, admin = %admin_local, grpc = ?grpc_local, routes = config.routes.len(), config = %path.display(), "modelgate serving");
     println!("modelgate: listening on {scheme}://{local} (admin {admin_scheme}://{admin_local})");
+    if let Some(g) = grpc_local {
+        let scheme = if inference_tls.is_some() { "grpcs" } else { "grpc" };
+        println!("modelgate: Open Inference Protocol gRPC on {scheme}://{g}");
+    }
     if feedback_key.is_none() {
         tracing::warn!(
             "MODELGATE_FEEDBACK_KEY is not set (server.insecure_unsigned_feedback): request ids are not signed, so \
@@ -407,7 +424,23 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     }
     let ids = IdCodec::new(feedback_key.map(String::into_bytes), settings.feedback_max_age);
     let state = Arc::new(AppState::new(controller.table(), settings, controller.telemetry().clone(), ids, token));
-    server::serve(listener, state, inference_tls, server::shutdown_signal()).await;
+    // SIGTERM/SIGINT drains the inference listeners together; the admin API stays up until
+    // they are done, so status is readable during the drain.
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        let _ = drain_tx.send(true);
+    });
+    let draining = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|d| *d).await;
+    };
+    let grpc_task = grpc.map(|g| {
+        tokio::spawn(server::grpc::serve(g, state.clone(), inference_tls.clone(), draining(drain_rx.clone())))
+    });
+    server::serve(listener, state, inference_tls, draining(drain_rx)).await;
+    if let Some(task) = grpc_task {
+        let _ = task.await;
+    }
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     Ok(())

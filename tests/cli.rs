@@ -137,6 +137,54 @@ fn serve_runs_the_demo_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+#[test]
+fn serve_opens_the_grpc_listener_and_drains_it_on_sigterm() {
+    use modelgate::protocol::grpc::pb::{ModelReadyRequest, ServerLiveRequest};
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Served(
+        modelgate()
+            .args(["serve", "--config", "routes.yaml", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--grpc-listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state.path())
+            .env("MODELGATE_FEEDBACK_KEY", "k")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    assert!(first.starts_with("modelgate: listening on http://"), "{first:?}");
+    let grpc: std::net::SocketAddr = second
+        .trim()
+        .strip_prefix("modelgate: Open Inference Protocol gRPC on grpc://")
+        .unwrap_or_else(|| panic!("{second:?}"))
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut client = grpc_client(grpc);
+        assert!(client.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
+        let ready = ModelReadyRequest { name: "diabetes".into(), version: String::new() };
+        assert!(client.model_ready(ready).await.unwrap().into_inner().ready);
+    });
+    // Closes the client's connection: an h2 client that stops answering (its runtime no longer
+    // polled) would hold the drain for the whole shutdown_grace.
+    drop(rt);
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 /// A `modelgate serve` child that is killed when dropped, so a failing test leaves no gateway behind.
 struct Served(std::process::Child);
 

@@ -325,3 +325,31 @@ routes:
     assert!(bad.error().contains("certificate"), "{}", bad.error());
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_grpc_listener_serves_tls_with_the_inference_certificate() {
+    use modelgate::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use modelgate::protocol::grpc::pb::{ModelReadyRequest, ServerLiveRequest};
+    let ca = Ca::new("test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = ca.write_leaf(dir.path(), "server");
+    let yaml = format!(
+        "server:\n  tls: {{cert: \"{}\", key: \"{}\"}}\n  grpc_listen: \"127.0.0.1:0\"\nbackends:\n  - name: m\n    onnx: {{path: \"{}\"}}\nroutes:\n  - model: m\n    backend: m\n",
+        cert.display(),
+        key.display(),
+        support::model("diabetes-v1.onnx"),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let grpc = gw.grpc.unwrap();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(Arc::unwrap_or_clone(client_config(&ca, &[], None)))
+        .https_only()
+        .enable_http2()
+        .build();
+    let pool = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build(https);
+    let origin = format!("https://localhost:{}", grpc.port()).parse().unwrap();
+    let mut client = GrpcInferenceServiceClient::with_origin(pool, origin);
+    assert!(client.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
+    let ready = ModelReadyRequest { name: "m".into(), version: String::new() };
+    assert!(client.model_ready(ready).await.unwrap().into_inner().ready);
+}

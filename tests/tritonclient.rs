@@ -1,7 +1,7 @@
-//! The official Triton client (`tritonclient.http` from PyPI, in the .venv that
-//! `scripts/python-env.sh` makes for `make test`) against every kind of route: in-process,
-//! forwarded to another model server, and every strategy, its answers compared with Python
-//! onnxruntime on the same model files (tests/triton/conformance.py).
+//! The official Triton clients (`tritonclient.http` and `tritonclient.grpc` from PyPI, in the
+//! .venv that `scripts/python-env.sh` makes for `make test`) against every kind of route:
+//! in-process, forwarded to another model server, and every strategy, their answers compared
+//! with Python onnxruntime on the same model files (tests/triton/conformance.py).
 
 mod support;
 
@@ -22,6 +22,8 @@ async fn conformance(gw: &Gateway, routes: &Value, modes: &str) {
     cmd.arg(root().join("tests/triton/conformance.py"))
         .arg("--url")
         .arg(gw.addr.to_string())
+        .arg("--grpc-url")
+        .arg(gw.grpc.expect("the gateway serves gRPC").to_string())
         .arg("--routes")
         .arg(routes.to_string())
         .arg("--modes")
@@ -48,7 +50,9 @@ async fn the_official_triton_client_works_on_every_kind_of_route() {
     ))
     .await;
     let gw = Gateway::start(&format!(
-        r#"backends:
+        r#"server:
+  grpc_listen: "127.0.0.1:0"
+backends:
   - name: bc-v1
     onnx: {{path: "{v1}"}}
   - name: bc-v2
@@ -89,5 +93,5 @@ routes:
         "shadowed": bc,
         "remote-breast-cancer": { "v2": v2 },
     });
-    conformance(&gw, &routes, "default,default-gzip,mixed,json,json-gzip,json-deflate").await;
+    conformance(&gw, &routes, "default,default-gzip,mixed,json,json-gzip,json-deflate,grpc,grpc-gzip").await;
 }

@@ -74,6 +74,8 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Address of the admin listener (loopback by default).
     pub admin_listen: SocketAddr,
+    /// Address of the Open Inference Protocol gRPC listener; none when unset.
+    pub grpc_listen: Option<SocketAddr>,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
     /// How long a client may take to send the request head.
@@ -137,6 +139,7 @@ impl Default for ServerSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            grpc_listen: None,
             max_body_bytes: 4 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
@@ -484,15 +487,28 @@ fn count(value: Option<i64>, default: usize, max: usize, place: &str, issues: &m
 
 fn server(raw: &RawServer, base: &Path, issues: &mut Issues) -> ServerSettings {
     let d = ServerSettings::default();
+    let parsed = |text: &str, place: &str, issues: &mut Issues| {
+        text.parse::<SocketAddr>()
+            .inspect_err(|e| {
+                issues.push(place, format!("invalid address {text:?} ({e}); write it like \"127.0.0.1:8080\""))
+            })
+            .ok()
+    };
     let address = |value: &Option<String>, default: SocketAddr, place: &str, issues: &mut Issues| match value {
         None => default,
-        Some(text) => text.parse().unwrap_or_else(|e| {
-            issues.push(place, format!("invalid address {text:?} ({e}); write it like \"127.0.0.1:8080\""));
-            default
-        }),
+        Some(text) => parsed(text, place, issues).unwrap_or(default),
     };
     let listen = address(&raw.listen, d.listen, "server.listen", issues);
     let admin_listen = address(&raw.admin_listen, d.admin_listen, "server.admin_listen", issues);
+    let grpc_listen = raw.grpc_listen.as_deref().and_then(|text| parsed(text, "server.grpc_listen", issues));
+    for (other, place) in [(listen, "server.listen"), (admin_listen, "server.admin_listen")] {
+        if grpc_listen.is_some_and(|g| g == other && g.port() != 0) {
+            issues.push(
+                "server.grpc_listen",
+                format!("{other} is also {place}: give the gRPC listener a port of its own"),
+            );
+        }
+    }
     let max_body_bytes = match raw.max_body_bytes {
         None => d.max_body_bytes,
         Some(0) => {
@@ -504,6 +520,7 @@ fn server(raw: &RawServer, base: &Path, issues: &mut Issues) -> ServerSettings {
     ServerSettings {
         listen,
         admin_listen,
+        grpc_listen,
         max_body_bytes,
         header_read_timeout: duration(
             &raw.header_read_timeout,

@@ -34,6 +34,7 @@ pub struct RawWebhook {
 pub struct RawServer {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
+    pub grpc_listen: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub header_read_timeout: Option<String>,
     pub request_timeout: Option<String>,

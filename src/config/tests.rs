@@ -219,3 +219,19 @@ backends:
         assert!(all.contains(expected), "{expected} not in\n{all}");
     }
 }
+
+#[test]
+fn the_grpc_listener_is_optional_and_checked_like_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "m.onnx");
+    let with = |server: &str| {
+        parse_in(dir.path(), &format!("server:\n{server}\nbackends:\n  - name: m\n    onnx: {{path: m.onnx}}\nroutes:\n  - model: risk\n    backend: m\n"))
+    };
+    assert_eq!(with("  listen: \"127.0.0.1:8080\"").unwrap().server.grpc_listen, None);
+    let c = with("  grpc_listen: \"0.0.0.0:8001\"").unwrap();
+    assert_eq!(c.server.grpc_listen, Some(SocketAddr::from(([0, 0, 0, 0], 8001))));
+    let e = with("  grpc_listen: \"port 8001\"").unwrap_err();
+    assert!(places(&e)[0].starts_with("server.grpc_listen: invalid address \"port 8001\""), "{e}");
+    let e = with("  listen: \"127.0.0.1:8001\"\n  grpc_listen: \"127.0.0.1:8001\"").unwrap_err();
+    assert!(places(&e)[0].contains("is also server.listen"), "{e}");
+}

@@ -1,8 +1,10 @@
 //! Wire formats: Open Inference Protocol v2 JSON ↔ tensors, and client-facing error bodies.
 
 pub mod binary;
+pub mod check;
 pub mod error;
 pub mod feedback;
+pub mod grpc;
 pub mod oip;
 pub mod request_id;
 pub mod secret;

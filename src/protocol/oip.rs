@@ -3,6 +3,7 @@
 //! and what was expected against what came.
 
 use super::binary::{self, RawError};
+use super::check;
 use super::error::ApiError;
 use super::tensor::{DataType, Signature, Tensor, TensorData, TensorSpec};
 use half::f16;
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// `POST /v2/models/{m}/infer` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct InferRequest {
     /// Echoed in the response.
     #[serde(default)]
@@ -141,31 +142,17 @@ impl InferRequest {
 
     /// Decodes and checks every input against `sig`; returns them in the model's input order.
     pub fn decode_inputs(&self, sig: &Signature) -> Result<Vec<Tensor>, ApiError> {
-        for (i, input) in self.inputs.iter().enumerate() {
-            if !sig.inputs.iter().any(|s| s.name == input.name) {
-                return Err(ApiError::bad_request(format!(
-                    "unknown input {:?}; the model's inputs are: {}",
-                    input.name,
-                    names(&sig.inputs)
-                )));
-            }
-            if self.inputs[..i].iter().any(|other| other.name == input.name) {
-                return Err(ApiError::bad_request(format!("input {:?} is given twice", input.name)));
-            }
-        }
+        let given: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+        check::input_names(&given, sig)?;
         let parts = self.binary_parts()?;
         sig.inputs
             .iter()
             .map(|spec| {
-                let index = self.inputs.iter().position(|i| i.name == spec.name).ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "missing input {:?} ({} {}); the model's inputs are: {}",
-                        spec.name,
-                        spec.datatype,
-                        shape_text(&spec.shape),
-                        names(&sig.inputs)
-                    ))
-                })?;
+                let index = self
+                    .inputs
+                    .iter()
+                    .position(|i| i.name == spec.name)
+                    .ok_or_else(|| check::missing_input(spec, sig))?;
                 decode_input(&self.inputs[index], spec, parts[index])
             })
             .collect()
@@ -176,26 +163,8 @@ impl InferRequest {
         let Some(wanted) = &self.outputs else {
             return Ok(None);
         };
-        wanted
-            .iter()
-            .map(|o| {
-                if sig.outputs.iter().any(|s| s.name == o.name) {
-                    Ok(o.name.clone())
-                } else {
-                    Err(ApiError::bad_request(format!(
-                        "unknown output {:?}; the model's outputs are: {}",
-                        o.name,
-                        names(&sig.outputs)
-                    )))
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        check::output_names(wanted.iter().map(|o| o.name.as_str()), sig).map(Some)
     }
-}
-
-fn names(specs: &[TensorSpec]) -> String {
-    specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// `[-1, 30]`
@@ -222,39 +191,16 @@ impl RequestInput {
 
 fn decode_input(input: &RequestInput, spec: &TensorSpec, raw: Option<&[u8]>) -> Result<Tensor, ApiError> {
     let name = &input.name;
-    let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "input {name:?}: unsupported datatype {:?}; expected {}",
-            input.datatype, spec.datatype
-        ))
-    })?;
-    if datatype != spec.datatype {
-        return Err(ApiError::bad_request(format!(
-            "input {name:?}: expected datatype {}, got {datatype}",
-            spec.datatype
-        )));
-    }
-    let fits = input.shape.len() == spec.shape.len()
-        && input.shape.iter().zip(&spec.shape).all(|(&got, &want)| got >= 0 && (want < 0 || got == want));
-    if !fits {
-        return Err(ApiError::bad_request(format!(
-            "input {name:?}: expected shape {} (-1: any size), got {}",
-            shape_text(&spec.shape),
-            shape_text(&input.shape)
-        )));
-    }
-    let shape: Vec<usize> = input.shape.iter().map(|&d| d as usize).collect();
-    let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        ApiError::bad_request(format!("input {name:?}: shape {} has too many elements", shape_text(&shape)))
-    })?;
+    let checked = check::input(name, &input.datatype, &input.shape, spec)?;
+    let (datatype, expected) = (checked.datatype, checked.elements);
     if let Some(raw) = raw {
         let data = binary::decode(raw, datatype, expected).map_err(|e| {
             ApiError::bad_request(match e {
-                RawError::Size { .. } => format!("input {name:?}: shape {}: {e}", shape_text(&shape)),
+                RawError::Size { .. } => format!("input {name:?}: shape {}: {e}", shape_text(&checked.shape)),
                 _ => format!("input {name:?}: {e}"),
             })
         })?;
-        return Ok(Tensor { name: name.clone(), shape, data });
+        return Ok(Tensor { name: name.clone(), shape: checked.shape, data });
     }
     let Some(json) = &input.data else {
         return Err(ApiError::bad_request(format!(
@@ -268,18 +214,14 @@ fn decode_input(input: &RequestInput, spec: &TensorSpec, raw: Option<&[u8]>) -> 
              Inference-Header-Content-Length header)"
         )));
     }
-    let data = decode_data(json, datatype, expected).map_err(|e| {
-        ApiError::bad_request(match e {
-            DataError::NotArray => format!("input {name:?}: data must be a JSON array"),
-            DataError::Element { index, found } => {
-                format!("input {name:?}: element {index} is {found}, not a valid {datatype} value")
-            }
-            DataError::Count { found } => {
-                format!("input {name:?}: shape {} needs {expected} elements, data has {found}", shape_text(&shape))
-            }
-        })
+    let data = decode_data(json, datatype, expected).map_err(|e| match e {
+        DataError::NotArray => ApiError::bad_request(format!("input {name:?}: data must be a JSON array")),
+        DataError::Element { index, found } => {
+            ApiError::bad_request(format!("input {name:?}: element {index} is {found}, not a valid {datatype} value"))
+        }
+        DataError::Count { found } => check::count_mismatch(name, &checked, &found),
     })?;
-    Ok(Tensor { name: name.clone(), shape, data })
+    Ok(Tensor { name: name.clone(), shape: checked.shape, data })
 }
 
 enum DataError {

@@ -59,11 +59,11 @@ pub(super) struct Track(pub Arc<VariantStats>, pub Unit);
 /// It lives on the handler's stack and is lent to the dispatch it outlives.
 pub(super) type Claim = OnceLock<(Arc<VariantStats>, Unit)>;
 
-const REQUEST_ID: &str = "x-request-id";
+pub(super) const REQUEST_ID: &str = "x-request-id";
 
 /// A client's `x-request-id` is kept when it is short printable ASCII; otherwise one is made.
-fn request_id(req: &Request<Incoming>) -> HeaderValue {
-    req.headers()
+pub(super) fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
         .get(REQUEST_ID)
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
         .cloned()
@@ -76,7 +76,7 @@ fn request_id(req: &Request<Incoming>) -> HeaderValue {
 pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
     let _in_flight = state.telemetry.in_flight();
-    let id = request_id(&req);
+    let id = request_id(req.headers());
     let method = req.method().clone();
     // For the log line: a Uri clone shares its bytes, where copying the path would allocate.
     let uri = req.uri().clone();
@@ -194,15 +194,21 @@ pub(super) async fn admit(
     route: &Route,
     req: Request<Body>,
 ) -> Result<(Option<OwnedSemaphorePermit>, Request<Body>), ApiError> {
-    match route.admit() {
+    match admit_permit(state, route) {
         Ok(permit) => Ok((permit, req)),
         Err(e) => {
-            let label = metrics::Label::new("route", route.name.clone());
-            state.telemetry.counter(names::SHED_TOTAL, vec![label]).increment(1);
             response::discard(req.into_body()).await;
             Err(e)
         }
     }
+}
+
+/// Takes a place under the route's concurrency limit, or counts the request as shed.
+pub(super) fn admit_permit(state: &AppState, route: &Route) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+    route.admit().inspect_err(|_| {
+        let label = metrics::Label::new("route", route.name.clone());
+        state.telemetry.counter(names::SHED_TOTAL, vec![label]).increment(1);
+    })
 }
 
 /// Applies a backend's injected faults: its delay, then an error for its share of requests.
@@ -345,7 +351,11 @@ impl Picked<'_> {
     /// Adds `x-modelgate-variant`, the gateway request id (with the prediction, if any) and any
     /// sticky cookie to an answer.
     pub fn decorate(&self, state: &AppState, route: &str, resp: &mut Response<Body>, prediction: Option<&[i64]>) {
-        let headers = resp.headers_mut();
+        self.decorate_headers(state, route, resp.headers_mut(), prediction);
+    }
+
+    /// Adds what [`Picked::decorate`] adds to an answer's headers (or gRPC metadata).
+    pub fn decorate_headers(&self, state: &AppState, route: &str, headers: &mut HeaderMap, prediction: Option<&[i64]>) {
         if let Ok(v) = HeaderValue::from_str(&self.variant.name) {
             headers.insert(assign::OVERRIDE_HEADER, v);
         }

@@ -2,6 +2,7 @@
 
 pub mod encoding;
 mod feedback;
+pub mod grpc;
 mod handler;
 mod oip;
 mod rename;
@@ -12,7 +13,6 @@ mod triton;
 pub use feedback::FeedbackLedger;
 pub use handler::{bearer, carries_token, AppState};
 
-use crate::backend::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -54,14 +54,16 @@ pub async fn serve(
 
 /// Serves `handle` on `listener` until `shutdown` completes, then stops accepting and lets
 /// in-flight requests finish for up to `settings.shutdown_grace`.
-pub async fn serve_with<H, F>(
+pub async fn serve_with<H, F, B>(
     listener: TcpListener,
     settings: ListenerSettings,
     shutdown: impl Future<Output = ()>,
     handle: H,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout).max_buf_size(64 * 1024);

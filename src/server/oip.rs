@@ -7,7 +7,7 @@ use crate::config::RouteKind;
 use crate::protocol::binary;
 use crate::protocol::oip::{encode_response, server_metadata, InferRequest, ModelMetadata};
 use crate::protocol::{ApiError, Tensor};
-use crate::routing::{Route, Variant};
+use crate::routing::{Route, RouteTable, Variant};
 use crate::telemetry::shadow::{flatten_json, flatten_tensors, prediction};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -27,7 +27,7 @@ enum Endpoint<'a> {
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
-enum Action {
+pub(super) enum Action {
     Metadata,
     Ready,
     Infer,
@@ -102,12 +102,7 @@ pub(super) async fn handle(
         }
         Endpoint::Model { name, version, action } => {
             let table = state.table.load();
-            let route = table.model(name).ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "unknown model {name:?}; routed models: {}",
-                    table.model_names().join(", ")
-                ))
-            })?;
+            let route = find_model(&table, name)?;
             let expected = if action == Action::Infer { Method::POST } else { Method::GET };
             allow(req.method(), expected)?;
             let picked = pick(state, route, version, req.headers(), req.uri().query())?;
@@ -157,6 +152,13 @@ pub(super) async fn handle(
     }
 }
 
+/// The route of a model name, or a 404 that lists the routed models.
+pub(super) fn find_model<'t>(table: &'t RouteTable, name: &str) -> Result<&'t Route, ApiError> {
+    table.model(name).map(|r| r.as_ref()).ok_or_else(|| {
+        ApiError::not_found(format!("unknown model {name:?}; routed models: {}", table.model_names().join(", ")))
+    })
+}
+
 /// The model name the upstream knows the route by, when it differs from the route's.
 fn upstream_model(route: &Route) -> Option<&str> {
     match &route.kind {
@@ -167,7 +169,11 @@ fn upstream_model(route: &Route) -> Option<&str> {
 
 /// An upstream's answer under the client-facing model name. Answers with a known length up to
 /// `limit` are read and rewritten; longer or streamed ones pass as they are.
-async fn client_facing(route: &Route, resp: Response<Body>, limit: usize) -> Result<Response<Body>, ApiError> {
+pub(super) async fn client_facing(
+    route: &Route,
+    resp: Response<Body>,
+    limit: usize,
+) -> Result<Response<Body>, ApiError> {
     let Some(upstream) = upstream_model(route) else { return Ok(resp) };
     let small = resp
         .headers()
@@ -188,7 +194,7 @@ async fn client_facing(route: &Route, resp: Response<Body>, limit: usize) -> Res
 }
 
 /// The path of a model endpoint at an upstream model server.
-fn upstream_path(route: &Route, action: Action, query: Option<&str>) -> String {
+pub(super) fn upstream_path(route: &Route, action: Action, query: Option<&str>) -> String {
     let model = match &route.kind {
         RouteKind::Model { upstream_model: Some(m), .. } => m.as_str(),
         _ => route.name.as_str(),
@@ -235,6 +241,16 @@ pub(super) async fn run_local(model: &OnnxBackend, request: &InferRequest) -> Re
     let sig = model.signature();
     let inputs = request.decode_inputs(sig)?;
     let selected = request.selected_outputs(sig)?;
+    run_model(model, inputs, selected).await
+}
+
+/// Runs an in-process model on inputs already checked against its signature: the one call
+/// into a model that HTTP and gRPC share, with its failures as client-facing errors.
+pub(super) async fn run_model(
+    model: &OnnxBackend,
+    inputs: Vec<Tensor>,
+    selected: Option<Vec<String>>,
+) -> Result<Vec<Tensor>, ApiError> {
     model.infer(inputs, selected).await.map_err(infer_error)
 }
 

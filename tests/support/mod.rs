@@ -44,6 +44,8 @@ pub fn root() -> PathBuf {
 pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The gRPC listener, on 127.0.0.1:0 when the routes file sets `server.grpc_listen`.
+    pub grpc: Option<SocketAddr>,
     pub controller: Arc<Controller>,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::watch::Sender<bool>>,
@@ -72,6 +74,11 @@ impl Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+        let grpc_listener = match config.server.grpc_listen {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        let grpc = grpc_listener.as_ref().map(|l| l.local_addr().unwrap());
         let ids = IdCodec::new(Some(FEEDBACK_KEY.to_vec()), config.server.feedback_max_age);
         let state = Arc::new(AppState::new(
             controller.table(),
@@ -95,7 +102,14 @@ impl Gateway {
         controller.spawn_analysis(Duration::from_millis(50));
         controller.telemetry().spawn_upkeep(Duration::from_millis(100));
         let admin_state = Arc::new(AdminState { controller: controller.clone(), token: Some(ADMIN_TOKEN.to_string()) });
-        let done = vec![
+        let mut done = Vec::new();
+        if let Some(g) = grpc_listener {
+            let mut s3 = s1.clone();
+            done.push(tokio::spawn(server::grpc::serve(g, state.clone(), inference_tls.clone(), async move {
+                let _ = s3.changed().await;
+            })));
+        }
+        done.extend([
             tokio::spawn(server::serve(listener, state, inference_tls, async move {
                 let _ = s1.changed().await;
             })),
@@ -107,8 +121,8 @@ impl Gateway {
                 },
                 move |req, _| modelgate::admin::handle(admin_state.clone(), req),
             )),
-        ];
-        Gateway { addr, admin: admin_addr, controller, dir, stop: Some(stop), done, _watch: Some(watch) }
+        ]);
+        Gateway { addr, admin: admin_addr, grpc, controller, dir, stop: Some(stop), done, _watch: Some(watch) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -312,4 +326,22 @@ pub fn expected_outputs() -> Value {
 /// A path under the checkout, as a string for YAML.
 pub fn model(name: &str) -> String {
     root().join("models").join(name).display().to_string()
+}
+
+/// The generated gRPC client over an HTTP/2 (h2c) connection pool.
+pub type GrpcClient = modelgate::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient<
+    Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>,
+>;
+
+impl Gateway {
+    /// A gRPC client of this gateway's gRPC listener.
+    pub fn grpc_client(&self) -> GrpcClient {
+        grpc_client(self.grpc.expect("this gateway has no gRPC listener: set server.grpc_listen"))
+    }
+}
+
+/// A gRPC client of the gRPC listener at `addr` (h2c).
+pub fn grpc_client(addr: SocketAddr) -> GrpcClient {
+    let pool = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    GrpcClient::with_origin(pool, format!("http://{addr}").parse().unwrap())
 }

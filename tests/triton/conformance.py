@@ -1,4 +1,4 @@
-"""Client conformance: the official tritonclient (HTTP) against a running modelgate.
+"""Client conformance: the official tritonclient (HTTP and gRPC) against a running modelgate.
 
 Run by tests/tritonclient.rs with the project's .venv (scripts/python-env.sh). For every route
 given, in every mode given, it reads the model's metadata, sends rows of the breast-cancer
@@ -12,6 +12,8 @@ Modes:
   default       the client's defaults: binary tensor data both ways
   default-gzip  defaults with gzip both ways
   mixed         one input as binary, outputs one binary and one JSON
+  grpc          tritonclient.grpc with its defaults (raw tensor contents) on --grpc-url
+  grpc-gzip     the same, request and response gzip-compressed
 
 Prints one line per call; exits non-zero on the first mismatch or error.
 """
@@ -44,7 +46,19 @@ def rows_for(meta, holdout, diabetes):
     return spec["name"], spec["datatype"], np.asarray(data, dtype=dtype)
 
 
+def call_grpc(client, route, mode, name, datatype, x, outputs, headers):
+    import tritonclient.grpc as grpcclient
+
+    inp = grpcclient.InferInput(name, list(x.shape), datatype)
+    inp.set_data_from_numpy(x)
+    requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
+    compression = "gzip" if mode.endswith("gzip") else None
+    return client.infer(route, [inp], outputs=requested, headers=headers, compression_algorithm=compression)
+
+
 def call(client, route, mode, name, datatype, x, outputs, headers):
+    if mode.startswith("grpc"):
+        return call_grpc(client, route, mode, name, datatype, x, outputs, headers)
     binary_in = mode.startswith("default") or mode == "mixed"
     inp = httpclient.InferInput(name, list(x.shape), datatype)
     inp.set_data_from_numpy(x, binary_data=binary_in)
@@ -70,6 +84,7 @@ def call(client, route, mode, name, datatype, x, outputs, headers):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--url", required=True)
+    p.add_argument("--grpc-url", help="host:port of the gRPC listener, for the grpc modes")
     p.add_argument("--routes", required=True, help='JSON: {route: {variant: model file}}')
     p.add_argument("--modes", default="json")
     p.add_argument("--holdout", required=True)
@@ -80,30 +95,45 @@ def main():
     holdout = json.load(open(a.holdout))
     diabetes = json.loads(a.diabetes)
     headers = dict(h.split(":", 1) for h in a.header)
-    client = httpclient.InferenceServerClient(url=a.url)
-    assert client.is_server_live() and client.is_server_ready()
+    http = httpclient.InferenceServerClient(url=a.url)
+    grpc = None
+    if any(m.startswith("grpc") for m in a.modes.split(",")):
+        import tritonclient.grpc as grpcclient
+
+        if not a.grpc_url:
+            raise SystemExit("the grpc modes need --grpc-url")
+        grpc = grpcclient.InferenceServerClient(url=a.grpc_url)
+        assert grpc.is_server_live() and grpc.is_server_ready()
+        assert grpc.get_server_metadata(as_json=True)["name"] == "modelgate"
+    assert http.is_server_live() and http.is_server_ready()
     calls = 0
     for route, variants in routes.items():
-        assert client.is_model_ready(route), route
-        meta = client.get_model_metadata(route)
-        assert meta["name"] == route, f"metadata names {meta['name']!r}, asked for {route!r}"
-        name, datatype, x = rows_for(meta, holdout, diabetes)
-        outputs = [o["name"] for o in meta["outputs"]]
         # Triton's model configuration extension: the same tensors, the batch dimension told.
-        config = client.get_model_config(route)
+        hmeta = http.get_model_metadata(route, headers=headers)
+        config = http.get_model_config(route, headers=headers)
         assert config["name"] == route, config
-        assert [i["name"] for i in config["input"]] == [i["name"] for i in meta["inputs"]], config
-        assert [o["name"] for o in config["output"]] == outputs, config
-        spec = meta["inputs"][0]
+        assert [i["name"] for i in config["input"]] == [i["name"] for i in hmeta["inputs"]], config
+        assert [o["name"] for o in config["output"]] == [o["name"] for o in hmeta["outputs"]], config
+        spec = hmeta["inputs"][0]
         if int(spec["shape"][0]) == -1 and config.get("max_batch_size", 0) > 0:
             assert [int(d) for d in config["input"][0]["dims"]] == [int(d) for d in spec["shape"][1:]], config
-        before = sum(int(m.get("inference_count", 0)) for m in client.get_inference_statistics(route).get("model_stats", []))
+        stats = lambda: sum(int(m.get("inference_count", 0)) for m in http.get_inference_statistics(route, headers=headers).get("model_stats", []))
+        before = stats()
         route_calls = 0
         for mode in a.modes.split(","):
+            client = grpc if mode.startswith("grpc") else http
+            assert client.is_model_ready(route, headers=headers), route
+            if client is grpc:
+                meta = client.get_model_metadata(route, headers=headers, as_json=True)
+            else:
+                meta = client.get_model_metadata(route, headers=headers)
+            assert meta["name"] == route, f"metadata names {meta['name']!r}, asked for {route!r}"
+            name, datatype, x = rows_for(meta, holdout, diabetes)
+            outputs = [o["name"] for o in meta["outputs"]]
             for user in range(3):
                 h = dict(headers, **{"x-user-id": f"user-{user}"})
                 result = call(client, route, mode, name, datatype, x, outputs, h)
-                response = result.get_response()
+                response = result.get_response(as_json=True) if client is grpc else result.get_response()
                 assert response["model_name"] == route, response
                 variant = response.get("model_version")
                 model = variants.get(variant)
@@ -122,7 +152,7 @@ def main():
                 print(f"ok {route} [{mode}] {variant}: {', '.join(outputs)} match onnxruntime", flush=True)
         # Triton's statistics extension counts what was answered (a forwarding route reports
         # what its upstream counted, which includes only the calls made through this route).
-        after = sum(int(m.get("inference_count", 0)) for m in client.get_inference_statistics(route).get("model_stats", []))
+        after = stats()
         assert after - before >= route_calls, f"{route}: statistics counted {after - before} of {route_calls} calls"
         print(f"ok {route}: model config and statistics ({after - before} inferences counted)", flush=True)
     print(f"conformance: {calls} calls, every answer matched onnxruntime to 1e-5")

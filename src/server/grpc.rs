@@ -1,0 +1,598 @@
+//! The Open Inference Protocol over gRPC (KServe v2 `inference.GRPCInferenceService`) on
+//! `server.grpc_listen`: the same routing, limits, variant windows, metrics and request ids as
+//! the HTTP endpoints, with HTTP's errors as gRPC statuses.
+
+use super::handler::{
+    admit_permit, business_value, inject_fault, pick, request_id, AppState, Claim, Picked, REQUEST_ID,
+};
+use super::oip::{client_facing, find_model, run_model, upstream_path, Action};
+use super::{response, serve_with, ListenerSettings};
+use crate::backend::{Backend, OnnxBackend, UpstreamBackend};
+use crate::protocol::grpc::pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use crate::protocol::grpc::pb::model_metadata_response::TensorMetadata;
+use crate::protocol::grpc::pb::{
+    ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest,
+    ModelReadyResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
+    ServerReadyRequest, ServerReadyResponse,
+};
+use crate::protocol::grpc::{decode_inputs, encode_outputs, selected_outputs};
+use crate::protocol::oip::{server_metadata, InferRequest, RequestInput, ResponseOutput};
+use crate::protocol::{ApiError, DataType, Signature, Tensor, TensorSpec};
+use crate::routing::{Route, Variant};
+use crate::telemetry::shadow::{flatten_tensors, prediction};
+use crate::telemetry::window::Unit;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
+use tonic::codegen::Service;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status};
+
+/// Serves the gRPC inference service on `listener` (h2c, or TLS with `tls`) until `shutdown`
+/// completes, then lets in-flight calls finish like the HTTP listener does.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let settings = ListenerSettings {
+        header_read_timeout: state.settings.header_read_timeout,
+        shutdown_grace: state.settings.shutdown_grace,
+        tls,
+    };
+    let limit = state.settings.max_body_bytes;
+    let service = GrpcInferenceServiceServer::new(Inference { state })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Deflate);
+    serve_with(listener, settings, shutdown, move |mut req, peer| {
+        let mut service = service.clone();
+        req.extensions_mut().insert(Peer(peer));
+        async move {
+            let resp = match service.call(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            };
+            too_large(resp, limit)
+        }
+    })
+    .await;
+}
+
+/// tonic refuses a message over the decoding limit with OUT_OF_RANGE; gRPC's own servers say
+/// RESOURCE_EXHAUSTED, as HTTP says 413. The service itself never answers OUT_OF_RANGE, so
+/// that code here is always the size limit.
+fn too_large(resp: http::Response<tonic::body::Body>, limit: usize) -> http::Response<tonic::body::Body> {
+    let out_of_range = HeaderValue::from(Code::OutOfRange as i32);
+    if resp.headers().get("grpc-status") != Some(&out_of_range) {
+        return resp;
+    }
+    Status::resource_exhausted(format!(
+        "the request message is larger than the gateway's max_body_bytes of {limit} bytes: send fewer rows per \
+         request, or raise server.max_body_bytes"
+    ))
+    .into_http()
+}
+
+/// The client's address, for the `Forwarded` headers of calls forwarded upstream.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+/// The `inference.GRPCInferenceService` implementation.
+#[derive(Debug, Clone)]
+pub struct Inference {
+    state: Arc<AppState>,
+}
+
+impl Inference {
+    /// The service over a listener's shared state.
+    pub fn new(state: Arc<AppState>) -> Inference {
+        Inference { state }
+    }
+}
+
+/// A gRPC status with an API error's message, its code the one gRPC gives the HTTP status.
+fn status(e: &ApiError, headers: HeaderMap) -> Status {
+    let code = match e.status {
+        StatusCode::BAD_REQUEST => Code::InvalidArgument,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND | StatusCode::GONE => Code::NotFound,
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
+        StatusCode::NOT_IMPLEMENTED => Code::Unimplemented,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+        StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => Code::DeadlineExceeded,
+        s if s.is_client_error() => Code::FailedPrecondition,
+        _ => Code::Internal,
+    };
+    let mut metadata = MetadataMap::from_headers(headers);
+    let message = match e.retry_after {
+        Some(after) => {
+            // gRPC's retry pushback: clients with a retry policy wait this long.
+            if let Ok(v) = after.as_millis().to_string().parse() {
+                metadata.insert("grpc-retry-pushback-ms", v);
+            }
+            format!("{} (retry after {}s)", e.message, after.as_secs().max(1))
+        }
+        None => e.message.clone(),
+    };
+    Status::with_metadata(code, message, metadata)
+}
+
+/// A failure as [`status`], with no metadata.
+fn refuse(e: ApiError) -> Status {
+    status(&e, HeaderMap::new())
+}
+
+/// The client's deadline from `grpc-timeout` (digits and a unit: H, M, S, m, u or n), if it
+/// sent a valid one.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let split = text.len().checked_sub(1)?;
+    let (digits, unit) = (text.get(..split)?, text.get(split..)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// What a call's answer carries besides its message: the gateway's headers as metadata.
+fn metadata(headers: HeaderMap) -> MetadataMap {
+    MetadataMap::from_headers(headers)
+}
+
+/// A decoded and answered inference, and the prediction its request id carries.
+struct Answered {
+    response: ModelInferResponse,
+    prediction: Option<Vec<i64>>,
+}
+
+impl Inference {
+    /// One inference call under its deadline; the answer or status carries `x-request-id`.
+    async fn infer_call(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let state = &*self.state;
+        let started = Instant::now();
+        let _in_flight = state.telemetry.in_flight();
+        let (metadata_in, extensions, message) = request.into_parts();
+        let peer = extensions.get::<Peer>().map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.0);
+        let headers = metadata_in.into_headers();
+        let id = request_id(&headers);
+        let model = message.model_name.clone();
+        let gateway = state.settings.request_timeout;
+        let client = grpc_timeout(&headers).filter(|d| *d < gateway);
+        let deadline = client.unwrap_or(gateway);
+        let claim = Claim::new();
+        let result = match tokio::time::timeout(
+            deadline,
+            self.infer(&headers, message, &claim, started, Call { id: &id, peer }),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => {
+                // Cut off by the deadline: the variant's answer never came, and counts against it.
+                if let Some((stats, unit)) = claim.get() {
+                    stats.record(StatusCode::GATEWAY_TIMEOUT.as_u16(), started.elapsed(), *unit);
+                }
+                let message = match client {
+                    Some(d) => format!("request did not finish within its grpc-timeout of {d:?}"),
+                    None => format!("request did not finish within the gateway's request_timeout of {gateway:?}"),
+                };
+                Err(status(&ApiError::new(StatusCode::GATEWAY_TIMEOUT, message), HeaderMap::new()))
+            }
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        let request_id = id.to_str().unwrap_or("-");
+        match result {
+            Ok((answer, mut headers)) => {
+                tracing::debug!(model, code = "OK", micros, request_id, "grpc infer");
+                headers.insert(REQUEST_ID, id.clone());
+                Ok(Response::from_parts(metadata(headers), answer, Default::default()))
+            }
+            Err(mut status) => {
+                let code = status.code();
+                if matches!(code, Code::Internal | Code::DeadlineExceeded | Code::Unknown) {
+                    tracing::warn!(model, ?code, micros, request_id, "grpc infer failed");
+                } else {
+                    tracing::debug!(model, ?code, micros, request_id, "grpc infer refused");
+                }
+                if let Ok(v) = request_id.parse() {
+                    status.metadata_mut().insert(REQUEST_ID, v);
+                }
+                Err(status)
+            }
+        }
+    }
+
+    /// Routes, admits and answers one inference, counting the answer for its variant.
+    async fn infer(
+        &self,
+        headers: &HeaderMap,
+        message: ModelInferRequest,
+        claim: &Claim,
+        started: Instant,
+        call: Call<'_>,
+    ) -> Result<(ModelInferResponse, HeaderMap), Status> {
+        let state = &*self.state;
+        let table = state.table.load();
+        let route = find_model(&table, &message.model_name).map_err(refuse)?;
+        let version = Some(message.model_version.as_str()).filter(|v| !v.is_empty());
+        let picked = pick(state, route, version, headers, None).map_err(refuse)?;
+        let variant = picked.variant;
+        let _permit = admit_permit(state, route).map_err(refuse)?;
+        picked.claim(claim);
+        let answered = match variant.backend.as_ref() {
+            Backend::Onnx(model) => answer(route, variant, model, message).await,
+            Backend::Upstream(up) => forward(state, route, variant, up, picked.unit, message, call).await,
+        };
+        let code = match &answered {
+            Ok(_) => StatusCode::OK,
+            Err(e) => e.status,
+        };
+        variant.stats.record(code.as_u16(), started.elapsed(), picked.unit);
+        let mut out = HeaderMap::new();
+        match answered {
+            Ok(Answered { response, prediction }) => {
+                picked.decorate_headers(state, &route.name, &mut out, prediction.as_deref());
+                Ok((response, out))
+            }
+            Err(e) => {
+                picked.decorate_headers(state, &route.name, &mut out, None);
+                Err(status(&e, out))
+            }
+        }
+    }
+
+    /// The route and variant a metadata or readiness call is about.
+    fn picked<'t>(&self, route: &'t Route, version: &str, headers: &HeaderMap) -> Result<Picked<'t>, ApiError> {
+        let version = Some(version).filter(|v| !v.is_empty());
+        pick(&self.state, route, version, headers, None)
+    }
+}
+
+/// Where a call came from and the id the gateway correlates it by.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    id: &'a HeaderValue,
+    peer: SocketAddr,
+}
+
+/// Runs an in-process model on a gRPC request: its injected faults, the inputs decoded
+/// against the model's signature, the shared model call, the route's shadow copy, and the
+/// outputs in the form the inputs came in (raw for raw).
+async fn answer(
+    route: &Route,
+    variant: &Variant,
+    model: &OnnxBackend,
+    message: ModelInferRequest,
+) -> Result<Answered, ApiError> {
+    inject_fault(variant).await?;
+    let sig = model.signature();
+    let raw = !message.raw_input_contents.is_empty();
+    let selected = selected_outputs(&message.outputs, sig)?;
+    let inputs = decode_inputs(message.inputs, message.raw_input_contents, sig)?;
+    let shadow = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent);
+    // A shadow takes the request in the JSON form, as an HTTP client would have sent it.
+    let copy = shadow.map(|_| oip_json(&inputs, selected.as_deref(), None));
+    let started = Instant::now();
+    let outputs = run_model(model, inputs, selected).await?;
+    variant.stats.inference(started.elapsed());
+    let flat = flatten_tensors(&outputs);
+    let prediction = prediction(&flat);
+    if let (Some(target), Some(Ok(body))) = (shadow, copy) {
+        super::shadow::spawn(target, route, body.into(), flat);
+    }
+    let (outputs, raw_output_contents) = encode_outputs(outputs, raw);
+    let response = ModelInferResponse {
+        model_name: route.name.clone(),
+        model_version: variant.name.clone(),
+        id: message.id,
+        parameters: Default::default(),
+        outputs,
+        raw_output_contents,
+    };
+    Ok(Answered { response, prediction })
+}
+
+/// The Open Inference Protocol JSON request for decoded `inputs` (and the outputs asked for).
+fn oip_json(inputs: &[Tensor], selected: Option<&[String]>, id: Option<&str>) -> serde_json::Result<Vec<u8>> {
+    let inputs: Vec<ResponseOutput<'_>> = inputs.iter().map(ResponseOutput::from_tensor).collect();
+    let mut body = json!({ "inputs": inputs });
+    if let Some(names) = selected {
+        body["outputs"] = names.iter().map(|n| json!({ "name": n })).collect();
+    }
+    if let Some(id) = id.filter(|i| !i.is_empty()) {
+        body["id"] = json!(id);
+    }
+    serde_json::to_vec(&body)
+}
+
+/// The signature a list of tensors declares for itself (for tensors bound for, or coming
+/// from, an upstream whose model signature the gateway does not know).
+fn declared<'a>(tensors: impl Iterator<Item = (&'a str, &'a str, &'a [i64])>) -> Result<Vec<TensorSpec>, ApiError> {
+    tensors
+        .map(|(name, datatype, shape)| {
+            let datatype = DataType::parse(datatype).ok_or_else(|| {
+                let known: Vec<&str> = DataType::ALL.iter().map(|d| d.as_str()).collect();
+                ApiError::bad_request(format!(
+                    "input {name:?}: unsupported datatype {datatype:?}; modelgate carries {}",
+                    known.join(", ")
+                ))
+            })?;
+            Ok(TensorSpec { name: name.to_string(), datatype, shape: shape.to_vec() })
+        })
+        .collect()
+}
+
+/// Forwards a gRPC inference to an HTTP upstream as the Open Inference Protocol JSON request
+/// (checked against the shapes and datatypes it declares), and answers with the upstream's
+/// outputs, raw for raw like in-process answers.
+async fn forward(
+    state: &AppState,
+    route: &Route,
+    variant: &Variant,
+    up: &UpstreamBackend,
+    unit: Unit,
+    message: ModelInferRequest,
+    call: Call<'_>,
+) -> Result<Answered, ApiError> {
+    inject_fault(variant).await?;
+    let limit = state.settings.max_body_bytes;
+    let raw = !message.raw_input_contents.is_empty();
+    let inputs = declared(message.inputs.iter().map(|i| (i.name.as_str(), i.datatype.as_str(), i.shape.as_slice())))?;
+    let sig = Signature { inputs, outputs: Vec::new() };
+    let names: Vec<String> = message.outputs.iter().map(|o| o.name.clone()).collect();
+    let selected = (!names.is_empty()).then_some(names);
+    let inputs = decode_inputs(message.inputs, message.raw_input_contents, &sig)?;
+    let body = oip_json(&inputs, selected.as_deref(), Some(&message.id))
+        .map_err(|e| ApiError::bad_request(format!("the inputs have no JSON form: {e}")))?;
+    let body = Bytes::from(body);
+    let req = http::Request::post("/")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(REQUEST_ID, call.id.clone())
+        .body(response::full(body.clone()))
+        .map_err(|e| ApiError::internal(format!("cannot build the upstream request: {e}")))?;
+    let sent = Instant::now();
+    let resp = up.forward(req, &upstream_path(route, Action::Infer, None), call.peer).await?;
+    variant.stats.upstream(sent.elapsed());
+    let resp = client_facing(route, resp, limit).await?;
+    business_value(up, variant, unit, &resp);
+    let code = resp.status();
+    let answer = response::collect(resp.into_body(), limit)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer unreadable: {}", e.message)))?;
+    let json: Value = serde_json::from_slice(&answer).map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answered {code} with a body that is not JSON: {e}"))
+    })?;
+    if !code.is_success() {
+        let message = json["error"].as_str().map_or_else(|| format!("upstream answered {code}"), str::to_string);
+        return Err(ApiError::new(code, message));
+    }
+    // As over HTTP, the version is the upstream's own (the gateway's variant is in the metadata).
+    let model_version = json["model_version"].as_str().map_or_else(|| variant.name.clone(), str::to_string);
+    let outputs = upstream_outputs(json).map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer is not an inference response: {}", e.message))
+    })?;
+    let flat = flatten_tensors(&outputs);
+    let prediction = prediction(&flat);
+    if let Some(target) = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent) {
+        super::shadow::spawn(target, route, body, flat);
+    }
+    let (outputs, raw_output_contents) = encode_outputs(outputs, raw);
+    let response = ModelInferResponse {
+        model_name: route.name.clone(),
+        model_version,
+        id: message.id,
+        parameters: Default::default(),
+        outputs,
+        raw_output_contents,
+    };
+    Ok(Answered { response, prediction })
+}
+
+/// An upstream's JSON answer's outputs as tensors, each checked against its own shape.
+fn upstream_outputs(json: Value) -> Result<Vec<Tensor>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        outputs: Vec<RequestInput>,
+    }
+    let answer: Answer = serde_json::from_value(json).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let specs = declared(answer.outputs.iter().map(|o| (o.name.as_str(), o.datatype.as_str(), o.shape.as_slice())))?;
+    let sig = Signature { inputs: specs, outputs: Vec::new() };
+    InferRequest { id: None, parameters: None, inputs: answer.outputs, outputs: None, ..Default::default() }
+        .decode_inputs(&sig)
+}
+
+/// An upstream's model metadata (`GET /v2/models/{model}`), under the route's name.
+async fn upstream_metadata(
+    state: &AppState,
+    route: &Route,
+    up: &UpstreamBackend,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<ModelMetadataResponse, ApiError> {
+    let limit = state.settings.max_body_bytes;
+    let req = http::Request::get("/")
+        .header(REQUEST_ID, request_id(headers))
+        .body(response::full(Bytes::new()))
+        .map_err(|e| ApiError::internal(format!("cannot build the upstream request: {e}")))?;
+    let resp = up.forward(req, &upstream_path(route, Action::Metadata, None), peer).await?;
+    let resp = client_facing(route, resp, limit).await?;
+    let code = resp.status();
+    let body = response::collect(resp.into_body(), limit)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer unreadable: {}", e.message)))?;
+    let json: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answered {code} with a body that is not JSON: {e}"))
+    })?;
+    if !code.is_success() {
+        let message = json["error"].as_str().map_or_else(|| format!("upstream answered {code}"), str::to_string);
+        return Err(ApiError::new(code, message));
+    }
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let tensors = |v: &Value| -> Vec<TensorMetadata> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| TensorMetadata {
+                        name: text(&t["name"]),
+                        datatype: text(&t["datatype"]),
+                        shape: t["shape"]
+                            .as_array()
+                            .map(|d| d.iter().filter_map(Value::as_i64).collect())
+                            .unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(ModelMetadataResponse {
+        name: route.name.clone(),
+        versions: json["versions"].as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default(),
+        platform: text(&json["platform"]),
+        inputs: tensors(&json["inputs"]),
+        outputs: tensors(&json["outputs"]),
+    })
+}
+
+fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
+    specs
+        .iter()
+        .map(|s| TensorMetadata {
+            name: s.name.clone(),
+            datatype: s.datatype.as_str().to_string(),
+            shape: s.shape.clone(),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Inference {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        // A table is only published once every backend in it is loaded and warmed up.
+        Ok(Response::new(ServerReadyResponse { ready: true }))
+    }
+
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let (metadata_in, _, message) = request.into_parts();
+        let headers = metadata_in.into_headers();
+        let table = self.state.table.load();
+        let Some(route) = table.model(&message.name) else {
+            return Ok(Response::new(ModelReadyResponse { ready: false }));
+        };
+        match self.picked(route, &message.version, &headers) {
+            Ok(_) => Ok(Response::new(ModelReadyResponse { ready: true })),
+            Err(e) if e.status == StatusCode::NOT_FOUND => Ok(Response::new(ModelReadyResponse { ready: false })),
+            Err(e) => Err(refuse(e)),
+        }
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        let meta = server_metadata();
+        let text = |key: &str| meta[key].as_str().unwrap_or_default().to_string();
+        let extensions = meta["extensions"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        Ok(Response::new(ServerMetadataResponse { name: text("name"), version: text("version"), extensions }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let (metadata_in, extensions, message) = request.into_parts();
+        let headers = metadata_in.into_headers();
+        let table = self.state.table.load();
+        let route = find_model(&table, &message.name).map_err(refuse)?;
+        let picked = self.picked(route, &message.version, &headers).map_err(refuse)?;
+        let mut out = HeaderMap::new();
+        picked.decorate_headers(&self.state, &route.name, &mut out, None);
+        let model = match picked.variant.backend.as_ref() {
+            Backend::Onnx(model) => model,
+            Backend::Upstream(up) => {
+                let peer = extensions.get::<Peer>().map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.0);
+                return match upstream_metadata(&self.state, route, up, &headers, peer).await {
+                    Ok(answer) => Ok(Response::from_parts(metadata(out), answer, Default::default())),
+                    Err(e) => Err(status(&e, out)),
+                };
+            }
+        };
+        let sig = model.signature();
+        let answer = ModelMetadataResponse {
+            name: route.name.clone(),
+            versions: route.variants.iter().map(|v| v.name.clone()).collect(),
+            platform: "onnxruntime_onnx".to_string(),
+            inputs: tensor_metadata(&sig.inputs),
+            outputs: tensor_metadata(&sig.outputs),
+        };
+        Ok(Response::from_parts(metadata(out), answer, Default::default()))
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        self.infer_call(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_and_bad_ones_are_ignored() {
+        let t = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(t("50m"), Some(Duration::from_millis(50)));
+        assert_eq!(t("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(t("m"), None);
+        assert_eq!(t("123456789m"), None);
+        assert_eq!(t("5x"), None);
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn api_errors_become_the_matching_grpc_codes() {
+        let code = |s: StatusCode| refuse(ApiError::new(s, "m")).code();
+        assert_eq!(code(StatusCode::BAD_REQUEST), Code::InvalidArgument);
+        assert_eq!(code(StatusCode::NOT_FOUND), Code::NotFound);
+        assert_eq!(code(StatusCode::SERVICE_UNAVAILABLE), Code::Unavailable);
+        assert_eq!(code(StatusCode::GATEWAY_TIMEOUT), Code::DeadlineExceeded);
+        assert_eq!(code(StatusCode::PAYLOAD_TOO_LARGE), Code::ResourceExhausted);
+        assert_eq!(code(StatusCode::INTERNAL_SERVER_ERROR), Code::Internal);
+        assert_eq!(code(StatusCode::FORBIDDEN), Code::PermissionDenied);
+        let shed = refuse(ApiError::unavailable("busy", Duration::from_secs(1)));
+        assert_eq!(shed.message(), "busy (retry after 1s)");
+        assert_eq!(shed.metadata().get("grpc-retry-pushback-ms").unwrap(), "1000");
+    }
+}
