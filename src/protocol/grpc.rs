@@ -120,11 +120,15 @@ pub fn field(datatype: DataType) -> Option<&'static str> {
 /// Raw elements (little-endian, row-major; BYTES length-prefixed), by the binary tensor codec
 /// that HTTP's binary data extension uses too.
 fn from_raw(name: &str, checked: &Checked, bytes: &[u8]) -> Result<TensorData, ApiError> {
+    let shape = super::oip::shape_text(&checked.shape);
     super::binary::decode(bytes, checked.datatype, checked.elements).map_err(|e| {
-        ApiError::bad_request(format!(
-            "input {name:?}: shape {}: raw_input_contents: {e}",
-            super::oip::shape_text(&checked.shape)
-        ))
+        ApiError::bad_request(match e {
+            super::binary::RawError::Size { datatype, elements, expected, got } => format!(
+                "input {name:?}: shape {shape} needs {elements} elements of {datatype} ({expected} bytes), its \
+                 raw_input_contents has {got} bytes"
+            ),
+            other => format!("input {name:?}: shape {shape}: raw_input_contents: {other}"),
+        })
     })
 }
 
