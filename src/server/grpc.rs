@@ -42,11 +42,7 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let settings = ListenerSettings {
-        header_read_timeout: state.settings.header_read_timeout,
-        shutdown_grace: state.settings.shutdown_grace,
-        tls,
-    };
+    let settings = ListenerSettings::inference(&state.settings, tls);
     let limit = state.settings.max_body_bytes;
     let service = GrpcInferenceServiceServer::new(Inference { state })
         .max_decoding_message_size(limit)

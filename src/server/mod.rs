@@ -37,6 +37,17 @@ pub struct ListenerSettings {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+impl ListenerSettings {
+    /// An inference listener's settings (HTTP or gRPC): the server's timeouts, and `tls`.
+    pub fn inference(settings: &crate::config::ServerSettings, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        ListenerSettings {
+            header_read_timeout: settings.header_read_timeout,
+            shutdown_grace: settings.shutdown_grace,
+            tls,
+        }
+    }
+}
+
 /// Serves the inference API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -44,11 +55,7 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let settings = ListenerSettings {
-        header_read_timeout: state.settings.header_read_timeout,
-        shutdown_grace: state.settings.shutdown_grace,
-        tls,
-    };
+    let settings = ListenerSettings::inference(&state.settings, tls);
     serve_with(listener, settings, shutdown, move |req, peer| handler::handle(state.clone(), req, peer)).await;
 }
 
