@@ -11,9 +11,10 @@ use crate::backend::{Backend, OnnxBackend, UpstreamBackend};
 use crate::protocol::grpc::pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::protocol::grpc::pb::model_metadata_response::TensorMetadata;
 use crate::protocol::grpc::pb::{
-    ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest,
-    ModelReadyResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
-    ServerReadyRequest, ServerReadyResponse,
+    self, ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse, ModelMetadataRequest,
+    ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ModelStatisticsRequest, ModelStatisticsResponse,
+    ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest,
+    ServerReadyResponse,
 };
 use crate::protocol::grpc::{decode_inputs, encode_outputs, selected_outputs};
 use crate::protocol::oip::{server_metadata, InferRequest, RequestInput, ResponseOutput};
@@ -553,6 +554,76 @@ impl GrpcInferenceService for Inference {
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         self.infer_call(request).await
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
+        let (metadata_in, _, message) = request.into_parts();
+        let headers = metadata_in.into_headers();
+        let table = self.state.table.load();
+        let route = find_model(&table, &message.name).map_err(refuse)?;
+        let picked = self.picked(route, &message.version, &headers).map_err(refuse)?;
+        let Backend::Onnx(model) = picked.variant.backend.as_ref() else {
+            return Err(Status::unimplemented(format!(
+                "route {:?} forwards to an upstream model server; its configuration is at GET /v2/models/{}/config over HTTP",
+                route.name, route.name
+            )));
+        };
+        let sig = model.signature();
+        let c = super::triton::config(&sig.inputs, &sig.outputs);
+        let datatype = |name: &str| pb::DataType::from_str_name(name).unwrap_or(pb::DataType::TypeInvalid) as i32;
+        let config = pb::ModelConfig {
+            name: route.name.clone(),
+            platform: "onnxruntime_onnx".to_string(),
+            backend: "onnxruntime".to_string(),
+            max_batch_size: i32::try_from(c.max_batch_size).unwrap_or(i32::MAX),
+            input: c
+                .inputs
+                .iter()
+                .map(|t| pb::ModelInput {
+                    name: t.name.to_string(),
+                    data_type: datatype(&t.data_type),
+                    dims: t.dims.to_vec(),
+                })
+                .collect(),
+            output: c
+                .outputs
+                .iter()
+                .map(|t| pb::ModelOutput {
+                    name: t.name.to_string(),
+                    data_type: datatype(&t.data_type),
+                    dims: t.dims.to_vec(),
+                })
+                .collect(),
+        };
+        Ok(Response::new(ModelConfigResponse { config: Some(config) }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let message = request.into_inner();
+        let table = self.state.table.load();
+        let route = find_model(&table, &message.name).map_err(refuse)?;
+        let version = Some(message.version.as_str()).filter(|v| !v.is_empty());
+        let duration = |count, ns| Some(pb::StatisticDuration { count, ns });
+        let model_stats = super::triton::counts(route, version)
+            .iter()
+            .map(|c| pb::ModelStatistics {
+                name: route.name.clone(),
+                version: c.version.to_string(),
+                inference_count: c.ok,
+                execution_count: c.ok,
+                inference_stats: Some(pb::InferStatistics {
+                    success: duration(c.ok, c.ok_ns),
+                    fail: duration(c.failed, c.failed_ns),
+                }),
+            })
+            .collect();
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 }
 

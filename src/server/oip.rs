@@ -131,12 +131,15 @@ pub(super) async fn handle(
                 (Backend::Onnx(model), Action::Config) => {
                     let sig = model.signature();
                     (
-                        response::json_value(StatusCode::OK, &super::triton::config(route, &sig.inputs, &sig.outputs)),
+                        response::json_value(
+                            StatusCode::OK,
+                            &super::triton::config_json(route, &sig.inputs, &sig.outputs),
+                        ),
                         None,
                     )
                 }
                 (Backend::Onnx(_), Action::Stats) => {
-                    (response::json_value(StatusCode::OK, &super::triton::stats(route, version)), None)
+                    (response::json_value(StatusCode::OK, &super::triton::stats_json(route, version)), None)
                 }
                 (Backend::Onnx(_), Action::Ready) => (
                     response::json_value(

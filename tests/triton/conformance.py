@@ -117,6 +117,22 @@ def main():
         spec = hmeta["inputs"][0]
         if int(spec["shape"][0]) == -1 and config.get("max_batch_size", 0) > 0:
             assert [int(d) for d in config["input"][0]["dims"]] == [int(d) for d in spec["shape"][1:]], config
+        if grpc is not None:
+            # The same configuration over gRPC (forwarded routes answer it over HTTP only).
+            try:
+                gconfig = grpc.get_model_config(route, headers=headers, as_json=True)["config"]
+            except Exception as e:  # tritonclient raises its own exception type
+                if "forwards to an upstream" not in str(e):
+                    raise
+            else:
+                assert gconfig["name"] == route, gconfig
+                assert int(gconfig.get("max_batch_size", 0)) == int(config.get("max_batch_size", 0)), (gconfig, config)
+                assert [(i["name"], i["data_type"], [int(d) for d in i["dims"]]) for i in gconfig["input"]] == [
+                    (i["name"], i["data_type"], [int(d) for d in i["dims"]]) for i in config["input"]
+                ], (gconfig, config)
+                gstats = grpc.get_inference_statistics(route, headers=headers, as_json=True)
+                assert all(m["name"] == route for m in gstats["model_stats"]), gstats
+                print(f"ok {route}: model config and statistics over gRPC match HTTP's", flush=True)
         stats = lambda: sum(int(m.get("inference_count", 0)) for m in http.get_inference_statistics(route, headers=headers).get("model_stats", []))
         before = stats()
         route_calls = 0
