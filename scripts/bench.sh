@@ -2,7 +2,7 @@
 # `make bench`: the three benchmark tables, each run side by side on this machine, loopback only.
 #   1. proxy overhead: direct to an upstream vs. modelgate vs. nginx vs. HAProxy (1 worker each)
 #   2. in-process inference: modelgate OIP infer vs. a raw ONNX Runtime loop vs. MLServer 1.7,
-#      then JSON vs. binary tensor data at 1 and 256 rows
+#      then JSON vs. binary tensor data vs. gRPC at 1 and 256 rows
 #   3. criterion micro-benchmarks: variant assignment and table swaps
 # Installs what it needs when missing: nginx and haproxy (Debian), MLServer (PyPI, in .bench/venv).
 # BENCH_SECONDS (default 10) sets each load run's length; BENCH_CONNECTIONS (default 32) its connections.
@@ -120,9 +120,9 @@ row "HAProxy 2.6 (http-reuse always)" "$hapid" --url "http://127.0.0.1:$hap" --p
 cleanup; pids=()
 
 # ---- 2. in-process inference --------------------------------------------------------------
-mip=$(free_port); mia=$(free_port); msp=$(free_port)
+mip=$(free_port); mia=$(free_port); msp=$(free_port); mig=$(free_port)
 cat >"$work/infer.yaml" <<CONF
-server: {listen: "127.0.0.1:$mip", admin_listen: "127.0.0.1:$mia", state_dir: state}
+server: {listen: "127.0.0.1:$mip", admin_listen: "127.0.0.1:$mia", grpc_listen: "127.0.0.1:$mig", state_dir: state}
 backends:
   - name: bc-v2
     onnx: {path: "$PWD/models/breast-cancer-v2.onnx", sessions: 2, intra_op_threads: 1}
@@ -147,13 +147,14 @@ mipid=$(start "$mg" serve --config "$work/infer.yaml"); pids+=("$mipid"); wait_p
 row "modelgate OIP infer (2 sessions)" "$mipid" --url "http://127.0.0.1:$mip" --model breast-cancer-v2
 forms=$(
   echo
-  echo "### Tensor forms over HTTP (the same modelgate and model, $conns connections, ${secs}s each)"
+  echo "### Tensor forms over HTTP and gRPC (the same modelgate and model, $conns connections, ${secs}s each)"
   echo
   echo "| request | requests/s | p50 ms | p99 ms | server CPU s / 1000 req | errors |"
   echo "|---|---:|---:|---:|---:|---:|"
   for rows in 1 256; do
     row "JSON, $rows row(s)" "$mipid" --url "http://127.0.0.1:$mip" --model breast-cancer-v2 --rows "$rows"
     row "binary tensor data, $rows row(s)" "$mipid" --url "http://127.0.0.1:$mip" --model breast-cancer-v2 --rows "$rows" --binary
+    row "gRPC ModelInfer (raw contents), $rows row(s)" "$mipid" --url "http://127.0.0.1:$mig" --model breast-cancer-v2 --rows "$rows" --grpc
   done
 )
 cleanup; pids=()

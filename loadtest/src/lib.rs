@@ -18,6 +18,9 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use modelgate::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+use modelgate::protocol::grpc::pb::model_infer_request::InferInputTensor;
+use modelgate::protocol::grpc::pb::ModelInferRequest;
 use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -76,6 +79,10 @@ pub struct Args {
     /// by default) instead of JSON.
     #[arg(long)]
     pub binary: bool,
+    /// Call ModelInfer on the gRPC listener at --url (raw input contents, as tritonclient.grpc
+    /// sends by default) instead of HTTP.
+    #[arg(long)]
+    pub grpc: bool,
     /// Held-out samples to send.
     #[arg(long, default_value = "models/breast-cancer-holdout.json")]
     pub samples: PathBuf,
@@ -152,16 +159,89 @@ struct Workload {
     /// Request bodies and their labels, one per starting sample, built once: the generator
     /// must not spend its CPU on JSON while it measures the server.
     bodies: Vec<(Bytes, Value, Option<usize>)>,
+    /// With `--grpc`: the same batches as ModelInfer requests, and the client.
+    grpc: Option<(GrpcClient, Vec<ModelInferRequest>)>,
     pub conversion: BTreeMap<String, f64>,
     stats: Mutex<Stats>,
     sent: AtomicU64,
     p99_us: AtomicU64,
 }
 
+/// The generated gRPC client over an h2c connection pool.
+type GrpcClient = GrpcInferenceServiceClient<Client<HttpConnector, tonic::body::Body>>;
+
+/// The batches of `samples` as ModelInfer requests with raw FP32 inputs.
+fn grpc_requests(model: &str, samples: &[(Value, i64)], rows: usize) -> Vec<ModelInferRequest> {
+    (0..samples.len())
+        .map(|first| {
+            let batch: Vec<&(Value, i64)> = (0..rows).map(|r| &samples[(first + r) % samples.len()]).collect();
+            let width = batch[0].0.as_array().map_or(0, Vec::len);
+            let raw: Vec<u8> = batch
+                .iter()
+                .flat_map(|(f, _)| f.as_array().into_iter().flatten())
+                .flat_map(|v| (v.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
+                .collect();
+            ModelInferRequest {
+                model_name: model.to_string(),
+                inputs: vec![InferInputTensor {
+                    name: "input".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![rows as i64, width as i64],
+                    ..Default::default()
+                }],
+                raw_input_contents: vec![raw],
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
 impl Workload {
+    /// One gRPC ModelInfer call: its HTTP-equivalent status and the variant that answered.
+    async fn one_grpc(&self, client: &GrpcClient, request: ModelInferRequest) -> (Option<u16>, String) {
+        let mut req = tonic::Request::new(request);
+        if self.args.users > 0 {
+            let user = format!("user-{}", rand::rng().random_range(0..self.args.users));
+            if let (Ok(name), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(self.args.user_header.as_bytes()),
+                user.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>(),
+            ) {
+                req.metadata_mut().insert(name, value);
+            }
+        }
+        let variant = |m: &tonic::metadata::MetadataMap| {
+            m.get("x-modelgate-variant").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+        };
+        match client.clone().model_infer(req).await {
+            Ok(resp) => (Some(200), variant(resp.metadata())),
+            Err(status) => {
+                let code = match status.code() {
+                    tonic::Code::InvalidArgument => 400,
+                    tonic::Code::NotFound => 404,
+                    tonic::Code::ResourceExhausted => 413,
+                    tonic::Code::Unavailable => 503,
+                    tonic::Code::DeadlineExceeded => 504,
+                    _ => 500,
+                };
+                (Some(code), variant(status.metadata()))
+            }
+        }
+    }
+
     /// Sends request number `i`, scheduled for `intended`, and records it.
     async fn one(&self, i: u64, intended: Instant) {
         let args = &self.args;
+        if let Some((client, requests)) = &self.grpc {
+            let request = requests[(i as usize * args.rows.max(1)) % requests.len()].clone();
+            let (status, variant) = self.one_grpc(client, request).await;
+            let micros = intended.elapsed().as_micros() as u64;
+            let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            s.record(&variant, status, micros);
+            if i.is_multiple_of(100) {
+                self.p99_us.store(s.all.value_at_quantile(0.99), Ordering::Relaxed);
+            }
+            return;
+        }
         let (req, label) = match (&args.model, &args.path) {
             (Some(model), _) => {
                 let (body, label, header) = &self.bodies[(i as usize * args.rows.max(1)) % self.bodies.len()];
@@ -304,8 +384,20 @@ pub async fn run_until(args: Args, stop: Arc<AtomicBool>) -> anyhow::Result<Valu
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
     let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build_http();
     let bodies = bodies(&samples, args.rows.max(1), args.binary);
+    let grpc = match (&args.model, args.grpc) {
+        (Some(model), true) => {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            let pool = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
+            let origin = args.url.parse().context("--url must be http://host:port of the gRPC listener")?;
+            Some((GrpcClient::with_origin(pool, origin), grpc_requests(model, &samples, args.rows.max(1))))
+        }
+        (None, true) => bail!("--grpc needs --model"),
+        _ => None,
+    };
     let work = Arc::new(Workload {
         bodies,
+        grpc,
         client,
         conversion,
         stats: Mutex::new(Stats {
