@@ -17,14 +17,14 @@ use crate::protocol::grpc::pb::{
     ServerReadyResponse,
 };
 use crate::protocol::grpc::{decode_inputs, encode_outputs, selected_outputs};
-use crate::protocol::oip::{server_metadata, InferRequest, RequestInput, ResponseOutput};
+use crate::protocol::oip::{plain_request, server_metadata, InferRequest, RequestInput};
 use crate::protocol::{ApiError, DataType, Signature, Tensor, TensorSpec};
 use crate::routing::{Route, Variant};
 use crate::telemetry::shadow::{flatten_tensors, prediction};
 use crate::telemetry::window::Unit;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -289,7 +289,7 @@ async fn answer(
     let inputs = decode_inputs(message.inputs, message.raw_input_contents, sig)?;
     let shadow = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent);
     // A shadow takes the request in the JSON form, as an HTTP client would have sent it.
-    let copy = shadow.map(|_| oip_json(&inputs, selected.as_deref(), None));
+    let copy = shadow.map(|_| plain_request(&inputs, output_names(&selected), None));
     let started = Instant::now();
     let outputs = run_model(model, inputs, selected).await?;
     variant.stats.inference(started.elapsed());
@@ -310,17 +310,9 @@ async fn answer(
     Ok(Answered { response, prediction })
 }
 
-/// The Open Inference Protocol JSON request for decoded `inputs` (and the outputs asked for).
-fn oip_json(inputs: &[Tensor], selected: Option<&[String]>, id: Option<&str>) -> serde_json::Result<Vec<u8>> {
-    let inputs: Vec<ResponseOutput<'_>> = inputs.iter().map(ResponseOutput::from_tensor).collect();
-    let mut body = json!({ "inputs": inputs });
-    if let Some(names) = selected {
-        body["outputs"] = names.iter().map(|n| json!({ "name": n })).collect();
-    }
-    if let Some(id) = id.filter(|i| !i.is_empty()) {
-        body["id"] = json!(id);
-    }
-    serde_json::to_vec(&body)
+/// The names of the outputs asked for, as the OIP JSON request lists them.
+fn output_names(selected: &Option<Vec<String>>) -> Option<Vec<&str>> {
+    selected.as_ref().map(|s| s.iter().map(String::as_str).collect())
 }
 
 /// The signature a list of tensors declares for itself (for tensors bound for, or coming
@@ -360,7 +352,7 @@ async fn forward(
     let names: Vec<String> = message.outputs.iter().map(|o| o.name.clone()).collect();
     let selected = (!names.is_empty()).then_some(names);
     let inputs = decode_inputs(message.inputs, message.raw_input_contents, &sig)?;
-    let body = oip_json(&inputs, selected.as_deref(), Some(&message.id))
+    let body = plain_request(&inputs, output_names(&selected), Some(&message.id))
         .map_err(|e| ApiError::bad_request(format!("the inputs have no JSON form: {e}")))?;
     let body = Bytes::from(body);
     let req = http::Request::post("/")

@@ -177,35 +177,43 @@ impl InferRequest {
     /// (a shadow) that need not speak the binary extension. `None` when an input has no JSON
     /// form (`BF16`, or `BYTES` that are not UTF-8).
     pub fn to_plain_json(&self, inputs: &[Tensor]) -> Option<Vec<u8>> {
-        #[derive(Serialize)]
-        struct Input<'a> {
-            name: &'a str,
-            shape: &'a [usize],
-            datatype: &'static str,
-            data: &'a TensorData,
-        }
-        #[derive(Serialize)]
-        struct Output<'a> {
-            name: &'a str,
-        }
-        #[derive(Serialize)]
-        struct Plain<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            id: Option<&'a str>,
-            inputs: Vec<Input<'a>>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            outputs: Option<Vec<Output<'a>>>,
-        }
-        let plain = Plain {
-            id: self.id.as_deref(),
-            inputs: inputs
-                .iter()
-                .map(|t| Input { name: &t.name, shape: &t.shape, datatype: t.data.datatype().as_str(), data: &t.data })
-                .collect(),
-            outputs: self.outputs.as_ref().map(|os| os.iter().map(|o| Output { name: &o.name }).collect()),
-        };
-        serde_json::to_vec(&plain).ok()
+        let outputs = self.outputs.as_ref().map(|os| os.iter().map(|o| o.name.as_str()).collect());
+        plain_request(inputs, outputs, self.id.as_deref()).ok()
     }
+}
+
+/// The Open Inference Protocol JSON request for decoded `inputs`, the outputs asked for and an
+/// id: what a shadow or an HTTP upstream is sent, whatever form the client used (binary data,
+/// gRPC). Fails when an input has no JSON form (`BF16`, or `BYTES` that are not UTF-8).
+pub fn plain_request(inputs: &[Tensor], outputs: Option<Vec<&str>>, id: Option<&str>) -> serde_json::Result<Vec<u8>> {
+    #[derive(Serialize)]
+    struct Input<'a> {
+        name: &'a str,
+        shape: &'a [usize],
+        datatype: &'static str,
+        data: &'a TensorData,
+    }
+    #[derive(Serialize)]
+    struct Output<'a> {
+        name: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Plain<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        inputs: Vec<Input<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        outputs: Option<Vec<Output<'a>>>,
+    }
+    let plain = Plain {
+        id: id.filter(|i| !i.is_empty()),
+        inputs: inputs
+            .iter()
+            .map(|t| Input { name: &t.name, shape: &t.shape, datatype: t.data.datatype().as_str(), data: &t.data })
+            .collect(),
+        outputs: outputs.map(|os| os.into_iter().map(|name| Output { name }).collect()),
+    };
+    serde_json::to_vec(&plain)
 }
 
 /// An encoded answer: the body, and the JSON header's length when binary data follows it (the
