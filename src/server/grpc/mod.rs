@@ -34,6 +34,9 @@ use tonic::codec::CompressionEncoding;
 use tonic::codegen::Service;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
+use upstream::{forward, upstream_metadata};
+
+mod upstream;
 
 /// Serves the gRPC inference service on `listener` (h2c, or TLS with `tls`) until `shutdown`
 /// completes, then lets in-flight calls finish like the HTTP listener does.
@@ -313,154 +316,6 @@ async fn answer(
 /// The names of the outputs asked for, as the OIP JSON request lists them.
 fn output_names(selected: &Option<Vec<String>>) -> Option<Vec<&str>> {
     selected.as_ref().map(|s| s.iter().map(String::as_str).collect())
-}
-
-/// The signature a list of tensors declares for itself (for tensors bound for, or coming
-/// from, an upstream whose model signature the gateway does not know).
-fn declared<'a>(tensors: impl Iterator<Item = (&'a str, &'a str, &'a [i64])>) -> Result<Vec<TensorSpec>, ApiError> {
-    tensors
-        .map(|(name, datatype, shape)| {
-            let datatype = DataType::parse(datatype).ok_or_else(|| {
-                let known: Vec<&str> = DataType::ALL.iter().map(|d| d.as_str()).collect();
-                ApiError::bad_request(format!(
-                    "input {name:?}: unsupported datatype {datatype:?}; modelgate carries {}",
-                    known.join(", ")
-                ))
-            })?;
-            Ok(TensorSpec { name: name.to_string(), datatype, shape: shape.to_vec() })
-        })
-        .collect()
-}
-
-/// Forwards a gRPC inference to an HTTP upstream as the Open Inference Protocol JSON request
-/// (checked against the shapes and datatypes it declares), and answers with the upstream's
-/// outputs, raw for raw like in-process answers.
-async fn forward(
-    state: &AppState,
-    route: &Route,
-    variant: &Variant,
-    up: &UpstreamBackend,
-    unit: Unit,
-    message: ModelInferRequest,
-    call: Call<'_>,
-) -> Result<Answered, ApiError> {
-    inject_fault(variant).await?;
-    let limit = state.settings.max_body_bytes;
-    let raw = !message.raw_input_contents.is_empty();
-    let inputs = declared(message.inputs.iter().map(|i| (i.name.as_str(), i.datatype.as_str(), i.shape.as_slice())))?;
-    let sig = Signature { inputs, outputs: Vec::new() };
-    let names: Vec<String> = message.outputs.iter().map(|o| o.name.clone()).collect();
-    let selected = (!names.is_empty()).then_some(names);
-    let inputs = decode_inputs(message.inputs, message.raw_input_contents, &sig)?;
-    let body = plain_request(&inputs, output_names(&selected), Some(&message.id))
-        .map_err(|e| ApiError::bad_request(format!("the inputs have no JSON form: {e}")))?;
-    let body = Bytes::from(body);
-    let req = http::Request::post("/")
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(REQUEST_ID, call.id.clone())
-        .body(response::full(body.clone()))
-        .map_err(|e| ApiError::internal(format!("cannot build the upstream request: {e}")))?;
-    let sent = Instant::now();
-    let resp = up.forward(req, &upstream_path(route, Action::Infer, None), call.peer).await?;
-    variant.stats.upstream(sent.elapsed());
-    let resp = client_facing(route, resp, limit).await?;
-    business_value(up, variant, unit, &resp);
-    let code = resp.status();
-    let answer = response::collect(resp.into_body(), limit)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer unreadable: {}", e.message)))?;
-    let json: Value = serde_json::from_slice(&answer).map_err(|e| {
-        ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answered {code} with a body that is not JSON: {e}"))
-    })?;
-    if !code.is_success() {
-        let message = json["error"].as_str().map_or_else(|| format!("upstream answered {code}"), str::to_string);
-        return Err(ApiError::new(code, message));
-    }
-    // As over HTTP, the version is the upstream's own (the gateway's variant is in the metadata).
-    let model_version = json["model_version"].as_str().map_or_else(|| variant.name.clone(), str::to_string);
-    let outputs = upstream_outputs(json).map_err(|e| {
-        ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer is not an inference response: {}", e.message))
-    })?;
-    let flat = flatten_tensors(&outputs);
-    let prediction = prediction(&flat);
-    if let Some(target) = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent) {
-        super::shadow::spawn(target, route, body, flat);
-    }
-    let (outputs, raw_output_contents) = encode_outputs(outputs, raw);
-    let response = ModelInferResponse {
-        model_name: route.name.clone(),
-        model_version,
-        id: message.id,
-        parameters: Default::default(),
-        outputs,
-        raw_output_contents,
-    };
-    Ok(Answered { response, prediction })
-}
-
-/// An upstream's JSON answer's outputs as tensors, each checked against its own shape.
-fn upstream_outputs(json: Value) -> Result<Vec<Tensor>, ApiError> {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        outputs: Vec<RequestInput>,
-    }
-    let answer: Answer = serde_json::from_value(json).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let specs = declared(answer.outputs.iter().map(|o| (o.name.as_str(), o.datatype.as_str(), o.shape.as_slice())))?;
-    let sig = Signature { inputs: specs, outputs: Vec::new() };
-    InferRequest { id: None, parameters: None, inputs: answer.outputs, outputs: None, ..Default::default() }
-        .decode_inputs(&sig)
-}
-
-/// An upstream's model metadata (`GET /v2/models/{model}`), under the route's name.
-async fn upstream_metadata(
-    state: &AppState,
-    route: &Route,
-    up: &UpstreamBackend,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-) -> Result<ModelMetadataResponse, ApiError> {
-    let limit = state.settings.max_body_bytes;
-    let req = http::Request::get("/")
-        .header(REQUEST_ID, request_id(headers))
-        .body(response::full(Bytes::new()))
-        .map_err(|e| ApiError::internal(format!("cannot build the upstream request: {e}")))?;
-    let resp = up.forward(req, &upstream_path(route, Action::Metadata, None), peer).await?;
-    let resp = client_facing(route, resp, limit).await?;
-    let code = resp.status();
-    let body = response::collect(resp.into_body(), limit)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer unreadable: {}", e.message)))?;
-    let json: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answered {code} with a body that is not JSON: {e}"))
-    })?;
-    if !code.is_success() {
-        let message = json["error"].as_str().map_or_else(|| format!("upstream answered {code}"), str::to_string);
-        return Err(ApiError::new(code, message));
-    }
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let tensors = |v: &Value| -> Vec<TensorMetadata> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|t| TensorMetadata {
-                        name: text(&t["name"]),
-                        datatype: text(&t["datatype"]),
-                        shape: t["shape"]
-                            .as_array()
-                            .map(|d| d.iter().filter_map(Value::as_i64).collect())
-                            .unwrap_or_default(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    Ok(ModelMetadataResponse {
-        name: route.name.clone(),
-        versions: json["versions"].as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default(),
-        platform: text(&json["platform"]),
-        inputs: tensors(&json["inputs"]),
-        outputs: tensors(&json["outputs"]),
-    })
 }
 
 fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
