@@ -52,29 +52,12 @@ pub fn unit_id(key: &str) -> u64 {
 /// Bucket counts for weights in a fixed order, summing to [`BUCKETS`] (largest remainder, ties
 /// to the earlier variant). All-zero weights give everything to the first variant.
 pub fn bucket_counts(weights: &[f64]) -> Vec<u32> {
-    let total: f64 = weights.iter().filter(|w| w.is_finite() && **w > 0.0).sum();
     if weights.is_empty() {
         return Vec::new();
     }
-    if total <= 0.0 {
-        let mut v = vec![0; weights.len()];
-        v[0] = BUCKETS;
-        return v;
-    }
-    let exact: Vec<f64> =
-        weights.iter().map(|w| if w.is_finite() && *w > 0.0 { w / total * f64::from(BUCKETS) } else { 0.0 }).collect();
-    let mut counts: Vec<u32> = exact.iter().map(|e| e.floor() as u32).collect();
-    let mut left = BUCKETS - counts.iter().sum::<u32>();
-    let mut order: Vec<usize> = (0..weights.len()).collect();
-    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
-    for i in order {
-        if left == 0 {
-            break;
-        }
-        if exact[i] > 0.0 {
-            counts[i] += 1;
-            left -= 1;
-        }
+    let mut counts = split(BUCKETS, weights);
+    if counts.iter().all(|c| *c == 0) {
+        counts[0] = BUCKETS;
     }
     counts
 }
@@ -170,22 +153,22 @@ impl Layout {
     }
 }
 
-/// `count` buckets split by `weights` (largest remainder, ties to the earlier one).
+/// `count` buckets split by `weights` (largest remainder, ties to the earlier one); weights
+/// that are not finite and positive get none, and all-zero weights give all zeros.
 fn split(count: u32, weights: &[f64]) -> Vec<u32> {
-    let total: f64 = weights.iter().filter(|w| **w > 0.0).sum();
+    let usable = |w: f64| w.is_finite() && w > 0.0;
+    let total: f64 = weights.iter().copied().filter(|w| usable(*w)).sum();
     if total <= 0.0 {
-        return weights.iter().map(|_| 0).collect();
+        return vec![0; weights.len()];
     }
-    let exact: Vec<f64> = weights.iter().map(|w| w.max(0.0) / total * f64::from(count)).collect();
+    let exact: Vec<f64> = weights.iter().map(|&w| if usable(w) { w / total * f64::from(count) } else { 0.0 }).collect();
     let mut parts: Vec<u32> = exact.iter().map(|e| e.floor() as u32).collect();
-    let mut left = count - parts.iter().sum::<u32>();
-    let mut order: Vec<usize> = (0..weights.len()).filter(|i| weights[*i] > 0.0).collect();
+    let left = count.saturating_sub(parts.iter().sum::<u32>());
+    let mut order: Vec<usize> = (0..weights.len()).filter(|&i| usable(weights[i])).collect();
     order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
     for i in order.into_iter().cycle().take(left as usize) {
         parts[i] += 1;
-        left -= 1;
     }
-    debug_assert_eq!(left, 0);
     parts
 }
 
@@ -198,6 +181,17 @@ pub struct StickyKey {
     pub set_cookie: Option<String>,
 }
 
+/// Every `name=value` pair of a request's `Cookie` headers, in order (pairs without `=` are
+/// skipped).
+pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+}
+
 /// Reads the sticky key of a request; with cookie stickiness and no cookie, draws a new key.
 pub fn sticky_key(sticky: &Sticky, headers: &HeaderMap, query: Option<&str>) -> Option<StickyKey> {
     let found = match sticky {
@@ -208,15 +202,7 @@ pub fn sticky_key(sticky: &Sticky, headers: &HeaderMap, query: Option<&str>) -> 
                 (k == name).then(|| v.to_string())
             })
         }),
-        Sticky::Cookie(name) => headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| {
-                let (k, v) = c.trim().split_once('=')?;
-                (k == name).then(|| v.to_string())
-            }),
+        Sticky::Cookie(name) => cookies(headers).find(|(k, _)| k == name).map(|(_, v)| v.to_string()),
     };
     match (found.filter(|k| !k.is_empty()), sticky) {
         (Some(key), _) => Some(StickyKey { key, set_cookie: None }),

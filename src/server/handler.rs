@@ -328,15 +328,8 @@ pub(super) fn strip_gateway_headers(state: &AppState, route: &Route, headers: &m
     // The route's sticky cookie is the gateway's; the client's other cookies go on.
     if let Some(crate::config::Sticky::Cookie(name)) = &route.sticky {
         if headers.contains_key(http::header::COOKIE) {
-            let kept: Vec<String> = headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .map(str::trim)
-                .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(k, _)| k.trim()) != name)
-                .map(str::to_string)
-                .collect();
+            let kept: Vec<String> =
+                assign::cookies(headers).filter(|(k, _)| k != name).map(|(k, v)| format!("{k}={v}")).collect();
             headers.remove(http::header::COOKIE);
             if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
                 if !kept.is_empty() {
