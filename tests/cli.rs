@@ -5,6 +5,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::grpc::grpc_client;
 use support::*;
 
 fn modelgate() -> Command {

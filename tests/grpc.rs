@@ -5,13 +5,14 @@
 mod support;
 
 use http::StatusCode;
-use modelgate::protocol::grpc::pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use modelgate::protocol::grpc::pb::model_infer_request::InferRequestedOutputTensor;
 use modelgate::protocol::grpc::pb::{
-    InferTensorContents, ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelReadyRequest,
-    ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest,
+    ModelInferRequest, ModelMetadataRequest, ModelReadyRequest, ServerLiveRequest, ServerMetadataRequest,
+    ServerReadyRequest,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
+use support::grpc::*;
 use support::*;
 use tonic::{Code, Request};
 
@@ -54,73 +55,6 @@ routes:
         v2 = model("breast-cancer-v2.onnx"),
         diabetes = model("diabetes-v1.onnx"),
     )
-}
-
-/// The input that models/generate.py ran through Python onnxruntime for `model`, and the
-/// outputs it recorded.
-fn recorded(model: &str) -> (String, Value, Value) {
-    let e = &expected_outputs()["models"][model];
-    let (name, input) = e["inputs"].as_object().unwrap().iter().next().unwrap();
-    (name.clone(), input.clone(), e["outputs"].clone())
-}
-
-fn shape(v: &Value) -> Vec<i64> {
-    v.as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
-}
-
-/// An inference request for `route` with `input` as typed contents, or as raw bytes.
-fn request(route: &str, name: &str, input: &Value, raw: bool) -> ModelInferRequest {
-    let datatype = input["datatype"].as_str().unwrap().to_string();
-    let data = floats(&input["data"]);
-    let (contents, raw_input_contents) = match (raw, datatype.as_str()) {
-        (false, "FP32") => (
-            Some(InferTensorContents { fp32_contents: data.iter().map(|&x| x as f32).collect(), ..Default::default() }),
-            vec![],
-        ),
-        (false, _) => (Some(InferTensorContents { fp64_contents: data, ..Default::default() }), vec![]),
-        (true, "FP32") => (None, vec![data.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()]),
-        (true, _) => (None, vec![data.iter().flat_map(|&x| x.to_le_bytes()).collect()]),
-    };
-    ModelInferRequest {
-        model_name: route.into(),
-        id: format!("req-{route}"),
-        inputs: vec![InferInputTensor {
-            name: name.into(),
-            datatype,
-            shape: shape(&input["shape"]),
-            parameters: Default::default(),
-            contents,
-        }],
-        raw_input_contents,
-        ..Default::default()
-    }
-}
-
-/// Each output's elements as f64 (INT64 and FP32 widened), read from typed or raw contents.
-fn output_values(resp: &ModelInferResponse, name: &str) -> Vec<f64> {
-    let (i, out) = resp.outputs.iter().enumerate().find(|(_, o)| o.name == name).expect("output missing");
-    if let Some(c) = &out.contents {
-        assert!(resp.raw_output_contents.is_empty(), "typed and raw outputs mixed");
-        return match out.datatype.as_str() {
-            "INT64" => c.int64_contents.iter().map(|&x| x as f64).collect(),
-            "FP32" => c.fp32_contents.iter().map(|&x| x as f64).collect(),
-            _ => c.fp64_contents.clone(),
-        };
-    }
-    let raw = &resp.raw_output_contents[i];
-    match out.datatype.as_str() {
-        "INT64" => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        "FP32" => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        _ => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-    }
-}
-
-fn header(meta: &tonic::metadata::MetadataMap, name: &str) -> String {
-    meta.get(name).unwrap_or_else(|| panic!("no {name} in {meta:?}")).to_str().unwrap().to_string()
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod feedback;
 pub mod grpc;
 mod handler;
 mod oip;
+mod pipeline;
 mod rename;
 pub mod response;
 mod shadow;

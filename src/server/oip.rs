@@ -1,6 +1,7 @@
 //! Open Inference Protocol v2 REST endpoints.
 
-use super::handler::{admit, business_value, inject_fault, pick, strip_gateway_headers, AppState, Claim};
+use super::handler::AppState;
+use super::pipeline::{self, pick, strip_gateway_headers, Entry, Pending};
 use super::{feedback, response, shadow};
 use crate::backend::{Backend, Body, InferError, OnnxBackend};
 use crate::config::RouteKind;
@@ -75,7 +76,7 @@ pub(super) async fn handle(
     state: &AppState,
     mut req: Request<Body>,
     peer: SocketAddr,
-    claim: &Claim,
+    pending: &Pending,
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let Some(endpoint) = parse(&path) else {
@@ -105,54 +106,67 @@ pub(super) async fn handle(
             let route = find_model(&table, name)?;
             let expected = if action == Action::Infer { Method::POST } else { Method::GET };
             allow(req.method(), expected)?;
+            if action == Action::Infer {
+                return infer_call(state, route, version, req, peer, pending).await;
+            }
             let picked = pick(state, route, version, req.headers(), req.uri().query())?;
             strip_gateway_headers(state, route, req.headers_mut());
             let variant = picked.variant;
-            let (mut resp, prediction) = match (variant.backend.as_ref(), action) {
-                (_, Action::Infer) => {
-                    let (_permit, req) = admit(state, route, req).await?;
-                    picked.claim(claim);
-                    // Inflated after admission: a shed request costs no decompression.
-                    let answered = match super::encoding::decode_request(req, state.settings.max_body_bytes).await {
-                        Ok(req) => infer(state, route, variant, picked.unit, req, peer).await,
-                        Err(e) => Err(e),
-                    };
-                    // Failures count against the variant too: answer them here, then track.
-                    let (mut resp, prediction) = answered.unwrap_or_else(|e| (response::error(&e), None));
-                    picked.track(&mut resp);
-                    (resp, prediction)
-                }
+            let mut resp = match (variant.backend.as_ref(), action) {
                 (Backend::Upstream(up), _) => {
                     let target = upstream_path(route, action, req.uri().query());
                     let resp = up.forward(req, &target, peer).await?;
-                    (client_facing(route, resp, state.settings.max_body_bytes).await?, None)
+                    client_facing(route, resp, state.settings.max_body_bytes).await?
                 }
-                (Backend::Onnx(_), Action::Metadata) => (metadata(route, variant), None),
+                (Backend::Onnx(_), Action::Metadata | Action::Infer) => metadata(route, variant),
                 (Backend::Onnx(model), Action::Config) => {
                     let sig = model.signature();
-                    (
-                        response::json_value(
-                            StatusCode::OK,
-                            &super::triton::config_json(route, &sig.inputs, &sig.outputs),
-                        ),
-                        None,
-                    )
+                    response::json_value(StatusCode::OK, &super::triton::config_json(route, &sig.inputs, &sig.outputs))
                 }
                 (Backend::Onnx(_), Action::Stats) => {
-                    (response::json_value(StatusCode::OK, &super::triton::stats_json(route, version)), None)
+                    response::json_value(StatusCode::OK, &super::triton::stats_json(route, version))
                 }
-                (Backend::Onnx(_), Action::Ready) => (
-                    response::json_value(
-                        StatusCode::OK,
-                        &json!({ "name": route.name, "version": variant.name, "ready": true }),
-                    ),
-                    None,
+                (Backend::Onnx(_), Action::Ready) => response::json_value(
+                    StatusCode::OK,
+                    &json!({ "name": route.name, "version": variant.name, "ready": true }),
                 ),
             };
-            picked.decorate(state, &route.name, &mut resp, prediction.as_deref());
+            picked.decorate_headers(state, &route.name, resp.headers_mut(), None);
             Ok(resp)
         }
     }
+}
+
+/// An inference over HTTP (JSON or binary tensors, maybe compressed) through the shared
+/// pipeline: admitted and picked before its body is read or inflated, so a shed request costs
+/// neither; failures count against the variant like answers do.
+async fn infer_call(
+    state: &AppState,
+    route: &Route,
+    version: Option<&str>,
+    req: Request<Body>,
+    peer: SocketAddr,
+    pending: &Pending,
+) -> Result<Response<Body>, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let query = parts.uri.query().map(str::to_string);
+    let entry = match pipeline::enter(state, pending, route, version, &mut parts.headers, query.as_deref()) {
+        Ok(entry) => entry,
+        Err(e) => {
+            response::discard(body).await;
+            return Err(e);
+        }
+    };
+    let req = Request::from_parts(parts, body);
+    let answered = entry
+        .call(async {
+            let req = super::encoding::decode_request(req, state.settings.max_body_bytes).await?;
+            infer(state, &entry, req, peer).await
+        })
+        .await;
+    let (mut resp, prediction) = answered.unwrap_or_else(|e| (response::error(&e), None));
+    entry.finish_response(state, pending, &mut resp, prediction.as_deref());
+    Ok(resp)
 }
 
 /// The route of a model name, or a 404 that lists the routed models.
@@ -262,16 +276,14 @@ type Answered = (Response<Body>, Option<Vec<i64>>);
 
 async fn infer(
     state: &AppState,
-    route: &Route,
-    variant: &Variant,
-    unit: crate::telemetry::window::Unit,
+    entry: &Entry<'_>,
     req: Request<Body>,
     peer: SocketAddr,
 ) -> Result<Answered, ApiError> {
+    let (route, variant) = (entry.route, entry.variant);
     let limit = state.settings.max_body_bytes;
     response::check_length(req.headers(), limit)?;
-    inject_fault(variant).await?;
-    let shadow = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent);
+    let shadow = entry.shadow();
     match variant.backend.as_ref() {
         Backend::Onnx(model) => {
             let header_length = req.headers().get(binary::HEADER_LENGTH).map(|v| v.as_bytes().to_vec());
@@ -321,7 +333,7 @@ async fn infer(
             let resp = up.forward(Request::from_parts(parts, body), &target, peer).await?;
             variant.stats.upstream(started.elapsed());
             let resp = client_facing(route, resp, limit).await?;
-            business_value(up, variant, unit, &resp);
+            entry.business_value(up, resp.headers());
             // Small successful answers are read to learn the prediction (and for the shadow).
             let small = resp
                 .headers()

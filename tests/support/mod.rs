@@ -2,6 +2,8 @@
 //! small HTTP client. Everything is real: sockets, ONNX Runtime, HTTP.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod grpc;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -326,25 +328,4 @@ pub fn expected_outputs() -> Value {
 /// A path under the checkout, as a string for YAML.
 pub fn model(name: &str) -> String {
     root().join("models").join(name).display().to_string()
-}
-
-/// The generated gRPC client over an HTTP/2 (h2c) connection pool.
-pub type GrpcClient = modelgate::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient<
-    Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>,
->;
-
-impl Gateway {
-    /// A gRPC client of this gateway's gRPC listener.
-    pub fn grpc_client(&self) -> GrpcClient {
-        grpc_client(self.grpc.expect("this gateway has no gRPC listener: set server.grpc_listen"))
-    }
-}
-
-/// A gRPC client of the gRPC listener at `addr` (h2c).
-pub fn grpc_client(addr: SocketAddr) -> GrpcClient {
-    // Without TCP_NODELAY an h2 client waits on the peer's delayed ACK: 40 ms a call.
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_nodelay(true);
-    let pool = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
-    GrpcClient::with_origin(pool, format!("http://{addr}").parse().unwrap())
 }

@@ -2,10 +2,9 @@
 //! `server.grpc_listen`: the same routing, limits, variant windows, metrics and request ids as
 //! the HTTP endpoints, with HTTP's errors as gRPC statuses.
 
-use super::handler::{
-    admit_permit, business_value, inject_fault, pick, request_id, AppState, Claim, Picked, REQUEST_ID,
-};
+use super::handler::{request_id, AppState, REQUEST_ID};
 use super::oip::{client_facing, find_model, run_model, upstream_path, Action};
+use super::pipeline::{self, pick, Entry, Pending, Picked};
 use super::{response, serve_with, ListenerSettings};
 use crate::backend::{Backend, OnnxBackend, UpstreamBackend};
 use crate::protocol::grpc::pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
@@ -19,9 +18,8 @@ use crate::protocol::grpc::pb::{
 use crate::protocol::grpc::{decode_inputs, encode_outputs, selected_outputs};
 use crate::protocol::oip::{plain_request, server_metadata, InferRequest, RequestInput};
 use crate::protocol::{ApiError, DataType, Signature, Tensor, TensorSpec};
-use crate::routing::{Route, Variant};
+use crate::routing::Route;
 use crate::telemetry::shadow::{flatten_tensors, prediction};
-use crate::telemetry::window::Unit;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
@@ -167,40 +165,28 @@ struct Answered {
 }
 
 impl Inference {
-    /// One inference call under its deadline; the answer or status carries `x-request-id`.
+    /// One inference call under its deadline (the client's `grpc-timeout` when shorter than
+    /// the gateway's); the answer or status carries `x-request-id`.
     async fn infer_call(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let state = &*self.state;
-        let started = Instant::now();
+        let pending = Pending::new();
         let _in_flight = state.telemetry.in_flight();
         let (metadata_in, extensions, message) = request.into_parts();
         let peer = extensions.get::<Peer>().map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.0);
-        let headers = metadata_in.into_headers();
+        let mut headers = metadata_in.into_headers();
         let id = request_id(&headers);
         let model = message.model_name.clone();
         let gateway = state.settings.request_timeout;
-        let client = grpc_timeout(&headers).filter(|d| *d < gateway);
-        let deadline = client.unwrap_or(gateway);
-        let claim = Claim::new();
-        let result = match tokio::time::timeout(
-            deadline,
-            self.infer(&headers, message, &claim, started, Call { id: &id, peer }),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => {
-                // Cut off by the deadline: the variant's answer never came, and counts against it.
-                if let Some((stats, unit)) = claim.get() {
-                    stats.record(StatusCode::GATEWAY_TIMEOUT.as_u16(), started.elapsed(), *unit);
-                }
-                let message = match client {
-                    Some(d) => format!("request did not finish within its grpc-timeout of {d:?}"),
-                    None => format!("request did not finish within the gateway's request_timeout of {gateway:?}"),
-                };
-                Err(status(&ApiError::new(StatusCode::GATEWAY_TIMEOUT, message), HeaderMap::new()))
-            }
+        let (deadline, which) = match grpc_timeout(&headers).filter(|d| *d < gateway) {
+            Some(client) => (client, "its grpc-timeout"),
+            None => (gateway, "the gateway's request_timeout"),
         };
-        let micros = started.elapsed().as_micros() as u64;
+        let call = Call { id: &id, peer };
+        let result = pending
+            .within(deadline, which, self.infer(&mut headers, message, &pending, call))
+            .await
+            .unwrap_or_else(|e| Err(status(&e, HeaderMap::new())));
+        let micros = pending.elapsed().as_micros() as u64;
         let request_id = id.to_str().unwrap_or("-");
         match result {
             Ok((answer, mut headers)) => {
@@ -223,41 +209,42 @@ impl Inference {
         }
     }
 
-    /// Routes, admits and answers one inference, counting the answer for its variant.
+    /// Routes, admits and answers one inference through the shared pipeline. Refusals before
+    /// a variant is picked are the error; everything after is a status with the gateway's
+    /// metadata, counted for the variant.
     async fn infer(
         &self,
-        headers: &HeaderMap,
+        headers: &mut HeaderMap,
         message: ModelInferRequest,
-        claim: &Claim,
-        started: Instant,
+        pending: &Pending,
         call: Call<'_>,
-    ) -> Result<(ModelInferResponse, HeaderMap), Status> {
+    ) -> Result<Result<(ModelInferResponse, HeaderMap), Status>, ApiError> {
         let state = &*self.state;
         let table = state.table.load();
-        let route = find_model(&table, &message.model_name).map_err(refuse)?;
-        let version = Some(message.model_version.as_str()).filter(|v| !v.is_empty());
-        let picked = pick(state, route, version, headers, None).map_err(refuse)?;
-        let variant = picked.variant;
-        let _permit = admit_permit(state, route).map_err(refuse)?;
-        picked.claim(claim);
-        let answered = match variant.backend.as_ref() {
-            Backend::Onnx(model) => answer(route, variant, model, message).await,
-            Backend::Upstream(up) => forward(state, route, variant, up, picked.unit, message, call).await,
-        };
+        let route = find_model(&table, &message.model_name)?;
+        let version = Some(message.model_version.clone()).filter(|v| !v.is_empty());
+        let entry = pipeline::enter(state, pending, route, version.as_deref(), headers, None)?;
+        let answered = entry
+            .call(async {
+                match entry.variant.backend.as_ref() {
+                    Backend::Onnx(model) => answer(&entry, model, message).await,
+                    Backend::Upstream(up) => forward(state, &entry, up, message, headers, call).await,
+                }
+            })
+            .await;
         let code = match &answered {
             Ok(_) => StatusCode::OK,
             Err(e) => e.status,
         };
-        variant.stats.record(code.as_u16(), started.elapsed(), picked.unit);
         let mut out = HeaderMap::new();
         match answered {
             Ok(Answered { response, prediction }) => {
-                picked.decorate_headers(state, &route.name, &mut out, prediction.as_deref());
-                Ok((response, out))
+                entry.finish(state, pending, code.as_u16(), &mut out, prediction.as_deref());
+                Ok(Ok((response, out)))
             }
             Err(e) => {
-                picked.decorate_headers(state, &route.name, &mut out, None);
-                Err(status(&e, out))
+                entry.finish(state, pending, code.as_u16(), &mut out, None);
+                Ok(Err(status(&e, out)))
             }
         }
     }
@@ -276,21 +263,16 @@ struct Call<'a> {
     peer: SocketAddr,
 }
 
-/// Runs an in-process model on a gRPC request: its injected faults, the inputs decoded
+/// Runs an in-process model on a gRPC request: the inputs decoded
 /// against the model's signature, the shared model call, the route's shadow copy, and the
 /// outputs in the form the inputs came in (raw for raw).
-async fn answer(
-    route: &Route,
-    variant: &Variant,
-    model: &OnnxBackend,
-    message: ModelInferRequest,
-) -> Result<Answered, ApiError> {
-    inject_fault(variant).await?;
+async fn answer(entry: &Entry<'_>, model: &OnnxBackend, message: ModelInferRequest) -> Result<Answered, ApiError> {
+    let (route, variant) = (entry.route, entry.variant);
     let sig = model.signature();
     let raw = !message.raw_input_contents.is_empty();
     let selected = selected_outputs(&message.outputs, sig)?;
     let inputs = decode_inputs(message.inputs, message.raw_input_contents, sig)?;
-    let shadow = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent);
+    let shadow = entry.shadow();
     // A shadow takes the request in the JSON form, as an HTTP client would have sent it.
     let copy = shadow.map(|_| plain_request(&inputs, output_names(&selected), None));
     let started = Instant::now();

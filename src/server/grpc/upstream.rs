@@ -28,14 +28,13 @@ pub(super) fn declared<'a>(
 /// outputs, raw for raw like in-process answers.
 pub(super) async fn forward(
     state: &AppState,
-    route: &Route,
-    variant: &Variant,
+    entry: &Entry<'_>,
     up: &UpstreamBackend,
-    unit: Unit,
     message: ModelInferRequest,
+    _headers: &HeaderMap,
     call: Call<'_>,
 ) -> Result<Answered, ApiError> {
-    inject_fault(variant).await?;
+    let (route, variant) = (entry.route, entry.variant);
     let limit = state.settings.max_body_bytes;
     let raw = !message.raw_input_contents.is_empty();
     let inputs = declared(message.inputs.iter().map(|i| (i.name.as_str(), i.datatype.as_str(), i.shape.as_slice())))?;
@@ -55,7 +54,7 @@ pub(super) async fn forward(
     let resp = up.forward(req, &upstream_path(route, Action::Infer, None), call.peer).await?;
     variant.stats.upstream(sent.elapsed());
     let resp = client_facing(route, resp, limit).await?;
-    business_value(up, variant, unit, &resp);
+    entry.business_value(up, resp.headers());
     let code = resp.status();
     let answer = response::collect(resp.into_body(), limit)
         .await
@@ -74,7 +73,7 @@ pub(super) async fn forward(
     })?;
     let flat = flatten_tensors(&outputs);
     let prediction = prediction(&flat);
-    if let Some(target) = route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent) {
+    if let Some(target) = entry.shadow() {
         crate::server::shadow::spawn(target, route, body, flat);
     }
     let (outputs, raw_output_contents) = encode_outputs(outputs, raw);
