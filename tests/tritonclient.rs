@@ -1,6 +1,6 @@
 //! The official Triton clients (`tritonclient.http` and `tritonclient.grpc` from PyPI, in the
 //! .venv that `scripts/python-env.sh` makes for `make test`) against every kind of route:
-//! in-process, forwarded to another model server, and every strategy, their answers compared
+//! in-process, forwarded to another model server over HTTP and over gRPC, and every strategy, their answers compared
 //! with Python onnxruntime on the same model files (tests/triton/conformance.py).
 
 mod support;
@@ -45,8 +45,9 @@ async fn conformance(gw: &Gateway, routes: &Value, modes: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_triton_client_works_on_every_kind_of_route() {
     let (v1, v2, d1) = (model("breast-cancer-v1.onnx"), model("breast-cancer-v2.onnx"), model("diabetes-v1.onnx"));
+    // Another model server, over HTTP and gRPC: the forwarded routes' upstream.
     let upstream = Gateway::start(&format!(
-        "backends:\n  - name: v2\n    onnx: {{path: \"{v2}\"}}\nroutes:\n  - model: breast-cancer\n    backend: v2\n"
+        "server:\n  grpc_listen: \"127.0.0.1:0\"\nbackends:\n  - name: v2\n    onnx: {{path: \"{v2}\"}}\nroutes:\n  - model: breast-cancer\n    backend: v2\n"
     ))
     .await;
     let gw = Gateway::start(&format!(
@@ -61,6 +62,8 @@ backends:
     onnx: {{path: "{d1}"}}
   - name: remote
     upstream: {{url: "{up}"}}
+  - name: remote-grpc
+    upstream: {{url: "http://{up_grpc}", protocol: grpc}}
 routes:
   - model: canary
     strategy:
@@ -80,8 +83,12 @@ routes:
   - model: remote-breast-cancer
     backend: remote
     upstream_model: breast-cancer
+  - model: grpc-breast-cancer
+    backend: remote-grpc
+    upstream_model: breast-cancer
 "#,
         up = upstream.url(""),
+        up_grpc = upstream.grpc.unwrap(),
     ))
     .await;
     let bc = json!({ "bc-v1": v1, "bc-v2": v2 });
@@ -92,6 +99,7 @@ routes:
         "diabetes": { "diabetes-v1": d1 },
         "shadowed": bc,
         "remote-breast-cancer": { "v2": v2 },
+        "grpc-breast-cancer": { "v2": v2 },
     });
     conformance(&gw, &routes, "default,default-gzip,mixed,json,json-gzip,json-deflate,grpc,grpc-gzip").await;
 }

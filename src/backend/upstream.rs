@@ -1,6 +1,6 @@
 //! Upstream HTTP servers: requests forwarded through a pooled hyper-util client, bodies streamed.
 
-use crate::config::{OutlierPolicy, RetryPolicy, UpstreamSpec};
+use crate::config::{OutlierPolicy, RetryPolicy, UpstreamProtocol, UpstreamSpec};
 use crate::protocol::ApiError;
 use crate::tls::{self, TlsError};
 use bytes::Bytes;
@@ -86,6 +86,7 @@ pub struct UpstreamBackend {
     request_timeout: Duration,
     connect_timeout: Duration,
     business_header: Option<String>,
+    protocol: UpstreamProtocol,
     retry: RetryPolicy,
     outlier: OutlierPolicy,
     born: Instant,
@@ -121,9 +122,12 @@ impl UpstreamBackend {
             .enable_http1()
             .enable_http2()
             .wrap_connector(connector);
+        let grpc = spec.protocol == UpstreamProtocol::Grpc;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
+            // gRPC is HTTP/2 only: prior knowledge over h2c, ALPN h2 over TLS.
+            .http2_only(grpc)
             .build(connector);
         let endpoints = spec
             .urls
@@ -144,6 +148,7 @@ impl UpstreamBackend {
             request_timeout: spec.request_timeout,
             connect_timeout: spec.connect_timeout,
             business_header: spec.business_header.clone(),
+            protocol: spec.protocol,
             retry: spec.retries.clone(),
             outlier: spec.outlier.clone(),
             born: Instant::now(),
@@ -159,6 +164,11 @@ impl UpstreamBackend {
     /// The response header in which this upstream reports a business value, if any.
     pub fn business_header(&self) -> Option<&str> {
         self.business_header.as_deref()
+    }
+
+    /// Whether the upstream speaks the Open Inference Protocol's gRPC service.
+    pub fn speaks_grpc(&self) -> bool {
+        self.protocol == UpstreamProtocol::Grpc
     }
 
     /// The first endpoint's base URL.
@@ -272,7 +282,14 @@ impl UpstreamBackend {
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
         add_forwarded(&mut parts.headers, client, original_host);
-        parts.version = Version::HTTP_11;
+        let version = if self.speaks_grpc() {
+            // The one hop-by-hop header gRPC requires end to end.
+            parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        parts.version = version;
         let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE);
         // Another endpoint is what makes a retry worth it (and the header copy it needs).
         let retryable = self.retry.attempts > 0 && self.endpoints.len() > 1 && idempotent && body.is_end_stream();
@@ -292,7 +309,7 @@ impl UpstreamBackend {
                 Request::new(body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()));
             *attempt.method_mut() = parts.method.clone();
             *attempt.uri_mut() = uri;
-            *attempt.version_mut() = Version::HTTP_11;
+            *attempt.version_mut() = version;
             *attempt.headers_mut() = if retryable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let answer = tokio::time::timeout(self.request_timeout, self.client.request(attempt)).await;

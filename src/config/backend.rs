@@ -71,6 +71,19 @@ pub struct UpstreamSpec {
     pub business_header: Option<String>,
     /// CAs trusted for `https://` endpoints (PEM); the system's roots when unset.
     pub ca: Option<PathBuf>,
+    /// What the upstream speaks: HTTP (the Open Inference Protocol's REST form, or anything
+    /// for plain proxying), or the Open Inference Protocol's gRPC service.
+    pub protocol: UpstreamProtocol,
+}
+
+/// `upstream.protocol:` — how the gateway talks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (or h2 by ALPN over TLS): OIP REST, or plain proxying.
+    #[default]
+    Http,
+    /// `inference.GRPCInferenceService` over HTTP/2: h2c for `http://`, TLS for `https://`.
+    Grpc,
 }
 
 /// Retries of bodiless idempotent requests whose connection failed, within a budget so that
@@ -268,5 +281,35 @@ pub(super) fn upstream_spec(
         Some(ca) => readable_file(base, ca, &format!("{place}.ca"), "CA file", issues).map(Some),
     };
     let ca = ca?;
-    urls.map(|urls| UpstreamSpec { urls, retries, outlier, connect_timeout, request_timeout, business_header, ca })
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("http") => UpstreamProtocol::Http,
+        Some("grpc") => UpstreamProtocol::Grpc,
+        Some(other) => {
+            issues.push(
+                format!("{place}.protocol"),
+                format!("unknown protocol {other:?}: use `http` (the default) or `grpc`"),
+            );
+            UpstreamProtocol::Http
+        }
+    };
+    if protocol == UpstreamProtocol::Grpc {
+        for (i, url) in urls.iter().flatten().enumerate() {
+            if !matches!(url.path(), "" | "/") {
+                issues.push(
+                    format!("{place}.urls[{i}]"),
+                    format!("a gRPC upstream is a host and port ({url} has a path): gRPC calls have fixed paths"),
+                );
+            }
+        }
+    }
+    urls.map(|urls| UpstreamSpec {
+        urls,
+        retries,
+        outlier,
+        connect_timeout,
+        request_timeout,
+        business_header,
+        ca,
+        protocol,
+    })
 }

@@ -95,6 +95,7 @@ pub struct RawOnnx {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub url: Option<String>,
+    pub protocol: Option<String>,
     pub urls: Option<Vec<String>>,
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,

@@ -303,6 +303,11 @@ pub(super) fn strategy(r: &RawRoute, place: &str, issues: &mut Issues) -> Option
 pub(super) fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut Issues) -> Vec<RouteSpec> {
     let is_upstream: HashMap<&str, bool> =
         raw_backends.iter().map(|b| (b.name.as_str(), b.upstream.is_some() && b.onnx.is_none())).collect();
+    let speaks_grpc: Vec<&str> = raw_backends
+        .iter()
+        .filter(|b| b.upstream.as_ref().and_then(|u| u.protocol.as_deref()) == Some("grpc"))
+        .map(|b| b.name.as_str())
+        .collect();
     let known: Vec<&str> = raw_backends.iter().map(|b| b.name.as_str()).collect();
     let mut models: HashMap<String, usize> = HashMap::new();
     let mut prefixes: HashMap<String, usize> = HashMap::new();
@@ -382,6 +387,15 @@ pub(super) fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut
                         issues.push(
                             &backend_place,
                             format!("backend {b:?} is an ONNX model; path_prefix routes need upstream backends"),
+                        );
+                    }
+                    if speaks_grpc.contains(b) {
+                        issues.push(
+                            &backend_place,
+                            format!(
+                                "backend {b:?} speaks gRPC (protocol: grpc); a path_prefix route forwards plain HTTP \
+                                 as it is, so it needs an HTTP upstream (route the model with `model:` instead)"
+                            ),
                         );
                     }
                 }

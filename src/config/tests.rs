@@ -235,3 +235,39 @@ fn the_grpc_listener_is_optional_and_checked_like_the_others() {
     let e = with("  listen: \"127.0.0.1:8001\"\n  grpc_listen: \"127.0.0.1:8001\"").unwrap_err();
     assert!(places(&e)[0].contains("is also server.listen"), "{e}");
 }
+
+#[test]
+fn grpc_upstreams_are_model_servers_at_a_host_and_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(
+        dir.path(),
+        "backends:\n  - name: g\n    upstream: {url: \"http://127.0.0.1:8001\", protocol: grpc}\nroutes:\n  - model: m\n    backend: g\n",
+    )
+    .unwrap();
+    let BackendKind::Upstream(u) = &c.backends[0].kind else { panic!() };
+    assert_eq!(u.protocol, UpstreamProtocol::Grpc);
+    let e = parse_in(
+        dir.path(),
+        r#"
+backends:
+  - name: g
+    upstream: {url: "http://127.0.0.1:8001/base", protocol: grpc}
+  - name: h
+    upstream: {url: "http://127.0.0.1:8000", protocol: http2}
+  - name: g2
+    upstream: {url: "http://127.0.0.1:8002", protocol: grpc}
+routes:
+  - path_prefix: /x/
+    backend: g2
+"#,
+    )
+    .unwrap_err();
+    let found = places(&e);
+    for want in [
+        "backends[0].upstream.urls[0]: a gRPC upstream is a host and port",
+        "backends[1].upstream.protocol: unknown protocol \"http2\": use `http` (the default) or `grpc`",
+        "routes[0].backend: backend \"g2\" speaks gRPC (protocol: grpc)",
+    ] {
+        assert!(found.iter().any(|f| f.contains(want)), "{want:?} not in {found:#?}");
+    }
+}

@@ -6,7 +6,7 @@
 
 use super::check::{self, Checked};
 use super::error::ApiError;
-use super::tensor::{DataType, Signature, Tensor, TensorData};
+use super::tensor::{DataType, Signature, Tensor, TensorData, TensorSpec};
 use pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use pb::model_infer_response::InferOutputTensor;
 use pb::InferTensorContents;
@@ -215,6 +215,57 @@ fn unreachable_typed(name: &str, datatype: DataType) -> Result<TensorData, ApiEr
     Err(ApiError::bad_request(format!(
         "input {name:?}: {datatype} has no typed contents field; send it in raw_input_contents"
     )))
+}
+
+/// The signature a list of tensors declares for itself (for tensors bound for, or coming
+/// from, an upstream whose model signature the gateway does not know).
+pub fn declared<'a>(tensors: impl Iterator<Item = (&'a str, &'a str, &'a [i64])>) -> Result<Vec<TensorSpec>, ApiError> {
+    tensors
+        .map(|(name, datatype, shape)| {
+            let datatype = DataType::parse(datatype).ok_or_else(|| {
+                let known: Vec<&str> = DataType::ALL.iter().map(|d| d.as_str()).collect();
+                ApiError::bad_request(format!(
+                    "input {name:?}: unsupported datatype {datatype:?}; modelgate carries {}",
+                    known.join(", ")
+                ))
+            })?;
+            Ok(TensorSpec { name: name.to_string(), datatype, shape: shape.to_vec() })
+        })
+        .collect()
+}
+
+/// Input tensors in protobuf form for an upstream: raw contents always (every datatype has
+/// one, and the bytes go as they are).
+pub fn encode_inputs(inputs: Vec<Tensor>) -> (Vec<InferInputTensor>, Vec<Vec<u8>>) {
+    let (tensors, raw) = encode_outputs(inputs, true);
+    let tensors = tensors
+        .into_iter()
+        .map(|t| InferInputTensor {
+            name: t.name,
+            datatype: t.datatype,
+            shape: t.shape,
+            parameters: t.parameters,
+            contents: t.contents,
+        })
+        .collect();
+    (tensors, raw)
+}
+
+/// An upstream's answer tensors, each checked against the shape and datatype it declares.
+pub fn decode_outputs(outputs: Vec<InferOutputTensor>, raw: Vec<Vec<u8>>) -> Result<Vec<Tensor>, ApiError> {
+    let specs = declared(outputs.iter().map(|o| (o.name.as_str(), o.datatype.as_str(), o.shape.as_slice())))?;
+    let sig = Signature { inputs: specs, outputs: Vec::new() };
+    let as_inputs = outputs
+        .into_iter()
+        .map(|t| InferInputTensor {
+            name: t.name,
+            datatype: t.datatype,
+            shape: t.shape,
+            parameters: t.parameters,
+            contents: t.contents,
+        })
+        .collect();
+    decode_inputs(as_inputs, raw, &sig)
 }
 
 /// Output tensors in protobuf form: with `raw`, their elements as `raw_output_contents` (as

@@ -6,7 +6,7 @@ use super::{feedback, response, shadow};
 use crate::backend::{Backend, Body, InferError, OnnxBackend};
 use crate::config::RouteKind;
 use crate::protocol::binary;
-use crate::protocol::oip::{encode_response, server_metadata, InferRequest, ModelMetadata};
+use crate::protocol::oip::{encode_response, server_metadata, InferRequest, ModelMetadata, OutputForms};
 use crate::protocol::{ApiError, Tensor};
 use crate::routing::{Route, RouteTable, Variant};
 use crate::telemetry::shadow::{flatten_json, flatten_tensors, prediction};
@@ -113,6 +113,9 @@ pub(super) async fn handle(
             strip_gateway_headers(state, route, req.headers_mut());
             let variant = picked.variant;
             let mut resp = match (variant.backend.as_ref(), action) {
+                (Backend::Upstream(up), _) if up.speaks_grpc() => {
+                    super::grpc::client::http_model(state, route, up, action, req.headers(), peer).await?
+                }
                 (Backend::Upstream(up), _) => {
                     let target = upstream_path(route, action, req.uri().query());
                     let resp = up.forward(req, &target, peer).await?;
@@ -210,12 +213,36 @@ pub(super) async fn client_facing(
     Ok(Response::from_parts(parts, response::full(body)))
 }
 
-/// The path of a model endpoint at an upstream model server.
-pub(super) fn upstream_path(route: &Route, action: Action, query: Option<&str>) -> String {
-    let model = match &route.kind {
+/// An inference answer over HTTP: JSON, or a JSON header and binary tensors when `forms` ask
+/// for any output in binary.
+pub(super) fn tensor_answer(
+    model: &str,
+    version: &str,
+    request: &InferRequest,
+    outputs: &[Tensor],
+    forms: &OutputForms,
+) -> Result<Response<Body>, ApiError> {
+    let encoded = encode_response(model, Some(version), request.id.as_deref(), outputs, forms)?;
+    let mut resp = response::json(StatusCode::OK, encoded.body);
+    if let Some(n) = encoded.header_length {
+        let headers = resp.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        headers.insert(binary::HEADER_LENGTH, HeaderValue::from(n));
+    }
+    Ok(resp)
+}
+
+/// The model name an upstream model server knows a route by.
+pub(super) fn upstream_name(route: &Route) -> &str {
+    match &route.kind {
         RouteKind::Model { upstream_model: Some(m), .. } => m.as_str(),
         _ => route.name.as_str(),
-    };
+    }
+}
+
+/// The path of a model endpoint at an upstream model server.
+pub(super) fn upstream_path(route: &Route, action: Action, query: Option<&str>) -> String {
+    let model = upstream_name(route);
     let tail = match action {
         Action::Metadata => "",
         Action::Ready => "/ready",
@@ -309,15 +336,10 @@ async fn infer(
             if let Some((target, copy)) = shadow {
                 shadow::spawn(target, route, copy, flat);
             }
-            let encoded = encode_response(&route.name, Some(&variant.name), request.id.as_deref(), &outputs, &forms)?;
-            let mut resp = response::json(StatusCode::OK, encoded.body);
-            if let Some(n) = encoded.header_length {
-                let headers = resp.headers_mut();
-                headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-                headers.insert(binary::HEADER_LENGTH, HeaderValue::from(n));
-            }
+            let resp = tensor_answer(&route.name, &variant.name, &request, &outputs, &forms)?;
             Ok((resp, predicted))
         }
+        Backend::Upstream(up) if up.speaks_grpc() => super::grpc::client::http_infer(state, entry, up, req, peer).await,
         Backend::Upstream(up) => {
             let target = upstream_path(route, Action::Infer, req.uri().query());
             let (parts, body) = req.into_parts();

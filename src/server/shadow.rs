@@ -13,6 +13,9 @@ use http::Request;
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
 
+/// The largest gRPC answer a shadow's copy may get (its HTTP answers are read as they come).
+const SHADOW_ANSWER_LIMIT: usize = 64 << 20;
+
 /// Sends `body` (an inference request) to the shadow off the client's path, and records how its
 /// answer compares with the primary's outputs.
 pub(super) fn spawn(target: &ShadowTarget, route: &Route, body: Bytes, primary: Vec<Flat>) {
@@ -34,6 +37,23 @@ pub(super) fn spawn(target: &ShadowTarget, route: &Route, body: Bytes, primary: 
                 Ok(req) => run_local(m, &req).await.map(|t| flatten_tensors(&t)).map_err(|e| e.message),
                 Err(e) => Err(e.message),
             },
+            Backend::Upstream(up) if up.speaks_grpc() => {
+                let local = SocketAddr::from(([127, 0, 0, 1], 0));
+                match grpc_inputs(&body) {
+                    Ok((inputs, outputs)) => super::grpc::client::infer_tensors(
+                        (up, local, SHADOW_ANSWER_LIMIT),
+                        (&model, &model),
+                        inputs,
+                        outputs,
+                        None,
+                        &http::HeaderMap::new(),
+                    )
+                    .await
+                    .map(|(t, _)| flatten_tensors(&t))
+                    .map_err(|e| e.message),
+                    Err(e) => Err(e.message),
+                }
+            }
             Backend::Upstream(up) => {
                 let req = Request::post("/").header("content-type", "application/json").body(response::full(body));
                 match req {
@@ -64,4 +84,16 @@ pub(super) fn spawn(target: &ShadowTarget, route: &Route, body: Bytes, primary: 
             }
         }
     });
+}
+
+/// A shadow copy's tensors (plain JSON) as declared, and the outputs it asks for: what a gRPC
+/// shadow is sent.
+fn grpc_inputs(body: &[u8]) -> Result<(Vec<crate::protocol::Tensor>, Option<Vec<String>>), crate::protocol::ApiError> {
+    let request = InferRequest::from_json(body)?;
+    let specs = crate::protocol::grpc::declared(
+        request.inputs.iter().map(|i| (i.name.as_str(), i.datatype.as_str(), i.shape.as_slice())),
+    )?;
+    let sig = crate::protocol::Signature { inputs: specs, outputs: Vec::new() };
+    let outputs = request.outputs.as_ref().map(|os| os.iter().map(|o| o.name.clone()).collect());
+    Ok((request.decode_inputs(&sig)?, outputs))
 }

@@ -118,11 +118,11 @@ def main():
         if int(spec["shape"][0]) == -1 and config.get("max_batch_size", 0) > 0:
             assert [int(d) for d in config["input"][0]["dims"]] == [int(d) for d in spec["shape"][1:]], config
         if grpc is not None:
-            # The same configuration over gRPC (forwarded routes answer it over HTTP only).
+            # The same configuration over gRPC (routes forwarded to HTTP upstreams answer it over HTTP only).
             try:
                 gconfig = grpc.get_model_config(route, headers=headers, as_json=True)["config"]
             except Exception as e:  # tritonclient raises its own exception type
-                if "forwards to an upstream" not in str(e):
+                if "forwards to an HTTP upstream" not in str(e):
                     raise
             else:
                 assert gconfig["name"] == route, gconfig

@@ -3,7 +3,7 @@
 //! the HTTP endpoints, with HTTP's errors as gRPC statuses.
 
 use super::handler::{request_id, AppState, REQUEST_ID};
-use super::oip::{client_facing, find_model, run_model, upstream_path, Action};
+use super::oip::{client_facing, find_model, run_model, tensor_answer, upstream_name, upstream_path, Action};
 use super::pipeline::{self, pick, Entry, Pending, Picked};
 use super::{response, serve_with, ListenerSettings};
 use crate::backend::{Backend, OnnxBackend, UpstreamBackend};
@@ -15,9 +15,9 @@ use crate::protocol::grpc::pb::{
     ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest,
     ServerReadyResponse,
 };
-use crate::protocol::grpc::{decode_inputs, encode_outputs, selected_outputs};
+use crate::protocol::grpc::{declared, decode_inputs, encode_outputs, selected_outputs};
 use crate::protocol::oip::{plain_request, server_metadata, InferRequest, RequestInput};
-use crate::protocol::{ApiError, DataType, Signature, Tensor, TensorSpec};
+use crate::protocol::{ApiError, Signature, Tensor, TensorSpec};
 use crate::routing::Route;
 use crate::telemetry::shadow::{flatten_tensors, prediction};
 use bytes::Bytes;
@@ -34,6 +34,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 use upstream::{forward, upstream_metadata};
 
+pub(super) mod client;
 mod upstream;
 
 /// Serves the gRPC inference service on `listener` (h2c, or TLS with `tls`) until `shutdown`
@@ -181,7 +182,7 @@ impl Inference {
             Some(client) => (client, "its grpc-timeout"),
             None => (gateway, "the gateway's request_timeout"),
         };
-        let call = Call { id: &id, peer };
+        let call = Call { id: &id, peer, deadline };
         let result = pending
             .within(deadline, which, self.infer(&mut headers, message, &pending, call))
             .await
@@ -228,7 +229,10 @@ impl Inference {
             .call(async {
                 match entry.variant.backend.as_ref() {
                     Backend::Onnx(model) => answer(&entry, model, message).await,
-                    Backend::Upstream(up) => forward(state, &entry, up, message, headers, call).await,
+                    Backend::Upstream(up) if up.speaks_grpc() => {
+                        client::pass_infer(state, &entry, up, message, headers, call).await
+                    }
+                    Backend::Upstream(up) => forward(state, &entry, up, message, call).await,
                 }
             })
             .await;
@@ -256,11 +260,12 @@ impl Inference {
     }
 }
 
-/// Where a call came from and the id the gateway correlates it by.
+/// Where a call came from, the id the gateway correlates it by, and its deadline.
 #[derive(Clone, Copy)]
 struct Call<'a> {
     id: &'a HeaderValue,
     peer: SocketAddr,
+    deadline: Duration,
 }
 
 /// Runs an in-process model on a gRPC request: the inputs decoded
@@ -364,7 +369,12 @@ impl GrpcInferenceService for Inference {
             Backend::Onnx(model) => model,
             Backend::Upstream(up) => {
                 let peer = extensions.get::<Peer>().map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.0);
-                return match upstream_metadata(&self.state, route, up, &headers, peer).await {
+                let answer = if up.speaks_grpc() {
+                    client::metadata_of(&self.state, route, up, &headers, peer).await
+                } else {
+                    upstream_metadata(&self.state, route, up, &headers, peer).await
+                };
+                return match answer {
                     Ok(answer) => Ok(Response::from_parts(metadata(out), answer, Default::default())),
                     Err(e) => Err(status(&e, out)),
                 };
@@ -389,16 +399,25 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<ModelConfigRequest>,
     ) -> Result<Response<ModelConfigResponse>, Status> {
-        let (metadata_in, _, message) = request.into_parts();
+        let (metadata_in, extensions, message) = request.into_parts();
         let headers = metadata_in.into_headers();
         let table = self.state.table.load();
         let route = find_model(&table, &message.name).map_err(refuse)?;
         let picked = self.picked(route, &message.version, &headers).map_err(refuse)?;
-        let Backend::Onnx(model) = picked.variant.backend.as_ref() else {
-            return Err(Status::unimplemented(format!(
-                "route {:?} forwards to an upstream model server; its configuration is at GET /v2/models/{}/config over HTTP",
-                route.name, route.name
-            )));
+        let model = match picked.variant.backend.as_ref() {
+            Backend::Onnx(model) => model,
+            Backend::Upstream(up) if up.speaks_grpc() => {
+                let peer = extensions.get::<Peer>().map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.0);
+                let answer = client::config_of(&self.state, route, up, &headers, peer).await.map_err(refuse)?;
+                return Ok(Response::new(answer));
+            }
+            Backend::Upstream(_) => {
+                return Err(Status::unimplemented(format!(
+                    "route {:?} forwards to an HTTP upstream model server; its configuration is at GET \
+                     /v2/models/{}/config over HTTP",
+                    route.name, route.name
+                )))
+            }
         };
         let sig = model.signature();
         let c = super::triton::config(&sig.inputs, &sig.outputs);

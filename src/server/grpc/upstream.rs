@@ -4,25 +4,6 @@
 
 use super::*;
 
-/// The signature a list of tensors declares for itself (for tensors bound for, or coming
-/// from, an upstream whose model signature the gateway does not know).
-pub(super) fn declared<'a>(
-    tensors: impl Iterator<Item = (&'a str, &'a str, &'a [i64])>,
-) -> Result<Vec<TensorSpec>, ApiError> {
-    tensors
-        .map(|(name, datatype, shape)| {
-            let datatype = DataType::parse(datatype).ok_or_else(|| {
-                let known: Vec<&str> = DataType::ALL.iter().map(|d| d.as_str()).collect();
-                ApiError::bad_request(format!(
-                    "input {name:?}: unsupported datatype {datatype:?}; modelgate carries {}",
-                    known.join(", ")
-                ))
-            })?;
-            Ok(TensorSpec { name: name.to_string(), datatype, shape: shape.to_vec() })
-        })
-        .collect()
-}
-
 /// Forwards a gRPC inference to an HTTP upstream as the Open Inference Protocol JSON request
 /// (checked against the shapes and datatypes it declares), and answers with the upstream's
 /// outputs, raw for raw like in-process answers.
@@ -31,7 +12,6 @@ pub(super) async fn forward(
     entry: &Entry<'_>,
     up: &UpstreamBackend,
     message: ModelInferRequest,
-    _headers: &HeaderMap,
     call: Call<'_>,
 ) -> Result<Answered, ApiError> {
     let (route, variant) = (entry.route, entry.variant);
