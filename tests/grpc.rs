@@ -383,3 +383,42 @@ async fn a_shadow_gets_a_copy_of_grpc_requests_and_agreement_is_recorded() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_stream_answers_each_request_in_turn_and_a_refusal_does_not_end_it() {
+    let gw = Gateway::start(&routes("")).await;
+    let mut client = gw.grpc_client();
+    let (name, input, expected) = recorded("breast-cancer-v1");
+    let mut bad = request("breast-cancer", &name, &input, false);
+    bad.inputs[0].name = "nope".into();
+    let first = request("breast-cancer", &name, &input, true);
+    let mut last = request("canary", &name, &input, false);
+    last.id = "third".into();
+    let mut request = Request::new(tokio_stream::iter(vec![first, bad, last]));
+    request.metadata_mut().insert("x-user-id", "streamer".parse().unwrap());
+    let mut answers = client.model_stream_infer(request).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(answer) = answers.message().await.unwrap() {
+        got.push(answer);
+    }
+    assert_eq!(got.len(), 3, "{got:?}");
+    let ok = got[0].infer_response.as_ref().expect("the first is answered");
+    assert!(got[0].error_message.is_empty());
+    let probabilities: Vec<f64> =
+        expected["probabilities"]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let answered = output_values(ok, "probabilities");
+    assert!(answered.iter().zip(&probabilities).all(|(a, b)| (a - b).abs() < 1e-5), "{answered:?}");
+    assert!(got[1].infer_response.is_none());
+    assert!(got[1].error_message.contains("nope"), "{}", got[1].error_message);
+    let third = got[2].infer_response.as_ref().expect("the stream went on after the refusal");
+    assert_eq!((third.model_name.as_str(), third.id.as_str()), ("canary", "third"));
+    // What ModelInfer carries in metadata is in each answer's parameters: variant and the
+    // signed request id that feedback refers to.
+    let param = |name: &str| match third.parameters.get(name).and_then(|p| p.parameter_choice.clone()) {
+        Some(modelgate::protocol::grpc::pb::infer_parameter::ParameterChoice::StringParam(s)) => s,
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(param("x-modelgate-variant"), third.model_version);
+    let feedback = json!({"request_id": param("x-modelgate-request-id"), "conversion": true});
+    assert_eq!(post_json(&gw.url("/v2/feedback"), &feedback).await.status, 200);
+}

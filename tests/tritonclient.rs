@@ -101,5 +101,6 @@ routes:
         "remote-breast-cancer": { "v2": v2 },
         "grpc-breast-cancer": { "v2": v2 },
     });
-    conformance(&gw, &routes, "default,default-gzip,mixed,json,json-gzip,json-deflate,grpc,grpc-gzip").await;
+    conformance(&gw, &routes, "default,default-gzip,mixed,json,json-gzip,json-deflate,grpc,grpc-gzip,grpc-stream")
+        .await;
 }

@@ -14,6 +14,7 @@ Modes:
   mixed         one input as binary, outputs one binary and one JSON
   grpc          tritonclient.grpc with its defaults (raw tensor contents) on --grpc-url
   grpc-gzip     the same, request and response gzip-compressed
+  grpc-stream   tritonclient.grpc's stream (ModelStreamInfer), one request per stream
 
 Prints one line per call; exits non-zero on the first mismatch or error.
 """
@@ -56,7 +57,30 @@ def call_grpc(client, route, mode, name, datatype, x, outputs, headers):
     return client.infer(route, [inp], outputs=requested, headers=headers, compression_algorithm=compression)
 
 
+def call_stream(client, route, name, datatype, x, outputs, headers):
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    inp = grpcclient.InferInput(name, list(x.shape), datatype)
+    inp.set_data_from_numpy(x)
+    requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
+    answers = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)), headers=headers)
+    try:
+        client.async_stream_infer(route, [inp], outputs=requested, request_id="stream-1")
+        result, error = answers.get(timeout=30)
+    finally:
+        client.stop_stream()
+    if error is not None:
+        raise error
+    assert result.get_response().id == "stream-1", result.get_response()
+    return result
+
+
 def call(client, route, mode, name, datatype, x, outputs, headers):
+    if mode == "grpc-stream":
+        return call_stream(client, route, name, datatype, x, outputs, headers)
     if mode.startswith("grpc"):
         return call_grpc(client, route, mode, name, datatype, x, outputs, headers)
     binary_in = mode.startswith("default") or mode == "mixed"

@@ -12,13 +12,14 @@ use crate::protocol::grpc::pb::model_metadata_response::TensorMetadata;
 use crate::protocol::grpc::pb::{
     self, ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse, ModelMetadataRequest,
     ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ModelStatisticsRequest, ModelStatisticsResponse,
-    ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest,
-    ServerReadyResponse,
+    ModelStreamInferResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
+    ServerReadyRequest, ServerReadyResponse,
 };
 use crate::protocol::grpc::{declared, decode_inputs, encode_outputs, selected_outputs};
 use crate::protocol::oip::{plain_request, server_metadata, InferRequest, RequestInput};
+use crate::protocol::request_id;
 use crate::protocol::{ApiError, Signature, Tensor, TensorSpec};
-use crate::routing::Route;
+use crate::routing::{assign, Route};
 use crate::telemetry::shadow::{flatten_tensors, prediction};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -28,10 +29,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::codegen::Service;
 use tonic::metadata::MetadataMap;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 use upstream::{forward, upstream_metadata};
 
 pub(super) mod client;
@@ -393,6 +395,55 @@ impl GrpcInferenceService for Inference {
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         self.infer_call(request).await
+    }
+
+    type ModelStreamInferStream = ReceiverStream<Result<ModelStreamInferResponse, Status>>;
+
+    /// Triton's streaming extension: each request on the stream goes through the same call as
+    /// `ModelInfer`, in order; a refusal is an `error_message` and the stream goes on. What an
+    /// answer's metadata carries for `ModelInfer` (variant, request ids) is in its parameters.
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let (metadata_in, extensions, mut incoming) = request.into_parts();
+        let service = self.clone();
+        // A few answers may wait for a slow reader; then the stream reads no further requests.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let message = match incoming.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let call = Request::from_parts(metadata_in.clone(), extensions.clone(), message);
+                let answer = match service.infer_call(call).await {
+                    Ok(resp) => {
+                        let (meta, mut response, _) = resp.into_parts();
+                        for name in [assign::OVERRIDE_HEADER, request_id::HEADER, REQUEST_ID] {
+                            if let Some(v) = meta.get(name).and_then(|v| v.to_str().ok()) {
+                                let choice = pb::infer_parameter::ParameterChoice::StringParam(v.to_string());
+                                response
+                                    .parameters
+                                    .insert(name.to_string(), pb::InferParameter { parameter_choice: Some(choice) });
+                            }
+                        }
+                        ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
+                    }
+                    Err(status) => {
+                        ModelStreamInferResponse { error_message: status.message().to_string(), infer_response: None }
+                    }
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    break; // the client went away
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn model_config(
