@@ -12,6 +12,7 @@ import pathlib
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 from onnx import TensorProto, helper
 from skl2onnx import convert_sklearn
@@ -72,6 +73,43 @@ def halves():
     assert as_f32.tolist() == [[1.5, -0.25]] and h16_out.tolist() == [[1.5, -0.25]], (h16_out, as_f32)
     assert text.tolist() == ["héllo"], text
     return path
+
+
+def mlp(expected):
+    """mlp-batching.onnx: a 256 -> 2048 -> 1024 -> 16 ReLU MLP, about 2.6 million FP32 weights
+    (random, seeded; not trained). One row at a time it reads all its weights per row; a batch
+    reads them once for every row: the model on which dynamic batching pays off on a CPU."""
+    rng = np.random.default_rng(SEED)
+    sizes = [256, 2048, 1024, 16]
+    inits, nodes, prev = [], [], "x"
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
+        bias = (rng.standard_normal(b) * 0.01).astype(np.float32)
+        inits += [onnx.numpy_helper.from_array(w, f"w{i}"), onnx.numpy_helper.from_array(bias, f"b{i}")]
+        out = "scores" if i == len(sizes) - 2 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"g{i}" if out != "scores" else out]))
+        if out != "scores":
+            nodes.append(helper.make_node("Relu", [f"g{i}"], [out]))
+        prev = out
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", sizes[-1]])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    m.doc_string = "mlp-batching: 256-2048-1024-16 ReLU MLP, random weights (seed 42), for dynamic batching"
+    onnx.checker.check_model(m)
+    path = save(m, "mlp-batching.onnx")
+    few = rng.standard_normal((3, sizes[0])).astype(np.float32)
+    got = run(path, {"x": few})
+    # Rows for the load generator (`loadtest --samples`): the batching benchmark's requests.
+    rows = rng.standard_normal((32, sizes[0])).astype(np.float32)
+    (HERE / "mlp-batching-samples.json").write_text(json.dumps(
+        {"input": "x", "samples": [{"features": [round(float(v), 4) for v in r], "label": 0} for r in rows]}) + "\n")
+    expected["mlp-batching"] = {
+        "inputs": {"x": {"datatype": "FP32", "shape": list(few.shape), "data": tolist(few.ravel())}},
+        "outputs": {"scores": {"datatype": "FP32", "shape": list(got["scores"].shape),
+                               "data": tolist(got["scores"].ravel())}},
+    }
 
 
 def main():
@@ -150,6 +188,7 @@ def main():
     save(m, "dtypes.onnx")
 
     halves()
+    mlp(expected)
 
     (HERE / "expected-outputs.json").write_text(json.dumps(
         {"generator": "models/generate.py", "onnxruntime": ort.__version__, "models": expected}, indent=1) + "\n")

@@ -83,7 +83,8 @@ pub struct Args {
     /// sends by default) instead of HTTP.
     #[arg(long)]
     pub grpc: bool,
-    /// Held-out samples to send.
+    /// Samples to send: `{"input": NAME, "samples": [{"features": [...], "label": 0}, ...]}`
+    /// (`input` defaults to `input`).
     #[arg(long, default_value = "models/breast-cancer-holdout.json")]
     pub samples: PathBuf,
     /// Write the JSON report here.
@@ -171,7 +172,7 @@ struct Workload {
 type GrpcClient = GrpcInferenceServiceClient<Client<HttpConnector, tonic::body::Body>>;
 
 /// The batches of `samples` as ModelInfer requests with raw FP32 inputs.
-fn grpc_requests(model: &str, samples: &[(Value, i64)], rows: usize) -> Vec<ModelInferRequest> {
+fn grpc_requests(model: &str, input: &str, samples: &[(Value, i64)], rows: usize) -> Vec<ModelInferRequest> {
     (0..samples.len())
         .map(|first| {
             let batch: Vec<&(Value, i64)> = (0..rows).map(|r| &samples[(first + r) % samples.len()]).collect();
@@ -184,7 +185,7 @@ fn grpc_requests(model: &str, samples: &[(Value, i64)], rows: usize) -> Vec<Mode
             ModelInferRequest {
                 model_name: model.to_string(),
                 inputs: vec![InferInputTensor {
-                    name: "input".into(),
+                    name: input.into(),
                     datatype: "FP32".into(),
                     shape: vec![rows as i64, width as i64],
                     ..Default::default()
@@ -307,7 +308,7 @@ impl Workload {
 
 /// One inference body per starting sample: `rows` consecutive samples as a batch, with their
 /// labels, and (binary form) the length of the JSON header.
-fn bodies(samples: &[(Value, i64)], rows: usize, binary: bool) -> Vec<(Bytes, Value, Option<usize>)> {
+fn bodies(input: &str, samples: &[(Value, i64)], rows: usize, binary: bool) -> Vec<(Bytes, Value, Option<usize>)> {
     (0..samples.len())
         .map(|first| {
             let batch: Vec<&(Value, i64)> = (0..rows).map(|r| &samples[(first + r) % samples.len()]).collect();
@@ -317,12 +318,12 @@ fn bodies(samples: &[(Value, i64)], rows: usize, binary: bool) -> Vec<(Bytes, Va
             let label = if rows == 1 { json!(labels[0]) } else { json!(labels) };
             if !binary {
                 let body =
-                    json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, width], "data": data}]});
+                    json!({"inputs": [{"name": input, "datatype": "FP32", "shape": [rows, width], "data": data}]});
                 return (Bytes::from(body.to_string()), label, None);
             }
             let raw: Vec<u8> = data.iter().flat_map(|v| (v.as_f64().unwrap_or(0.0) as f32).to_le_bytes()).collect();
             let header = json!({
-                "inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, width],
+                "inputs": [{"name": input, "datatype": "FP32", "shape": [rows, width],
                             "parameters": {"binary_data_size": raw.len()}}],
                 "parameters": {"binary_data_output": true},
             })
@@ -338,7 +339,8 @@ fn unreachable_config() -> ! {
     std::process::exit(2)
 }
 
-fn load_samples(path: &PathBuf) -> anyhow::Result<Vec<(Value, i64)>> {
+/// The model input the samples are for (the file's `input`, default `input`) and the samples.
+fn load_samples(path: &PathBuf) -> anyhow::Result<(String, Vec<(Value, i64)>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read samples {}", path.display()))?;
     let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     let samples: Vec<(Value, i64)> = v["samples"]
@@ -351,7 +353,7 @@ fn load_samples(path: &PathBuf) -> anyhow::Result<Vec<(Value, i64)>> {
             path.display()
         );
     }
-    Ok(samples)
+    Ok((v["input"].as_str().unwrap_or("input").to_string(), samples))
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -372,7 +374,8 @@ pub async fn run_until(args: Args, stop: Arc<AtomicBool>) -> anyhow::Result<Valu
     if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
         bail!("loadtest only targets loopback addresses (127.0.0.0/8, localhost, [::1]); got {host:?}");
     }
-    let samples = if args.model.is_some() { load_samples(&args.samples)? } else { vec![(Value::Null, 0)] };
+    let (input, samples) =
+        if args.model.is_some() { load_samples(&args.samples)? } else { (String::new(), vec![(Value::Null, 0)]) };
     let conversion = args
         .conversion
         .split(',')
@@ -383,14 +386,14 @@ pub async fn run_until(args: Args, stop: Arc<AtomicBool>) -> anyhow::Result<Valu
         })
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
     let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build_http();
-    let bodies = bodies(&samples, args.rows.max(1), args.binary);
+    let bodies = bodies(&input, &samples, args.rows.max(1), args.binary);
     let grpc = match (&args.model, args.grpc) {
         (Some(model), true) => {
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
             let pool = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
             let origin = args.url.parse().context("--url must be http://host:port of the gRPC listener")?;
-            Some((GrpcClient::with_origin(pool, origin), grpc_requests(model, &samples, args.rows.max(1))))
+            Some((GrpcClient::with_origin(pool, origin), grpc_requests(model, &input, &samples, args.rows.max(1))))
         }
         (None, true) => bail!("--grpc needs --model"),
         _ => None,

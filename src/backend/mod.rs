@@ -1,5 +1,6 @@
 //! Backends: things that can answer a request — an ONNX model run in-process, or an upstream server.
 
+mod batch;
 pub mod onnx;
 pub mod runtime;
 pub mod upstream;

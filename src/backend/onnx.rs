@@ -4,6 +4,8 @@
 //! no inference runs on a tokio thread: async callers queue a [`Job`] and await a oneshot reply.
 //! Dropping the backend closes the queue; workers finish what is queued, then exit.
 
+use super::batch::{self, Batchable, Load};
+use crate::config::Batching;
 use crate::config::OnnxSpec;
 use crate::protocol::{DataType, Signature, Tensor, TensorData, TensorSpec};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -11,6 +13,8 @@ use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, ValueType};
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Why an inference did not produce outputs.
@@ -50,23 +54,57 @@ pub enum InferError {
     },
 }
 
+/// What a model run gives a request: its outputs, and how many requests shared the run.
+pub type Ran = (Vec<Tensor>, usize);
+
 struct Job {
     inputs: Vec<Tensor>,
     outputs: Option<Vec<String>>,
-    reply: oneshot::Sender<Result<Vec<Tensor>, InferError>>,
-    /// Past this, the job is answered `QueueTimeout` instead of run.
-    deadline: std::time::Instant,
+    reply: oneshot::Sender<Result<Ran, InferError>>,
+    queued: Instant,
+    /// Past `queued + waited`, the job is answered `QueueTimeout` instead of run.
+    waited: Duration,
+    model: Arc<str>,
+}
+
+impl Batchable for Job {
+    fn inputs(&self) -> &[Tensor] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> Option<&[String]> {
+        self.outputs.as_deref()
+    }
+
+    fn queued(&self) -> Instant {
+        self.queued
+    }
+
+    fn usable(&mut self) -> bool {
+        if self.reply.is_closed() {
+            return false; // the caller gave up (timeout, disconnect): don't spend a session on it
+        }
+        if self.queued.elapsed() > self.waited {
+            // Shed: late answers help no one, and running them makes everyone later.
+            let (model, waited) = (self.model.to_string(), self.waited);
+            let (dead, _) = oneshot::channel();
+            let _ = std::mem::replace(&mut self.reply, dead).send(Err(InferError::QueueTimeout { model, waited }));
+            return false;
+        }
+        true
+    }
 }
 
 /// A loaded, warmed-up ONNX model with its worker pool.
 pub struct OnnxBackend {
-    name: String,
+    name: Arc<str>,
     signature: Signature,
     jobs: Sender<Job>,
     queue: usize,
     queue_timeout: std::time::Duration,
     workers: Workers,
     released: tokio::sync::watch::Receiver<bool>,
+    load: Arc<Load>,
 }
 
 /// The worker threads' handles, shared with whoever waits for the model to unload.
@@ -123,12 +161,16 @@ impl OnnxBackend {
             sessions.push(build_session(spec, env)?);
         }
         let signature = signature(&sessions[0])?;
+        if spec.batching.is_some() {
+            batchable(&signature)?;
+        }
         let warmup = warmup_inputs(&signature);
         for session in &mut sessions {
             run(session, name, warmup.clone(), None).map_err(|e| format!("warm-up inference failed: {e}"))?;
         }
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(spec.queue);
-        let queue_timeout = spec.queue_timeout;
+        let batching = spec.batching;
+        let load = Arc::new(Load::default());
         let mut workers = Vec::with_capacity(sessions.len());
         let (tx, released) = tokio::sync::watch::channel(false);
         let signal = std::sync::Arc::new(Released(tx));
@@ -136,23 +178,25 @@ impl OnnxBackend {
             let rx = rx.clone();
             let model = name.to_string();
             let signal = signal.clone();
+            let load = load.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("onnx-{name}-{i}"))
                 .spawn(move || {
-                    worker(session, &model, rx, queue_timeout);
+                    worker(session, &model, rx, batching, &load);
                     drop(signal);
                 })
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
             workers.push(handle);
         }
         Ok(OnnxBackend {
-            name: name.to_string(),
+            name: name.into(),
             signature,
             jobs,
             queue: spec.queue,
             queue_timeout: spec.queue_timeout,
             workers: std::sync::Arc::new(std::sync::Mutex::new(workers)),
             released,
+            load,
         })
     }
 
@@ -181,17 +225,26 @@ impl OnnxBackend {
     }
 
     /// Runs the model on a worker thread. `inputs` must already fit the signature, in its order;
-    /// `outputs` selects outputs by name (all when `None`).
-    pub async fn infer(&self, inputs: Vec<Tensor>, outputs: Option<Vec<String>>) -> Result<Vec<Tensor>, InferError> {
+    /// `outputs` selects outputs by name (all when `None`). With batching, the run may be shared
+    /// with other requests: the answer says with how many.
+    pub async fn infer(&self, inputs: Vec<Tensor>, outputs: Option<Vec<String>>) -> Result<Ran, InferError> {
         let (reply, answer) = oneshot::channel();
-        let deadline = std::time::Instant::now() + self.queue_timeout;
-        self.jobs.try_send(Job { inputs, outputs, reply, deadline }).map_err(|e| match e {
+        let _counted = Outstanding::new(&self.load);
+        let job = Job {
+            inputs,
+            outputs,
+            reply,
+            queued: Instant::now(),
+            waited: self.queue_timeout,
+            model: self.name.clone(),
+        };
+        self.jobs.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) | TrySendError::Disconnected(_) => {
-                InferError::Overloaded { model: self.name.clone(), queued: self.queue }
+                InferError::Overloaded { model: self.name.to_string(), queued: self.queue }
             }
         })?;
         answer.await.unwrap_or_else(|_| {
-            Err(InferError::Failed { model: self.name.clone(), message: "worker thread stopped".into() })
+            Err(InferError::Failed { model: self.name.to_string(), message: "worker thread stopped".into() })
         })
     }
 }
@@ -263,21 +316,87 @@ pub(crate) fn warmup_inputs(sig: &Signature) -> Vec<Tensor> {
         .collect()
 }
 
-fn worker(mut session: Session, model: &str, jobs: Receiver<Job>, queue_timeout: std::time::Duration) {
+/// Counts a request as outstanding on its model for as long as its caller waits.
+struct Outstanding<'a>(&'a Load);
+
+impl<'a> Outstanding<'a> {
+    fn new(load: &'a Load) -> Self {
+        load.outstanding.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Outstanding(load)
+    }
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Batching needs every input and output to have a free first (batch) dimension.
+fn batchable(sig: &Signature) -> Result<(), String> {
+    let fixed = sig.inputs.iter().chain(&sig.outputs).find(|t| t.shape.first() != Some(&-1));
+    match fixed {
+        None => Ok(()),
+        Some(t) => Err(format!(
+            "batching needs every input and output to have a free first (batch) dimension, and {:?} has shape \
+             {:?}: remove `batching:` from this backend, or export the model with a dynamic batch axis",
+            t.name, t.shape
+        )),
+    }
+}
+
+fn worker(mut session: Session, model: &str, jobs: Receiver<Job>, batching: Option<Batching>, load: &Load) {
+    use std::sync::atomic::Ordering;
     debug_assert!(tokio::runtime::Handle::try_current().is_err(), "ONNX workers must not run inside a tokio runtime");
-    while let Ok(job) = jobs.recv() {
-        if job.reply.is_closed() {
-            continue; // the caller gave up (timeout, disconnect): don't spend a session on it
-        }
-        if std::time::Instant::now() > job.deadline {
-            // Shed: late answers help no one, and running them makes everyone later.
-            let _ = job.reply.send(Err(InferError::QueueTimeout { model: model.to_string(), waited: queue_timeout }));
+    let mut next: Option<Job> = None;
+    loop {
+        let mut job = match next.take() {
+            Some(job) => job,
+            None => {
+                load.idle.fetch_add(1, Ordering::Relaxed);
+                let job = jobs.recv();
+                load.idle.fetch_sub(1, Ordering::Relaxed);
+                match job {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            }
+        };
+        if !job.usable() {
             continue;
         }
-        let result = run(&mut session, model, job.inputs, job.outputs.as_deref());
-        let _ = job.reply.send(result);
+        let Some(limit) = batching else {
+            let result = run(&mut session, model, job.inputs, job.outputs.as_deref());
+            let _ = job.reply.send(result.map(|outputs| (outputs, 1)));
+            continue;
+        };
+        let (batch, rest) = batch::gather(job, &jobs, limit, load);
+        next = rest;
+        run_batch(&mut session, model, batch);
     }
     tracing::debug!(model, "onnx worker stopped");
+}
+
+/// Runs a gathered batch as one run and answers each request with its rows; when the run fails
+/// or its outputs cannot be split, runs each request on its own.
+fn run_batch(session: &mut Session, model: &str, batch: Vec<Job>) {
+    let n = batch.len();
+    if n > 1 {
+        let rows: Vec<usize> = batch.iter().map(batch::rows).collect();
+        let inputs = batch::concat(&batch);
+        if let Ok(outputs) = run(session, model, inputs, batch[0].outputs.as_deref()) {
+            if let Some(answers) = batch::split(outputs, &rows) {
+                for (job, outputs) in batch.into_iter().zip(answers) {
+                    let _ = job.reply.send(Ok((outputs, n)));
+                }
+                return;
+            }
+        }
+    }
+    for job in batch {
+        let result = run(session, model, job.inputs, job.outputs.as_deref());
+        let _ = job.reply.send(result.map(|outputs| (outputs, 1)));
+    }
 }
 
 /// Why an input could not become an ORT value: the caller's data, or ORT itself.
@@ -412,6 +531,7 @@ pub fn bench(model: &std::path::Path, library: &std::path::Path, threads: usize,
         intra_op_threads: 1,
         queue: 1,
         queue_timeout: std::time::Duration::from_secs(1),
+        batching: None,
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     let handles: Vec<_> = (0..threads.max(1))
@@ -434,4 +554,19 @@ pub fn bench(model: &std::path::Path, library: &std::path::Path, threads: usize,
         total += h.join().map_err(|_| "bench thread panicked".to_string())??;
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batching_needs_a_free_first_dimension_everywhere() {
+        let spec = |name: &str, shape: Vec<i64>| TensorSpec { name: name.into(), datatype: DataType::Fp32, shape };
+        let free = Signature { inputs: vec![spec("x", vec![-1, 4])], outputs: vec![spec("y", vec![-1])] };
+        assert!(batchable(&free).is_ok());
+        let fixed = Signature { inputs: vec![spec("x", vec![-1, 4])], outputs: vec![spec("y", vec![1, 3])] };
+        let e = batchable(&fixed).unwrap_err();
+        assert!(e.contains("\"y\" has shape [1, 3]") && e.contains("remove `batching:`"), "{e}");
+    }
 }

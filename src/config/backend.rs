@@ -50,6 +50,18 @@ pub struct OnnxSpec {
     pub queue: usize,
     /// Longest a request may wait for a session; later it is answered 503 instead of run.
     pub queue_timeout: Duration,
+    /// Dynamic batching: concurrent requests concatenated along the batch dimension into one
+    /// run. Off when unset.
+    pub batching: Option<Batching>,
+}
+
+/// `onnx.batching:` — like Triton's dynamic batcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Rows (first-dimension entries) one run may take, summed over its requests (1..=65 536).
+    pub max_batch_size: usize,
+    /// Longest the first request of a batch waits for others to join it.
+    pub max_queue_delay: Duration,
 }
 
 /// An upstream HTTP server.
@@ -184,6 +196,29 @@ pub(super) fn onnx_spec(raw: &raw::RawOnnx, base: &Path, place: &str, issues: &m
         intra_op_threads: count(raw.intra_op_threads, 1, 64, &format!("{place}.intra_op_threads"), issues),
         queue: count(raw.queue, 128, 100_000, &format!("{place}.queue"), issues),
         queue_timeout: duration(&raw.queue_timeout, Duration::from_secs(1), &format!("{place}.queue_timeout"), issues),
+        batching: raw.batching.as_ref().map(|b| {
+            let delay_place = format!("{place}.batching.max_queue_delay");
+            let max_queue_delay = duration(&b.max_queue_delay, Duration::from_millis(2), &delay_place, issues);
+            if max_queue_delay > Duration::from_secs(1) {
+                issues.push(
+                    delay_place,
+                    format!(
+                        "must be at most 1s, got {max_queue_delay:?}: every request of a batch may wait that long \
+                         (Triton's dynamic batcher uses microseconds to a few milliseconds)"
+                    ),
+                );
+            }
+            Batching {
+                max_batch_size: count(
+                    b.max_batch_size,
+                    64,
+                    65_536,
+                    &format!("{place}.batching.max_batch_size"),
+                    issues,
+                ),
+                max_queue_delay,
+            }
+        }),
     };
     path.map(|_| spec)
 }

@@ -88,6 +88,15 @@ pub struct RawOnnx {
     pub intra_op_threads: Option<i64>,
     pub queue: Option<i64>,
     pub queue_timeout: Option<String>,
+    pub batching: Option<RawBatching>,
+}
+
+/// `backends[i].onnx.batching:` — dynamic batching of concurrent requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatching {
+    pub max_batch_size: Option<i64>,
+    pub max_queue_delay: Option<String>,
 }
 
 /// `backends[i].upstream:` — another HTTP server that requests are forwarded to.

@@ -285,16 +285,17 @@ pub(super) async fn run_local(model: &OnnxBackend, request: &InferRequest) -> Re
     let sig = model.signature();
     let inputs = request.decode_inputs(sig)?;
     let selected = request.selected_outputs(sig)?;
-    run_model(model, inputs, selected).await
+    run_model(model, inputs, selected).await.map(|(outputs, _)| outputs)
 }
 
 /// Runs an in-process model on inputs already checked against its signature: the one call
-/// into a model that HTTP and gRPC share, with its failures as client-facing errors.
+/// into a model that HTTP and gRPC share, with its failures as client-facing errors. Also says
+/// how many requests shared the run (dynamic batching).
 pub(super) async fn run_model(
     model: &OnnxBackend,
     inputs: Vec<Tensor>,
     selected: Option<Vec<String>>,
-) -> Result<Vec<Tensor>, ApiError> {
+) -> Result<crate::backend::onnx::Ran, ApiError> {
     model.infer(inputs, selected).await.map_err(infer_error)
 }
 
@@ -329,8 +330,8 @@ async fn infer(
                 Some((target, copy))
             });
             let started = Instant::now();
-            let outputs = model.infer(inputs, selected).await.map_err(infer_error)?;
-            variant.stats.inference(started.elapsed());
+            let (outputs, batch) = run_model(model, inputs, selected).await?;
+            variant.stats.inference(started.elapsed(), batch);
             let flat = flatten_tensors(&outputs);
             let predicted = prediction(&flat);
             if let Some((target, copy)) = shadow {

@@ -68,6 +68,7 @@ pub struct VariantStats {
     by_code: Mutex<HashMap<(u16, bool), Counter>>,
     duration: Histogram,
     inference: Histogram,
+    batch: Histogram,
     upstream: Histogram,
     telemetry: std::sync::Weak<Telemetry>,
 }
@@ -112,9 +113,10 @@ impl VariantStats {
         counter.increment(1);
     }
 
-    /// Time an in-process model took.
-    pub fn inference(&self, d: Duration) {
+    /// Time an in-process model took, and how many requests shared its run.
+    pub fn inference(&self, d: Duration, batch: usize) {
         self.inference.record(d.as_secs_f64());
+        self.batch.record(batch as f64);
     }
 
     /// Time an upstream took to its response head.
@@ -232,6 +234,10 @@ impl Telemetry {
     pub fn new() -> Arc<Telemetry> {
         let recorder = PrometheusBuilder::new()
             .set_buckets(&names::DURATION_BUCKETS)
+            .and_then(|b| {
+                let sizes = metrics_exporter_prometheus::Matcher::Full(names::BATCH_SIZE.to_string());
+                b.set_buckets_for_metric(sizes, &names::BATCH_BUCKETS)
+            })
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         for (name, kind, help) in names::ALL {
@@ -240,6 +246,7 @@ impl Telemetry {
                 names::Kind::Counter => recorder.describe_counter(key, None, help),
                 names::Kind::Gauge => recorder.describe_gauge(key, None, help),
                 names::Kind::Histogram => recorder.describe_histogram(key, Some(metrics::Unit::Seconds), help),
+                names::Kind::Sizes => recorder.describe_histogram(key, None, help),
             }
         }
         let handle = recorder.handle();
@@ -279,6 +286,7 @@ impl Telemetry {
                     by_code: Mutex::default(),
                     duration: self.histogram(names::REQUEST_DURATION, route, variant),
                     inference: self.histogram(names::INFERENCE_DURATION, route, variant),
+                    batch: self.histogram(names::BATCH_SIZE, route, variant),
                     upstream: self.histogram(names::UPSTREAM_DURATION, route, variant),
                     telemetry: self.me.clone(),
                 })

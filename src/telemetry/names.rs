@@ -7,6 +7,8 @@ pub const REQUESTS_TOTAL: &str = "modelgate_requests_total";
 pub const REQUEST_DURATION: &str = "modelgate_request_duration_seconds";
 /// In-process inference time (queue and run), by route and variant.
 pub const INFERENCE_DURATION: &str = "modelgate_inference_duration_seconds";
+/// Requests that shared each in-process model run (dynamic batching), by route and variant.
+pub const BATCH_SIZE: &str = "modelgate_batch_requests";
 /// Time to an upstream's response head, by route and variant.
 pub const UPSTREAM_DURATION: &str = "modelgate_upstream_duration_seconds";
 /// Requests being answered now.
@@ -41,15 +43,18 @@ pub enum Kind {
     Counter,
     /// Goes up and down.
     Gauge,
-    /// Buckets of observations.
+    /// Buckets of observations, in seconds.
     Histogram,
+    /// Buckets of counts (no unit).
+    Sizes,
 }
 
 /// Every metric with its kind and help text.
-pub const ALL: [(&str, Kind, &str); 16] = [
+pub const ALL: [(&str, Kind, &str); 17] = [
     (REQUESTS_TOTAL, Kind::Counter, "Answered requests by route, variant and status code."),
     (REQUEST_DURATION, Kind::Histogram, "Request latency through the gateway, by route and variant."),
     (INFERENCE_DURATION, Kind::Histogram, "In-process inference time (queue and run), by route and variant."),
+    (BATCH_SIZE, Kind::Sizes, "Requests that shared each in-process model run (dynamic batching)."),
     (UPSTREAM_DURATION, Kind::Histogram, "Time to the upstream's response head, by route and variant."),
     (IN_FLIGHT, Kind::Gauge, "Requests being answered now."),
     (SHADOW_TOTAL, Kind::Counter, "Shadow copies by route and outcome."),
@@ -64,6 +69,9 @@ pub const ALL: [(&str, Kind, &str); 16] = [
     (VARIANT_WEIGHT, Kind::Gauge, "Share of unpinned traffic per variant, 0 to 1."),
     (TABLE_GENERATION, Kind::Gauge, "Generation of the published routing table."),
 ];
+
+/// Histogram buckets of batch sizes.
+pub const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
 /// Histogram buckets for every duration, in seconds.
 pub const DURATION_BUCKETS: [f64; 16] =

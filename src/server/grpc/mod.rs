@@ -283,8 +283,8 @@ async fn answer(entry: &Entry<'_>, model: &OnnxBackend, message: ModelInferReque
     // A shadow takes the request in the JSON form, as an HTTP client would have sent it.
     let copy = shadow.map(|_| plain_request(&inputs, output_names(&selected), None));
     let started = Instant::now();
-    let outputs = run_model(model, inputs, selected).await?;
-    variant.stats.inference(started.elapsed());
+    let (outputs, batch) = run_model(model, inputs, selected).await?;
+    variant.stats.inference(started.elapsed(), batch);
     let flat = flatten_tensors(&outputs);
     let prediction = prediction(&flat);
     if let (Some(target), Some(Ok(body))) = (shadow, copy) {
