@@ -2,7 +2,8 @@
 # `make bench`: the three benchmark tables, each run side by side on this machine, loopback only.
 #   1. proxy overhead: direct to an upstream vs. modelgate vs. nginx vs. HAProxy (1 worker each)
 #   2. in-process inference: modelgate OIP infer vs. a raw ONNX Runtime loop vs. MLServer 1.7,
-#      then JSON vs. binary tensor data vs. gRPC at 1 and 256 rows
+#      then JSON vs. binary tensor data vs. gRPC at 1 and 256 rows, then dynamic batching on/off
+#      at 1, 16 and 64 connections
 #   3. criterion micro-benchmarks: variant assignment and table swaps
 # Installs what it needs when missing: nginx and haproxy (Debian), MLServer (PyPI, in .bench/venv).
 # BENCH_SECONDS (default 10) sets each load run's length; BENCH_CONNECTIONS (default 32) its connections.
@@ -170,6 +171,33 @@ row "MLServer 1.7.1 + onnxruntime custom runtime (in-process, parallel_workers 0
 cleanup; pids=()
 
 echo "$forms"
+
+# ---- 2b. dynamic batching ---------------------------------------------------------------------
+mbp=$(free_port); mba=$(free_port)
+cat >"$work/batching.yaml" <<CONF
+server: {listen: "127.0.0.1:$mbp", admin_listen: "127.0.0.1:$mba", state_dir: state}
+backends:
+  - name: single
+    onnx: {path: "$PWD/models/mlp-batching.onnx", sessions: 2}
+  - name: batched
+    onnx: {path: "$PWD/models/mlp-batching.onnx", sessions: 2, batching: {max_batch_size: 64, max_queue_delay: 2ms}}
+routes:
+  - {model: single, backend: single}
+  - {model: batched, backend: batched}
+CONF
+echo
+echo "### Dynamic batching (models/mlp-batching.onnx, 2.6M weights, one row per request, 2 sessions, ${secs}s each)"
+echo
+echo "| connections | batching | requests/s | p50 ms | p99 ms | server CPU s / 1000 req | errors |"
+echo "|---:|---|---:|---:|---:|---:|---:|"
+mbpid=$(start "$mg" serve --config "$work/batching.yaml"); pids+=("$mbpid"); wait_port "$mbp"
+for c in 1 16 64; do
+  for m in single batched; do
+    label=$([ "$m" = batched ] && echo "on (max 64 rows, 2 ms)" || echo "off")
+    conns=$c row "$c | $label" "$mbpid" --url "http://127.0.0.1:$mbp" --model "$m" --samples models/mlp-batching-samples.json
+  done
+done
+cleanup; pids=()
 
 # ---- 3. criterion ---------------------------------------------------------------------------
 echo
