@@ -389,11 +389,7 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let inference_tls = tls("inference", &settings.tls)?;
-    let listener_settings = ListenerSettings {
-        header_read_timeout: settings.header_read_timeout,
-        shutdown_grace: settings.shutdown_grace,
-        tls: tls("admin", &settings.admin_tls)?,
-    };
+    let listener_settings = ListenerSettings::admin(&settings, tls("admin", &settings.admin_tls)?);
     let (scheme, admin_scheme) = (
         if inference_tls.is_some() { "https" } else { "http" },
         if listener_settings.tls.is_some() { "https" } else { "http" },

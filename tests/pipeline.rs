@@ -156,3 +156,47 @@ async fn every_way_in_is_admitted_before_it_is_picked_and_counted_alike() {
     assert_eq!((count("200"), count("400")), (2.0, 2.0), "{m}");
     let _: Value = ok.json();
 }
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_on_accept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&format!(
+        "server:\n  max_connections: 2\nbackends:\n  - name: m\n    onnx: {{path: \"{}\"}}\nroutes:\n  - model: m\n    backend: m\n",
+        model("breast-cancer-v1.onnx")
+    ))
+    .await;
+    let request = b"GET /v2/health/live HTTP/1.1\r\nhost: gw\r\n\r\n";
+    // Sends one request on `conn` and reads what comes back before the connection idles.
+    async fn ask(conn: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+        if conn.write_all(request).await.is_err() {
+            return String::new();
+        }
+        let mut buf = vec![0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
+            Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).to_string(),
+            _ => String::new(),
+        }
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        assert!(ask(&mut conn, request).await.starts_with("HTTP/1.1 200"), "within the limit");
+        held.push(conn);
+    }
+    let mut third = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    assert_eq!(ask(&mut third, request).await, "", "the third connection is closed unanswered");
+    let m = metrics(&gw).await;
+    assert_eq!(metric(&m, "modelgate_connections_refused_total", &[r#"listener="http""#]), 1.0, "{m}");
+    // A held connection closes; its place is free again.
+    drop(held.pop());
+    let mut answered = false;
+    for _ in 0..100 {
+        let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        if ask(&mut conn, request).await.starts_with("HTTP/1.1 200") {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered, "a freed place takes a new connection");
+}

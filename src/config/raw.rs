@@ -36,6 +36,7 @@ pub struct RawServer {
     pub admin_listen: Option<String>,
     pub grpc_listen: Option<String>,
     pub max_body_bytes: Option<u64>,
+    pub max_connections: Option<i64>,
     pub header_read_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub shutdown_grace: Option<String>,

@@ -41,6 +41,9 @@ pub struct ServerSettings {
     pub grpc_listen: Option<SocketAddr>,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Client connections each inference listener (HTTP, gRPC) holds at once; beyond it new
+    /// connections are closed as soon as they are accepted.
+    pub max_connections: usize,
     /// How long a client may take to send the request head.
     pub header_read_timeout: Duration,
     /// Deadline for a whole request, inference or forwarding included.
@@ -104,6 +107,7 @@ impl Default for ServerSettings {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             grpc_listen: None,
             max_body_bytes: 4 * 1024 * 1024,
+            max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
@@ -156,6 +160,13 @@ pub(super) fn server(raw: &RawServer, base: &Path, issues: &mut Issues) -> Serve
         admin_listen,
         grpc_listen,
         max_body_bytes,
+        max_connections: super::count(
+            raw.max_connections,
+            d.max_connections,
+            1_000_000,
+            "server.max_connections",
+            issues,
+        ),
         header_read_timeout: duration(
             &raw.header_read_timeout,
             d.header_read_timeout,

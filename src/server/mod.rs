@@ -36,15 +36,35 @@ pub struct ListenerSettings {
     pub shutdown_grace: Duration,
     /// Serve TLS with this config (see [`crate::tls::listener_config`]); plain HTTP when unset.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections held at once; beyond it new ones are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Counts the connections closed for being beyond `max_connections`.
+    pub refused: Option<metrics::Counter>,
 }
 
 impl ListenerSettings {
-    /// An inference listener's settings (HTTP or gRPC): the server's timeouts, and `tls`.
-    pub fn inference(settings: &crate::config::ServerSettings, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+    /// The admin listener's settings: `tls`, a few connections, the server's timeouts.
+    pub fn admin(settings: &crate::config::ServerSettings, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         ListenerSettings {
             header_read_timeout: settings.header_read_timeout,
             shutdown_grace: settings.shutdown_grace,
             tls,
+            max_connections: 1024,
+            refused: None,
+        }
+    }
+
+    /// An inference listener's settings (HTTP or gRPC, named by `listener`): the server's
+    /// timeouts and connection limit, and `tls`.
+    fn inference(state: &AppState, tls: Option<Arc<rustls::ServerConfig>>, listener: &'static str) -> Self {
+        let settings = &state.settings;
+        let label = metrics::Label::new("listener", listener);
+        ListenerSettings {
+            header_read_timeout: settings.header_read_timeout,
+            shutdown_grace: settings.shutdown_grace,
+            tls,
+            max_connections: settings.max_connections,
+            refused: Some(state.telemetry.counter(crate::telemetry::names::CONNECTIONS_REFUSED, vec![label])),
         }
     }
 }
@@ -56,7 +76,7 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let settings = ListenerSettings::inference(&state.settings, tls);
+    let settings = ListenerSettings::inference(&state, tls, "http");
     serve_with(listener, settings, shutdown, move |req, peer| handler::handle(state.clone(), req, peer)).await;
 }
 
@@ -78,6 +98,7 @@ pub async fn serve_with<H, F, B>(
     builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
     let builder = Arc::new(builder);
     let acceptor = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -92,6 +113,16 @@ pub async fn serve_with<H, F, B>(
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // Beyond max_connections: closed at once, so that file descriptors and
+                    // memory stay bounded whatever the clients do; the client sees the
+                    // connection close and may retry (elsewhere).
+                    if let Some(refused) = &settings.refused {
+                        refused.increment(1);
+                    }
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let handle = handle.clone();
                 let svc = service_fn(move |req: Request<Incoming>| {
@@ -101,6 +132,7 @@ pub async fn serve_with<H, F, B>(
                 let (builder, watcher, acceptor) = (builder.clone(), graceful.watcher(), acceptor.clone());
                 let handshake_limit = settings.header_read_timeout;
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let served = match acceptor {
                         None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
                         // The handshake runs on the connection's own task, bounded like a request head.

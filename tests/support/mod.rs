@@ -96,9 +96,8 @@ impl Gateway {
             t.as_ref().map(|t| modelgate::tls::listener_config(t, listener).unwrap_or_else(|e| panic!("{e}")))
         };
         let settings = ListenerSettings {
-            header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
-            tls: tls(&config.server.admin_tls, "admin"),
+            ..ListenerSettings::admin(&config.server, tls(&config.server.admin_tls, "admin"))
         };
         let inference_tls = tls(&config.server.tls, "inference");
         controller.spawn_analysis(Duration::from_millis(50));

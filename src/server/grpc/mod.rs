@@ -47,7 +47,7 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let settings = ListenerSettings::inference(&state.settings, tls);
+    let settings = ListenerSettings::inference(&state, tls, "grpc");
     let limit = state.settings.max_body_bytes;
     let service = GrpcInferenceServiceServer::new(Inference { state })
         .max_decoding_message_size(limit)
