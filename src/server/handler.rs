@@ -77,8 +77,10 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     req.headers_mut().insert(REQUEST_ID, id.clone());
     forwarded_headers(&state.settings, req.headers_mut(), peer);
     let deadline = state.settings.request_timeout;
-    let answered =
-        pending.within(deadline, "the gateway's request_timeout", dispatch(&state, req, peer, &pending)).await;
+    // Boxed: the dispatch future (every protocol's state machine) is large, and hyper moves the
+    // handler's future several times per request; a memmove of it was 5% of the proxy's CPU.
+    let dispatched = Box::pin(dispatch(&state, req, peer, &pending));
+    let answered = pending.within(deadline, "the gateway's request_timeout", dispatched).await;
     let mut resp = answered.unwrap_or_else(|e| response::error(&e));
     resp.headers_mut().insert(REQUEST_ID, id.clone());
     let resp = super::encoding::encode_response(resp, coding).await;
