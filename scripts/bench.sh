@@ -5,6 +5,8 @@
 #      then JSON vs. binary tensor data vs. gRPC at 1 and 256 rows, then dynamic batching on/off
 #      at 1, 16 and 64 connections
 #   3. criterion micro-benchmarks: variant assignment and table swaps
+# and perf profiles (top symbols and an inferno flamegraph) of the proxy and the inference path
+# in .bench/proxy.* and .bench/inference.*.
 # Installs what it needs when missing: nginx and haproxy (Debian), MLServer (PyPI, in .bench/venv).
 # BENCH_SECONDS (default 10) sets each load run's length; BENCH_CONNECTIONS (default 32) its connections.
 set -euo pipefail
@@ -31,10 +33,32 @@ if [ ! -x "$work/venv/bin/mlserver" ]; then
   python3 -m venv "$work/venv"
   "$work/venv/bin/pip" install -q -r bench/mlserver/requirements.txt
 fi
+command -v perf >/dev/null || need_apt linux-perf || true
+if [ ! -x "$work/tools/bin/inferno-flamegraph" ]; then
+  log "bench: installing inferno (flamegraphs) into $work/tools"
+  cargo install --quiet --locked inferno --version 0.12.3 --root "$work/tools" || log "bench: no inferno: profiles without flamegraphs"
+fi
 ./scripts/fetch-ort.sh
 cargo build --locked --release --quiet --workspace --bin modelgate --bin loadtest
 mg=target/release/modelgate
 lt=target/release/loadtest
+
+# profile NAME PID LOAD-ARGS...: a perf profile of PID under 6 s of the same load, saved as
+# .bench/NAME.perf.txt (top symbols) and .bench/NAME.svg (flamegraph, inferno).
+profile() {
+  local name=$1 pid=$2; shift 2
+  command -v perf >/dev/null && [ -x "$work/tools/bin/inferno-flamegraph" ] || { log "bench: no perf or inferno: no $name profile"; return 0; }
+  "$lt" --quiet --duration 8s -c "$conns" "$@" >/dev/null &
+  local load=$!
+  sleep 1
+  perf record -q -F 999 -g -p "$pid" -o "$work/$name.perf.data" -- sleep 6 >/dev/null 2>&1 || true
+  wait "$load" || true
+  perf report -i "$work/$name.perf.data" --no-children --stdio --percent-limit 0.5 -g none >"$work/$name.perf.txt" 2>/dev/null || true
+  perf script -i "$work/$name.perf.data" 2>/dev/null | "$work/tools/bin/inferno-collapse-perf" 2>/dev/null \
+    | "$work/tools/bin/inferno-flamegraph" >"$work/$name.svg" 2>/dev/null || true
+  rm -f "$work/$name.perf.data"
+  log "bench: profile of $name in $work/$name.perf.txt and $work/$name.svg"
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_port() { for _ in $(seq 1 200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; log "bench: nothing listens on $1"; exit 1; }
@@ -118,6 +142,7 @@ row "direct to the upstream (nginx static)" "$upid" --url "http://127.0.0.1:$up"
 row "modelgate (path_prefix route)" "$mgpid" --url "http://127.0.0.1:$mgp" --path /bench/x
 row "nginx 1.22 (proxy_pass, keepalive)" "$ngpid" --url "http://127.0.0.1:$ngp" --path /bench/x
 row "HAProxy 2.6 (http-reuse always)" "$hapid" --url "http://127.0.0.1:$hap" --path /bench/x
+profile proxy "$mgpid" --url "http://127.0.0.1:$mgp" --path /bench/x
 cleanup; pids=()
 
 # ---- 2. in-process inference --------------------------------------------------------------
@@ -146,6 +171,7 @@ echo "| target | requests/s | p50 ms | p99 ms | server CPU s / 1000 req | errors
 echo "|---|---:|---:|---:|---:|---:|"
 mipid=$(start "$mg" serve --config "$work/infer.yaml"); pids+=("$mipid"); wait_port "$mip"
 row "modelgate OIP infer (2 sessions)" "$mipid" --url "http://127.0.0.1:$mip" --model breast-cancer-v2
+profile inference "$mipid" --url "http://127.0.0.1:$mip" --model breast-cancer-v2
 forms=$(
   echo
   echo "### Tensor forms over HTTP and gRPC (the same modelgate and model, $conns connections, ${secs}s each)"
