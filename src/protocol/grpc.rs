@@ -238,34 +238,25 @@ pub fn declared<'a>(tensors: impl Iterator<Item = (&'a str, &'a str, &'a [i64])>
 /// one, and the bytes go as they are).
 pub fn encode_inputs(inputs: Vec<Tensor>) -> (Vec<InferInputTensor>, Vec<Vec<u8>>) {
     let (tensors, raw) = encode_outputs(inputs, true);
-    let tensors = tensors
-        .into_iter()
-        .map(|t| InferInputTensor {
-            name: t.name,
-            datatype: t.datatype,
-            shape: t.shape,
-            parameters: t.parameters,
-            contents: t.contents,
-        })
-        .collect();
-    (tensors, raw)
+    (tensors.into_iter().map(as_input).collect(), raw)
+}
+
+/// An output tensor's fields as an input tensor (the two messages carry the same fields).
+fn as_input(t: InferOutputTensor) -> InferInputTensor {
+    InferInputTensor {
+        name: t.name,
+        datatype: t.datatype,
+        shape: t.shape,
+        parameters: t.parameters,
+        contents: t.contents,
+    }
 }
 
 /// An upstream's answer tensors, each checked against the shape and datatype it declares.
 pub fn decode_outputs(outputs: Vec<InferOutputTensor>, raw: Vec<Vec<u8>>) -> Result<Vec<Tensor>, ApiError> {
     let specs = declared(outputs.iter().map(|o| (o.name.as_str(), o.datatype.as_str(), o.shape.as_slice())))?;
     let sig = Signature { inputs: specs, outputs: Vec::new() };
-    let as_inputs = outputs
-        .into_iter()
-        .map(|t| InferInputTensor {
-            name: t.name,
-            datatype: t.datatype,
-            shape: t.shape,
-            parameters: t.parameters,
-            contents: t.contents,
-        })
-        .collect();
-    decode_inputs(as_inputs, raw, &sig)
+    decode_inputs(outputs.into_iter().map(as_input).collect(), raw, &sig)
 }
 
 /// Output tensors in protobuf form: with `raw`, their elements as `raw_output_contents` (as
