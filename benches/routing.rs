@@ -41,6 +41,7 @@ fn route(name: &str, telemetry: &Telemetry, backend: &Arc<Backend>) -> Route {
         shadow: None,
         unavailable: None,
         limit: None,
+        shed: metrics::Counter::noop(),
         overrides: modelgate::config::OverridePolicy::Allow,
     }
 }

@@ -97,6 +97,9 @@ pub fn build(parts: &Parts<'_>, generation: u64) -> Result<RouteTable, ConfigErr
             shadow,
             unavailable: gap.then(|| "its backend is being replaced (recreate); retry shortly".to_string()),
             limit: parts.limits.get(name).cloned(),
+            shed: parts
+                .telemetry
+                .counter(crate::telemetry::names::SHED_TOTAL, vec![metrics::Label::new("route", name.to_string())]),
             overrides: spec.overrides.unwrap_or(config.server.overrides),
         });
     }

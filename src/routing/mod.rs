@@ -95,17 +95,21 @@ pub struct Route {
     pub unavailable: Option<String>,
     /// The route's concurrency limit and its permits, kept across table swaps.
     pub limit: Option<(usize, Arc<tokio::sync::Semaphore>)>,
+    /// Counts the requests shed at the limit (`modelgate_shed_requests_total{route}`): a handle
+    /// made with the table, so a shed request costs no metric lookup.
+    pub shed: metrics::Counter,
     /// Who may pin a variant (version path, override header).
     pub overrides: OverridePolicy,
 }
 
 impl Route {
     /// A permit to answer one request, or a 503 with `Retry-After` when the route is at its
-    /// concurrency limit: shed at once, before anything queues. Holding the permit counts the
-    /// request in flight.
+    /// concurrency limit: shed at once, before anything queues, and counted. Holding the permit
+    /// counts the request in flight.
     pub fn admit(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, crate::protocol::ApiError> {
         let Some((max, permits)) = &self.limit else { return Ok(None) };
         permits.clone().try_acquire_owned().map(Some).map_err(|_| {
+            self.shed.increment(1);
             crate::protocol::ApiError::unavailable(
                 format!("route {:?} is at its limit of {max} concurrent requests; retry shortly", self.name),
                 std::time::Duration::from_secs(1),

@@ -15,7 +15,7 @@ use crate::protocol::request_id;
 use crate::protocol::ApiError;
 use crate::routing::{assign, Route, ShadowTarget, Variant};
 use crate::telemetry::window::Unit;
-use crate::telemetry::{names, Feedback, VariantStats};
+use crate::telemetry::{Feedback, VariantStats};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -85,7 +85,7 @@ pub(super) fn enter<'r>(
     headers: &mut HeaderMap,
     query: Option<&str>,
 ) -> Result<Entry<'r>, ApiError> {
-    let permit = admit(state, route)?;
+    let permit = route.admit()?;
     let picked = pick(state, route, version, headers, query)?;
     strip_gateway_headers(state, route, headers);
     let _ = pending.claim.set((picked.variant.stats.clone(), picked.unit));
@@ -141,14 +141,6 @@ impl Entry<'_> {
         let status = resp.status().as_u16();
         self.finish(state, pending, status, resp.headers_mut(), prediction);
     }
-}
-
-/// Takes a place under the route's concurrency limit, or counts the request as shed.
-fn admit(state: &AppState, route: &Route) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
-    route.admit().inspect_err(|_| {
-        let label = metrics::Label::new("route", route.name.clone());
-        state.telemetry.counter(names::SHED_TOTAL, vec![label]).increment(1);
-    })
 }
 
 /// Applies a backend's injected faults: its delay, then an error for its share of requests.
