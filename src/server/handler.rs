@@ -10,6 +10,7 @@ use crate::protocol::secret::constant_time_eq;
 use crate::protocol::ApiError;
 use crate::routing::{normalize_path, SharedTable};
 use crate::telemetry::Telemetry;
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -51,11 +52,12 @@ impl AppState {
 }
 
 pub(super) const REQUEST_ID: &str = "x-request-id";
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
 
 /// A client's `x-request-id` is kept when it is short printable ASCII; otherwise one is made.
 pub(super) fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
-        .get(REQUEST_ID)
+        .get(&X_REQUEST_ID)
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
         .cloned()
         .unwrap_or_else(|| {
@@ -74,7 +76,7 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     let coding = super::encoding::accepted(req.headers());
     let mut req = req.map(|b| b.map_err(BodyError::new).boxed());
     // Forwarded with the request, so upstream logs correlate with the gateway's.
-    req.headers_mut().insert(REQUEST_ID, id.clone());
+    req.headers_mut().insert(X_REQUEST_ID, id.clone());
     forwarded_headers(&state.settings, req.headers_mut(), peer);
     let deadline = state.settings.request_timeout;
     // Boxed: the dispatch future (every protocol's state machine) is large, and hyper moves the
@@ -82,7 +84,7 @@ pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: S
     let dispatched = Box::pin(dispatch(&state, req, peer, &pending));
     let answered = pending.within(deadline, "the gateway's request_timeout", dispatched).await;
     let mut resp = answered.unwrap_or_else(|e| response::error(&e));
-    resp.headers_mut().insert(REQUEST_ID, id.clone());
+    resp.headers_mut().insert(X_REQUEST_ID, id.clone());
     let resp = super::encoding::encode_response(resp, coding).await;
     let status = resp.status().as_u16();
     let micros = pending.elapsed().as_micros() as u64;
@@ -158,14 +160,20 @@ async fn dispatch(
 /// claim another address); the listener's scheme is `X-Forwarded-Proto` unless a trusted proxy
 /// said it. The upstream forward then appends the peer to `X-Forwarded-For`.
 fn forwarded_headers(settings: &ServerSettings, headers: &mut HeaderMap, peer: SocketAddr) {
-    let trusted = settings.trusted_proxies.iter().any(|net| net.contains(&peer.ip()));
-    if !trusted {
-        for name in ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded"] {
+    const CLAIMS: [HeaderName; 4] = [
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderName::from_static("x-forwarded-host"),
+        HeaderName::from_static("x-forwarded-proto"),
+        http::header::FORWARDED,
+    ];
+    let claims = headers.keys().any(|k| CLAIMS.contains(k));
+    if claims && !settings.trusted_proxies.iter().any(|net| net.contains(&peer.ip())) {
+        for name in &CLAIMS {
             headers.remove(name);
         }
     }
     if settings.tls.is_some() {
-        headers.entry("x-forwarded-proto").or_insert(HeaderValue::from_static("https"));
+        headers.entry(CLAIMS[2].clone()).or_insert(HeaderValue::from_static("https"));
     }
 }
 

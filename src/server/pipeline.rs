@@ -16,11 +16,16 @@ use crate::protocol::ApiError;
 use crate::routing::{assign, Route, ShadowTarget, Variant};
 use crate::telemetry::window::Unit;
 use crate::telemetry::{Feedback, VariantStats};
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
+
+/// The override header and the gateway request id header, as names made once.
+const OVERRIDE: HeaderName = HeaderName::from_static(assign::OVERRIDE_HEADER);
+const GATEWAY_ID: HeaderName = HeaderName::from_static(request_id::HEADER);
 
 /// A request in flight: when it started, and the variant it was given once it has one, so a
 /// request cut off by its deadline still counts (as a 504) against the variant that was too slow.
@@ -176,7 +181,7 @@ pub(super) fn pick<'r>(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Picked<'r>, ApiError> {
-    let override_header = match headers.get(assign::OVERRIDE_HEADER) {
+    let override_header = match headers.get(&OVERRIDE) {
         Some(v) => {
             Some(v.to_str().map_err(|_| ApiError::bad_request(format!("{} is not text", assign::OVERRIDE_HEADER)))?)
         }
@@ -231,8 +236,8 @@ fn may_pin(state: &AppState, route: &Route, headers: &HeaderMap) -> Result<(), A
 /// header, the gateway request id, an `Authorization` that carries the admin token (any other
 /// is the upstream's) and the route's sticky cookie (the client's other cookies go on).
 pub(super) fn strip_gateway_headers(state: &AppState, route: &Route, headers: &mut HeaderMap) {
-    headers.remove(assign::OVERRIDE_HEADER);
-    headers.remove(request_id::HEADER);
+    headers.remove(&OVERRIDE);
+    headers.remove(&GATEWAY_ID);
     if state.admin_token.as_deref().is_some_and(|t| carries_token(headers, t)) {
         headers.remove(http::header::AUTHORIZATION);
     }
@@ -255,10 +260,10 @@ impl Picked<'_> {
     /// sticky cookie to an answer's headers (or gRPC metadata).
     pub fn decorate_headers(&self, state: &AppState, route: &str, headers: &mut HeaderMap, prediction: Option<&[i64]>) {
         if let Ok(v) = HeaderValue::from_str(&self.variant.name) {
-            headers.insert(assign::OVERRIDE_HEADER, v);
+            headers.insert(OVERRIDE, v);
         }
         if let Ok(v) = HeaderValue::from_str(&state.ids.issue(route, &self.variant.name, self.unit, prediction)) {
-            headers.insert(request_id::HEADER, v);
+            headers.insert(GATEWAY_ID, v);
         }
         if let Some(cookie) = self.set_cookie.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
             headers.append(http::header::SET_COOKIE, cookie);
