@@ -80,8 +80,8 @@ pub(super) struct Entry<'r> {
 }
 
 /// Admits an inference and picks its variant. Admission comes first: a shed request costs
-/// neither a sticky-key hash nor a body read (an HTTP caller drops the body on this error).
-/// The gateway's own headers are then removed from `headers`, which may go upstream.
+/// neither a sticky-key hash nor a body parse (an HTTP caller drains up to 64 KiB of the body,
+/// unparsed, to keep the connection). The gateway's own headers are then removed from `headers`, which may go upstream.
 pub(super) fn enter<'r>(
     state: &AppState,
     pending: &Pending,
