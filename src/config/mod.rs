@@ -5,6 +5,7 @@
 
 mod analysis;
 mod backend;
+mod cluster;
 mod error;
 pub mod plan;
 mod raw;
@@ -14,6 +15,7 @@ pub mod watch;
 
 use analysis::{ab_plan, canary_plan, criteria};
 pub use backend::*;
+pub use cluster::{ClusterSettings, REPLICA_ID_ENV};
 use error::Issues;
 pub use error::{ConfigErrors, ConfigIssue};
 use plan::{
@@ -46,6 +48,8 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// Where rollout decisions are sent.
     pub webhooks: Vec<WebhookSpec>,
+    /// Fleet mode (status, leader and windows in etcd); `None`: this process decides alone.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Config {
@@ -74,8 +78,9 @@ impl Config {
         let backends = backends(&raw.backends, &base, &mut issues);
         let routes = routes(&raw.routes, &raw.backends, &mut issues);
         let webhooks = webhooks(&raw.webhooks, &mut issues);
+        let cluster = cluster::cluster(&raw.cluster, &mut issues);
         if issues.0.is_empty() {
-            Ok(Config { source: path.to_path_buf(), server, backends, routes, webhooks })
+            Ok(Config { source: path.to_path_buf(), server, backends, routes, webhooks, cluster })
         } else {
             Err(ConfigErrors { file: path.to_path_buf(), issues: issues.0 })
         }

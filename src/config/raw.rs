@@ -15,6 +15,26 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    pub cluster: Option<RawCluster>,
+}
+
+/// `cluster:` — fleet mode through etcd.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub etcd: RawEtcd,
+    pub replica_id: Option<String>,
+    pub lease_ttl: Option<String>,
+    pub publish_interval: Option<String>,
+}
+
+/// `cluster.etcd:` — where etcd is and the fleet's key prefix.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub prefix: Option<String>,
 }
 
 /// One entry of `webhooks:` — where rollout decisions are POSTed.
