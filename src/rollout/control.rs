@@ -74,6 +74,9 @@ pub struct Controller {
     ort_library: PathBuf,
     pub(super) inner: tokio::sync::Mutex<Inner>,
     statuses: ArcSwap<Statuses>,
+    pub(super) revisions: ArcSwap<Vec<(String, String)>>,
+    pub(super) fleet: std::sync::OnceLock<Arc<dyn super::fleet::Fleet>>,
+    pub(super) held: Mutex<Option<String>>,
     pub(super) report: Mutex<ReloadReport>,
     pub(super) me: Weak<Controller>,
 }
@@ -154,6 +157,9 @@ impl Controller {
             ort_library,
             inner: tokio::sync::Mutex::new(inner),
             statuses: ArcSwap::default(),
+            revisions: ArcSwap::default(),
+            fleet: std::sync::OnceLock::new(),
+            held: Mutex::new(None),
             report: Mutex::new(ReloadReport { source, ok: true, at_unix_ms, ..ReloadReport::default() }),
             me: me.clone(),
         });
@@ -228,6 +234,13 @@ impl Controller {
             .map(|r| (r.name().to_string(), inner.routes.get(r.name()).map(|s| s.status.clone()).unwrap_or_default()))
             .collect();
         self.statuses.store(Arc::new(statuses));
+        let revisions = inner
+            .config
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.name().to_string(), inner.routes.get(r.name())?.revision.clone())))
+            .collect();
+        self.revisions.store(Arc::new(revisions));
         let Some(persister) = &self.persister else { return 0 };
         let all = inner
             .routes
@@ -362,6 +375,9 @@ impl Controller {
             if next == state.status {
                 return Ok((inner.generation, state.status, next));
             }
+            // In a fleet the change is the fleet's first (compare-and-swap on the status this
+            // replica applied: a change made elsewhere meanwhile makes it stale, a 412).
+            self.write_fleet(route, &state.revision, &next, false).await?;
             let version = inner.generation + 1;
             inner.routes.insert(route.to_string(), RouteState { status: next.clone(), version, ..state.clone() });
             match self.publish(&mut inner, &[]).await {

@@ -7,7 +7,8 @@
 //! - `analysis`, `engine` — pure statistics and the canary step state machine;
 //! - `revision` — what identifies a rollout; `status` — where it stands and its bucket layout;
 //! - `persist`, `store` — status on disk, off the async threads; `drain` — letting go of backends;
-//! - `events`, `webhooks` — decisions, logged and sent.
+//! - `events`, `webhooks` — decisions, logged and sent;
+//! - `fleet` — what the controller asks of a fleet (etcd, in `crate::cluster`), and applying its statuses.
 
 mod actions;
 pub mod analysis;
@@ -16,6 +17,7 @@ mod drain;
 mod drivers;
 pub mod engine;
 pub mod events;
+pub mod fleet;
 mod persist;
 mod reload;
 pub mod revision;
