@@ -352,7 +352,17 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
             .transpose()
     };
     let (listen, admin_listen, ort_flag) = (args.listen, args.admin_listen, args.ort_library.as_deref());
-    let (config, controller) = start(config, ort_flag, Some(state_dir)).await?;
+    // In a fleet, etcd holds the status; the state folder is for a gateway on its own.
+    let state_dir = config.cluster.is_none().then_some(state_dir);
+    let (config, controller) = start(config, ort_flag, state_dir).await?;
+    let cluster = match config.cluster.clone() {
+        Some(settings) => Some(
+            modelgate::cluster::Cluster::join(settings, &controller)
+                .await
+                .context("cannot join the fleet (cluster:)")?,
+        ),
+        None => None,
+    };
     controller.spawn_analysis(std::time::Duration::from_millis(250));
     controller.telemetry().spawn_upkeep(std::time::Duration::from_secs(5));
     if token.is_none() {
@@ -443,5 +453,8 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
+    }
     Ok(())
 }

@@ -14,6 +14,8 @@
 //! - `POST /admin/routes/{route}/pause|resume|retry` — automatic canary steps.
 //! - `GET  /admin/status` — every route's rollout status alone.
 //! - `GET  /admin/events[?since=N&route=R]` — decisions with the numbers behind them.
+//! - `GET  /admin/cluster` — fleet mode: replicas, leader, spec revisions, last publications
+//!   (404 outside a fleet).
 //!
 //! Mutations need `Authorization: Bearer <token>` when the gateway has a token, and take
 //! `If-Match: "<generation>"` (the `ETag` of any answer, or a route's `etag` in
@@ -174,9 +176,17 @@ async fn route(controller: &Arc<Controller>, req: Request<Incoming>, who: &str) 
         let statuses = controller.statuses();
         let routes: Vec<Value> =
             statuses.iter().map(|(route, status)| json!({ "route": route, "status": status })).collect();
-        return Ok(
-            json!({ "generation": controller.generation(), "persist_error": controller.persist_error(), "routes": routes }),
-        );
+        return Ok(json!({
+            "generation": controller.generation(),
+            "persist_error": controller.persist_error(),
+            "decisions_held": controller.decisions_held(),
+            "routes": routes,
+        }));
+    }
+    if path == "/admin/cluster" {
+        return controller
+            .fleet_view()
+            .ok_or_else(|| ApiError::not_found("not in a fleet: routes.yaml has no cluster: section"));
     }
     if path == "/admin/events" {
         let query = req.uri().query().unwrap_or("");

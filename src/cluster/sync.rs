@@ -1,0 +1,201 @@
+//! Keeping a replica in step with its fleet: statuses watched and applied through the
+//! controller (only those of the replica's own spec revision), other replicas' windows and
+//! records gathered for the leader's merge and the cluster view, and this replica's own
+//! windows and record published under its lease every interval.
+
+use super::keys::{PublishedWindows, ReplicaRecord, StoredStatus};
+use super::{now_ms, timed, Remote, Shared, MAX_REMOTE_WINDOWS};
+use crate::rollout::fleet::epoch;
+use crate::telemetry::window::Window;
+use etcd_client::{EventType, GetOptions, KeyValue, PutOptions, WatchOptions};
+use prost::Message;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Reads everything under `prefix`, hands each key to `apply`, then follows changes from that
+/// revision on (deletions as `None`); starts over after any failure.
+async fn follow<F, Fut>(shared: &Arc<Shared>, prefix: String, what: &str, apply: F)
+where
+    F: Fn(KeyValue, bool) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        let why = follow_once(shared, &prefix, what, &apply).await;
+        tracing::debug!(what, error = %why, "fleet watch restarts");
+        shared.set_error(Some(why));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn follow_once<F, Fut>(shared: &Arc<Shared>, prefix: &str, what: &str, apply: &F) -> String
+where
+    F: Fn(KeyValue, bool) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut client = shared.client.clone();
+    let all = match timed(what, client.get(prefix, Some(GetOptions::new().with_prefix()))).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let revision = all.header().map_or(0, |h| h.revision());
+    for kv in all.kvs() {
+        apply(kv.clone(), true).await;
+    }
+    let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+    let mut stream = match timed(what, client.watch(prefix, Some(options))).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(resp)) => {
+                if resp.canceled() {
+                    return format!("etcd {what}: watch canceled ({})", resp.cancel_reason());
+                }
+                for event in resp.events() {
+                    if let Some(kv) = event.kv() {
+                        apply(kv.clone(), event.event_type() == EventType::Put).await;
+                    }
+                }
+            }
+            Ok(None) => return format!("etcd {what}: watch closed"),
+            Err(e) => return format!("etcd {what}: {e}"),
+        }
+    }
+}
+
+/// Follows every route's status and applies those of this replica's revisions.
+pub(super) async fn watch_statuses(shared: Arc<Shared>) {
+    let prefix = shared.keys.statuses();
+    let me = shared.clone();
+    follow(&shared, prefix, "status watch", move |kv, put| {
+        let shared = me.clone();
+        async move {
+            if !put {
+                return;
+            }
+            let Some((route, revision)) = shared.keys.parse_status(kv.key()) else { return };
+            let stored: StoredStatus = match serde_json::from_slice(kv.value()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(route, revision, error = %e, "a status in etcd is not readable; ignored");
+                    return;
+                }
+            };
+            let key = shared.keys.status(&route, &revision);
+            {
+                let mut st = shared.lock();
+                let seen = st.seen.entry(key).or_insert(0);
+                if kv.mod_revision() < *seen {
+                    return; // older than what this replica wrote or applied
+                }
+                *seen = kv.mod_revision();
+            }
+            let Some(controller) = shared.controller.upgrade() else { return };
+            if let Err(e) = controller.apply_fleet_status(&route, &revision, stored.status).await {
+                tracing::error!(route, revision, error = %e, "the fleet's status could not be applied here");
+            }
+        }
+    })
+    .await;
+}
+
+/// Follows other replicas' windows and records.
+pub(super) async fn watch_windows(shared: Arc<Shared>) {
+    let prefix = format!("{}/", shared.settings.prefix);
+    let me = shared.clone();
+    follow(&shared, prefix, "window watch", move |kv, put| {
+        let shared = me.clone();
+        async move { gather(&shared, &kv, put) }
+    })
+    .await;
+}
+
+fn gather(shared: &Shared, kv: &KeyValue, put: bool) {
+    if let Some(id) = kv.key().strip_prefix(shared.keys.replicas().as_bytes()) {
+        let id = String::from_utf8_lossy(id).replace("%2F", "/").replace("%25", "%");
+        let mut st = shared.lock();
+        match (put, serde_json::from_slice::<ReplicaRecord>(kv.value())) {
+            (true, Ok(record)) => {
+                st.replicas.insert(id, record);
+            }
+            _ => {
+                st.replicas.remove(&id);
+            }
+        }
+        return;
+    }
+    let Some((replica, route, variant)) = shared.keys.parse_window(kv.key()) else { return };
+    if replica == shared.replica {
+        return;
+    }
+    let key = (replica, route, variant);
+    if !put {
+        shared.lock().windows.remove(&key);
+        return;
+    }
+    let decoded = PublishedWindows::decode(kv.value()).map_err(|e| e.to_string()).and_then(|p| {
+        Ok(Remote {
+            step: Window::from_bytes(&p.step).map_err(|e| e.to_string())?,
+            pinned: Window::from_bytes(&p.pinned).map_err(|e| e.to_string())?,
+            revision: p.revision,
+            epoch: p.epoch,
+        })
+    });
+    let mut st = shared.lock();
+    match decoded {
+        Ok(remote) if st.windows.len() < MAX_REMOTE_WINDOWS || st.windows.contains_key(&key) => {
+            st.windows.insert(key, remote);
+        }
+        Ok(_) => tracing::warn!(replica = %key.0, "too many published windows kept; this one is ignored"),
+        Err(e) => {
+            tracing::warn!(replica = %key.0, route = %key.1, error = %e, "published windows not readable; ignored");
+            st.windows.remove(&key);
+        }
+    }
+}
+
+/// Publishes this replica's windows and record every interval, under its lease.
+pub(super) async fn publish(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.settings.publish_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(lease) = shared.lock().lease.map(|(id, _)| id) else { continue };
+        let Some(controller) = shared.controller.upgrade() else { return };
+        let revisions: BTreeMap<String, String> = controller.revisions().iter().cloned().collect();
+        let statuses = controller.statuses();
+        let now = now_ms();
+        let mut puts = Vec::new();
+        for stats in controller.telemetry().variants() {
+            let Some(revision) = revisions.get(&stats.route) else { continue };
+            let Some((_, status)) = statuses.iter().find(|(r, _)| *r == stats.route) else { continue };
+            let windows = PublishedWindows {
+                revision: revision.clone(),
+                epoch: epoch(status),
+                published_ms: now,
+                step: stats.step_window().to_bytes(),
+                pinned: stats.pinned_window().to_bytes(),
+            };
+            puts.push((shared.keys.window(&shared.replica, &stats.route, &stats.variant), windows.encode_to_vec()));
+        }
+        let record = ReplicaRecord { replica: shared.replica.clone(), revisions, published_ms: now };
+        if let Ok(value) = serde_json::to_vec(&record) {
+            puts.push((shared.keys.replica(&shared.replica), value));
+        }
+        let mut client = shared.client.clone();
+        let mut failed = None;
+        for (key, value) in puts {
+            let options = PutOptions::new().with_lease(lease);
+            if let Err(e) = timed("publish", client.put(key, value, Some(options))).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        match failed {
+            None => shared.lock().last_publish_ms = Some(now),
+            Some(e) => tracing::debug!(error = %e, "windows not published this round"),
+        }
+    }
+}
