@@ -22,7 +22,8 @@ use support::*;
 struct Etcd {
     child: Child,
     url: String,
-    _dir: tempfile::TempDir,
+    peer_url: String,
+    dir: tempfile::TempDir,
 }
 
 fn etcd_binary() -> String {
@@ -34,35 +35,50 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+fn spawn_etcd(dir: &std::path::Path, url: &str, peer_url: &str) -> Child {
+    let bin = etcd_binary();
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} is missing: run scripts/fetch-etcd.sh (make test does) or set ETCD_BIN"
+    );
+    Command::new(&bin)
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", url, "--advertise-client-urls", url])
+        .args(["--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
+}
+
 impl Etcd {
     async fn start() -> Etcd {
-        let bin = etcd_binary();
-        assert!(
-            std::path::Path::new(&bin).exists(),
-            "{bin} is missing: run scripts/fetch-etcd.sh (make test does) or set ETCD_BIN"
-        );
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
-            let (client, peer) = (free_port(), free_port());
-            let url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new(&bin)
-                .args(["--name", "t", "--data-dir"])
-                .arg(dir.path().join("data"))
-                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &format!("t={peer_url}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-            let mut etcd = Etcd { child, url, _dir: dir };
+            let url = format!("http://127.0.0.1:{}", free_port());
+            let peer_url = format!("http://127.0.0.1:{}", free_port());
+            let child = spawn_etcd(dir.path(), &url, &peer_url);
+            let mut etcd = Etcd { child, url, peer_url, dir };
             if etcd.ready().await {
                 return etcd;
             }
             let _ = etcd.child.kill();
+            let _ = etcd.child.wait();
         }
         panic!("etcd did not start on loopback ports (3 tries)");
+    }
+
+    /// Kills etcd (an outage); [`Etcd::restart`] brings it back with its data.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn restart(&mut self) {
+        self.child = spawn_etcd(self.dir.path(), &self.url, &self.peer_url);
+        assert!(self.ready().await, "etcd came back on its ports");
     }
 
     /// Waits (bounded) until etcd answers; false when the process died (a port clash).
@@ -264,10 +280,11 @@ async fn an_admin_promote_on_a_follower_takes_effect_on_the_leader_and_a_stale_i
     assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
     assert_eq!(follower.canary_weight("risk"), 40.0, "the follower applied its own change");
     eventually("the leader to apply the follower's promote", Duration::from_secs(10), || async {
-        (leader.canary_weight("risk") == 40.0).then_some(())
+        // The table is published a moment before the status readers see.
+        let step = leader.status("risk").progress.map(|p| p.step);
+        (leader.canary_weight("risk") == 40.0 && step == Some(1)).then_some(())
     })
     .await;
-    assert_eq!(leader.status("risk").progress.map(|p| p.step), Some(1));
 
     // An If-Match read before the promote is stale on every replica.
     let auth = format!("Bearer {ADMIN_TOKEN}");
@@ -362,5 +379,48 @@ async fn a_failing_canary_is_rolled_back_once_and_every_replica_routes_nothing_t
     assert_eq!(rolled, 1, "one decision fleet-wide");
     for r in both {
         assert_eq!(r.status("risk").phase, modelgate::rollout::Phase::RolledBack);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_keeps_serving_decides_nothing_and_resumes_at_the_same_step() {
+    let mut etcd = Etcd::start().await;
+    let a = Replica::start(&routes(&etcd, "/t/outage", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd, "/t/outage", "b", STEPPED)).await;
+    let both = [&a, &b];
+    let (l, _) = leader_of(&both).await;
+    let promoted = both[l].gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
+    eventually("step 1 on both replicas", Duration::from_secs(10), || async {
+        both.iter().all(|r| r.canary_weight("risk") == 40.0).then_some(())
+    })
+    .await;
+    let started = a.status("risk").progress.unwrap().step_started_ms;
+
+    etcd.stop();
+    eventually("both replicas to hold their decisions", Duration::from_secs(20), || async {
+        both.iter()
+            .all(|r| r.controller().decisions_held().is_some_and(|why| why.contains("etcd unreachable")))
+            .then_some(())
+    })
+    .await;
+    for r in both {
+        for _ in 0..5 {
+            let answer = post_json(&r.gw.url("/v2/models/risk/infer"), &body()).await;
+            assert_eq!(answer.status, StatusCode::OK, "serving goes on without etcd");
+        }
+        let refused = r.gw.admin_post("/admin/routes/risk/promote", "").await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.error());
+        assert_eq!(r.canary_weight("risk"), 40.0, "the last table stays");
+        let status = get(&r.gw.admin_url("/admin/status")).await.json();
+        assert!(status["decisions_held"].as_str().is_some_and(|w| w.contains("etcd")), "{status}");
+    }
+
+    etcd.restart().await;
+    leader_of(&both).await;
+    for r in both {
+        let progress = r.status("risk").progress.unwrap();
+        assert_eq!((progress.step, progress.step_started_ms), (1, started), "the step and its clock are kept");
+        assert_eq!(r.canary_weight("risk"), 40.0);
     }
 }
