@@ -424,3 +424,38 @@ async fn an_etcd_outage_keeps_serving_decides_nothing_and_resumes_at_the_same_st
         assert_eq!(r.canary_weight("risk"), 40.0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_reloads_onto_a_newer_revision_takes_that_revisions_status_and_mixed_revisions_show() {
+    let etcd = Etcd::start().await;
+    let a = Replica::start(&routes(&etcd, "/t/revisions", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd, "/t/revisions", "b", STEPPED)).await;
+    let both = [&a, &b];
+    leader_of(&both).await;
+    let old = a.revision("risk");
+    // A new revision of the route (sticky users) reaches replica a first, as a ConfigMap does.
+    let sticky = STEPPED.replace("        canary: good\n", "        canary: good\n        sticky: {header: x-user}\n");
+    let next = routes(&etcd, "/t/revisions", "a", &sticky);
+    std::fs::write(a.gw.routes_file(), &next).unwrap();
+    a.controller().reload_file().await.unwrap();
+    let new = a.revision("risk");
+    assert_ne!(old, new);
+    let promoted = a.gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
+    assert_eq!(a.canary_weight("risk"), 40.0);
+    let view = eventually("replica b's record in a's view", Duration::from_secs(10), || async {
+        let view = a.cluster.fleet().view();
+        (view["replicas"].as_array().map(Vec::len) == Some(2)).then_some(view)
+    })
+    .await;
+    assert_eq!(view["mixed_revisions"], true, "{view}");
+    assert_eq!(b.canary_weight("risk"), 10.0, "b runs the old revision and keeps its status");
+
+    std::fs::write(b.gw.routes_file(), next.replace("replica_id: a", "replica_id: b")).unwrap();
+    b.controller().reload_file().await.unwrap();
+    assert_eq!(b.revision("risk"), new);
+    eventually("b to take the new revision's status", Duration::from_secs(10), || async {
+        (b.canary_weight("risk") == 40.0).then_some(())
+    })
+    .await;
+}

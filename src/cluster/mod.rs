@@ -71,6 +71,9 @@ struct State {
     etcd_error: Option<String>,
     /// Mod revision of every status key as last seen (compare-and-swap base).
     seen: HashMap<String, i64>,
+    /// The newest status of every status key seen (watched or written by this replica), for
+    /// a replica that comes to a revision after its status was written (a later reload).
+    known: HashMap<String, RouteStatus>,
     /// Other replicas' records.
     replicas: BTreeMap<String, ReplicaRecord>,
     /// Other replicas' windows by (replica, route, variant).
@@ -310,7 +313,9 @@ impl Shared {
         };
         if resp.succeeded() {
             let rev = resp.header().map_or(0, |h| h.revision());
-            self.lock().seen.insert(key, rev);
+            let mut st = self.lock();
+            st.seen.insert(key.clone(), rev);
+            st.known.insert(key, status.clone());
             return Ok(());
         }
         let gets: Vec<_> = resp

@@ -6,8 +6,9 @@
 use super::keys::{PublishedWindows, ReplicaRecord, StoredStatus};
 use super::{now_ms, timed, Remote, Shared, MAX_REMOTE_WINDOWS};
 use crate::rollout::fleet::epoch;
+use crate::rollout::Controller;
 use crate::telemetry::window::Window;
-use etcd_client::{EventType, GetOptions, KeyValue, PutOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, WatchOptions};
 use prost::Message;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,20 +16,20 @@ use std::time::Duration;
 
 /// Reads everything under `prefix`, hands each key to `apply`, then follows changes from that
 /// revision on (deletions as `None`); starts over after any failure.
-async fn follow<F, Fut>(shared: &Arc<Shared>, prefix: String, what: &str, apply: F)
+async fn follow<F, Fut>(shared: &Arc<Shared>, prefix: String, what: &str, clear: impl Fn(), apply: F)
 where
     F: Fn(KeyValue, bool) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     loop {
-        let why = follow_once(shared, &prefix, what, &apply).await;
+        let why = follow_once(shared, &prefix, what, &clear, &apply).await;
         tracing::debug!(what, error = %why, "fleet watch restarts");
         shared.set_error(Some(why));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-async fn follow_once<F, Fut>(shared: &Arc<Shared>, prefix: &str, what: &str, apply: &F) -> String
+async fn follow_once<F, Fut>(shared: &Arc<Shared>, prefix: &str, what: &str, clear: &impl Fn(), apply: &F) -> String
 where
     F: Fn(KeyValue, bool) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -39,6 +40,8 @@ where
         Err(e) => return e,
     };
     let revision = all.header().map_or(0, |h| h.revision());
+    // What was deleted while the watch was down is not in the listing: start from it afresh.
+    clear();
     for kv in all.kvs() {
         apply(kv.clone(), true).await;
     }
@@ -69,43 +72,55 @@ where
 pub(super) async fn watch_statuses(shared: Arc<Shared>) {
     let prefix = shared.keys.statuses();
     let me = shared.clone();
-    follow(&shared, prefix, "status watch", move |kv, put| {
-        let shared = me.clone();
-        async move {
-            if !put {
-                return;
-            }
-            let Some((route, revision)) = shared.keys.parse_status(kv.key()) else { return };
-            let stored: StoredStatus = match serde_json::from_slice(kv.value()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(route, revision, error = %e, "a status in etcd is not readable; ignored");
+    follow(
+        &shared,
+        prefix,
+        "status watch",
+        || {},
+        move |kv, put| {
+            let shared = me.clone();
+            async move {
+                if !put {
                     return;
                 }
-            };
-            let key = shared.keys.status(&route, &revision);
-            {
-                let mut st = shared.lock();
-                let seen = st.seen.entry(key).or_insert(0);
-                if kv.mod_revision() < *seen {
-                    return; // older than what this replica wrote or applied
+                let Some((route, revision)) = shared.keys.parse_status(kv.key()) else { return };
+                let stored: StoredStatus = match serde_json::from_slice(kv.value()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(route, revision, error = %e, "a status in etcd is not readable; ignored");
+                        return;
+                    }
+                };
+                let key = shared.keys.status(&route, &revision);
+                {
+                    let mut st = shared.lock();
+                    let seen = st.seen.entry(key).or_insert(0);
+                    if kv.mod_revision() < *seen {
+                        return; // older than what this replica wrote or applied
+                    }
+                    *seen = kv.mod_revision();
+                    st.known.insert(shared.keys.status(&route, &revision), stored.status.clone());
                 }
-                *seen = kv.mod_revision();
+                let Some(controller) = shared.controller.upgrade() else { return };
+                if let Err(e) = controller.apply_fleet_status(&route, &revision, stored.status).await {
+                    tracing::error!(route, revision, error = %e, "the fleet's status could not be applied here");
+                }
             }
-            let Some(controller) = shared.controller.upgrade() else { return };
-            if let Err(e) = controller.apply_fleet_status(&route, &revision, stored.status).await {
-                tracing::error!(route, revision, error = %e, "the fleet's status could not be applied here");
-            }
-        }
-    })
+        },
+    )
     .await;
 }
 
 /// Follows other replicas' windows and records.
 pub(super) async fn watch_windows(shared: Arc<Shared>) {
     let prefix = format!("{}/", shared.settings.prefix);
-    let me = shared.clone();
-    follow(&shared, prefix, "window watch", move |kv, put| {
+    let (me, cleared) = (shared.clone(), shared.clone());
+    let clear = move || {
+        let mut st = cleared.lock();
+        st.windows.clear();
+        st.replicas.clear();
+    };
+    follow(&shared, prefix, "window watch", clear, move |kv, put| {
         let shared = me.clone();
         async move { gather(&shared, &kv, put) }
     })
@@ -164,6 +179,7 @@ pub(super) async fn publish(shared: Arc<Shared>) {
         tick.tick().await;
         let Some(lease) = shared.lock().lease.map(|(id, _)| id) else { continue };
         let Some(controller) = shared.controller.upgrade() else { return };
+        reconcile(&shared, &controller).await;
         let revisions: BTreeMap<String, String> = controller.revisions().iter().cloned().collect();
         let statuses = controller.statuses();
         let now = now_ms();
@@ -186,9 +202,13 @@ pub(super) async fn publish(shared: Arc<Shared>) {
         }
         let mut client = shared.client.clone();
         let mut failed = None;
-        for (key, value) in puts {
-            let options = PutOptions::new().with_lease(lease);
-            if let Err(e) = timed("publish", client.put(key, value, Some(options))).await {
+        // A few transactions rather than a round trip per key (etcd allows 128 operations in one).
+        for chunk in puts.chunks(64) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(key, value)| TxnOp::put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(lease))))
+                .collect();
+            if let Err(e) = timed("publish", client.txn(Txn::new().and_then(ops))).await {
                 failed = Some(e);
                 break;
             }
@@ -196,6 +216,30 @@ pub(super) async fn publish(shared: Arc<Shared>) {
         match failed {
             None => shared.lock().last_publish_ms = Some(now),
             Some(e) => tracing::debug!(error = %e, "windows not published this round"),
+        }
+    }
+}
+
+/// Applies the fleet's status of each route's current revision when this replica's differs:
+/// a replica that reloaded routes.yaml after the leader wrote the new revision's status has
+/// seen no watch event for it.
+async fn reconcile(shared: &Shared, controller: &Controller) {
+    let statuses = controller.statuses();
+    let pending: Vec<(String, String, crate::rollout::RouteStatus)> = {
+        let st = shared.lock();
+        controller
+            .revisions()
+            .iter()
+            .filter_map(|(route, revision)| {
+                let known = st.known.get(&shared.keys.status(route, revision))?;
+                let mine = statuses.iter().find(|(r, _)| r == route).map(|(_, s)| s);
+                (mine != Some(known)).then(|| (route.clone(), revision.clone(), known.clone()))
+            })
+            .collect()
+    };
+    for (route, revision, status) in pending {
+        if let Err(e) = controller.apply_fleet_status(&route, &revision, status).await {
+            tracing::error!(route, revision, error = %e, "the fleet's status could not be applied here");
         }
     }
 }
