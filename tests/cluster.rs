@@ -459,3 +459,31 @@ async fn a_replica_that_reloads_onto_a_newer_revision_takes_that_revisions_statu
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_dies_without_a_word_is_replaced_and_the_step_goes_on() {
+    let etcd = Etcd::start().await;
+    let a = Replica::start(&routes(&etcd, "/t/failover", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd, "/t/failover", "b", STEPPED)).await;
+    let (l, _) = leader_of(&[&a, &b]).await;
+    let (leader, follower) = if l == 0 { (a, b) } else { (b, a) };
+    let promoted = leader.gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
+    let started = leader.status("risk").progress.unwrap().step_started_ms;
+    eventually("the follower at step 1", Duration::from_secs(10), || async {
+        (follower.status("risk").progress.map(|p| p.step_started_ms) == Some(started)).then_some(())
+    })
+    .await;
+    // As SIGKILL would: its tasks stop and its lease is not revoked; it lapses after its TTL.
+    drop(leader);
+    eventually("the follower to take over", Duration::from_secs(20), || async {
+        follower.cluster.fleet().may_decide().is_ok().then_some(())
+    })
+    .await;
+    let progress = follower.status("risk").progress.unwrap();
+    assert_eq!((progress.step, progress.step_started_ms), (1, started), "the step continues, not from its start");
+    assert_eq!(follower.canary_weight("risk"), 40.0);
+    let promoted = follower.gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
+    assert_eq!(follower.canary_weight("risk"), 100.0, "the new leader's replica takes changes");
+}
