@@ -487,3 +487,18 @@ async fn a_leader_that_dies_without_a_word_is_replaced_and_the_step_goes_on() {
     assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
     assert_eq!(follower.canary_weight("risk"), 100.0, "the new leader's replica takes changes");
 }
+
+#[test]
+fn the_kubernetes_configmap_holds_a_valid_fleet_routes_file() {
+    let manifest = std::fs::read_to_string(root().join("deploy/kubernetes/configmap.yaml")).unwrap();
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&manifest).unwrap();
+    let routes = doc["data"]["routes.yaml"].as_str().expect("data.routes.yaml");
+    // The image's model folder is this checkout's models/.
+    let routes = routes.replace("/opt/modelgate/models", &root().join("models").display().to_string());
+    let config =
+        Config::parse(&routes, &root().join("deploy/kubernetes/routes.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let cluster = config.cluster.expect("a cluster: section");
+    assert_eq!(cluster.replica_id, None, "the replica id comes from the pod name (MODELGATE_REPLICA_ID)");
+    let deployment = std::fs::read_to_string(root().join("deploy/kubernetes/deployment.yaml")).unwrap();
+    assert!(deployment.contains(modelgate::config::REPLICA_ID_ENV));
+}
