@@ -313,7 +313,7 @@ async fn an_admin_promote_on_a_follower_takes_effect_on_the_leader_and_a_stale_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leader_judges_the_sum_of_every_replicas_windows() {
+async fn the_leader_judges_the_sum_of_every_replicas_windows_feedback_included() {
     let etcd = Etcd::start().await;
     let fixed = "  - model: risk\n    strategy:\n      canary: {stable: stable, canary: good, weight: 50}\n";
     let a = Replica::start(&routes(&etcd, "/t/merge", "a", fixed)).await;
@@ -341,6 +341,20 @@ async fn the_leader_judges_the_sum_of_every_replicas_windows() {
     })
     .await;
     assert_eq!(merged, 50, "every request without a sticky key is its own unit");
+
+    // Feedback counts wherever it lands: an answer of replica a, its outcome posted to b.
+    let answer = post_json(&a.gw.url("/v2/models/risk/infer"), &body()).await;
+    let variant = answer.headers["x-modelgate-variant"].to_str().unwrap().to_string();
+    let id = answer.headers["x-modelgate-request-id"].to_str().unwrap().to_string();
+    let posted = post_json(&b.gw.url("/v2/feedback"), &json!({"request_id": id, "conversion": true})).await;
+    assert!(posted.status.is_success(), "{:?}", posted.body);
+    eventually("the feedback in the leader's window", Duration::from_secs(10), || async {
+        let epoch = epoch(&leader.status("risk"));
+        let local = leader.controller().telemetry().variant("risk", &variant).step_window();
+        let w = leader.cluster.fleet().window("risk", &rev, epoch, &variant, false, local);
+        (w.conversion.n == 1 && w.conversion.sum == 1.0).then_some(())
+    })
+    .await;
     let view = leader.cluster.fleet().view();
     let replicas = view["replicas"].as_array().unwrap();
     assert_eq!(replicas.len(), 2, "{view}");
