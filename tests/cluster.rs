@@ -447,6 +447,12 @@ async fn a_replica_that_reloads_onto_a_newer_revision_takes_that_revisions_statu
     let both = [&a, &b];
     leader_of(&both).await;
     let old = a.revision("risk");
+    let client = etcd.client().await;
+    eventually("the leader's status of the first revision", Duration::from_secs(10), || {
+        let (mut client, key) = (client.clone(), format!("/t/revisions/status/risk/{old}"));
+        async move { client.get(key, None).await.ok().filter(|r| r.kvs().len() == 1).map(|_| ()) }
+    })
+    .await;
     // A new revision of the route (sticky users) reaches replica a first, as a ConfigMap does.
     let sticky = STEPPED.replace("        canary: good\n", "        canary: good\n        sticky: {header: x-user}\n");
     let next = routes(&etcd, "/t/revisions", "a", &sticky);
@@ -472,6 +478,14 @@ async fn a_replica_that_reloads_onto_a_newer_revision_takes_that_revisions_statu
         (b.canary_weight("risk") == 40.0).then_some(())
     })
     .await;
+    // Nobody runs the old revision now: the leader deletes its status after a grace.
+    eventually("the old revision's status deleted", Duration::from_secs(30), || {
+        let (mut client, key) = (client.clone(), format!("/t/revisions/status/risk/{old}"));
+        async move { client.get(key, None).await.ok().filter(|r| r.kvs().is_empty()).map(|_| ()) }
+    })
+    .await;
+    let kept = client.clone().get(format!("/t/revisions/status/risk/{new}"), None).await.unwrap();
+    assert_eq!(kept.kvs().len(), 1, "the running revision's status stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

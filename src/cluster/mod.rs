@@ -74,6 +74,8 @@ struct State {
     /// The newest status of every status key seen (watched or written by this replica), for
     /// a replica that comes to a revision after its status was written (a later reload).
     known: HashMap<String, RouteStatus>,
+    /// Status keys no replica runs, since when (the leader deletes them after a grace).
+    unrun: HashMap<String, Instant>,
     /// Other replicas' records.
     replicas: BTreeMap<String, ReplicaRecord>,
     /// Other replicas' windows by (replica, route, variant).

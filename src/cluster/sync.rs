@@ -8,11 +8,11 @@ use super::{now_ms, timed, Remote, Shared, MAX_REMOTE_WINDOWS};
 use crate::rollout::fleet::epoch;
 use crate::rollout::Controller;
 use crate::telemetry::window::Window;
-use etcd_client::{EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, WatchOptions};
 use prost::Message;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Reads everything under `prefix`, hands each key to `apply`, then follows changes from that
 /// revision on (deletions as `None`); starts over after any failure.
@@ -72,43 +72,38 @@ where
 pub(super) async fn watch_statuses(shared: Arc<Shared>) {
     let prefix = shared.keys.statuses();
     let me = shared.clone();
-    follow(
-        &shared,
-        prefix,
-        "status watch",
-        || {},
-        move |kv, put| {
-            let shared = me.clone();
-            async move {
-                if !put {
-                    return;
-                }
-                let Some((route, revision)) = shared.keys.parse_status(kv.key()) else { return };
-                let stored: StoredStatus = match serde_json::from_slice(kv.value()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(route, revision, error = %e, "a status in etcd is not readable; ignored");
-                        return;
-                    }
-                };
-                let key = shared.keys.status(&route, &revision);
-                {
-                    let mut st = shared.lock();
-                    let seen = st.seen.entry(key).or_insert(0);
-                    if kv.mod_revision() < *seen {
-                        return; // older than what this replica wrote or applied
-                    }
-                    *seen = kv.mod_revision();
-                    st.known.insert(shared.keys.status(&route, &revision), stored.status.clone());
-                }
-                let Some(controller) = shared.controller.upgrade() else { return };
-                if let Err(e) = controller.apply_fleet_status(&route, &revision, stored.status).await {
-                    tracing::error!(route, revision, error = %e, "the fleet's status could not be applied here");
-                }
-            }
-        },
-    )
-    .await;
+    follow(&shared, prefix, "status watch", || {}, move |kv, put| on_status(me.clone(), kv, put)).await;
+}
+
+async fn on_status(shared: Arc<Shared>, kv: KeyValue, put: bool) {
+    let Some((route, revision)) = shared.keys.parse_status(kv.key()) else { return };
+    let key = shared.keys.status(&route, &revision);
+    if !put {
+        let mut st = shared.lock();
+        st.seen.remove(&key);
+        st.known.remove(&key);
+        return;
+    }
+    let stored: StoredStatus = match serde_json::from_slice(kv.value()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(route, revision, error = %e, "a status in etcd is not readable; ignored");
+            return;
+        }
+    };
+    {
+        let mut st = shared.lock();
+        let seen = st.seen.entry(key.clone()).or_insert(0);
+        if kv.mod_revision() < *seen {
+            return; // older than what this replica wrote or applied
+        }
+        *seen = kv.mod_revision();
+        st.known.insert(key, stored.status.clone());
+    }
+    let Some(controller) = shared.controller.upgrade() else { return };
+    if let Err(e) = controller.apply_fleet_status(&route, &revision, stored.status).await {
+        tracing::error!(route, revision, error = %e, "the fleet's status could not be applied here");
+    }
 }
 
 /// Follows other replicas' windows and records.
@@ -180,6 +175,7 @@ pub(super) async fn publish(shared: Arc<Shared>) {
         let Some(lease) = shared.lock().lease.map(|(id, _)| id) else { continue };
         let Some(controller) = shared.controller.upgrade() else { return };
         reconcile(&shared, &controller).await;
+        prune_statuses(&shared, &controller).await;
         let revisions: BTreeMap<String, String> = controller.revisions().iter().cloned().collect();
         let statuses = controller.statuses();
         let now = now_ms();
@@ -240,6 +236,54 @@ async fn reconcile(shared: &Shared, controller: &Controller) {
     for (route, revision, status) in pending {
         if let Err(e) = controller.apply_fleet_status(&route, &revision, status).await {
             tracing::error!(route, revision, error = %e, "the fleet's status could not be applied here");
+        }
+    }
+}
+
+/// The leader deletes the status of a revision no replica has run for three lease TTLs: its
+/// rollout is over, as a replaced revision's is on a gateway alone (coming back to that
+/// revision later starts it over). Fenced like every leader write.
+async fn prune_statuses(shared: &Shared, controller: &Controller) {
+    let grace = shared.settings.lease_ttl * 3;
+    let (leader, stale) = {
+        let mut st = shared.lock();
+        let leader = match (shared.decide_check(&st), st.leader_key.clone()) {
+            (Ok(()), Some(leader)) => leader,
+            _ => {
+                st.unrun.clear();
+                return;
+            }
+        };
+        let mut running: HashSet<(String, String)> = controller.revisions().iter().cloned().collect();
+        running.extend(st.replicas.values().flat_map(|r| r.revisions.iter().map(|(a, b)| (a.clone(), b.clone()))));
+        let unrun: Vec<String> = st
+            .known
+            .keys()
+            .filter(|key| shared.keys.parse_status(key.as_bytes()).is_some_and(|k| !running.contains(&k)))
+            .cloned()
+            .collect();
+        st.unrun.retain(|key, _| unrun.contains(key));
+        let now = Instant::now();
+        let stale: Vec<String> = unrun
+            .into_iter()
+            .filter(|key| now.duration_since(*st.unrun.entry(key.clone()).or_insert(now)) >= grace)
+            .collect();
+        (leader, stale)
+    };
+    for key in stale {
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(leader.key().to_vec(), CompareOp::Equal, leader.rev())])
+            .and_then(vec![TxnOp::delete(key.clone(), None)]);
+        let mut client = shared.client.clone();
+        match timed("status prune", client.txn(txn)).await {
+            Ok(r) if r.succeeded() => {
+                tracing::info!(key, "no replica runs this revision any more: its status is deleted")
+            }
+            Ok(_) => return, // not the leader any more
+            Err(e) => {
+                tracing::debug!(error = %e, "status prune failed");
+                return;
+            }
         }
     }
 }
