@@ -12,7 +12,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
-        let why = session(&shared).await;
+        let end = session(&shared).await;
+        let why = match &end {
+            End::Unreachable(why) | End::Lost(why) => why.clone(),
+        };
         {
             let mut st = shared.lock();
             if st.leader_key.take().is_some() {
@@ -20,7 +23,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
             }
             st.lease = None;
         }
-        shared.set_error(Some(why));
+        if let End::Unreachable(why) = end {
+            shared.set_error(Some(why));
+        }
         if started.elapsed() > Duration::from_secs(5) {
             backoff = Duration::from_millis(100);
         }
@@ -29,21 +34,29 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// Why a session ended.
+enum End {
+    /// etcd did not answer (or refused): decisions are held until it does.
+    Unreachable(String),
+    /// The lease expired or the campaign ended without the leadership: start over.
+    Lost(String),
+}
+
 /// One lease and one campaign; returns why it ended.
-async fn session(shared: &Arc<Shared>) -> String {
+async fn session(shared: &Arc<Shared>) -> End {
     let ttl = shared.settings.lease_ttl;
     let mut client = shared.client.clone();
     let sent = Instant::now();
     let lease = match timed("lease grant", client.lease_grant(ttl.as_secs() as i64, None)).await {
         Ok(l) => l,
-        Err(e) => return e,
+        Err(e) => return End::Unreachable(e),
     };
     let id = lease.id();
     shared.lock().lease = Some((id, sent + Duration::from_secs(lease.ttl().max(0) as u64)));
     shared.set_error(None);
     let (mut keeper, mut stream) = match timed("lease keep-alive", client.lease_keep_alive(id)).await {
         Ok(k) => k,
-        Err(e) => return e,
+        Err(e) => return End::Unreachable(e),
     };
     // The campaign waits until this replica's key is the oldest under the election.
     let campaigner = {
@@ -66,32 +79,32 @@ async fn session(shared: &Arc<Shared>) -> String {
     let campaign = AbortOnDrop(campaigner);
     observe_leader(shared).await;
     let every = (ttl / 3).max(Duration::from_millis(500));
-    let why = loop {
+    let end = loop {
         tokio::time::sleep(every).await;
         if campaign.0.is_finished() && shared.lock().leader_key.is_none() {
             // The campaign failed (or our key vanished): start over.
-            break "the campaign ended without the leadership".to_string();
+            break End::Lost("the campaign ended without the leadership".to_string());
         }
         let sent = Instant::now();
         if let Err(e) = timed("lease keep-alive", keeper.keep_alive()).await {
-            break e;
+            break End::Unreachable(e);
         }
         match tokio::time::timeout(every, stream.message()).await {
             Ok(Ok(Some(r))) if r.ttl() > 0 => {
                 shared.lock().lease = Some((id, sent + Duration::from_secs(r.ttl() as u64)));
                 shared.set_error(None);
             }
-            Ok(Ok(Some(_))) => break format!("lease {id:x} expired"),
-            Ok(Ok(None)) => break "the keep-alive stream closed".to_string(),
-            Ok(Err(e)) => break format!("etcd keep-alive: {e}"),
-            Err(_) => break format!("etcd keep-alive: no answer within {every:?}"),
+            Ok(Ok(Some(_))) => break End::Lost(format!("lease {id:x} expired")),
+            Ok(Ok(None)) => break End::Unreachable("etcd keep-alive: the stream closed".to_string()),
+            Ok(Err(e)) => break End::Unreachable(format!("etcd keep-alive: {e}")),
+            Err(_) => break End::Unreachable(format!("etcd keep-alive: no answer within {every:?}")),
         }
         observe_leader(shared).await;
     };
     drop(campaign);
     // Let go of the lease at once (best effort): its keys need not wait out the TTL.
     let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(id)).await;
-    why
+    end
 }
 
 /// Notes who leads (for the status), without a stream: one read per keep-alive.
