@@ -19,9 +19,10 @@ pub use cluster::{ClusterSettings, REPLICA_ID_ENV};
 use error::Issues;
 pub use error::{ConfigErrors, ConfigIssue};
 use plan::{
-    AbCriteria, AbPlan, BlueGreenPlan, BusinessGuard, CanaryCriteria, CanaryPlan, Metric, OnInconclusive, Step,
+    AbCriteria, AbPlan, BlueGreenPlan, BusinessGuard, CanaryCriteria, CanaryPlan, Metric, MetricCheck, OnInconclusive,
+    Step,
 };
-use raw::{RawAbAnalysis, RawAnalysis, RawBackend, RawConfig, RawRoute, RawServer, RawStep, RawSticky};
+use raw::{RawAbAnalysis, RawAnalysis, RawBackend, RawCheck, RawConfig, RawRoute, RawServer, RawStep, RawSticky};
 pub use route::*;
 pub use server::*;
 

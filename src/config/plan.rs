@@ -62,6 +62,24 @@ pub enum OnInconclusive {
     Rollback,
 }
 
+/// A Prometheus check of a canary analysis (what Argo Rollouts' AnalysisTemplate and Flagger's
+/// MetricTemplate do): a PromQL query whose value must stay within bounds. `{{route}}`,
+/// `{{variant}}` (the canary) and `{{window}}` (the step so far, like `90s`) are substituted.
+/// No data is inconclusive, never a failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricCheck {
+    /// Its name in verdicts and events.
+    pub name: String,
+    /// The Prometheus server's base URL (http).
+    pub prometheus: http::Uri,
+    /// The PromQL query; its first sample is the value.
+    pub query: String,
+    /// Lowest value that passes.
+    pub min: Option<f64>,
+    /// Highest value that passes.
+    pub max: Option<f64>,
+}
+
 /// A canary rollout plan from routes.yaml.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CanaryPlan {
@@ -77,6 +95,8 @@ pub struct CanaryPlan {
     pub inconclusive_deadline: Duration,
     /// What happens after that.
     pub on_inconclusive: OnInconclusive,
+    /// Prometheus checks, judged with the windows at each analysis.
+    pub checks: Vec<MetricCheck>,
 }
 
 /// An A/B test's automatic analysis.

@@ -221,6 +221,18 @@ pub struct RawAnalysis {
     pub inconclusive_deadline: Option<String>,
     pub on_inconclusive: Option<String>,
     pub business: Option<RawBusiness>,
+    pub checks: Option<Vec<RawCheck>>,
+}
+
+/// `analysis.checks[i]:` — a PromQL query against a Prometheus, with bounds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub name: String,
+    pub prometheus: String,
+    pub query: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
 }
 
 /// `analysis.business:` — a non-inferiority guard on a business metric.

@@ -77,6 +77,7 @@ pub struct Controller {
     pub(super) revisions: ArcSwap<Vec<(String, String)>>,
     pub(super) fleet: std::sync::OnceLock<Arc<dyn super::fleet::Fleet>>,
     pub(super) held: Mutex<Option<String>>,
+    pub(super) checks: super::checks::CheckResults,
     pub(super) report: Mutex<ReloadReport>,
     pub(super) me: Weak<Controller>,
 }
@@ -160,6 +161,7 @@ impl Controller {
             revisions: ArcSwap::default(),
             fleet: std::sync::OnceLock::new(),
             held: Mutex::new(None),
+            checks: Default::default(),
             report: Mutex::new(ReloadReport { source, ok: true, at_unix_ms, ..ReloadReport::default() }),
             me: me.clone(),
         });

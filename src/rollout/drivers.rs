@@ -102,7 +102,8 @@ impl Controller {
         }
         let mut progress = status.progress.clone().unwrap_or_else(|| fresh_progress(now));
         let (s, c) = (self.judged_window(name, state, stable, false), self.judged_window(name, state, canary, false));
-        let decision = engine::tick(plan, &mut progress, now, &s, &c);
+        let checks = self.checks_verdict(name, &plan.checks, super::fleet::epoch(status));
+        let decision = engine::tick_with_checks(plan, &mut progress, now, &s, &c, &checks);
         if progress == status.progress.clone().unwrap_or_default() {
             return None;
         }
@@ -291,8 +292,17 @@ impl Controller {
         Some((next, publish))
     }
 
-    /// Runs [`Controller::analyze`] every `every` until the controller is dropped.
+    /// Runs [`Controller::analyze`] every `every` until the controller is dropped, and the
+    /// Prometheus checks on a timer of their own.
     pub fn spawn_analysis(self: &Arc<Self>, every: Duration) {
+        let checks = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(c) = checks.upgrade() else { return };
+                c.run_checks().await;
+            }
+        });
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

@@ -5,6 +5,7 @@
 //! - `actions` — admin actions on a rollout;
 //! - `drivers` — the periodic analysis of canaries, A/B tests and blue-green previews;
 //! - `analysis`, `engine` — pure statistics and the canary step state machine;
+//! - `checks` — Prometheus checks of canary analyses, queried off the lock;
 //! - `revision` — what identifies a rollout; `status` — where it stands and its bucket layout;
 //! - `persist`, `store` — status on disk, off the async threads; `drain` — letting go of backends;
 //! - `events`, `webhooks` — decisions, logged and sent;
@@ -12,6 +13,7 @@
 
 mod actions;
 pub mod analysis;
+mod checks;
 pub mod control;
 mod drain;
 mod drivers;

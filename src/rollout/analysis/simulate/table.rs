@@ -119,6 +119,7 @@ pub fn canary_plan(business: Option<BusinessGuard>) -> CanaryPlan {
         failure_limit: 2,
         inconclusive_deadline: Duration::from_secs(600),
         on_inconclusive: OnInconclusive::Hold,
+        checks: Vec::new(),
     }
 }
 
