@@ -39,7 +39,7 @@ fn spawn_etcd(dir: &std::path::Path, url: &str, peer_url: &str) -> Child {
     let bin = etcd_binary();
     assert!(
         std::path::Path::new(&bin).exists(),
-        "{bin} is missing: run scripts/fetch-etcd.sh (make test does) or set ETCD_BIN"
+        "{bin} is missing: run scripts/fetch-tools.sh (make test does) or set ETCD_BIN"
     );
     Command::new(&bin)
         .args(["--name", "t", "--data-dir"])
