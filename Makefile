@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/modelgate
 
-.PHONY: run test build ort pyenv tools lint validate models check-metrics scenario scenarios bench fuzz faults soak overload decisions clean
+.PHONY: run test build ort pyenv tools lint validate models check-metrics scenario scenarios bench fuzz faults fleet soak overload decisions clean
 
 ## run: fetch ONNX Runtime, build, and serve the demo routes.yaml on 127.0.0.1:8080
 run: ort build
@@ -59,6 +59,10 @@ fuzz:
 ## faults: upstream killed mid-load, corrupted model reload, disk full state folder, SIGKILL during state writes
 faults:
 	./scripts/faults.sh
+
+## fleet: three replicas, a real etcd and Prometheus on loopback: rollback once fleet-wide, promotion, checks, follower promote, leader SIGKILL, etcd outage
+fleet:
+	./scripts/fleet.sh
 
 ## soak: SOAK_SECONDS (default 600) at 80% of the measured maximum rate, RSS and open fds sampled
 soak:
