@@ -98,6 +98,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Show the fleet: replicas, leader, spec revisions, last publications (admin API).
+    Cluster {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Promote a route's candidate: one canary step, or `--full`; an A/B arm with `--variant`.
     Promote {
         /// Route: model name or path prefix.
@@ -198,6 +203,7 @@ async fn admin_call(
     use modelgate::admin::client;
     let token = std::env::var("MODELGATE_ADMIN_TOKEN").ok();
     let (method, path) = match route {
+        None if action == "cluster" => (http::Method::GET, "/admin/cluster".to_string()),
         None => (http::Method::GET, "/admin/routes".to_string()),
         Some(r) => (http::Method::POST, client::action_path(r, action)),
     };
@@ -208,6 +214,8 @@ async fn admin_call(
     let answer = client::call(&admin.admin_url, method, &path, body, token.as_deref(), &tls).await?;
     if admin.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else if action == "cluster" {
+        print!("{}", client::cluster_table(&answer));
     } else if route.is_none() {
         print!("{}", client::status_table(&answer));
     } else {
@@ -234,6 +242,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Validate { config, ort_library } => validate(&config, ort_library.as_deref()).await,
             Command::Status { admin } => admin_call(admin, None, "status", None).await,
+            Command::Cluster { admin } => admin_call(admin, None, "cluster", None).await,
             Command::BenchOnnx { model, threads, seconds, ort_library } => {
                 let lib = runtime::locate(ort_library.as_deref(), None);
                 let path = model.clone();
