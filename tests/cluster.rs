@@ -308,6 +308,9 @@ async fn an_admin_promote_on_a_follower_takes_effect_on_the_leader_and_a_stale_i
     })
     .await;
     assert_eq!(cluster["leader"], leader.cluster.replica_id(), "{cluster}");
+    // A replica that joins now serves the fleet's status from its first request.
+    let c = Replica::start(&routes(&etcd, "/t/admin", "c", STEPPED)).await;
+    assert_eq!(c.canary_weight("risk"), 40.0);
     assert_eq!(cluster["is_leader"], false, "{cluster}");
     assert_eq!(cluster["mixed_revisions"], false, "{cluster}");
 }
@@ -529,4 +532,22 @@ fn the_kubernetes_configmap_holds_a_valid_fleet_routes_file() {
     assert_eq!(cluster.replica_id, None, "the replica id comes from the pod name (MODELGATE_REPLICA_ID)");
     let deployment = std::fs::read_to_string(root().join("deploy/kubernetes/deployment.yaml")).unwrap();
     assert!(deployment.contains(modelgate::config::REPLICA_ID_ENV));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_starts_and_serves_while_etcd_is_unreachable() {
+    // An endpoint where nothing listens (etcd down when the replica starts).
+    let nowhere = Etcd {
+        child: Command::new("true").spawn().unwrap(),
+        url: format!("http://127.0.0.1:{}", free_port()),
+        peer_url: String::new(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let r = Replica::start(&routes(&nowhere, "/t/nowhere", "lonely", STEPPED)).await;
+    let answer = post_json(&r.gw.url("/v2/models/risk/infer"), &body()).await;
+    assert_eq!(answer.status, StatusCode::OK, "serving does not wait for etcd");
+    let why = r.cluster.fleet().may_decide().unwrap_err();
+    assert!(why.contains("etcd"), "{why}");
+    let refused = r.gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.error());
 }

@@ -92,6 +92,8 @@ pub struct Shared {
     client: Client,
     controller: Weak<Controller>,
     state: Mutex<State>,
+    /// True once the fleet's statuses were first listed and applied.
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -138,8 +140,9 @@ async fn timed<T>(
 
 impl Cluster {
     /// Joins the fleet `settings` describe with `controller`: starts the lease and campaign,
-    /// the status watch, and window publication. etcd need not be up yet: until it is, the
-    /// replica serves its table and decides nothing.
+    /// the status watch, and window publication, and returns once the fleet's statuses are
+    /// applied (or after a lease TTL without etcd: the replica then serves its table as it
+    /// starts and decides nothing until etcd answers).
     pub async fn join(settings: ClusterSettings, controller: &Arc<Controller>) -> Result<Cluster, ClusterError> {
         let replica = settings.resolve_replica_id().map_err(ClusterError::ReplicaId)?;
         let options = ConnectOptions::new()
@@ -156,6 +159,7 @@ impl Cluster {
             client,
             controller: Arc::downgrade(controller),
             state: Mutex::new(State::default()),
+            synced: tokio::sync::watch::Sender::new(false),
         });
         controller.join_fleet(shared.clone());
         let tasks = vec![
@@ -164,7 +168,16 @@ impl Cluster {
             tokio::spawn(sync::watch_windows(shared.clone())),
             tokio::spawn(sync::publish(shared.clone())),
         ];
-        tracing::info!(replica = %shared.replica, prefix = %shared.settings.prefix, "joined the fleet");
+        // Serve the fleet's statuses from the first request on: wait (bounded) for them.
+        let mut synced = shared.synced.subscribe();
+        let wait = shared.settings.lease_ttl;
+        match tokio::time::timeout(wait, synced.wait_for(|s| *s)).await {
+            Ok(_) => tracing::info!(replica = %shared.replica, prefix = %shared.settings.prefix, "joined the fleet"),
+            Err(_) => tracing::warn!(
+                replica = %shared.replica,
+                "etcd not reachable within {wait:?}: serving the file's rollouts as they start until it is"
+            ),
+        }
         Ok(Cluster { shared, tasks })
     }
 

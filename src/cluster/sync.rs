@@ -14,22 +14,36 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// When a listing is taken: `Before` it is applied (forget what it replaces), `After` (synced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    Before,
+    After,
+}
+
 /// Reads everything under `prefix`, hands each key to `apply`, then follows changes from that
-/// revision on (deletions as `None`); starts over after any failure.
-async fn follow<F, Fut>(shared: &Arc<Shared>, prefix: String, what: &str, clear: impl Fn(), apply: F)
+/// revision on (`apply(kv, false)` for a deletion); starts over after any failure. `listing`
+/// is told before and after each listing is applied.
+async fn follow<F, Fut>(shared: &Arc<Shared>, prefix: String, what: &str, listing: impl Fn(Listing), apply: F)
 where
     F: Fn(KeyValue, bool) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     loop {
-        let why = follow_once(shared, &prefix, what, &clear, &apply).await;
+        let why = follow_once(shared, &prefix, what, &listing, &apply).await;
         tracing::debug!(what, error = %why, "fleet watch restarts");
         shared.set_error(Some(why));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-async fn follow_once<F, Fut>(shared: &Arc<Shared>, prefix: &str, what: &str, clear: &impl Fn(), apply: &F) -> String
+async fn follow_once<F, Fut>(
+    shared: &Arc<Shared>,
+    prefix: &str,
+    what: &str,
+    listing: &impl Fn(Listing),
+    apply: &F,
+) -> String
 where
     F: Fn(KeyValue, bool) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -41,10 +55,11 @@ where
     };
     let revision = all.header().map_or(0, |h| h.revision());
     // What was deleted while the watch was down is not in the listing: start from it afresh.
-    clear();
+    listing(Listing::Before);
     for kv in all.kvs() {
         apply(kv.clone(), true).await;
     }
+    listing(Listing::After);
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
     let mut stream = match timed(what, client.watch(prefix, Some(options))).await {
         Ok(s) => s,
@@ -72,7 +87,13 @@ where
 pub(super) async fn watch_statuses(shared: Arc<Shared>) {
     let prefix = shared.keys.statuses();
     let me = shared.clone();
-    follow(&shared, prefix, "status watch", || {}, move |kv, put| on_status(me.clone(), kv, put)).await;
+    let synced = shared.clone();
+    let listing = move |when| {
+        if when == Listing::After {
+            synced.synced.send_replace(true);
+        }
+    };
+    follow(&shared, prefix, "status watch", listing, move |kv, put| on_status(me.clone(), kv, put)).await;
 }
 
 async fn on_status(shared: Arc<Shared>, kv: KeyValue, put: bool) {
@@ -110,10 +131,12 @@ async fn on_status(shared: Arc<Shared>, kv: KeyValue, put: bool) {
 pub(super) async fn watch_windows(shared: Arc<Shared>) {
     let prefix = format!("{}/", shared.settings.prefix);
     let (me, cleared) = (shared.clone(), shared.clone());
-    let clear = move || {
-        let mut st = cleared.lock();
-        st.windows.clear();
-        st.replicas.clear();
+    let clear = move |when| {
+        if when == Listing::Before {
+            let mut st = cleared.lock();
+            st.windows.clear();
+            st.replicas.clear();
+        }
     };
     follow(&shared, prefix, "window watch", clear, move |kv, put| {
         let shared = me.clone();
