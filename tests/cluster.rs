@@ -318,12 +318,18 @@ async fn an_admin_promote_on_a_follower_takes_effect_on_the_leader_and_a_stale_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_judges_the_sum_of_every_replicas_windows_feedback_included() {
     let etcd = Etcd::start().await;
-    let fixed = "  - model: risk\n    strategy:\n      canary: {stable: stable, canary: good, weight: 50}\n";
+    // Held at 50% (only windows a plan judges are published): the analysis never decides.
+    let fixed = "  - model: risk\n    strategy:\n      canary:\n        stable: stable\n        canary: good\n        steps: [{weight: 50, pause: until_promoted}]\n        analysis: {interval: 100ms, min_samples: 100000000}\n";
     let a = Replica::start(&routes(&etcd, "/t/merge", "a", fixed)).await;
     let b = Replica::start(&routes(&etcd, "/t/merge", "b", fixed)).await;
     let both = [&a, &b];
     let (l, _) = leader_of(&both).await;
     let leader = both[l];
+    // The step starts with the leader's first analysis; count from there on.
+    eventually("the step started on both replicas", Duration::from_secs(10), || async {
+        both.iter().all(|r| r.status("risk").progress.is_some()).then_some(())
+    })
+    .await;
     for (replica, n) in [(&a, 30), (&b, 20)] {
         for _ in 0..n {
             let r = post_json(&replica.gw.url("/v2/models/risk/infer"), &body()).await;

@@ -10,7 +10,7 @@ use crate::rollout::Controller;
 use crate::telemetry::window::Window;
 use etcd_client::{Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, WatchOptions};
 use prost::Message;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -193,6 +193,8 @@ fn gather(shared: &Shared, kv: &KeyValue, put: bool) {
 pub(super) async fn publish(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.settings.publish_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What each window key last carried under which lease: unchanged windows are not sent again.
+    let mut sent: HashMap<String, (i64, u64)> = HashMap::new();
     loop {
         tick.tick().await;
         let Some(lease) = shared.lock().lease.map(|(id, _)| id) else { continue };
@@ -203,17 +205,28 @@ pub(super) async fn publish(shared: Arc<Shared>) {
         let statuses = controller.statuses();
         let now = now_ms();
         let mut puts = Vec::new();
+        let mut fresh = Vec::new();
         for stats in controller.telemetry().variants() {
             let Some(revision) = revisions.get(&stats.route) else { continue };
             let Some((_, status)) = statuses.iter().find(|(r, _)| *r == stats.route) else { continue };
-            let windows = PublishedWindows {
+            if status.progress.is_none() {
+                continue; // no analysis judges this route
+            }
+            let mut windows = PublishedWindows {
                 revision: revision.clone(),
                 epoch: epoch(status),
-                published_ms: now,
+                published_ms: 0,
                 step: stats.step_window().to_bytes(),
                 pinned: stats.pinned_window().to_bytes(),
             };
-            puts.push((shared.keys.window(&shared.replica, &stats.route, &stats.variant), windows.encode_to_vec()));
+            let key = shared.keys.window(&shared.replica, &stats.route, &stats.variant);
+            let digest = xxhash_rust::xxh3::xxh3_64(&windows.encode_to_vec());
+            if sent.get(&key) == Some(&(lease, digest)) {
+                continue;
+            }
+            windows.published_ms = now;
+            puts.push((key.clone(), windows.encode_to_vec()));
+            fresh.push((key, (lease, digest)));
         }
         let record = ReplicaRecord { replica: shared.replica.clone(), revisions, published_ms: now };
         if let Ok(value) = serde_json::to_vec(&record) {
@@ -221,11 +234,10 @@ pub(super) async fn publish(shared: Arc<Shared>) {
         }
         let mut client = shared.client.clone();
         let mut failed = None;
-        // A few transactions rather than a round trip per key (etcd allows 128 operations in one).
-        for chunk in puts.chunks(64) {
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|(key, value)| TxnOp::put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(lease))))
+        for batch in batches(puts) {
+            let ops: Vec<TxnOp> = batch
+                .into_iter()
+                .map(|(key, value)| TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease))))
                 .collect();
             if let Err(e) = timed("publish", client.txn(Txn::new().and_then(ops))).await {
                 failed = Some(e);
@@ -233,7 +245,10 @@ pub(super) async fn publish(shared: Arc<Shared>) {
             }
         }
         match failed {
-            None => shared.lock().last_publish_ms = Some(now),
+            None => {
+                shared.lock().last_publish_ms = Some(now);
+                sent.extend(fresh);
+            }
             Some(e) => tracing::debug!(error = %e, "windows not published this round"),
         }
     }
@@ -308,5 +323,42 @@ async fn prune_statuses(shared: &Shared, controller: &Controller) {
                 return;
             }
         }
+    }
+}
+
+/// Puts grouped into transactions within etcd's limits (128 operations, 1.5 MiB a request by
+/// default): at most 64 puts and about 1 MiB each; a larger value goes alone.
+fn batches(puts: Vec<(String, Vec<u8>)>) -> Vec<Vec<(String, Vec<u8>)>> {
+    const MAX_OPS: usize = 64;
+    const MAX_BYTES: usize = 1 << 20;
+    let mut out: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+    let mut size = 0;
+    for (key, value) in puts {
+        let len = key.len() + value.len();
+        match out.last_mut() {
+            Some(batch) if batch.len() < MAX_OPS && size + len <= MAX_BYTES => {
+                size += len;
+                batch.push((key, value));
+            }
+            _ => {
+                size = len;
+                out.push(vec![(key, value)]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn puts_are_batched_within_etcds_limits() {
+        let puts = |n: usize, len: usize| (0..n).map(|i| (format!("k{i}"), vec![0u8; len])).collect::<Vec<_>>();
+        assert_eq!(batches(puts(130, 10)).iter().map(Vec::len).collect::<Vec<_>>(), [64, 64, 2]);
+        assert_eq!(batches(puts(5, 400_000)).iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+        assert_eq!(batches(puts(2, 2_000_000)).iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
+        assert!(batches(Vec::new()).is_empty());
     }
 }
