@@ -63,7 +63,8 @@ etcd_peer="http://127.0.0.1:$(free_port)"
 start_etcd() {
   "$etcd_bin" --name fleet --data-dir "$work/etcd" --listen-client-urls "$etcd_url" \
     --advertise-client-urls "$etcd_url" --listen-peer-urls "$etcd_peer" \
-    --initial-advertise-peer-urls "$etcd_peer" --initial-cluster "fleet=$etcd_peer" >"$work/etcd.log" 2>&1 &
+    --initial-advertise-peer-urls "$etcd_peer" --initial-cluster "fleet=$etcd_peer" \
+    --auto-compaction-mode=revision --auto-compaction-retention=10000 >"$work/etcd.log" 2>&1 &
   etcd_pid=$!; pids+=("$etcd_pid")
   for _ in $(seq 1 200); do
     curl -sf "$etcd_url/health" >/dev/null 2>&1 && return 0
