@@ -1,6 +1,7 @@
 //! Prometheus checks in a canary analysis, against a real Prometheus (Debian's `prometheus`;
 //! `make test` installs it) scraping the gateway's /metrics on loopback: a check with no data
-//! holds the canary as inconclusive, a check whose value breaches its bound rolls it back.
+//! holds the canary as inconclusive, a check whose value breaches its bound rolls it back, and
+//! an A/B arm whose check fails is taken out of traffic.
 
 mod support;
 
@@ -100,7 +101,7 @@ fn route(name: &str, check: &str, prometheus: u16) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_check_without_data_holds_and_a_breached_check_rolls_back() {
+async fn a_check_without_data_holds_and_a_breached_check_rolls_back_or_stops_an_arm() {
     let port = free_port();
     let yaml = format!(
         "backends:\n  - name: stable\n    onnx: {{path: \"{v1}\"}}\n  - name: good\n    onnx: {{path: \"{v2}\"}}\nroutes:\n{quiet}{busy}",
@@ -108,11 +109,25 @@ async fn a_check_without_data_holds_and_a_breached_check_rolls_back() {
         v2 = model("breast-cancer-v2.onnx"),
         quiet = route("quiet", "conversions", port),
         busy = route("busy", "requests", port),
+    ) + &format!(
+        r#"  - model: arms
+    strategy:
+      ab_test:
+        variants: {{stable: 50, good: 50}}
+        sticky: {{header: x-user}}
+        analysis:
+          metric: conversion
+          min_samples: 100000000
+          interval: 100ms
+          checks:
+            - {{name: requests, prometheus: "http://127.0.0.1:{port}", query: 'sum(modelgate_requests_total{{route="{{{{route}}}}",variant="{{{{variant}}}}"}})', max: 5}}
+"#
     );
     let gw = Gateway::start(&yaml).await;
     let _prometheus = Prometheus::start(port, &gw.admin.to_string()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let status = |name: &str| gw.controller.statuses().iter().find(|(r, _)| r == name).map(|(_, s)| s.clone()).unwrap();
+    let mut user = 0;
     loop {
         for r in ["quiet", "busy"] {
             for _ in 0..5 {
@@ -120,12 +135,18 @@ async fn a_check_without_data_holds_and_a_breached_check_rolls_back() {
                 assert_eq!(answer.status, StatusCode::OK);
             }
         }
-        let (quiet, busy) = (status("quiet"), status("busy"));
+        for _ in 0..10 {
+            user += 1;
+            let url = gw.url("/v2/models/arms/infer");
+            let answer = send(http::Method::POST, &url, body().to_string(), &[("x-user", &format!("u{user}"))]).await;
+            assert_eq!(answer.status, StatusCode::OK);
+        }
+        let (quiet, busy, arms) = (status("quiet"), status("busy"), status("arms"));
         let held = quiet.last_analysis.as_deref().is_some_and(|w| w.contains("check conversions: no data"));
-        if held && busy.phase == Phase::RolledBack {
+        if held && busy.phase == Phase::RolledBack && !arms.stopped_arms.is_empty() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "quiet: {quiet:?}\nbusy: {busy:?}");
+        assert!(tokio::time::Instant::now() < deadline, "quiet: {quiet:?}\nbusy: {busy:?}\narms: {arms:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status("quiet").phase, Phase::Progressing, "no data never fails a check");
@@ -137,4 +158,9 @@ async fn a_check_without_data_holds_and_a_breached_check_rolls_back() {
         rolled.message
     );
     assert!(gw.controller.events(0, Some("quiet")).iter().all(|e| e.kind != "rolled_back"));
+    // An A/B arm whose check fails is taken out of traffic; control is never checked.
+    assert_eq!(status("arms").stopped_arms, ["good"]);
+    let stopped = gw.controller.events(0, Some("arms"));
+    let stopped = stopped.iter().find(|e| e.kind == "arm_stopped").expect("an arm_stopped event");
+    assert!(stopped.message.contains("check requests"), "{}", stopped.message);
 }

@@ -76,6 +76,7 @@ pub(super) fn ab_plan(a: &RawAbAnalysis, place: &str, issues: &mut Issues) -> Op
         },
         interval: duration(&a.interval, Duration::from_secs(10), &format!("{place}.interval"), issues),
         auto_promote: a.auto_promote,
+        checks: checks(a.checks.as_deref().unwrap_or_default(), place, issues),
     })
 }
 
@@ -137,10 +138,14 @@ pub(super) fn canary_plan(
 /// Most checks an analysis runs.
 const MAX_CHECKS: usize = 16;
 
-/// Where Prometheus checks are not run (yet): blue-green and A/B guardrails.
+/// Where Prometheus checks are not run (yet): blue-green, and inside A/B guardrails (an A/B
+/// test's checks go in its `analysis.checks`).
 pub(super) fn no_checks(a: &RawAnalysis, ap: &str, issues: &mut Issues) {
     if a.checks.is_some() {
-        issues.push(format!("{ap}.checks"), "Prometheus checks run in a canary's analysis only (not yet here)");
+        issues.push(
+            format!("{ap}.checks"),
+            "Prometheus checks run in a canary's or an A/B test's analysis (not here yet)",
+        );
     }
 }
 

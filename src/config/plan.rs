@@ -62,10 +62,10 @@ pub enum OnInconclusive {
     Rollback,
 }
 
-/// A Prometheus check of a canary analysis (what Argo Rollouts' AnalysisTemplate and Flagger's
-/// MetricTemplate do): a PromQL query whose value must stay within bounds. `{{route}}`,
-/// `{{variant}}` (the canary) and `{{window}}` (the step so far, like `90s`) are substituted.
-/// No data is inconclusive, never a failure.
+/// A Prometheus check of a canary or A/B analysis (what Argo Rollouts' AnalysisTemplate and
+/// Flagger's MetricTemplate do): a PromQL query whose value must stay within bounds.
+/// `{{route}}`, `{{variant}}` (the canary, or each A/B arm but control) and `{{window}}` (the
+/// step so far, like `90s`) are substituted. No data is inconclusive, never a failure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricCheck {
     /// Its name in verdicts and events.
@@ -108,6 +108,8 @@ pub struct AbPlan {
     pub interval: Duration,
     /// Promote a winner on its own; otherwise record it and wait for an admin promote.
     pub auto_promote: bool,
+    /// Prometheus checks of each arm but control: a failure stops the arm, no data holds a winner.
+    pub checks: Vec<MetricCheck>,
 }
 
 /// A blue-green rollout's automatic analysis.

@@ -268,6 +268,7 @@ pub struct RawAbAnalysis {
     #[serde(default)]
     pub auto_promote: bool,
     pub guardrails: Option<RawAnalysis>,
+    pub checks: Option<Vec<RawCheck>>,
 }
 
 /// Where a sticky key comes from; exactly one field must be set.

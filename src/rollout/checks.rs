@@ -1,6 +1,7 @@
-//! Prometheus checks of canary analyses: each plan's PromQL queries run on their own timer, off
-//! the controller's lock, with `{{route}}`, `{{variant}}` (the canary) and `{{window}}` (the
-//! step so far) substituted; their verdict is kept per route and step for the analysis to read.
+//! Prometheus checks of canary and A/B analyses: each plan's PromQL queries run on their own
+//! timer, off the controller's lock, with `{{route}}`, `{{variant}}` (the canary, or each A/B
+//! arm but control) and `{{window}}` (the step so far) substituted; their verdict is kept per
+//! route, variant and step for the analysis to read.
 //! No data — an empty result, NaN, an error answer, Prometheus unreachable — is Inconclusive,
 //! never Fail.
 
@@ -23,12 +24,15 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest answer read from Prometheus.
 const MAX_ANSWER: usize = 1 << 20;
 
-/// The last verdict of each route's checks: the step it belongs to, when, and what.
+/// The last verdict of each route's checks by variant: the step it belongs to, when, and what.
 #[derive(Debug)]
 pub(super) struct CheckResults {
     client: Client<HttpConnector, Empty<Bytes>>,
-    last: Mutex<HashMap<String, (u64, u64, Verdict)>>,
+    last: Mutex<HashMap<(String, String), Checked>>,
 }
+
+/// A variant's checks as last run: the step (epoch) they belong to, when (ms), the verdict.
+type Checked = (u64, u64, Verdict);
 
 impl Default for CheckResults {
     fn default() -> Self {
@@ -41,17 +45,24 @@ struct Due {
     route: String,
     epoch: u64,
     checks: Vec<MetricCheck>,
-    variant: String,
+    variants: Vec<String>,
     window_s: u64,
 }
 
 impl Controller {
-    /// The Prometheus checks' verdict for a canary's current step (Pass when it has none).
-    pub(super) fn checks_verdict(&self, route: &str, checks: &[MetricCheck], status_epoch: u64) -> Verdict {
+    /// The Prometheus checks' verdict for a variant in its route's current step (Pass when the
+    /// plan has none).
+    pub(super) fn checks_verdict(
+        &self,
+        route: &str,
+        variant: &str,
+        checks: &[MetricCheck],
+        status_epoch: u64,
+    ) -> Verdict {
         if checks.is_empty() {
             return Verdict::Pass;
         }
-        match lock(&self.checks.last).get(route) {
+        match lock(&self.checks.last).get(&(route.to_string(), variant.to_string())) {
             Some((e, _, verdict)) if *e == status_epoch => verdict.clone(),
             _ => Verdict::Inconclusive("the Prometheus checks have not run in this step yet".to_string()),
         }
@@ -71,43 +82,56 @@ impl Controller {
                 .routes
                 .iter()
                 .filter_map(|spec| {
-                    let Strategy::Canary { canary, plan: Some(plan), .. } = &spec.strategy else { return None };
                     let state = inner.routes.get(spec.name())?;
+                    let (checks, interval, variants) = match &spec.strategy {
+                        Strategy::Canary { canary, plan: Some(plan), .. } => {
+                            (&plan.checks, plan.interval, vec![canary.clone()])
+                        }
+                        Strategy::AbTest { arms, control, plan: Some(plan), .. } => {
+                            let stopped = &state.status.stopped_arms;
+                            let judged = arms.iter().filter(|(a, _)| a != control && !stopped.contains(a));
+                            (&plan.checks, plan.interval, judged.map(|(a, _)| a.clone()).collect())
+                        }
+                        _ => return None,
+                    };
                     let e = epoch(&state.status);
-                    let fresh = last.get(spec.name()).is_some_and(|(le, at, _)| {
-                        *le == e && now.saturating_sub(*at) < plan.interval.as_millis() as u64
-                    });
-                    if plan.checks.is_empty() || fresh {
+                    let fresh = variants
+                        .first()
+                        .and_then(|v| last.get(&(spec.name().to_string(), v.clone())))
+                        .is_some_and(|(le, at, _)| *le == e && now.saturating_sub(*at) < interval.as_millis() as u64);
+                    if checks.is_empty() || fresh {
                         return None;
                     }
                     let started = state.status.progress.as_ref().map_or(now, |p| p.step_started_ms);
                     Some(Due {
                         route: spec.name().to_string(),
                         epoch: e,
-                        checks: plan.checks.clone(),
-                        variant: canary.clone(),
+                        checks: checks.clone(),
+                        variants,
                         window_s: (now.saturating_sub(started) / 1000).max(1),
                     })
                 })
                 .collect()
         };
         for d in due {
-            let mut verdict = Verdict::Pass;
-            for check in &d.checks {
-                let query = check
-                    .query
-                    .replace("{{route}}", &d.route)
-                    .replace("{{variant}}", &d.variant)
-                    .replace("{{window}}", &format!("{}s", d.window_s));
-                let one = judge(check, query_value(&self.checks.client, &check.prometheus, &query).await);
-                verdict = match (verdict, one) {
-                    (Verdict::Fail(w), _) => Verdict::Fail(w),
-                    (_, Verdict::Fail(w)) => Verdict::Fail(w),
-                    (Verdict::Inconclusive(w), _) => Verdict::Inconclusive(w),
-                    (_, other) => other,
-                };
+            for variant in &d.variants {
+                let mut verdict = Verdict::Pass;
+                for check in &d.checks {
+                    let query = check
+                        .query
+                        .replace("{{route}}", &d.route)
+                        .replace("{{variant}}", variant)
+                        .replace("{{window}}", &format!("{}s", d.window_s));
+                    let one = judge(check, query_value(&self.checks.client, &check.prometheus, &query).await);
+                    verdict = match (verdict, one) {
+                        (Verdict::Fail(w), _) => Verdict::Fail(w),
+                        (_, Verdict::Fail(w)) => Verdict::Fail(w),
+                        (Verdict::Inconclusive(w), _) => Verdict::Inconclusive(w),
+                        (_, other) => other,
+                    };
+                }
+                lock(&self.checks.last).insert((d.route.clone(), variant.clone()), (d.epoch, now, verdict));
             }
-            lock(&self.checks.last).insert(d.route, (d.epoch, now, verdict));
         }
     }
 }

@@ -102,7 +102,7 @@ impl Controller {
         }
         let mut progress = status.progress.clone().unwrap_or_else(|| fresh_progress(now));
         let (s, c) = (self.judged_window(name, state, stable, false), self.judged_window(name, state, canary, false));
-        let checks = self.checks_verdict(name, &plan.checks, super::fleet::epoch(status));
+        let checks = self.checks_verdict(name, canary, &plan.checks, super::fleet::epoch(status));
         let decision = engine::tick_with_checks(plan, &mut progress, now, &s, &c, &checks);
         if progress == status.progress.clone().unwrap_or_default() {
             return None;
@@ -171,6 +171,7 @@ impl Controller {
         let refs: Vec<&Window> = windows.iter().collect();
         let weights: Vec<f64> = live.iter().map(|(_, w)| *w).collect();
         let outcome = analysis::judge_ab(&refs, &weights, &plan.criteria);
+        let outcome = self.ab_checks(name, status, &live, control, &plan.checks, outcome);
         let numbers = serde_json::json!({
             "arms": live.iter().zip(&windows).map(|((a, _), w)| (a.clone(), w.snapshot())).collect::<BTreeMap<_, _>>(),
             "outcome": outcome,
@@ -311,6 +312,39 @@ impl Controller {
                 c.analyze().await;
             }
         });
+    }
+}
+
+impl Controller {
+    /// An A/B outcome with the plan's Prometheus checks: an arm (not control) whose check fails
+    /// is stopped like a guardrail failure; a winner whose checks have no data is held.
+    fn ab_checks(
+        &self,
+        name: &str,
+        status: &RouteStatus,
+        live: &[(String, f64)],
+        control: &str,
+        checks: &[crate::config::plan::MetricCheck],
+        outcome: AbOutcome,
+    ) -> AbOutcome {
+        if checks.is_empty() || matches!(outcome, AbOutcome::SampleRatioMismatch { .. } | AbOutcome::Guardrail { .. }) {
+            return outcome;
+        }
+        let e = super::fleet::epoch(status);
+        for (i, (arm, _)) in live.iter().enumerate().filter(|(_, (a, _))| a != control) {
+            if let Verdict::Fail(why) = self.checks_verdict(name, arm, checks, e) {
+                return AbOutcome::Guardrail { arm: i, why };
+            }
+        }
+        if let AbOutcome::Winner { arm, .. } = &outcome {
+            let winner = &live[*arm].0;
+            if let (false, Verdict::Inconclusive(why)) =
+                (winner == control, self.checks_verdict(name, winner, checks, e))
+            {
+                return AbOutcome::Continue { why: format!("{winner} leads, held by its checks: {why}") };
+            }
+        }
+        outcome
     }
 }
 

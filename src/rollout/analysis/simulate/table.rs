@@ -145,6 +145,7 @@ pub fn standard_rows() -> Vec<Row> {
         },
         interval: Duration::from_secs(15),
         auto_promote: true,
+        checks: Vec::new(),
     };
     vec![
         canary("A/A canary", None, Arm::default(), Target::RolledBackAtMost(0.01)),
