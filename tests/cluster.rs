@@ -132,7 +132,7 @@ fn body() -> Value {
     json!({ "inputs": [input] })
 }
 
-fn routes(etcd: &Etcd, prefix: &str, replica: &str, canary: &str) -> String {
+fn routes(etcd: &str, prefix: &str, replica: &str, canary: &str) -> String {
     format!(
         r#"cluster:
   etcd: {{endpoints: ["{url}"], prefix: "{prefix}"}}
@@ -149,7 +149,7 @@ backends:
     fault: {{error_percent: 100}}
 routes:
 {canary}"#,
-        url = etcd.url,
+        url = etcd,
         v1 = model("breast-cancer-v1.onnx"),
         v2 = model("breast-cancer-v2.onnx"),
     )
@@ -214,8 +214,8 @@ async fn leader_of(replicas: &[&Replica]) -> (usize, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_is_elected_and_a_deposed_leaders_write_is_fenced() {
     let etcd = Etcd::start().await;
-    let a = Replica::start(&routes(&etcd, "/t/fence", "a", STEPPED)).await;
-    let b = Replica::start(&routes(&etcd, "/t/fence", "b", STEPPED)).await;
+    let a = Replica::start(&routes(&etcd.url, "/t/fence", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/fence", "b", STEPPED)).await;
     let both = [&a, &b];
     let (l, f) = leader_of(&both).await;
     let (leader, follower) = (both[l], both[f]);
@@ -268,8 +268,8 @@ async fn one_leader_is_elected_and_a_deposed_leaders_write_is_fenced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_promote_on_a_follower_takes_effect_on_the_leader_and_a_stale_if_match_is_412() {
     let etcd = Etcd::start().await;
-    let a = Replica::start(&routes(&etcd, "/t/admin", "a", STEPPED)).await;
-    let b = Replica::start(&routes(&etcd, "/t/admin", "b", STEPPED)).await;
+    let a = Replica::start(&routes(&etcd.url, "/t/admin", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/admin", "b", STEPPED)).await;
     let both = [&a, &b];
     let (l, f) = leader_of(&both).await;
     let (leader, follower) = (both[l], both[f]);
@@ -309,7 +309,7 @@ async fn an_admin_promote_on_a_follower_takes_effect_on_the_leader_and_a_stale_i
     .await;
     assert_eq!(cluster["leader"], leader.cluster.replica_id(), "{cluster}");
     // A replica that joins now serves the fleet's status from its first request.
-    let c = Replica::start(&routes(&etcd, "/t/admin", "c", STEPPED)).await;
+    let c = Replica::start(&routes(&etcd.url, "/t/admin", "c", STEPPED)).await;
     assert_eq!(c.canary_weight("risk"), 40.0);
     assert_eq!(cluster["is_leader"], false, "{cluster}");
     assert_eq!(cluster["mixed_revisions"], false, "{cluster}");
@@ -320,8 +320,8 @@ async fn the_leader_judges_the_sum_of_every_replicas_windows_feedback_included()
     let etcd = Etcd::start().await;
     // Held at 50% (only windows a plan judges are published): the analysis never decides.
     let fixed = "  - model: risk\n    strategy:\n      canary:\n        stable: stable\n        canary: good\n        steps: [{weight: 50, pause: until_promoted}]\n        analysis: {interval: 100ms, min_samples: 100000000}\n";
-    let a = Replica::start(&routes(&etcd, "/t/merge", "a", fixed)).await;
-    let b = Replica::start(&routes(&etcd, "/t/merge", "b", fixed)).await;
+    let a = Replica::start(&routes(&etcd.url, "/t/merge", "a", fixed)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/merge", "b", fixed)).await;
     let both = [&a, &b];
     let (l, _) = leader_of(&both).await;
     let leader = both[l];
@@ -382,8 +382,8 @@ async fn a_failing_canary_is_rolled_back_once_and_every_replica_routes_nothing_t
           - {weight: 50, pause: 1h}
         analysis: {interval: 100ms, min_samples: 20, max_error_rate: 0.02, failure_limit: 2}
 "#;
-    let a = Replica::start(&routes(&etcd, "/t/rollback", "a", failing)).await;
-    let b = Replica::start(&routes(&etcd, "/t/rollback", "b", failing)).await;
+    let a = Replica::start(&routes(&etcd.url, "/t/rollback", "a", failing)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/rollback", "b", failing)).await;
     let both = [&a, &b];
     leader_of(&both).await;
     eventually("the rollback on both replicas", Duration::from_secs(30), || async {
@@ -408,8 +408,8 @@ async fn a_failing_canary_is_rolled_back_once_and_every_replica_routes_nothing_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_outage_keeps_serving_decides_nothing_and_resumes_at_the_same_step() {
     let mut etcd = Etcd::start().await;
-    let a = Replica::start(&routes(&etcd, "/t/outage", "a", STEPPED)).await;
-    let b = Replica::start(&routes(&etcd, "/t/outage", "b", STEPPED)).await;
+    let a = Replica::start(&routes(&etcd.url, "/t/outage", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/outage", "b", STEPPED)).await;
     let both = [&a, &b];
     let (l, _) = leader_of(&both).await;
     let promoted = both[l].gw.admin_post("/admin/routes/risk/promote", "").await;
@@ -451,8 +451,8 @@ async fn an_etcd_outage_keeps_serving_decides_nothing_and_resumes_at_the_same_st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_reloads_onto_a_newer_revision_takes_that_revisions_status_and_mixed_revisions_show() {
     let etcd = Etcd::start().await;
-    let a = Replica::start(&routes(&etcd, "/t/revisions", "a", STEPPED)).await;
-    let b = Replica::start(&routes(&etcd, "/t/revisions", "b", STEPPED)).await;
+    let a = Replica::start(&routes(&etcd.url, "/t/revisions", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/revisions", "b", STEPPED)).await;
     let both = [&a, &b];
     leader_of(&both).await;
     let old = a.revision("risk");
@@ -464,7 +464,7 @@ async fn a_replica_that_reloads_onto_a_newer_revision_takes_that_revisions_statu
     .await;
     // A new revision of the route (sticky users) reaches replica a first, as a ConfigMap does.
     let sticky = STEPPED.replace("        canary: good\n", "        canary: good\n        sticky: {header: x-user}\n");
-    let next = routes(&etcd, "/t/revisions", "a", &sticky);
+    let next = routes(&etcd.url, "/t/revisions", "a", &sticky);
     std::fs::write(a.gw.routes_file(), &next).unwrap();
     a.controller().reload_file().await.unwrap();
     let new = a.revision("risk");
@@ -500,8 +500,8 @@ async fn a_replica_that_reloads_onto_a_newer_revision_takes_that_revisions_statu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_dies_without_a_word_is_replaced_and_the_step_goes_on() {
     let etcd = Etcd::start().await;
-    let a = Replica::start(&routes(&etcd, "/t/failover", "a", STEPPED)).await;
-    let b = Replica::start(&routes(&etcd, "/t/failover", "b", STEPPED)).await;
+    let a = Replica::start(&routes(&etcd.url, "/t/failover", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/failover", "b", STEPPED)).await;
     let (l, _) = leader_of(&[&a, &b]).await;
     let (leader, follower) = if l == 0 { (a, b) } else { (b, a) };
     let promoted = leader.gw.admin_post("/admin/routes/risk/promote", "").await;
@@ -543,12 +543,7 @@ fn the_kubernetes_configmap_holds_a_valid_fleet_routes_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_starts_and_serves_while_etcd_is_unreachable() {
     // An endpoint where nothing listens (etcd down when the replica starts).
-    let nowhere = Etcd {
-        child: Command::new("true").spawn().unwrap(),
-        url: format!("http://127.0.0.1:{}", free_port()),
-        peer_url: String::new(),
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
     let r = Replica::start(&routes(&nowhere, "/t/nowhere", "lonely", STEPPED)).await;
     let answer = post_json(&r.gw.url("/v2/models/risk/infer"), &body()).await;
     assert_eq!(answer.status, StatusCode::OK, "serving does not wait for etcd");
