@@ -223,7 +223,7 @@ async fn one_leader_is_elected_and_a_deposed_leaders_write_is_fenced() {
     let status = leader.status("risk");
     let why = follower.cluster.fleet().may_decide().unwrap_err();
     assert!(why.contains("not the leader"), "{why}");
-    let refused = follower.cluster.fleet().write("risk", &rev, &status, true).await;
+    let refused = follower.cluster.fleet().write("risk", &rev, &status, true, None).await;
     assert!(matches!(refused, Err(FleetError::NotLeader(_))), "a follower cannot decide: {refused:?}");
 
     // Depose the leader behind its back: its lease is revoked in etcd, as if it had lapsed.
@@ -234,7 +234,7 @@ async fn one_leader_is_elected_and_a_deposed_leaders_write_is_fenced() {
     let before = etcd_client.get(format!("/t/fence/status/risk/{rev}"), None).await.unwrap();
     let mut changed = status.clone();
     changed.last_analysis = Some("written by a deposed leader".into());
-    let refused = leader.cluster.fleet().write("risk", &rev, &changed, true).await;
+    let refused = leader.cluster.fleet().write("risk", &rev, &changed, true, None).await;
     assert!(matches!(refused, Err(FleetError::NotLeader(_))), "a deposed leader's write is fenced: {refused:?}");
     let after = etcd_client.get(format!("/t/fence/status/risk/{rev}"), None).await.unwrap();
     assert_eq!(
@@ -256,7 +256,7 @@ async fn one_leader_is_elected_and_a_deposed_leaders_write_is_fenced() {
         async move {
             let mut mine = follower.status("risk");
             mine.last_analysis = taken.last_analysis.clone();
-            fleet.write("risk", &rev, &mine, true).await.ok()
+            fleet.write("risk", &rev, &mine, true, None).await.ok()
         }
     })
     .await;
@@ -274,7 +274,9 @@ async fn an_admin_promote_on_a_follower_takes_effect_on_the_leader_and_a_stale_i
     let (l, f) = leader_of(&both).await;
     let (leader, follower) = (both[l], both[f]);
     assert_eq!((leader.canary_weight("risk"), follower.canary_weight("risk")), (10.0, 10.0));
-    let old = leader.controller().generation();
+    // The fleet's ETag, read on the leader: etcd revisions, the same on every replica.
+    let read = get(&leader.gw.admin_url("/admin/routes")).await;
+    let old = read.headers["etag"].to_str().unwrap().to_string();
 
     let promoted = follower.gw.admin_post("/admin/routes/risk/promote", "").await;
     assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
@@ -293,12 +295,24 @@ async fn an_admin_promote_on_a_follower_takes_effect_on_the_leader_and_a_stale_i
             http::Method::POST,
             &r.gw.admin_url("/admin/routes/risk/rollback"),
             "",
-            &[("authorization", &auth), ("if-match", &format!("\"{old}\""))],
+            &[("authorization", &auth), ("if-match", &old)],
         )
         .await;
         assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{}", stale.error());
     }
     assert_eq!(leader.canary_weight("risk"), 40.0);
+    // A fresh one read on the leader holds on the follower (the analysis' bookkeeping since
+    // does not make it stale).
+    let view = get(&leader.gw.admin_url("/admin/routes")).await.json();
+    let fresh = view["routes"][0]["etag"].as_u64().unwrap();
+    let paused = send(
+        http::Method::POST,
+        &follower.gw.admin_url("/admin/routes/risk/pause"),
+        "",
+        &[("authorization", &auth), ("if-match", &format!("\"{fresh}\""))],
+    )
+    .await;
+    assert_eq!(paused.status, StatusCode::OK, "{}", paused.error());
     let cluster = eventually("both replicas in the follower's cluster view", Duration::from_secs(10), || async {
         let view = get(&follower.gw.admin_url("/admin/cluster")).await.json();
         let published = view["replicas"]

@@ -20,7 +20,8 @@
 //! Mutations need `Authorization: Bearer <token>` when the gateway has a token, and take
 //! `If-Match: "<generation>"` (the `ETag` of any answer, or a route's `etag` in
 //! `GET /admin/routes`): it is refused with 412 only when that route changed after that
-//! generation — a decision on another route does not make it stale.
+//! generation — a decision on another route does not make it stale. In a fleet the ETags are
+//! etcd revisions, the same on every replica: read on one, write on another.
 //!
 //! `{route}` is the model name, or the path prefix percent-encoded (`%2Fremote%2F`).
 
@@ -108,7 +109,7 @@ pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<
     match result {
         Ok(v) => {
             let mut resp = response::json_value(StatusCode::OK, &v);
-            if let Ok(etag) = http::HeaderValue::from_str(&format!("\"{}\"", controller.generation())) {
+            if let Ok(etag) = http::HeaderValue::from_str(&format!("\"{}\"", controller.etag())) {
                 resp.headers_mut().insert(http::header::ETAG, etag);
             }
             resp
@@ -297,7 +298,7 @@ pub async fn view(controller: &Controller) -> Value {
                 "sticky": sticky,
                 "shadow": shadow,
                 "unavailable": r.unavailable,
-                "etag": r.version,
+                "etag": controller.route_etag(&r.name, r.version),
                 "status": status,
             })
         })

@@ -96,6 +96,10 @@ pub struct StoredStatus {
     pub written_ms: u64,
     /// Whether the leader's analysis wrote it (else an admin change).
     pub decision: bool,
+    /// The etcd revision at which the status last changed more than the analysis' bookkeeping
+    /// (its fleet-wide ETag); `None`: at this write.
+    #[serde(default)]
+    pub changed_at: Option<i64>,
 }
 
 /// A replica's record: what it runs and when it last published.

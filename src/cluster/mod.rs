@@ -16,7 +16,7 @@ mod session;
 mod sync;
 
 use crate::config::ClusterSettings;
-use crate::rollout::fleet::{BoxFuture, Fleet, FleetError};
+use crate::rollout::fleet::{bookkeeping_only, BoxFuture, Fleet, FleetError};
 use crate::rollout::status::RouteStatus;
 use crate::rollout::Controller;
 use crate::telemetry::window::Window;
@@ -74,6 +74,8 @@ struct State {
     /// The newest status of every status key seen (watched or written by this replica), for
     /// a replica that comes to a revision after its status was written (a later reload).
     known: HashMap<String, RouteStatus>,
+    /// Every status key's fleet-wide ETag (see [`keys::StoredStatus::changed_at`]).
+    etags: HashMap<String, i64>,
     /// Status keys no replica runs, since when (the leader deletes them after a grace).
     unrun: HashMap<String, Instant>,
     /// Other replicas' records.
@@ -82,6 +84,8 @@ struct State {
     windows: HashMap<(String, String, String), Remote>,
     /// When this replica last published its windows.
     last_publish_ms: Option<u64>,
+    /// The newest etcd revision seen (the fleet-wide ETag).
+    newest: i64,
 }
 
 /// One replica's membership of a fleet: the etcd client and what the fleet's tasks share.
@@ -211,6 +215,12 @@ impl Shared {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Notes an etcd revision seen (a listing, a watch answer, a write).
+    fn note(&self, revision: i64) {
+        let mut st = self.lock();
+        st.newest = st.newest.max(revision);
+    }
+
     fn set_error(&self, error: Option<String>) {
         let mut st = self.lock();
         if let (Some(e), None) = (&error, &st.etcd_error) {
@@ -293,12 +303,22 @@ impl Shared {
         revision: &str,
         status: &RouteStatus,
         decision: bool,
+        if_match: Option<u64>,
     ) -> Result<(), FleetError> {
         let key = self.keys.status(route, revision);
-        let (seen, leader) = {
+        let (seen, leader, previous, etag) = {
             let st = self.lock();
-            (st.seen.get(&key).copied().unwrap_or(0), st.leader_key.clone())
+            let etag = st.etags.get(&key).copied().unwrap_or(0);
+            (st.seen.get(&key).copied().unwrap_or(0), st.leader_key.clone(), st.known.get(&key).cloned(), etag)
         };
+        // If-Match: the status this replica applied changed no later than the ETag the caller
+        // read (on any replica); the compare-and-swap below makes sure it is still that status.
+        if let Some(tag) = if_match.filter(|tag| etag > (*tag).min(i64::MAX as u64) as i64) {
+            return Err(FleetError::Stale(format!(
+                "If-Match {tag} is stale: route {route:?} changed in the fleet at etcd revision {etag}; read it again"
+            )));
+        }
+        let carried = previous.filter(|p| bookkeeping_only(p, status)).map(|_| etag);
         let mut compares = vec![if seen == 0 {
             Compare::version(key.clone(), CompareOp::Equal, 0)
         } else {
@@ -310,8 +330,13 @@ impl Shared {
             };
             compares.push(Compare::create_revision(leader.key().to_vec(), CompareOp::Equal, leader.rev()));
         }
-        let stored =
-            StoredStatus { status: status.clone(), written_by: self.replica.clone(), written_ms: now_ms(), decision };
+        let stored = StoredStatus {
+            status: status.clone(),
+            written_by: self.replica.clone(),
+            written_ms: now_ms(),
+            decision,
+            changed_at: carried,
+        };
         let value = serde_json::to_vec(&stored).map_err(|e| FleetError::Unavailable(e.to_string()))?;
         let mut checks = vec![TxnOp::get(key.clone(), None)];
         if let Some(leader) = &leader {
@@ -329,7 +354,9 @@ impl Shared {
         if resp.succeeded() {
             let rev = resp.header().map_or(0, |h| h.revision());
             let mut st = self.lock();
+            st.newest = st.newest.max(rev);
             st.seen.insert(key.clone(), rev);
+            st.etags.insert(key.clone(), carried.unwrap_or(rev));
             st.known.insert(key, status.clone());
             return Ok(());
         }
@@ -371,8 +398,17 @@ impl Fleet for Shared {
         revision: &'a str,
         status: &'a RouteStatus,
         decision: bool,
+        if_match: Option<u64>,
     ) -> BoxFuture<'a, Result<(), FleetError>> {
-        Box::pin(self.write_status(route, revision, status, decision))
+        Box::pin(self.write_status(route, revision, status, decision, if_match))
+    }
+
+    fn route_etag(&self, route: &str, revision: &str) -> u64 {
+        self.lock().etags.get(&self.keys.status(route, revision)).copied().unwrap_or(0).max(0) as u64
+    }
+
+    fn etag(&self) -> u64 {
+        self.lock().newest.max(0) as u64
     }
 
     fn window(&self, route: &str, revision: &str, epoch: u64, variant: &str, pinned: bool, local: Window) -> Window {

@@ -112,7 +112,9 @@ async fn observe_leader(shared: &Arc<Shared>) {
     let mut client = shared.client.clone();
     if let Ok(resp) = timed("leader", client.leader(shared.keys.election())).await {
         let leader = resp.kv().and_then(|kv| std::str::from_utf8(kv.value()).ok()).map(str::to_string);
-        shared.lock().leader = leader;
+        let mut st = shared.lock();
+        // An answer read before this replica's election must not hide it.
+        st.leader = if st.leader_key.is_some() { Some(shared.replica.clone()) } else { leader };
     }
 }
 

@@ -54,6 +54,7 @@ where
         Err(e) => return e,
     };
     let revision = all.header().map_or(0, |h| h.revision());
+    shared.note(revision);
     // What was deleted while the watch was down is not in the listing: start from it afresh.
     listing(Listing::Before);
     for kv in all.kvs() {
@@ -70,6 +71,9 @@ where
             Ok(Some(resp)) => {
                 if resp.canceled() {
                     return format!("etcd {what}: watch canceled ({})", resp.cancel_reason());
+                }
+                if let Some(h) = resp.header() {
+                    shared.note(h.revision());
                 }
                 for event in resp.events() {
                     if let Some(kv) = event.kv() {
@@ -103,6 +107,7 @@ async fn on_status(shared: Arc<Shared>, kv: KeyValue, put: bool) {
         let mut st = shared.lock();
         st.seen.remove(&key);
         st.known.remove(&key);
+        st.etags.remove(&key);
         return;
     }
     let stored: StoredStatus = match serde_json::from_slice(kv.value()) {
@@ -119,6 +124,7 @@ async fn on_status(shared: Arc<Shared>, kv: KeyValue, put: bool) {
             return; // older than what this replica wrote or applied
         }
         *seen = kv.mod_revision();
+        st.etags.insert(key.clone(), stored.changed_at.unwrap_or(kv.mod_revision()));
         st.known.insert(key, stored.status.clone());
     }
     let Some(controller) = shared.controller.upgrade() else { return };

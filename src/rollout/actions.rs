@@ -29,10 +29,11 @@ impl Controller {
                     apply_action(route, spec, st, &action, now)
                 })
                 .await;
-            // In a fleet, a change without If-Match that lost a race with the leader's
-            // bookkeeping is made again on the status the watch has applied meanwhile.
+            // In a fleet, a change that lost a compare-and-swap race (with the leader's
+            // bookkeeping, say) is made again on the status the watch has applied meanwhile;
+            // an If-Match that is stale for that status is then refused for good.
             match result {
-                Err(e) if e.status == StatusCode::PRECONDITION_FAILED && if_match.is_none() && attempt < 3 => {
+                Err(e) if e.status == StatusCode::PRECONDITION_FAILED && self.in_fleet() && attempt < 3 => {
                     attempt += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
                 }

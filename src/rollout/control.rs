@@ -361,7 +361,8 @@ impl Controller {
             let Some(state) = inner.routes.get(route).cloned() else {
                 return Err(ApiError::internal(format!("route {route:?} has no status")));
             };
-            if let Some(expected) = if_match {
+            // In a fleet, If-Match is a fleet-wide ETag, checked by the fleet's compare-and-swap.
+            if let (Some(expected), false) = (if_match, self.in_fleet()) {
                 if expected < state.version || expected > inner.generation {
                     return Err(ApiError::new(
                         StatusCode::PRECONDITION_FAILED,
@@ -379,7 +380,7 @@ impl Controller {
             }
             // In a fleet the change is the fleet's first (compare-and-swap on the status this
             // replica applied: a change made elsewhere meanwhile makes it stale, a 412).
-            self.write_fleet(route, &state.revision, &next, false).await?;
+            self.write_fleet(route, &state.revision, &next, false, if_match).await?;
             let version = inner.generation + 1;
             inner.routes.insert(route.to_string(), RouteState { status: next.clone(), version, ..state.clone() });
             match self.publish(&mut inner, &[]).await {

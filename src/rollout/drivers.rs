@@ -58,7 +58,7 @@ impl Controller {
                 _ => None,
             };
             let Some((next, publish)) = step else { continue };
-            if let Err(e) = self.write_fleet(name, &state.revision, &next, true).await {
+            if let Err(e) = self.write_fleet(name, &state.revision, &next, true, None).await {
                 tracing::warn!(route = %name, error = %e, "analysis change not taken: the fleet refused it");
                 continue;
             }

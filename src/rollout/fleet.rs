@@ -47,14 +47,23 @@ pub trait Fleet: Send + Sync + std::fmt::Debug {
     fn may_decide(&self) -> Result<(), String>;
 
     /// Writes a route's status of spec `revision`, compare-and-swap on the status this replica
-    /// last saw; a `decision` is also fenced by this replica's leadership.
+    /// last saw — or, with `if_match` (a fleet ETag), on the status being no newer than that;
+    /// a `decision` is also fenced by this replica's leadership.
     fn write<'a>(
         &'a self,
         route: &'a str,
         revision: &'a str,
         status: &'a RouteStatus,
         decision: bool,
+        if_match: Option<u64>,
     ) -> BoxFuture<'a, Result<(), FleetError>>;
+
+    /// A route's fleet-wide ETag: the store's revision of its status (0 before the first write).
+    fn route_etag(&self, route: &str, revision: &str) -> u64;
+
+    /// The fleet-wide ETag of everything this replica has seen (the store's newest revision):
+    /// an If-Match with it is stale for a route changed after it.
+    fn etag(&self) -> u64;
 
     /// The fleet's window of a variant in the current step: `local` (this replica's) plus the
     /// windows other replicas published for the same spec revision and [`epoch`].
@@ -70,6 +79,24 @@ pub fn epoch(status: &RouteStatus) -> u64 {
     let p = status.progress.as_ref().map(|p| (p.step, p.step_started_ms));
     let text = format!("{p:?}|{}|{:?}", status.switches, status.stopped_arms);
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
+
+/// Whether `a` and `b` differ only in the analysis' bookkeeping (when it last looked, how many
+/// looks, its last verdict and failures in a row): such a change does not make an If-Match
+/// read before it stale.
+pub fn bookkeeping_only(a: &RouteStatus, b: &RouteStatus) -> bool {
+    let plain = |s: &RouteStatus| {
+        let mut s = s.clone();
+        s.last_analysis = None;
+        if let Some(p) = &mut s.progress {
+            p.last_analysis_ms = 0;
+            p.looks = 0;
+            p.last_verdict = None;
+            p.failures = 0;
+        }
+        s
+    };
+    plain(a) == plain(b)
 }
 
 /// The variants whose step windows a status change from `before` to `after` empties: all of
@@ -166,11 +193,31 @@ impl Controller {
         revision: &str,
         status: &RouteStatus,
         decision: bool,
+        if_match: Option<u64>,
     ) -> Result<(), FleetError> {
         match self.fleet.get() {
-            Some(f) => f.write(route, revision, status, decision).await,
+            Some(f) => f.write(route, revision, status, decision, if_match).await,
             None => Ok(()),
         }
+    }
+
+    /// Whether this controller is in a fleet.
+    pub fn in_fleet(&self) -> bool {
+        self.fleet.get().is_some()
+    }
+
+    /// The ETag of admin answers: the table generation, or in a fleet the fleet-wide ETag (the
+    /// same on every replica, so an If-Match read on one replica holds on another).
+    pub fn etag(&self) -> u64 {
+        self.fleet.get().map_or_else(|| self.generation(), |f| f.etag())
+    }
+
+    /// A route's ETag: `version` (the generation it last changed at), or in a fleet its
+    /// fleet-wide ETag.
+    pub fn route_etag(&self, route: &str, version: u64) -> u64 {
+        let Some(f) = self.fleet.get() else { return version };
+        let revisions = self.revisions();
+        revisions.iter().find(|(r, _)| r == route).map_or(version, |(_, rev)| f.route_etag(route, rev))
     }
 
     /// Whether analysis may decide now; records why not for [`Controller::decisions_held`].
