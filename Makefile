@@ -2,30 +2,34 @@
 CARGO ?= cargo
 BIN := target/release/modelgate
 
-.PHONY: run test build ort pyenv lint validate models check-metrics scenario scenarios bench fuzz faults soak overload decisions clean
+.PHONY: run test build ort pyenv tools lint validate models check-metrics scenario scenarios bench fuzz faults fleet soak overload decisions clean
 
 ## run: fetch ONNX Runtime, build, and serve the demo routes.yaml on 127.0.0.1:8080
 run: ort build
 	./scripts/run-demo.sh
 
-## test: fetch ONNX Runtime and the Python client environment, check formatting and lints, run every test
-test: ort pyenv lint
+## test: fetch ONNX Runtime, the Python client environment, etcd and Prometheus, check formatting and lints, run every test
+test: ort pyenv tools lint
 	$(CARGO) test --locked --workspace
 
 ## build: release build of the gateway
-build:
+build: tools
 	$(CARGO) build --locked --release --bin modelgate
 
 ## ort: the pinned ONNX Runtime library into .ort/ (pip download + sha256 check)
 ort:
 	./scripts/fetch-ort.sh
 
+## tools: etcd and Prometheus (tests start them on loopback) and protoc (the etcd client's build), from Debian's packages
+tools:
+	./scripts/fetch-tools.sh
+
 ## pyenv: the client conformance tests' Python (tritonclient, numpy, onnxruntime; pinned) in .venv/
 pyenv:
 	./scripts/python-env.sh
 
 ## lint: rustfmt and clippy, warnings are errors
-lint:
+lint: tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
@@ -34,18 +38,18 @@ validate: ort build
 	$(BIN) validate routes.yaml
 
 ## scenario NAME=...: one end-to-end rollout scenario from loadtest/scenarios/ (exit code = outcome)
-scenario: ort
+scenario: ort tools
 	@test -n "$(NAME)" || { echo "usage: make scenario NAME=<$$(ls loadtest/scenarios | sed 's/.yaml//' | tr '\n' ' ')>"; exit 2; }
 	$(CARGO) build --locked --release --quiet --workspace --bin modelgate --bin scenario
 	./target/release/scenario $(NAME)
 
 ## scenarios: every scenario, one after the other
-scenarios: ort
+scenarios: ort tools
 	$(CARGO) build --locked --release --quiet --workspace --bin modelgate --bin scenario
 	@for s in loadtest/scenarios/*.yaml; do ./target/release/scenario $$(basename $$s .yaml) || exit 1; done
 
 ## bench: proxy overhead vs nginx/HAProxy, inference vs raw ORT/MLServer, criterion (installs what it needs)
-bench: ort
+bench: ort tools
 	./scripts/bench.sh
 
 ## fuzz: each fuzz target for FUZZ_SECONDS (default 600) with cargo fuzz (needs a nightly toolchain)
@@ -55,6 +59,10 @@ fuzz:
 ## faults: upstream killed mid-load, corrupted model reload, disk full state folder, SIGKILL during state writes
 faults:
 	./scripts/faults.sh
+
+## fleet: three replicas, a real etcd and Prometheus on loopback: rollback once fleet-wide, promotion, checks, follower promote, leader SIGKILL, etcd outage
+fleet:
+	./scripts/fleet.sh
 
 ## soak: SOAK_SECONDS (default 600) at 80% of the measured maximum rate, RSS and open fds sampled
 soak:
@@ -68,7 +76,7 @@ overload:
 ## (the malloc tunables keep the windows' large histogram copies off mmap: 2-3x faster, same numbers)
 RUNS ?= 2000
 SEED ?= 20261127
-decisions:
+decisions: tools
 	GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456 \
 	$(CARGO) run --locked --release --quiet --bin decisions -- --runs $(RUNS) --seed $(SEED)
 

@@ -11,6 +11,7 @@ log() { printf '%s: %s\n' "${script_name:-script}" "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 build_all() {
   "$root/scripts/fetch-ort.sh" >/dev/null
+  "$root/scripts/fetch-tools.sh" >/dev/null
   (cd "$root" && cargo build --locked --release --quiet --workspace --bin modelgate --bin loadtest)
 }
 start_gateway() {

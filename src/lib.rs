@@ -2,6 +2,7 @@
 //!
 //! Rooms, each with one job (see `DESIGN.md`):
 //! - [`config`] — `routes.yaml` → validated domain types, every error with its place;
+//! - [`cluster`] — fleet mode: leader lease, status and windows shared through etcd;
 //! - [`backend`] — ONNX models on dedicated worker threads, upstream servers through a pooled client;
 //! - [`protocol`] — Open Inference Protocol v2 JSON ↔ tensors, error bodies;
 //! - [`routing`] — the immutable routing table, published with `ArcSwap`;
@@ -12,6 +13,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

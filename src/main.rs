@@ -98,6 +98,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Show the fleet: replicas, leader, spec revisions, last publications (admin API).
+    Cluster {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Promote a route's candidate: one canary step, or `--full`; an A/B arm with `--variant`.
     Promote {
         /// Route: model name or path prefix.
@@ -198,6 +203,7 @@ async fn admin_call(
     use modelgate::admin::client;
     let token = std::env::var("MODELGATE_ADMIN_TOKEN").ok();
     let (method, path) = match route {
+        None if action == "cluster" => (http::Method::GET, "/admin/cluster".to_string()),
         None => (http::Method::GET, "/admin/routes".to_string()),
         Some(r) => (http::Method::POST, client::action_path(r, action)),
     };
@@ -208,6 +214,8 @@ async fn admin_call(
     let answer = client::call(&admin.admin_url, method, &path, body, token.as_deref(), &tls).await?;
     if admin.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else if action == "cluster" {
+        print!("{}", client::cluster_table(&answer));
     } else if route.is_none() {
         print!("{}", client::status_table(&answer));
     } else {
@@ -234,6 +242,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Validate { config, ort_library } => validate(&config, ort_library.as_deref()).await,
             Command::Status { admin } => admin_call(admin, None, "status", None).await,
+            Command::Cluster { admin } => admin_call(admin, None, "cluster", None).await,
             Command::BenchOnnx { model, threads, seconds, ort_library } => {
                 let lib = runtime::locate(ort_library.as_deref(), None);
                 let path = model.clone();
@@ -352,7 +361,17 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
             .transpose()
     };
     let (listen, admin_listen, ort_flag) = (args.listen, args.admin_listen, args.ort_library.as_deref());
-    let (config, controller) = start(config, ort_flag, Some(state_dir)).await?;
+    // In a fleet, etcd holds the status; the state folder is for a gateway on its own.
+    let state_dir = config.cluster.is_none().then_some(state_dir);
+    let (config, controller) = start(config, ort_flag, state_dir).await?;
+    let cluster = match config.cluster.clone() {
+        Some(settings) => Some(
+            modelgate::cluster::Cluster::join(settings, &controller)
+                .await
+                .context("cannot join the fleet (cluster:)")?,
+        ),
+        None => None,
+    };
     controller.spawn_analysis(std::time::Duration::from_millis(250));
     controller.telemetry().spawn_upkeep(std::time::Duration::from_secs(5));
     if token.is_none() {
@@ -439,5 +458,8 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
+    }
     Ok(())
 }

@@ -144,3 +144,46 @@ pub fn status_table(view: &Value) -> String {
     }
     out
 }
+
+/// `GET /admin/cluster` as a table for people.
+pub fn cluster_table(view: &Value) -> String {
+    let mut out = String::new();
+    let leader = view["leader"].as_str().unwrap_or("none");
+    let _ = writeln!(out, "replica {} · leader {leader}", view["replica"].as_str().unwrap_or("?"));
+    if let Some(why) = view["decisions_held"].as_str() {
+        let _ = writeln!(out, "decisions held here: {why}");
+    }
+    if view["mixed_revisions"] == true {
+        let _ = writeln!(out, "MIXED spec revisions across the replicas (a routes.yaml change on its way)");
+    }
+    let _ = writeln!(out, "{:<24} {:<7} {:<10} {:>12}", "REPLICA", "LEADER", "REVISIONS", "PUBLISHED");
+    for r in view["replicas"].as_array().into_iter().flatten() {
+        let id = r["replica"].as_str().unwrap_or("?");
+        let same = if r["same_revisions"] == true { "same" } else { "DIFFERENT" };
+        let age = r["last_publish_age_ms"].as_u64().map_or("never".to_string(), |ms| format!("{ms} ms ago"));
+        let _ = writeln!(out, "{id:<24} {:<7} {same:<10} {age:>12}", if id == leader { "*" } else { "" });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_table_names_the_leader_and_mixed_revisions() {
+        let view = serde_json::json!({
+            "replica": "gw-1", "leader": "gw-2", "decisions_held": "not the leader (leader: gw-2)",
+            "mixed_revisions": true,
+            "replicas": [
+                {"replica": "gw-1", "same_revisions": true, "last_publish_age_ms": 120},
+                {"replica": "gw-2", "same_revisions": false, "last_publish_age_ms": null},
+            ],
+        });
+        let table = cluster_table(&view);
+        assert!(table.contains("leader gw-2") && table.contains("decisions held here: not the leader"), "{table}");
+        assert!(table.contains("MIXED"), "{table}");
+        let gw2 = table.lines().find(|l| l.starts_with("gw-2")).unwrap();
+        assert!(gw2.contains('*') && gw2.contains("DIFFERENT") && gw2.contains("never"), "{table}");
+    }
+}

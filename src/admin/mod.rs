@@ -14,11 +14,14 @@
 //! - `POST /admin/routes/{route}/pause|resume|retry` — automatic canary steps.
 //! - `GET  /admin/status` — every route's rollout status alone.
 //! - `GET  /admin/events[?since=N&route=R]` — decisions with the numbers behind them.
+//! - `GET  /admin/cluster` — fleet mode: replicas, leader, spec revisions, last publications
+//!   (404 outside a fleet).
 //!
 //! Mutations need `Authorization: Bearer <token>` when the gateway has a token, and take
 //! `If-Match: "<generation>"` (the `ETag` of any answer, or a route's `etag` in
 //! `GET /admin/routes`): it is refused with 412 only when that route changed after that
-//! generation — a decision on another route does not make it stale.
+//! generation — a decision on another route does not make it stale. In a fleet the ETags are
+//! etcd revisions, the same on every replica: read on one, write on another.
 //!
 //! `{route}` is the model name, or the path prefix percent-encoded (`%2Fremote%2F`).
 
@@ -106,7 +109,7 @@ pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<
     match result {
         Ok(v) => {
             let mut resp = response::json_value(StatusCode::OK, &v);
-            if let Ok(etag) = http::HeaderValue::from_str(&format!("\"{}\"", controller.generation())) {
+            if let Ok(etag) = http::HeaderValue::from_str(&format!("\"{}\"", controller.etag())) {
                 resp.headers_mut().insert(http::header::ETAG, etag);
             }
             resp
@@ -174,9 +177,17 @@ async fn route(controller: &Arc<Controller>, req: Request<Incoming>, who: &str) 
         let statuses = controller.statuses();
         let routes: Vec<Value> =
             statuses.iter().map(|(route, status)| json!({ "route": route, "status": status })).collect();
-        return Ok(
-            json!({ "generation": controller.generation(), "persist_error": controller.persist_error(), "routes": routes }),
-        );
+        return Ok(json!({
+            "generation": controller.generation(),
+            "persist_error": controller.persist_error(),
+            "decisions_held": controller.decisions_held(),
+            "routes": routes,
+        }));
+    }
+    if path == "/admin/cluster" {
+        return controller
+            .fleet_view()
+            .ok_or_else(|| ApiError::not_found("not in a fleet: routes.yaml has no cluster: section"));
     }
     if path == "/admin/events" {
         let query = req.uri().query().unwrap_or("");
@@ -287,7 +298,7 @@ pub async fn view(controller: &Controller) -> Value {
                 "sticky": sticky,
                 "shadow": shadow,
                 "unavailable": r.unavailable,
-                "etag": r.version,
+                "etag": controller.route_etag(&r.name, r.version),
                 "status": status,
             })
         })

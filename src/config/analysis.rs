@@ -62,7 +62,10 @@ pub(super) fn ab_plan(a: &RawAbAnalysis, place: &str, issues: &mut Issues) -> Op
             format!("must be above 0 (the smallest difference worth finding), got {effect}"),
         );
     }
-    let guardrails = a.guardrails.as_ref().map(|g| criteria(g, &format!("{place}.guardrails"), issues));
+    let guardrails = a.guardrails.as_ref().map(|g| {
+        no_checks(g, &format!("{place}.guardrails"), issues);
+        criteria(g, &format!("{place}.guardrails"), issues)
+    });
     Some(AbPlan {
         criteria: AbCriteria {
             metric,
@@ -73,6 +76,7 @@ pub(super) fn ab_plan(a: &RawAbAnalysis, place: &str, issues: &mut Issues) -> Op
         },
         interval: duration(&a.interval, Duration::from_secs(10), &format!("{place}.interval"), issues),
         auto_promote: a.auto_promote,
+        checks: checks(a.checks.as_deref().unwrap_or_default(), place, issues),
     })
 }
 
@@ -127,5 +131,65 @@ pub(super) fn canary_plan(
             issues,
         ),
         on_inconclusive,
+        checks: checks(a.checks.as_deref().unwrap_or_default(), &ap, issues),
     }
+}
+
+/// Most checks an analysis runs.
+const MAX_CHECKS: usize = 16;
+
+/// Where Prometheus checks are not run (yet): blue-green, and inside A/B guardrails (an A/B
+/// test's checks go in its `analysis.checks`).
+pub(super) fn no_checks(a: &RawAnalysis, ap: &str, issues: &mut Issues) {
+    if a.checks.is_some() {
+        issues.push(
+            format!("{ap}.checks"),
+            "Prometheus checks run in a canary's or an A/B test's analysis (not here yet)",
+        );
+    }
+}
+
+fn checks(raw: &[RawCheck], ap: &str, issues: &mut Issues) -> Vec<MetricCheck> {
+    if raw.len() > MAX_CHECKS {
+        issues.push(format!("{ap}.checks"), format!("at most {MAX_CHECKS} checks, got {}", raw.len()));
+    }
+    let mut out: Vec<MetricCheck> = Vec::new();
+    for (i, c) in raw.iter().enumerate().take(MAX_CHECKS) {
+        let cp = format!("{ap}.checks[{i}]");
+        let named = check_name(&c.name, &format!("{cp}.name"), issues);
+        if named && raw[..i].iter().any(|o| o.name == c.name) {
+            issues.push(format!("{cp}.name"), format!("another check is named {:?}", c.name));
+        }
+        let prometheus = match c.prometheus.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some_and(|h| !h.is_empty()) => Some(u),
+            Ok(_) => {
+                issues.push(
+                    format!("{cp}.prometheus"),
+                    format!("{:?} is not an http:// URL of a Prometheus server", c.prometheus),
+                );
+                None
+            }
+            Err(e) => {
+                issues.push(format!("{cp}.prometheus"), format!("invalid URL {:?}: {e}", c.prometheus));
+                None
+            }
+        };
+        if c.query.trim().is_empty() || c.query.len() > 4096 {
+            issues.push(format!("{cp}.query"), "write a PromQL query of at most 4096 characters");
+        }
+        for (field, v) in [("min", c.min), ("max", c.max)] {
+            if v.is_some_and(|v| !v.is_finite()) {
+                issues.push(format!("{cp}.{field}"), "must be a finite number");
+            }
+        }
+        match (c.min, c.max) {
+            (None, None) => issues.push(cp.clone(), "give a bound: min, max or both"),
+            (Some(lo), Some(hi)) if lo > hi => issues.push(format!("{cp}.min"), format!("{lo} is above max {hi}")),
+            _ => {}
+        }
+        if let Some(prometheus) = prometheus {
+            out.push(MetricCheck { name: c.name.clone(), prometheus, query: c.query.clone(), min: c.min, max: c.max });
+        }
+    }
+    out
 }

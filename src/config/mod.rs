@@ -5,6 +5,7 @@
 
 mod analysis;
 mod backend;
+mod cluster;
 mod error;
 pub mod plan;
 mod raw;
@@ -14,12 +15,14 @@ pub mod watch;
 
 use analysis::{ab_plan, canary_plan, criteria};
 pub use backend::*;
+pub use cluster::{ClusterSettings, REPLICA_ID_ENV};
 use error::Issues;
 pub use error::{ConfigErrors, ConfigIssue};
 use plan::{
-    AbCriteria, AbPlan, BlueGreenPlan, BusinessGuard, CanaryCriteria, CanaryPlan, Metric, OnInconclusive, Step,
+    AbCriteria, AbPlan, BlueGreenPlan, BusinessGuard, CanaryCriteria, CanaryPlan, Metric, MetricCheck, OnInconclusive,
+    Step,
 };
-use raw::{RawAbAnalysis, RawAnalysis, RawBackend, RawConfig, RawRoute, RawServer, RawStep, RawSticky};
+use raw::{RawAbAnalysis, RawAnalysis, RawBackend, RawCheck, RawConfig, RawRoute, RawServer, RawStep, RawSticky};
 pub use route::*;
 pub use server::*;
 
@@ -46,6 +49,8 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// Where rollout decisions are sent.
     pub webhooks: Vec<WebhookSpec>,
+    /// Fleet mode (status, leader and windows in etcd); `None`: this process decides alone.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Config {
@@ -74,8 +79,9 @@ impl Config {
         let backends = backends(&raw.backends, &base, &mut issues);
         let routes = routes(&raw.routes, &raw.backends, &mut issues);
         let webhooks = webhooks(&raw.webhooks, &mut issues);
+        let cluster = cluster::cluster(&raw.cluster, &mut issues);
         if issues.0.is_empty() {
-            Ok(Config { source: path.to_path_buf(), server, backends, routes, webhooks })
+            Ok(Config { source: path.to_path_buf(), server, backends, routes, webhooks, cluster })
         } else {
             Err(ConfigErrors { file: path.to_path_buf(), issues: issues.0 })
         }

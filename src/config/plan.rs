@@ -62,6 +62,24 @@ pub enum OnInconclusive {
     Rollback,
 }
 
+/// A Prometheus check of a canary or A/B analysis (what Argo Rollouts' AnalysisTemplate and
+/// Flagger's MetricTemplate do): a PromQL query whose value must stay within bounds.
+/// `{{route}}`, `{{variant}}` (the canary, or each A/B arm but control) and `{{window}}` (the
+/// step so far, like `90s`) are substituted. No data is inconclusive, never a failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricCheck {
+    /// Its name in verdicts and events.
+    pub name: String,
+    /// The Prometheus server's base URL (http).
+    pub prometheus: http::Uri,
+    /// The PromQL query; its first sample is the value.
+    pub query: String,
+    /// Lowest value that passes.
+    pub min: Option<f64>,
+    /// Highest value that passes.
+    pub max: Option<f64>,
+}
+
 /// A canary rollout plan from routes.yaml.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CanaryPlan {
@@ -77,6 +95,8 @@ pub struct CanaryPlan {
     pub inconclusive_deadline: Duration,
     /// What happens after that.
     pub on_inconclusive: OnInconclusive,
+    /// Prometheus checks, judged with the windows at each analysis.
+    pub checks: Vec<MetricCheck>,
 }
 
 /// An A/B test's automatic analysis.
@@ -88,6 +108,8 @@ pub struct AbPlan {
     pub interval: Duration,
     /// Promote a winner on its own; otherwise record it and wait for an admin promote.
     pub auto_promote: bool,
+    /// Prometheus checks of each arm but control: a failure stops the arm, no data holds a winner.
+    pub checks: Vec<MetricCheck>,
 }
 
 /// A blue-green rollout's automatic analysis.

@@ -15,6 +15,26 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    pub cluster: Option<RawCluster>,
+}
+
+/// `cluster:` — fleet mode through etcd.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub etcd: RawEtcd,
+    pub replica_id: Option<String>,
+    pub lease_ttl: Option<String>,
+    pub publish_interval: Option<String>,
+}
+
+/// `cluster.etcd:` — where etcd is and the fleet's key prefix.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub prefix: Option<String>,
 }
 
 /// One entry of `webhooks:` — where rollout decisions are POSTed.
@@ -212,6 +232,18 @@ pub struct RawAnalysis {
     pub inconclusive_deadline: Option<String>,
     pub on_inconclusive: Option<String>,
     pub business: Option<RawBusiness>,
+    pub checks: Option<Vec<RawCheck>>,
+}
+
+/// `analysis.checks[i]:` — a PromQL query against a Prometheus, with bounds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub name: String,
+    pub prometheus: String,
+    pub query: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
 }
 
 /// `analysis.business:` — a non-inferiority guard on a business metric.
@@ -247,6 +279,7 @@ pub struct RawAbAnalysis {
     #[serde(default)]
     pub auto_promote: bool,
     pub guardrails: Option<RawAnalysis>,
+    pub checks: Option<Vec<RawCheck>>,
 }
 
 /// Where a sticky key comes from; exactly one field must be set.

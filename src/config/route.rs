@@ -219,6 +219,7 @@ pub(super) fn strategy(r: &RawRoute, place: &str, issues: &mut Issues) -> Option
             duration(&bg.scale_down_delay, Duration::from_secs(30), &format!("{place}.scale_down_delay"), issues);
         let plan = bg.analysis.as_ref().map(|a| {
             let ap = format!("{place}.analysis");
+            super::analysis::no_checks(a, &ap, issues);
             BlueGreenPlan {
                 criteria: criteria(a, &ap, issues),
                 interval: duration(&a.interval, Duration::from_secs(10), &format!("{ap}.interval"), issues),

@@ -270,4 +270,34 @@ routes:
     ] {
         assert!(found.iter().any(|f| f.contains(want)), "{want:?} not in {found:#?}");
     }
+
+fn prometheus_checks_are_validated_with_their_places() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "a.onnx");
+    write_model(dir.path(), "b.onnx");
+    let file = |checks: &str| {
+        format!(
+            "backends:\n  - {{name: a, onnx: {{path: a.onnx}}}}\n  - {{name: b, onnx: {{path: b.onnx}}}}\nroutes:\n  - model: r\n    strategy:\n      canary:\n        stable: a\n        canary: b\n        steps: [{{weight: 10, pause: 1m}}]\n        analysis:\n          checks: {checks}\n"
+        )
+    };
+    let c = parse_in(dir.path(), &file(r#"[{name: p95, prometheus: "http://127.0.0.1:9090", query: "up", max: 0.5}]"#))
+        .unwrap();
+    let Strategy::Canary { plan: Some(plan), .. } = &c.routes[0].strategy else { panic!() };
+    assert_eq!((plan.checks[0].name.as_str(), plan.checks[0].max), ("p95", Some(0.5)));
+    let e = parse_in(
+        dir.path(),
+        &file(r#"[{name: x, prometheus: "ftp://p", query: "", min: 2, max: 1}, {name: x, prometheus: "http://p:9090", query: "up"}]"#),
+    )
+    .unwrap_err();
+    let at = "routes[0].strategy.canary.analysis.checks";
+    assert_eq!(
+        places(&e),
+        [
+            format!("{at}[0].prometheus: \"ftp://p\" is not an http:// URL of a Prometheus server"),
+            format!("{at}[0].query: write a PromQL query of at most 4096 characters"),
+            format!("{at}[0].min: 2 is above max 1"),
+            format!("{at}[1].name: another check is named \"x\""),
+            format!("{at}[1]: give a bound: min, max or both"),
+        ]
+    );
 }

@@ -19,14 +19,27 @@ impl Controller {
     pub async fn act(&self, route: &str, action: Action, if_match: Option<u64>, who: &str) -> Result<u64, ApiError> {
         let now = self.clock.now_ms();
         let mut delay = None;
-        let (generation, before, after) = self
-            .mutate(route, if_match, |spec, st| {
-                if let Strategy::BlueGreen { scale_down_delay, .. } = &spec.strategy {
-                    delay = Some(*scale_down_delay);
+        let mut attempt = 0;
+        let (generation, before, after) = loop {
+            let result = self
+                .mutate(route, if_match, |spec, st| {
+                    if let Strategy::BlueGreen { scale_down_delay, .. } = &spec.strategy {
+                        delay = Some(*scale_down_delay);
+                    }
+                    apply_action(route, spec, st, &action, now)
+                })
+                .await;
+            // In a fleet, a change that lost a compare-and-swap race (with the leader's
+            // bookkeeping, say) is made again on the status the watch has applied meanwhile;
+            // an If-Match that is stale for that status is then refused for good.
+            match result {
+                Err(e) if e.status == StatusCode::PRECONDITION_FAILED && self.in_fleet() && attempt < 3 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
                 }
-                apply_action(route, spec, st, &action, now)
-            })
-            .await?;
+                other => break other?,
+            }
+        };
         tracing::info!(target: "modelgate::audit", who, route, action = action.name(), generation, changed = before != after, "admin change");
         if before != after {
             let details = serde_json::json!({ "action": action.name(), "who": who, "status": after });

@@ -74,6 +74,10 @@ pub struct Controller {
     ort_library: PathBuf,
     pub(super) inner: tokio::sync::Mutex<Inner>,
     statuses: ArcSwap<Statuses>,
+    pub(super) revisions: ArcSwap<Vec<(String, String)>>,
+    pub(super) fleet: std::sync::OnceLock<Arc<dyn super::fleet::Fleet>>,
+    pub(super) held: Mutex<Option<String>>,
+    pub(super) checks: super::checks::CheckResults,
     pub(super) report: Mutex<ReloadReport>,
     pub(super) me: Weak<Controller>,
 }
@@ -154,6 +158,10 @@ impl Controller {
             ort_library,
             inner: tokio::sync::Mutex::new(inner),
             statuses: ArcSwap::default(),
+            revisions: ArcSwap::default(),
+            fleet: std::sync::OnceLock::new(),
+            held: Mutex::new(None),
+            checks: Default::default(),
             report: Mutex::new(ReloadReport { source, ok: true, at_unix_ms, ..ReloadReport::default() }),
             me: me.clone(),
         });
@@ -228,6 +236,13 @@ impl Controller {
             .map(|r| (r.name().to_string(), inner.routes.get(r.name()).map(|s| s.status.clone()).unwrap_or_default()))
             .collect();
         self.statuses.store(Arc::new(statuses));
+        let revisions = inner
+            .config
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.name().to_string(), inner.routes.get(r.name())?.revision.clone())))
+            .collect();
+        self.revisions.store(Arc::new(revisions));
         let Some(persister) = &self.persister else { return 0 };
         let all = inner
             .routes
@@ -346,7 +361,8 @@ impl Controller {
             let Some(state) = inner.routes.get(route).cloned() else {
                 return Err(ApiError::internal(format!("route {route:?} has no status")));
             };
-            if let Some(expected) = if_match {
+            // In a fleet, If-Match is a fleet-wide ETag, checked by the fleet's compare-and-swap.
+            if let (Some(expected), false) = (if_match, self.in_fleet()) {
                 if expected < state.version || expected > inner.generation {
                     return Err(ApiError::new(
                         StatusCode::PRECONDITION_FAILED,
@@ -362,6 +378,9 @@ impl Controller {
             if next == state.status {
                 return Ok((inner.generation, state.status, next));
             }
+            // In a fleet the change is the fleet's first (compare-and-swap on the status this
+            // replica applied: a change made elsewhere meanwhile makes it stale, a 412).
+            self.write_fleet(route, &state.revision, &next, false, if_match).await?;
             let version = inner.generation + 1;
             inner.routes.insert(route.to_string(), RouteState { status: next.clone(), version, ..state.clone() });
             match self.publish(&mut inner, &[]).await {

@@ -9,14 +9,34 @@ use super::engine::{self, Decision};
 use super::status::{Phase, RouteStatus};
 use crate::config::Strategy;
 use crate::telemetry::window::Window;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What a decision does besides the status, done only once the decision is taken (in a fleet:
+/// once the fleet accepted it, so a deposed leader announces nothing).
+#[derive(Default)]
+struct Deferred {
+    events: Vec<(&'static str, String, Value)>,
+    resets: Vec<String>,
+}
+
+impl Deferred {
+    fn emit(&mut self, kind: &'static str, message: String, details: Value) {
+        self.events.push((kind, message, details));
+    }
+}
+
 impl Controller {
     /// One round of automatic analysis: every rollout with a plan that is due is judged on its
     /// current step's windows; decisions are published at once and bump the route's version.
+    /// In a fleet only the leader analyses, on the fleet's windows, and each change is written
+    /// to the fleet (fenced by the leadership) before it is applied.
     pub async fn analyze(&self) {
+        if !self.may_decide() {
+            return;
+        }
         let now = self.clock.now_ms();
         let mut inner = self.inner.lock().await;
         let specs = inner.config.routes.clone();
@@ -24,20 +44,24 @@ impl Controller {
         for spec in &specs {
             let name = spec.name();
             let Some(state) = inner.routes.get(name).cloned() else { continue };
-            let status = &state.status;
+            let mut later = Deferred::default();
             let step = match &spec.strategy {
                 Strategy::Canary { stable, canary, plan: Some(plan), .. } => {
-                    self.step_canary(name, stable, canary, plan, status, now)
+                    self.step_canary(name, &state, stable, canary, plan, now, &mut later)
                 }
                 Strategy::AbTest { arms, control, plan: Some(plan), .. } => {
-                    self.step_ab(name, arms, control, plan, status, now)
+                    self.step_ab(name, &state, arms, control, plan, now, &mut later)
                 }
                 Strategy::BlueGreen { active, preview, plan: Some(plan), .. } => {
-                    self.step_blue_green(name, active, preview, plan, status, now)
+                    self.step_blue_green(name, &state, active, preview, plan, now, &mut later)
                 }
                 _ => None,
             };
             let Some((next, publish)) = step else { continue };
+            if let Err(e) = self.write_fleet(name, &state.revision, &next, true, None).await {
+                tracing::warn!(route = %name, error = %e, "analysis change not taken: the fleet refused it");
+                continue;
+            }
             let version = if publish { inner.generation + 1 } else { state.version };
             inner.routes.insert(name.to_string(), RouteState { status: next, version, ..state.clone() });
             changed = true;
@@ -45,7 +69,14 @@ impl Controller {
                 if let Err(e) = self.publish(&mut inner, &[]).await {
                     tracing::error!(route = %name, error = %e, "analysis decision could not be published");
                     inner.routes.insert(name.to_string(), state);
+                    continue;
                 }
+            }
+            for variant in &later.resets {
+                self.telemetry.variant(name, variant).reset_step();
+            }
+            for (kind, message, details) in later.events {
+                self.emit(now, name, kind, message, details);
             }
         }
         if changed {
@@ -54,46 +85,50 @@ impl Controller {
     }
 
     /// A canary with steps: judge the step, then hold, advance, promote or roll back.
+    #[allow(clippy::too_many_arguments)]
     fn step_canary(
         &self,
         name: &str,
+        state: &RouteState,
         stable: &str,
         canary: &str,
         plan: &engine::CanaryPlan,
-        status: &RouteStatus,
         now: u64,
+        later: &mut Deferred,
     ) -> Option<(RouteStatus, bool)> {
+        let status = &state.status;
         if status.phase != Phase::Progressing || status.canary_weight.is_some() {
             return None; // finished, or steered by hand
         }
         let mut progress = status.progress.clone().unwrap_or_else(|| fresh_progress(now));
-        let (s, c) = (self.telemetry.variant(name, stable), self.telemetry.variant(name, canary));
-        let decision = engine::tick(plan, &mut progress, now, &s.step_window(), &c.step_window());
+        let (s, c) = (self.judged_window(name, state, stable, false), self.judged_window(name, state, canary, false));
+        let checks = self.checks_verdict(name, canary, &plan.checks, super::fleet::epoch(status));
+        let decision = engine::tick_with_checks(plan, &mut progress, now, &s, &c, &checks);
         if progress == status.progress.clone().unwrap_or_default() {
             return None;
         }
         let mut next = status.clone();
-        let numbers = serde_json::json!({ "stable": s.step(), "canary": c.step(), "verdict": progress.last_verdict });
+        let numbers =
+            serde_json::json!({ "stable": s.snapshot(), "canary": c.snapshot(), "verdict": progress.last_verdict });
         match &decision {
             Decision::Nothing => {
                 // A failed analysis below the failure limit is worth an event too.
                 if let (true, Some(Verdict::Fail(why))) = (progress.last_analysis_ms == now, &progress.last_verdict) {
-                    self.emit(now, name, "analysis_failed", why.clone(), numbers);
+                    later.emit("analysis_failed", why.clone(), numbers);
                 }
             }
             Decision::Advance(step) => {
-                s.reset_step();
-                c.reset_step();
+                later.resets.extend([stable.to_string(), canary.to_string()]);
                 let w = plan.weight(*step);
-                self.emit(now, name, "step_advanced", format!("step {step}: canary at {w}%"), numbers);
+                later.emit("step_advanced", format!("step {step}: canary at {w}%"), numbers);
             }
             Decision::Promote => {
                 next.phase = Phase::Promoted;
-                self.emit(now, name, "promoted", format!("{canary} passed every step and takes all traffic"), numbers);
+                later.emit("promoted", format!("{canary} passed every step and takes all traffic"), numbers);
             }
             Decision::Rollback(why) => {
                 next.phase = Phase::RolledBack;
-                self.emit(now, name, "rolled_back", why.clone(), numbers);
+                later.emit("rolled_back", why.clone(), numbers);
             }
         }
         next.last_analysis = progress.last_verdict.as_ref().map(|v| format!("{v:?}"));
@@ -103,15 +138,18 @@ impl Controller {
 
     /// An A/B test: stop harmful arms, halt on a sample-ratio mismatch, find a winner. The
     /// control arm is judged first; the others against it.
+    #[allow(clippy::too_many_arguments)]
     fn step_ab(
         &self,
         name: &str,
+        state: &RouteState,
         arms: &[(String, f64)],
         control: &str,
         plan: &engine::AbPlan,
-        status: &RouteStatus,
         now: u64,
+        later: &mut Deferred,
     ) -> Option<(RouteStatus, bool)> {
+        let status = &state.status;
         if status.phase != Phase::Progressing || status.halted.is_some() || status.suggested_winner.is_some() {
             return None;
         }
@@ -129,13 +167,13 @@ impl Controller {
             .map(|s| (s.name.clone(), f64::from(s.buckets)))
             .collect();
         live.sort_by_key(|(a, _)| a != control);
-        let stats: Vec<_> = live.iter().map(|(a, _)| self.telemetry.variant(name, a)).collect();
-        let windows: Vec<Window> = stats.iter().map(|s| s.step_window()).collect();
+        let windows: Vec<Window> = live.iter().map(|(a, _)| self.judged_window(name, state, a, false)).collect();
         let refs: Vec<&Window> = windows.iter().collect();
         let weights: Vec<f64> = live.iter().map(|(_, w)| *w).collect();
         let outcome = analysis::judge_ab(&refs, &weights, &plan.criteria);
+        let outcome = self.ab_checks(name, status, &live, control, &plan.checks, outcome);
         let numbers = serde_json::json!({
-            "arms": live.iter().zip(&stats).map(|((a, _), s)| (a.clone(), s.step())).collect::<BTreeMap<_, _>>(),
+            "arms": live.iter().zip(&windows).map(|((a, _), w)| (a.clone(), w.snapshot())).collect::<BTreeMap<_, _>>(),
             "outcome": outcome,
         });
         let mut next = status.clone();
@@ -150,18 +188,10 @@ impl Controller {
                     next.winner = Some(winner.clone());
                     next.phase = Phase::Promoted;
                     publish = true;
-                    self.emit(
-                        now,
-                        name,
-                        "promoted",
-                        format!("{winner} wins the A/B test and takes all traffic: {why}"),
-                        numbers,
-                    );
+                    later.emit("promoted", format!("{winner} wins the A/B test and takes all traffic: {why}"), numbers);
                 } else {
                     next.suggested_winner = Some(winner.clone());
-                    self.emit(
-                        now,
-                        name,
+                    later.emit(
                         "winner_found",
                         format!("{winner} wins the A/B test; promote it to send all traffic: {why}"),
                         numbers,
@@ -171,7 +201,7 @@ impl Controller {
             AbOutcome::SampleRatioMismatch { p } => {
                 let why = format!("sample-ratio mismatch (sequential multinomial test on units, always-valid p={p:.2e}): the arms' users do not match their weights, so the test cannot be trusted");
                 next.halted = Some(why.clone());
-                self.emit(now, name, "halted", why, numbers);
+                later.emit("halted", why, numbers);
             }
             AbOutcome::Guardrail { arm, why } => {
                 let stopped = live[*arm].0.clone();
@@ -179,10 +209,8 @@ impl Controller {
                 publish = true;
                 // The stopped arm's users move to the live arms: a new phase of the experiment,
                 // judged on fresh windows so the sample ratio holds.
-                for s in &stats {
-                    s.reset_step();
-                }
-                self.emit(now, name, "arm_stopped", format!("{stopped} taken out of traffic: {why}"), numbers);
+                later.resets.extend(live.iter().map(|(a, _)| a.clone()));
+                later.emit("arm_stopped", format!("{stopped} taken out of traffic: {why}"), numbers);
             }
         }
         Some((next, publish))
@@ -190,15 +218,18 @@ impl Controller {
 
     /// Blue-green: judge the preview before a switch (and switch on its own after
     /// `auto_promote_after`), and watch the new colour after one, switching back on a failure.
+    #[allow(clippy::too_many_arguments)]
     fn step_blue_green(
         &self,
         name: &str,
+        state: &RouteState,
         active: &str,
         preview: &str,
         plan: &engine::BlueGreenPlan,
-        status: &RouteStatus,
         now: u64,
+        later: &mut Deferred,
     ) -> Option<(RouteStatus, bool)> {
+        let status = &state.status;
         if status.phase == Phase::RolledBack {
             return None;
         }
@@ -208,7 +239,7 @@ impl Controller {
         };
         let serving = status.active_colour(active).to_string();
         let other = if serving == active { preview.to_string() } else { active.to_string() };
-        let (new, old) = (self.telemetry.variant(name, &serving), self.telemetry.variant(name, &other));
+        let window = |variant: &str, pinned| self.judged_window(name, state, variant, pinned);
         let mut next = status.clone();
         let mut publish = false;
         match status.switched_at_ms {
@@ -221,15 +252,15 @@ impl Controller {
                     alpha: plan.criteria.alpha / looks as f64,
                     ..plan.criteria.clone()
                 };
-                let verdict = analysis::judge_canary(&old.step_window(), &new.step_window(), &criteria);
+                let (new, old) = (window(&serving, false), window(&other, false));
+                let verdict = analysis::judge_canary(&old, &new, &criteria);
                 if let Verdict::Fail(why) = &verdict {
                     bg_switch(active, preview, &mut next, now);
                     next.phase = Phase::RolledBack;
                     publish = true;
-                    let numbers = serde_json::json!({ "new": new.step(), "old": old.step(), "verdict": verdict });
-                    self.emit(
-                        now,
-                        name,
+                    let numbers =
+                        serde_json::json!({ "new": new.snapshot(), "old": old.snapshot(), "verdict": verdict });
+                    later.emit(
                         "rolled_back",
                         format!("{serving} failed after the switch, back to {other}: {why}"),
                         numbers,
@@ -241,7 +272,8 @@ impl Controller {
             // Before any switch: is the preview good, and has it been up long enough?
             None => {
                 // The preview answers only pinned requests (smoke tests, QA): that is its evidence.
-                let verdict = analysis::judge_canary(&new.step_window(), &old.pinned_window(), &plan.criteria);
+                let (new, old) = (window(&serving, false), window(&other, true));
+                let verdict = analysis::judge_canary(&new, &old, &plan.criteria);
                 let due = plan
                     .auto_promote_after
                     .is_some_and(|d| now.saturating_sub(progress.step_started_ms) >= d.as_millis() as u64);
@@ -249,9 +281,9 @@ impl Controller {
                     bg_switch(active, preview, &mut next, now);
                     next.phase = Phase::Promoted;
                     publish = true;
-                    old.reset_step();
-                    let numbers = serde_json::json!({ "preview": old.step(), "active": new.step() });
-                    self.emit(now, name, "promoted", format!("preview {other} passed its analysis: switched"), numbers);
+                    later.resets.push(other.clone());
+                    let numbers = serde_json::json!({ "preview": old.snapshot(), "active": new.snapshot() });
+                    later.emit("promoted", format!("preview {other} passed its analysis: switched"), numbers);
                 }
                 progress.last_verdict = Some(verdict);
             }
@@ -261,8 +293,17 @@ impl Controller {
         Some((next, publish))
     }
 
-    /// Runs [`Controller::analyze`] every `every` until the controller is dropped.
+    /// Runs [`Controller::analyze`] every `every` until the controller is dropped, and the
+    /// Prometheus checks on a timer of their own.
     pub fn spawn_analysis(self: &Arc<Self>, every: Duration) {
+        let checks = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(c) = checks.upgrade() else { return };
+                c.run_checks().await;
+            }
+        });
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -271,6 +312,39 @@ impl Controller {
                 c.analyze().await;
             }
         });
+    }
+}
+
+impl Controller {
+    /// An A/B outcome with the plan's Prometheus checks: an arm (not control) whose check fails
+    /// is stopped like a guardrail failure; a winner whose checks have no data is held.
+    fn ab_checks(
+        &self,
+        name: &str,
+        status: &RouteStatus,
+        live: &[(String, f64)],
+        control: &str,
+        checks: &[crate::config::plan::MetricCheck],
+        outcome: AbOutcome,
+    ) -> AbOutcome {
+        if checks.is_empty() || matches!(outcome, AbOutcome::SampleRatioMismatch { .. } | AbOutcome::Guardrail { .. }) {
+            return outcome;
+        }
+        let e = super::fleet::epoch(status);
+        for (i, (arm, _)) in live.iter().enumerate().filter(|(_, (a, _))| a != control) {
+            if let Verdict::Fail(why) = self.checks_verdict(name, arm, checks, e) {
+                return AbOutcome::Guardrail { arm: i, why };
+            }
+        }
+        if let AbOutcome::Winner { arm, .. } = &outcome {
+            let winner = &live[*arm].0;
+            if let (false, Verdict::Inconclusive(why)) =
+                (winner == control, self.checks_verdict(name, winner, checks, e))
+            {
+                return AbOutcome::Continue { why: format!("{winner} leads, held by its checks: {why}") };
+            }
+        }
+        outcome
     }
 }
 

@@ -95,13 +95,36 @@ pub enum Decision {
 
 /// One tick of the state machine at `now_ms`, given the current step's windows.
 pub fn tick(plan: &CanaryPlan, p: &mut Progress, now_ms: u64, stable: &Window, canary: &Window) -> Decision {
+    tick_with_checks(plan, p, now_ms, stable, canary, &Verdict::Pass)
+}
+
+/// The windows' verdict with the plan's Prometheus checks': a failed check fails the analysis;
+/// a check without data keeps a passing one inconclusive (never a failure).
+pub fn with_checks(windows: Verdict, checks: &Verdict) -> Verdict {
+    match (windows, checks) {
+        (Verdict::Fail(why), _) => Verdict::Fail(why),
+        (_, Verdict::Fail(why)) => Verdict::Fail(why.clone()),
+        (Verdict::Pass, Verdict::Inconclusive(why)) => Verdict::Inconclusive(why.clone()),
+        (verdict, _) => verdict,
+    }
+}
+
+/// [`tick`] with the verdict of the plan's Prometheus checks for this step (see [`with_checks`]).
+pub fn tick_with_checks(
+    plan: &CanaryPlan,
+    p: &mut Progress,
+    now_ms: u64,
+    stable: &Window,
+    canary: &Window,
+    checks: &Verdict,
+) -> Decision {
     if p.paused || now_ms.saturating_sub(p.last_analysis_ms) < plan.interval.as_millis() as u64 {
         return Decision::Nothing;
     }
     p.last_analysis_ms = now_ms;
     p.looks = p.looks.saturating_add(1);
     let criteria = CanaryCriteria { alpha: look_alpha(plan, u64::from(p.looks)), ..plan.criteria.clone() };
-    let verdict = judge_canary(stable, canary, &criteria);
+    let verdict = with_checks(judge_canary(stable, canary, &criteria), checks);
     p.last_verdict = Some(verdict.clone());
     let elapsed = Duration::from_millis(now_ms.saturating_sub(p.step_started_ms));
     let pause = plan.steps.get(p.step).and_then(|s| s.pause);

@@ -5,17 +5,21 @@
 //! - `actions` — admin actions on a rollout;
 //! - `drivers` — the periodic analysis of canaries, A/B tests and blue-green previews;
 //! - `analysis`, `engine` — pure statistics and the canary step state machine;
+//! - `checks` — Prometheus checks of canary analyses, queried off the lock;
 //! - `revision` — what identifies a rollout; `status` — where it stands and its bucket layout;
 //! - `persist`, `store` — status on disk, off the async threads; `drain` — letting go of backends;
-//! - `events`, `webhooks` — decisions, logged and sent.
+//! - `events`, `webhooks` — decisions, logged and sent;
+//! - `fleet` — what the controller asks of a fleet (etcd, in `crate::cluster`), and applying its statuses.
 
 mod actions;
 pub mod analysis;
+mod checks;
 pub mod control;
 mod drain;
 mod drivers;
 pub mod engine;
 pub mod events;
+pub mod fleet;
 mod persist;
 mod reload;
 pub mod revision;

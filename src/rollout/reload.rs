@@ -100,6 +100,9 @@ impl Controller {
         if inner.config.server != config.server {
             tracing::warn!("server: settings changed in routes.yaml; they apply at the next restart");
         }
+        if inner.config.cluster != config.cluster {
+            tracing::warn!("cluster: settings changed in routes.yaml; they apply at the next restart");
+        }
         let next_version = inner.generation + 1;
         let mut new_revisions = Vec::new();
         let mut archive = Vec::new();

@@ -20,6 +20,9 @@ use serde::Serialize;
 use std::collections::HashSet;
 use std::time::Duration;
 
+mod wire;
+pub use wire::WireError;
+
 /// Latencies are kept in microseconds, 1 µs to 10 min, at 3 significant digits.
 const MAX_MICROS: u64 = 600_000_000;
 

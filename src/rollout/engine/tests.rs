@@ -15,6 +15,7 @@ fn plan() -> CanaryPlan {
         failure_limit: 2,
         inconclusive_deadline: Duration::from_secs(120),
         on_inconclusive: OnInconclusive::Hold,
+        checks: Vec::new(),
     }
 }
 
@@ -116,4 +117,16 @@ fn progress_saved_before_looks_were_counted_still_loads() {
     let old = r#"{"step":1,"step_started_ms":5,"last_analysis_ms":7,"failures":0,"paused":false,"last_verdict":null}"#;
     let p: Progress = serde_json::from_str(old).unwrap();
     assert_eq!((p.step, p.looks), (1, 0));
+}
+
+#[test]
+fn prometheus_checks_fail_an_analysis_but_no_data_only_holds_it() {
+    let (pass, fail, wait) = (Verdict::Pass, Verdict::Fail("c".into()), Verdict::Inconclusive("c".into()));
+    let w = |v: &Verdict| v.clone();
+    assert_eq!(with_checks(w(&pass), &pass), pass);
+    assert_eq!(with_checks(w(&pass), &fail), fail);
+    assert_eq!(with_checks(w(&pass), &wait), wait);
+    assert_eq!(with_checks(Verdict::Fail("w".into()), &wait), Verdict::Fail("w".into()));
+    assert_eq!(with_checks(Verdict::Inconclusive("w".into()), &pass), Verdict::Inconclusive("w".into()));
+    assert_eq!(with_checks(Verdict::Inconclusive("w".into()), &fail), fail);
 }

@@ -119,6 +119,7 @@ pub fn canary_plan(business: Option<BusinessGuard>) -> CanaryPlan {
         failure_limit: 2,
         inconclusive_deadline: Duration::from_secs(600),
         on_inconclusive: OnInconclusive::Hold,
+        checks: Vec::new(),
     }
 }
 
@@ -144,6 +145,7 @@ pub fn standard_rows() -> Vec<Row> {
         },
         interval: Duration::from_secs(15),
         auto_promote: true,
+        checks: Vec::new(),
     };
     vec![
         canary("A/A canary", None, Arm::default(), Target::RolledBackAtMost(0.01)),

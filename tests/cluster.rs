@@ -1,0 +1,568 @@
+//! Fleet mode against a real etcd (Debian's etcd-server; `make test` installs it): leader
+//! election and fencing, statuses applied on every replica, windows merged across replicas,
+//! admin changes on a follower taking effect fleet-wide. Each test starts its own etcd on free
+//! loopback ports with a temporary data folder, and kills it at the end.
+
+mod support;
+
+use etcd_client::{Client, GetOptions};
+use http::StatusCode;
+use modelgate::cluster::Cluster;
+use modelgate::config::Config;
+use modelgate::rollout::fleet::{epoch, Fleet, FleetError};
+use modelgate::rollout::Controller;
+use serde_json::{json, Value};
+use std::future::Future;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+/// An etcd of its own on 127.0.0.1, killed when dropped.
+struct Etcd {
+    child: Child,
+    url: String,
+    peer_url: String,
+    dir: tempfile::TempDir,
+}
+
+fn etcd_binary() -> String {
+    std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".to_string())
+}
+
+/// A port that was free a moment ago (etcd binds its own listeners; a clash is retried).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn_etcd(dir: &std::path::Path, url: &str, peer_url: &str) -> Child {
+    let bin = etcd_binary();
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} is missing: run scripts/fetch-tools.sh (make test does) or set ETCD_BIN"
+    );
+    Command::new(&bin)
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", url, "--advertise-client-urls", url])
+        .args(["--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
+}
+
+impl Etcd {
+    async fn start() -> Etcd {
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("http://127.0.0.1:{}", free_port());
+            let peer_url = format!("http://127.0.0.1:{}", free_port());
+            let child = spawn_etcd(dir.path(), &url, &peer_url);
+            let mut etcd = Etcd { child, url, peer_url, dir };
+            if etcd.ready().await {
+                return etcd;
+            }
+            let _ = etcd.child.kill();
+            let _ = etcd.child.wait();
+        }
+        panic!("etcd did not start on loopback ports (3 tries)");
+    }
+
+    /// Kills etcd (an outage); [`Etcd::restart`] brings it back with its data.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn restart(&mut self) {
+        self.child = spawn_etcd(self.dir.path(), &self.url, &self.peer_url);
+        assert!(self.ready().await, "etcd came back on its ports");
+    }
+
+    /// Waits (bounded) until etcd answers; false when the process died (a port clash).
+    async fn ready(&mut self) -> bool {
+        for _ in 0..200 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if let Ok(mut c) = Client::connect([&self.url], None).await {
+                if tokio::time::timeout(Duration::from_secs(1), c.get("x", None)).await.is_ok_and(|r| r.is_ok()) {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect([&self.url], None).await.unwrap()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits up to `limit` for `check` to give a value (a bound on waiting, not a measurement).
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn body() -> Value {
+    let e = &expected_outputs()["models"]["breast-cancer-v1"];
+    let mut input = e["inputs"]["input"].clone();
+    input["name"] = json!("input");
+    json!({ "inputs": [input] })
+}
+
+fn routes(etcd: &str, prefix: &str, replica: &str, canary: &str) -> String {
+    format!(
+        r#"cluster:
+  etcd: {{endpoints: ["{url}"], prefix: "{prefix}"}}
+  replica_id: {replica}
+  lease_ttl: 2s
+  publish_interval: 100ms
+backends:
+  - name: stable
+    onnx: {{path: "{v1}"}}
+  - name: good
+    onnx: {{path: "{v2}"}}
+  - name: faulty
+    onnx: {{path: "{v2}"}}
+    fault: {{error_percent: 100}}
+routes:
+{canary}"#,
+        url = etcd,
+        v1 = model("breast-cancer-v1.onnx"),
+        v2 = model("breast-cancer-v2.onnx"),
+    )
+}
+
+/// A canary held at each step until promoted (analysis on, but it can only hold or roll back).
+const STEPPED: &str = r#"  - model: risk
+    strategy:
+      canary:
+        stable: stable
+        canary: good
+        steps:
+          - {weight: 10, pause: until_promoted}
+          - {weight: 40, pause: until_promoted}
+        analysis: {interval: 100ms, min_samples: 1000000, max_error_rate: 0.5}
+"#;
+
+/// A replica: a gateway in this process that joined the fleet.
+struct Replica {
+    gw: Gateway,
+    cluster: Cluster,
+}
+
+impl Replica {
+    async fn start(yaml: &str) -> Replica {
+        let gw = Gateway::start(yaml).await;
+        let config = Config::load(&gw.routes_file()).unwrap();
+        let cluster = Cluster::join(config.cluster.clone().unwrap(), &gw.controller).await.unwrap();
+        Replica { gw, cluster }
+    }
+
+    fn controller(&self) -> &Arc<Controller> {
+        &self.gw.controller
+    }
+
+    fn revision(&self, route: &str) -> String {
+        self.controller().revisions().iter().find(|(r, _)| r == route).unwrap().1.clone()
+    }
+
+    fn status(&self, route: &str) -> modelgate::rollout::RouteStatus {
+        self.controller().statuses().iter().find(|(r, _)| r == route).unwrap().1.clone()
+    }
+
+    /// The canary's weight in the published table.
+    fn canary_weight(&self, route: &str) -> f64 {
+        let table = self.controller().table().load();
+        let r = table.routes().iter().find(|r| r.name == route).unwrap();
+        r.variants.iter().find(|v| v.name != "stable").map_or(0.0, |v| v.weight)
+    }
+}
+
+/// Waits until exactly one of the replicas may decide; returns (leader, follower) indices.
+async fn leader_of(replicas: &[&Replica]) -> (usize, usize) {
+    eventually("a leader", Duration::from_secs(20), || async {
+        let deciding: Vec<usize> =
+            (0..replicas.len()).filter(|i| replicas[*i].cluster.fleet().may_decide().is_ok()).collect();
+        (deciding.len() == 1).then(|| (deciding[0], 1 - deciding[0]))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_is_elected_and_a_deposed_leaders_write_is_fenced() {
+    let etcd = Etcd::start().await;
+    let a = Replica::start(&routes(&etcd.url, "/t/fence", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/fence", "b", STEPPED)).await;
+    let both = [&a, &b];
+    let (l, f) = leader_of(&both).await;
+    let (leader, follower) = (both[l], both[f]);
+    let rev = leader.revision("risk");
+    let status = leader.status("risk");
+    let why = follower.cluster.fleet().may_decide().unwrap_err();
+    assert!(why.contains("not the leader"), "{why}");
+    let refused = follower.cluster.fleet().write("risk", &rev, &status, true, None).await;
+    assert!(matches!(refused, Err(FleetError::NotLeader(_))), "a follower cannot decide: {refused:?}");
+
+    // Depose the leader behind its back: its lease is revoked in etcd, as if it had lapsed.
+    let mut etcd_client = etcd.client().await;
+    let keys = etcd_client.get("/t/fence/leader/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let lease = keys.kvs().iter().min_by_key(|kv| kv.create_revision()).unwrap().lease();
+    etcd_client.lease_revoke(lease).await.unwrap();
+    let before = etcd_client.get(format!("/t/fence/status/risk/{rev}"), None).await.unwrap();
+    let mut changed = status.clone();
+    changed.last_analysis = Some("written by a deposed leader".into());
+    let refused = leader.cluster.fleet().write("risk", &rev, &changed, true, None).await;
+    assert!(matches!(refused, Err(FleetError::NotLeader(_))), "a deposed leader's write is fenced: {refused:?}");
+    let after = etcd_client.get(format!("/t/fence/status/risk/{rev}"), None).await.unwrap();
+    assert_eq!(
+        before.kvs().first().map(|kv| kv.mod_revision()),
+        after.kvs().first().map(|kv| kv.mod_revision()),
+        "the fenced write changed nothing"
+    );
+
+    // The other replica takes over, and its decisions are written.
+    eventually("the follower to take over", Duration::from_secs(20), || async {
+        follower.cluster.fleet().may_decide().is_ok().then_some(())
+    })
+    .await;
+    let mut taken = follower.status("risk");
+    taken.last_analysis = Some("written by the new leader".into());
+    // Its own analysis writes too: retry on a stale compare-and-swap until the write is ours.
+    eventually("the new leader's write", Duration::from_secs(10), || {
+        let (fleet, taken, rev) = (follower.cluster.fleet(), taken.clone(), rev.clone());
+        async move {
+            let mut mine = follower.status("risk");
+            mine.last_analysis = taken.last_analysis.clone();
+            fleet.write("risk", &rev, &mine, true, None).await.ok()
+        }
+    })
+    .await;
+    let view = follower.cluster.fleet().view();
+    assert_eq!(view["is_leader"], true, "{view}");
+    assert_eq!(view["leader"], follower.cluster.replica_id(), "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_promote_on_a_follower_takes_effect_on_the_leader_and_a_stale_if_match_is_412() {
+    let etcd = Etcd::start().await;
+    let a = Replica::start(&routes(&etcd.url, "/t/admin", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/admin", "b", STEPPED)).await;
+    let both = [&a, &b];
+    let (l, f) = leader_of(&both).await;
+    let (leader, follower) = (both[l], both[f]);
+    assert_eq!((leader.canary_weight("risk"), follower.canary_weight("risk")), (10.0, 10.0));
+    // The fleet's ETag, read on the leader: etcd revisions, the same on every replica.
+    let read = get(&leader.gw.admin_url("/admin/routes")).await;
+    let old = read.headers["etag"].to_str().unwrap().to_string();
+
+    let promoted = follower.gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
+    assert_eq!(follower.canary_weight("risk"), 40.0, "the follower applied its own change");
+    eventually("the leader to apply the follower's promote", Duration::from_secs(10), || async {
+        // The table is published a moment before the status readers see.
+        let step = leader.status("risk").progress.map(|p| p.step);
+        (leader.canary_weight("risk") == 40.0 && step == Some(1)).then_some(())
+    })
+    .await;
+
+    // An If-Match read before the promote is stale on every replica.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    for r in both {
+        let stale = send(
+            http::Method::POST,
+            &r.gw.admin_url("/admin/routes/risk/rollback"),
+            "",
+            &[("authorization", &auth), ("if-match", &old)],
+        )
+        .await;
+        assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{}", stale.error());
+    }
+    assert_eq!(leader.canary_weight("risk"), 40.0);
+    // A fresh one read on the leader holds on the follower (the analysis' bookkeeping since
+    // does not make it stale).
+    let view = get(&leader.gw.admin_url("/admin/routes")).await.json();
+    let fresh = view["routes"][0]["etag"].as_u64().unwrap();
+    let paused = send(
+        http::Method::POST,
+        &follower.gw.admin_url("/admin/routes/risk/pause"),
+        "",
+        &[("authorization", &auth), ("if-match", &format!("\"{fresh}\""))],
+    )
+    .await;
+    assert_eq!(paused.status, StatusCode::OK, "{}", paused.error());
+    let cluster = eventually("both replicas in the follower's cluster view", Duration::from_secs(10), || async {
+        let view = get(&follower.gw.admin_url("/admin/cluster")).await.json();
+        let published = view["replicas"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2 && r.iter().all(|r| r["last_publish_ms"].is_u64()));
+        (published && view["leader"].is_string()).then_some(view)
+    })
+    .await;
+    assert_eq!(cluster["leader"], leader.cluster.replica_id(), "{cluster}");
+    // A replica that joins now serves the fleet's status from its first request.
+    let c = Replica::start(&routes(&etcd.url, "/t/admin", "c", STEPPED)).await;
+    assert_eq!(c.canary_weight("risk"), 40.0);
+    assert_eq!(cluster["is_leader"], false, "{cluster}");
+    assert_eq!(cluster["mixed_revisions"], false, "{cluster}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_judges_the_sum_of_every_replicas_windows_feedback_included() {
+    let etcd = Etcd::start().await;
+    // Held at 50% (only windows a plan judges are published): the analysis never decides.
+    let fixed = "  - model: risk\n    strategy:\n      canary:\n        stable: stable\n        canary: good\n        steps: [{weight: 50, pause: until_promoted}]\n        analysis: {interval: 100ms, min_samples: 100000000}\n";
+    let a = Replica::start(&routes(&etcd.url, "/t/merge", "a", fixed)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/merge", "b", fixed)).await;
+    let both = [&a, &b];
+    let (l, _) = leader_of(&both).await;
+    let leader = both[l];
+    // The step starts with the leader's first analysis; count from there on.
+    eventually("the step started on both replicas", Duration::from_secs(10), || async {
+        both.iter().all(|r| r.status("risk").progress.is_some()).then_some(())
+    })
+    .await;
+    for (replica, n) in [(&a, 30), (&b, 20)] {
+        for _ in 0..n {
+            let r = post_json(&replica.gw.url("/v2/models/risk/infer"), &body()).await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+    }
+    let rev = leader.revision("risk");
+    let merged = eventually("both replicas' windows at the leader", Duration::from_secs(10), || async {
+        let epoch = epoch(&leader.status("risk"));
+        let (mut requests, mut units) = (0, 0);
+        for variant in ["stable", "good"] {
+            let local = leader.controller().telemetry().variant("risk", variant).step_window();
+            let w = leader.cluster.fleet().window("risk", &rev, epoch, variant, false, local);
+            requests += w.requests;
+            units += w.snapshot().units;
+        }
+        (requests == 50).then_some(units)
+    })
+    .await;
+    assert_eq!(merged, 50, "every request without a sticky key is its own unit");
+
+    // Feedback counts wherever it lands: an answer of replica a, its outcome posted to b.
+    let answer = post_json(&a.gw.url("/v2/models/risk/infer"), &body()).await;
+    let variant = answer.headers["x-modelgate-variant"].to_str().unwrap().to_string();
+    let id = answer.headers["x-modelgate-request-id"].to_str().unwrap().to_string();
+    let posted = post_json(&b.gw.url("/v2/feedback"), &json!({"request_id": id, "conversion": true})).await;
+    assert!(posted.status.is_success(), "{:?}", posted.body);
+    eventually("the feedback in the leader's window", Duration::from_secs(10), || async {
+        let epoch = epoch(&leader.status("risk"));
+        let local = leader.controller().telemetry().variant("risk", &variant).step_window();
+        let w = leader.cluster.fleet().window("risk", &rev, epoch, &variant, false, local);
+        (w.conversion.n == 1 && w.conversion.sum == 1.0).then_some(())
+    })
+    .await;
+    let view = leader.cluster.fleet().view();
+    let replicas = view["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 2, "{view}");
+    assert!(replicas.iter().all(|r| r["last_publish_ms"].is_u64()), "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_rolled_back_once_and_every_replica_routes_nothing_to_it() {
+    let etcd = Etcd::start().await;
+    let failing = r#"  - model: risk
+    strategy:
+      canary:
+        stable: stable
+        canary: faulty
+        steps:
+          - {weight: 50, pause: 1h}
+        analysis: {interval: 100ms, min_samples: 20, max_error_rate: 0.02, failure_limit: 2}
+"#;
+    let a = Replica::start(&routes(&etcd.url, "/t/rollback", "a", failing)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/rollback", "b", failing)).await;
+    let both = [&a, &b];
+    leader_of(&both).await;
+    eventually("the rollback on both replicas", Duration::from_secs(30), || async {
+        for r in both {
+            for _ in 0..10 {
+                post_json(&r.gw.url("/v2/models/risk/infer"), &body()).await;
+            }
+        }
+        both.iter().all(|r| r.canary_weight("risk") == 0.0).then_some(())
+    })
+    .await;
+    let rolled: usize = both
+        .iter()
+        .map(|r| r.controller().events(0, Some("risk")).iter().filter(|e| e.kind == "rolled_back").count())
+        .sum();
+    assert_eq!(rolled, 1, "one decision fleet-wide");
+    for r in both {
+        assert_eq!(r.status("risk").phase, modelgate::rollout::Phase::RolledBack);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_keeps_serving_decides_nothing_and_resumes_at_the_same_step() {
+    let mut etcd = Etcd::start().await;
+    let a = Replica::start(&routes(&etcd.url, "/t/outage", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/outage", "b", STEPPED)).await;
+    let both = [&a, &b];
+    let (l, _) = leader_of(&both).await;
+    let promoted = both[l].gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
+    eventually("step 1 on both replicas", Duration::from_secs(10), || async {
+        both.iter().all(|r| r.canary_weight("risk") == 40.0).then_some(())
+    })
+    .await;
+    let started = a.status("risk").progress.unwrap().step_started_ms;
+
+    etcd.stop();
+    eventually("both replicas to hold their decisions", Duration::from_secs(20), || async {
+        both.iter()
+            .all(|r| r.controller().decisions_held().is_some_and(|why| why.contains("etcd unreachable")))
+            .then_some(())
+    })
+    .await;
+    for r in both {
+        for _ in 0..5 {
+            let answer = post_json(&r.gw.url("/v2/models/risk/infer"), &body()).await;
+            assert_eq!(answer.status, StatusCode::OK, "serving goes on without etcd");
+        }
+        let refused = r.gw.admin_post("/admin/routes/risk/promote", "").await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.error());
+        assert_eq!(r.canary_weight("risk"), 40.0, "the last table stays");
+        let status = get(&r.gw.admin_url("/admin/status")).await.json();
+        assert!(status["decisions_held"].as_str().is_some_and(|w| w.contains("etcd")), "{status}");
+    }
+
+    etcd.restart().await;
+    leader_of(&both).await;
+    for r in both {
+        let progress = r.status("risk").progress.unwrap();
+        assert_eq!((progress.step, progress.step_started_ms), (1, started), "the step and its clock are kept");
+        assert_eq!(r.canary_weight("risk"), 40.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_reloads_onto_a_newer_revision_takes_that_revisions_status_and_mixed_revisions_show() {
+    let etcd = Etcd::start().await;
+    let a = Replica::start(&routes(&etcd.url, "/t/revisions", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/revisions", "b", STEPPED)).await;
+    let both = [&a, &b];
+    leader_of(&both).await;
+    let old = a.revision("risk");
+    let client = etcd.client().await;
+    eventually("the leader's status of the first revision", Duration::from_secs(10), || {
+        let (mut client, key) = (client.clone(), format!("/t/revisions/status/risk/{old}"));
+        async move { client.get(key, None).await.ok().filter(|r| r.kvs().len() == 1).map(|_| ()) }
+    })
+    .await;
+    // A new revision of the route (sticky users) reaches replica a first, as a ConfigMap does.
+    let sticky = STEPPED.replace("        canary: good\n", "        canary: good\n        sticky: {header: x-user}\n");
+    let next = routes(&etcd.url, "/t/revisions", "a", &sticky);
+    std::fs::write(a.gw.routes_file(), &next).unwrap();
+    a.controller().reload_file().await.unwrap();
+    let new = a.revision("risk");
+    assert_ne!(old, new);
+    let promoted = a.gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
+    assert_eq!(a.canary_weight("risk"), 40.0);
+    let view = eventually("replica b's record in a's view", Duration::from_secs(10), || async {
+        let view = a.cluster.fleet().view();
+        (view["replicas"].as_array().map(Vec::len) == Some(2)).then_some(view)
+    })
+    .await;
+    assert_eq!(view["mixed_revisions"], true, "{view}");
+    assert_eq!(b.canary_weight("risk"), 10.0, "b runs the old revision and keeps its status");
+
+    std::fs::write(b.gw.routes_file(), next.replace("replica_id: a", "replica_id: b")).unwrap();
+    b.controller().reload_file().await.unwrap();
+    assert_eq!(b.revision("risk"), new);
+    eventually("b to take the new revision's status", Duration::from_secs(10), || async {
+        (b.canary_weight("risk") == 40.0).then_some(())
+    })
+    .await;
+    // Nobody runs the old revision now: the leader deletes its status after a grace.
+    eventually("the old revision's status deleted", Duration::from_secs(30), || {
+        let (mut client, key) = (client.clone(), format!("/t/revisions/status/risk/{old}"));
+        async move { client.get(key, None).await.ok().filter(|r| r.kvs().is_empty()).map(|_| ()) }
+    })
+    .await;
+    let kept = client.clone().get(format!("/t/revisions/status/risk/{new}"), None).await.unwrap();
+    assert_eq!(kept.kvs().len(), 1, "the running revision's status stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_dies_without_a_word_is_replaced_and_the_step_goes_on() {
+    let etcd = Etcd::start().await;
+    let a = Replica::start(&routes(&etcd.url, "/t/failover", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/failover", "b", STEPPED)).await;
+    let (l, _) = leader_of(&[&a, &b]).await;
+    let (leader, follower) = if l == 0 { (a, b) } else { (b, a) };
+    let promoted = leader.gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
+    let started = leader.status("risk").progress.unwrap().step_started_ms;
+    eventually("the follower at step 1", Duration::from_secs(10), || async {
+        (follower.status("risk").progress.map(|p| p.step_started_ms) == Some(started)).then_some(())
+    })
+    .await;
+    // As SIGKILL would: its tasks stop and its lease is not revoked; it lapses after its TTL.
+    drop(leader);
+    eventually("the follower to take over", Duration::from_secs(20), || async {
+        follower.cluster.fleet().may_decide().is_ok().then_some(())
+    })
+    .await;
+    let progress = follower.status("risk").progress.unwrap();
+    assert_eq!((progress.step, progress.step_started_ms), (1, started), "the step continues, not from its start");
+    assert_eq!(follower.canary_weight("risk"), 40.0);
+    let promoted = follower.gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
+    assert_eq!(follower.canary_weight("risk"), 100.0, "the new leader's replica takes changes");
+}
+
+#[test]
+fn the_kubernetes_configmap_holds_a_valid_fleet_routes_file() {
+    let manifest = std::fs::read_to_string(root().join("deploy/kubernetes/configmap.yaml")).unwrap();
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&manifest).unwrap();
+    let routes = doc["data"]["routes.yaml"].as_str().expect("data.routes.yaml");
+    // The image's model folder is this checkout's models/.
+    let routes = routes.replace("/opt/modelgate/models", &root().join("models").display().to_string());
+    let config =
+        Config::parse(&routes, &root().join("deploy/kubernetes/routes.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let cluster = config.cluster.expect("a cluster: section");
+    assert_eq!(cluster.replica_id, None, "the replica id comes from the pod name (MODELGATE_REPLICA_ID)");
+    let deployment = std::fs::read_to_string(root().join("deploy/kubernetes/deployment.yaml")).unwrap();
+    assert!(deployment.contains(modelgate::config::REPLICA_ID_ENV));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_starts_and_serves_while_etcd_is_unreachable() {
+    // An endpoint where nothing listens (etcd down when the replica starts).
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let r = Replica::start(&routes(&nowhere, "/t/nowhere", "lonely", STEPPED)).await;
+    let answer = post_json(&r.gw.url("/v2/models/risk/infer"), &body()).await;
+    assert_eq!(answer.status, StatusCode::OK, "serving does not wait for etcd");
+    let why = r.cluster.fleet().may_decide().unwrap_err();
+    assert!(why.contains("etcd"), "{why}");
+    let refused = r.gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.error());
+}
