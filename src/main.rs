@@ -441,9 +441,18 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     let state = Arc::new(AppState::new(controller.table(), settings, controller.telemetry().clone(), ids, token));
     // SIGTERM/SIGINT drains the inference listeners together; the admin API stays up until
     // they are done, so status is readable during the drain.
+    // Readiness turns false first and the listeners keep serving for server.drain_delay, so a
+    // load balancer stops sending before connections are refused.
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let drained = state.clone();
     tokio::spawn(async move {
         server::shutdown_signal().await;
+        drained.start_draining();
+        let delay = drained.settings.drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(?delay, "draining: readiness is false; still serving until the delay is over");
+            tokio::time::sleep(delay).await;
+        }
         let _ = drain_tx.send(true);
     });
     let draining = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -186,6 +186,53 @@ fn serve_opens_the_grpc_listener_and_drains_it_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+#[test]
+fn on_sigterm_readiness_turns_false_first_and_requests_are_served_through_the_drain_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "routes.yaml",
+        &format!(
+            "server:\n  drain_delay: 4s\n  insecure_unsigned_feedback: true\nbackends:\n  - name: b\n    onnx: {{path: \"{}\"}}\nroutes:\n  - model: m\n    backend: b\n",
+            model("breast-cancer-v1.onnx")
+        ),
+    );
+    let (mut child, addr, _) = spawn_serve_admin(file.to_str().unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let ready =
+        |rt: &tokio::runtime::Runtime| rt.block_on(async { get(&format!("http://{addr}/v2/health/ready")).await });
+    assert_eq!(ready(&rt).status, http::StatusCode::OK);
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    // Readiness turns false at once...
+    let mut answer = ready(&rt);
+    for _ in 0..100 {
+        if answer.status != http::StatusCode::OK {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        answer = ready(&rt);
+    }
+    assert_eq!(answer.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.error().contains("shutting down"), "{}", answer.error());
+    // ...while inference is still answered during the drain delay.
+    let mut input = expected_outputs()["models"]["breast-cancer-v1"]["inputs"]["input"].clone();
+    input["name"] = serde_json::json!("input");
+    let served = rt.block_on(async {
+        post_json(&format!("http://{addr}/v2/models/m/infer"), &serde_json::json!({"inputs": [input]})).await
+    });
+    assert_eq!(served.status, http::StatusCode::OK, "{}", served.error());
+    assert!(child.try_wait().unwrap().is_none(), "still running during the drain delay");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve did not stop after the drain");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 /// A `modelgate serve` child that is killed when dropped, so a failing test leaves no gateway behind.
 struct Served(std::process::Child);
 

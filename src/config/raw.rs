@@ -60,6 +60,7 @@ pub struct RawServer {
     pub header_read_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub drain_delay: Option<String>,
     pub feedback_max_age: Option<String>,
     pub state_dir: Option<String>,
     pub ort_library: Option<String>,

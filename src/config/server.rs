@@ -50,6 +50,9 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long readiness answers "not ready" while the listeners keep serving,
+    /// before they stop accepting: time for a load balancer to stop sending.
+    pub drain_delay: Duration,
     /// How long after an answer feedback on it is accepted.
     pub feedback_max_age: Duration,
     /// Where rollout status is persisted (relative paths: against the config file's folder).
@@ -111,6 +114,7 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
             feedback_max_age: Duration::from_secs(24 * 3600),
             state_dir: PathBuf::from("state"),
             ort_library: None,
@@ -175,6 +179,7 @@ pub(super) fn server(raw: &RawServer, base: &Path, issues: &mut Issues) -> Serve
         ),
         request_timeout: duration(&raw.request_timeout, d.request_timeout, "server.request_timeout", issues),
         shutdown_grace: duration(&raw.shutdown_grace, d.shutdown_grace, "server.shutdown_grace", issues),
+        drain_delay: duration(&raw.drain_delay, d.drain_delay, "server.drain_delay", issues),
         feedback_max_age: duration(&raw.feedback_max_age, d.feedback_max_age, "server.feedback_max_age", issues),
         state_dir: base.join(raw.state_dir.as_deref().map_or(d.state_dir.as_path(), Path::new)),
         ort_library: raw.ort_library.as_ref().map(PathBuf::from),

@@ -35,9 +35,21 @@ pub struct AppState {
     /// The admin token: under `overrides: admin_token` a pin needs it as a bearer token (with
     /// none, any caller may pin: a loopback dev setup). Never forwarded upstream.
     pub admin_token: Option<String>,
+    /// Set when shutdown begins: readiness answers "not ready" while requests are still served.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
+    /// Whether shutdown has begun (readiness is then false).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts the drain: readiness turns false; the listeners go on serving until told to stop.
+    pub fn start_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The state of an inference listener, with a feedback ledger of the default size.
     pub fn new(
         table: SharedTable,
@@ -47,7 +59,7 @@ impl AppState {
         admin_token: Option<String>,
     ) -> AppState {
         let feedback = super::FeedbackLedger::new(super::FeedbackLedger::DEFAULT_CAPACITY, settings.feedback_max_age);
-        AppState { table, settings, telemetry, ids, feedback, admin_token }
+        AppState { table, settings, telemetry, ids, feedback, admin_token, draining: Default::default() }
     }
 }
 

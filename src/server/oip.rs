@@ -99,6 +99,12 @@ pub(super) async fn handle(
         Endpoint::Ready => {
             // A table is only published once every backend in it is loaded and warmed up.
             allow(req.method(), Method::GET)?;
+            if state.is_draining() {
+                return Err(ApiError::unavailable(
+                    "shutting down: this replica still answers requests for a moment, but send new ones elsewhere",
+                    Duration::from_secs(1),
+                ));
+            }
             Ok(response::json_value(StatusCode::OK, &json!({ "ready": true })))
         }
         Endpoint::Model { name, version, action } => {

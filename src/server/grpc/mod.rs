@@ -325,8 +325,9 @@ impl GrpcInferenceService for Inference {
     }
 
     async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
-        // A table is only published once every backend in it is loaded and warmed up.
-        Ok(Response::new(ServerReadyResponse { ready: true }))
+        // A table is only published once every backend in it is loaded and warmed up; a
+        // replica that is shutting down is not ready.
+        Ok(Response::new(ServerReadyResponse { ready: !self.state.is_draining() }))
     }
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
