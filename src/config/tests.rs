@@ -270,7 +270,9 @@ routes:
     ] {
         assert!(found.iter().any(|f| f.contains(want)), "{want:?} not in {found:#?}");
     }
+}
 
+#[test]
 fn prometheus_checks_are_validated_with_their_places() {
     let dir = tempfile::tempdir().unwrap();
     write_model(dir.path(), "a.onnx");
