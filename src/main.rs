@@ -355,6 +355,7 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     let (config, controller) = start(config, ort_flag, Some(state_dir)).await?;
     controller.spawn_analysis(std::time::Duration::from_millis(250));
     controller.telemetry().spawn_upkeep(std::time::Duration::from_secs(5));
+    controller.telemetry().spawn_series();
     if token.is_none() {
         tracing::warn!("no admin token (MODELGATE_ADMIN_TOKEN or --admin-token-file): admin changes are open to anyone who reaches the admin listener");
     }
