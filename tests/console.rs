@@ -1,0 +1,274 @@
+//! The operator console in a real browser: headless Chromium (Debian's `chromium`, installed by
+//! `make chromium`; `CHROMIUM` may name another binary) driven over the DevTools protocol loads
+//! `/ui/` from a gateway with a running canary, reads the page, and clicks.
+//! Screenshots go to `target/console-screenshots/`.
+
+mod support;
+
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Headless Chromium with a fresh profile, killed when dropped.
+struct Browser {
+    child: std::process::Child,
+    page: Socket,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "{} is missing: the console's browser test needs Chromium; run `make chromium` (scripts/fetch-chromium.sh) \
+         or set CHROMIUM=/path/to/chromium",
+        path.display()
+    );
+    path
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--remote-debugging-port=0",
+                "--window-size=1280,1600",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start chromium: {e}"));
+        // Chromium writes the port it bound into its profile once the DevTools server is up.
+        let port_file = profile.path().join("DevToolsActivePort");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            if let Some(p) =
+                std::fs::read_to_string(&port_file).ok().and_then(|t| t.lines().next()?.parse::<u16>().ok())
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "chromium did not open its DevTools port within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let list = get(&format!("http://127.0.0.1:{port}/json/list")).await.json();
+        let ws = list
+            .as_array()
+            .and_then(|l| l.iter().find(|t| t["type"] == "page"))
+            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            .unwrap_or_else(|| panic!("no page target in {list}"))
+            .to_string();
+        let (page, _) = tokio_tungstenite::connect_async(ws.as_str()).await.unwrap();
+        Browser { child, page, next_id: 0, _profile: profile }
+    }
+
+    /// One DevTools command; events arriving meanwhile are skipped.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = json!({ "id": id, "method": method, "params": params }).to_string();
+        self.page.send(Message::Text(msg.into())).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(m) = self.page.next().await {
+                if let Message::Text(t) = m.unwrap() {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["id"] == id {
+                        return v;
+                    }
+                }
+            }
+            panic!("the DevTools connection closed")
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {method} within 30 s"));
+        assert!(answer.get("error").is_none(), "{method}: {answer}");
+        answer["result"].clone()
+    }
+
+    /// Evaluates `js` in the page (awaiting a promise) and returns its value.
+    async fn eval(&mut self, js: &str) -> Value {
+        let r = self
+            .call("Runtime.evaluate", json!({ "expression": js, "awaitPromise": true, "returnByValue": true }))
+            .await;
+        assert!(r.get("exceptionDetails").is_none(), "{js}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    /// Waits until `js` is true in the page.
+    async fn wait_for(&mut self, js: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.eval(js).await != json!(true) {
+            let page = self.eval("document.body.innerText").await;
+            assert!(
+                Instant::now() < deadline,
+                "waited 30 s for {what}; the page reads:\n{}",
+                page.as_str().unwrap_or("")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn screenshot(&mut self, name: &str) {
+        let r = self.call("Page.captureScreenshot", json!({ "format": "png", "captureBeyondViewport": true })).await;
+        let png = base64::engine::general_purpose::STANDARD.decode(r["data"].as_str().unwrap()).unwrap();
+        let dir = root().join("target/console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn routes() -> String {
+    format!(
+        r#"backends:
+  - name: stable
+    onnx: {{path: "{v1}"}}
+  - name: candidate
+    onnx: {{path: "{v2}"}}
+routes:
+  - model: risk
+    strategy:
+      canary:
+        stable: stable
+        canary: candidate
+        steps:
+          - {{weight: 30, pause: 10m}}
+          - {{weight: 60, pause: 10m}}
+        analysis:
+          interval: 200ms
+          min_samples: 20
+          max_error_rate: 0.5
+  - model: plain
+    backend: stable
+"#,
+        v1 = model("breast-cancer-v1.onnx"),
+        v2 = model("breast-cancer-v2.onnx"),
+    )
+}
+
+fn body() -> Value {
+    let e = &expected_outputs()["models"]["breast-cancer-v1"];
+    let mut input = e["inputs"]["input"].clone();
+    input["name"] = json!("input");
+    json!({ "inputs": [input] })
+}
+
+async fn phase(gw: &Gateway, route: &str) -> String {
+    let view = get(&gw.admin_url("/admin/routes")).await.json();
+    let r = view["routes"].as_array().unwrap().iter().find(|r| r["name"] == route).unwrap().clone();
+    r["status"]["phase"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_running_canary_and_its_rollback_button_rolls_it_back() {
+    let gw = Gateway::start(&routes()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (url, stop) = (gw.url("/v2/models/risk/infer"), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let a = post_json(&url, &body()).await;
+                assert_eq!(a.status, StatusCode::OK);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    // The page and its assets come with the CSP; the series is JSON.
+    let page = get(&gw.admin_url("/ui/")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!String::from_utf8_lossy(&page.body).contains("<script>"), "no inline script");
+    assert_eq!(get(&gw.admin_url("/admin/series?route=nope")).await.status, StatusCode::NOT_FOUND);
+
+    let mut b = Browser::start().await;
+    b.call("Page.navigate", json!({ "url": gw.admin_url("/ui/") })).await;
+    b.wait_for("document.querySelectorAll('section.route').length === 2", "both routes").await;
+    let variants = b
+        .eval("[...document.querySelectorAll('section[data-route=risk] tr[data-variant]')].map(r => r.dataset.variant)")
+        .await;
+    assert_eq!(variants, json!(["stable", "candidate"]));
+    let strategy = b.eval("document.querySelector('section[data-route=risk] .strategy').textContent").await;
+    assert_eq!(strategy, "canary");
+    let weight = b
+        .eval("document.querySelector('section[data-route=risk] tr[data-variant=candidate] .weight').textContent")
+        .await;
+    assert_eq!(weight, "30%");
+    b.wait_for(
+        "Number(document.querySelector('section[data-route=risk] [data-chart=requests_per_s] svg')?.dataset.points) >= 3",
+        "the requests/s chart to have points",
+    )
+    .await;
+    let lines =
+        b.eval("document.querySelectorAll('section[data-route=risk] [data-chart=p99_ms] path.line').length").await;
+    assert_eq!(lines, 2, "a p99 line per variant");
+    b.screenshot("overview.png").await;
+
+    // Confirmations are accepted; a wrong token gets the 401 sentence and changes nothing.
+    b.eval("window.confirm = () => true; true").await;
+    b.eval(
+        "document.getElementById('token').value = 'wrong-token'; document.getElementById('token-save').click(); true",
+    )
+    .await;
+    b.eval("document.querySelector('section[data-route=risk] button[data-action=rollback]').click(); true").await;
+    b.wait_for("document.getElementById('message').textContent.includes('401')", "the 401 sentence").await;
+    let text = b.eval("document.getElementById('message').textContent").await;
+    assert!(text.as_str().unwrap().contains("refused the admin token"), "{text}");
+    assert_eq!(phase(&gw, "risk").await, "progressing");
+    b.screenshot("wrong-token.png").await;
+
+    // The right token: the click rolls the canary back, as the admin API sees it.
+    let set = format!(
+        "document.getElementById('token').value = '{ADMIN_TOKEN}'; document.getElementById('token-save').click(); true"
+    );
+    b.eval(&set).await;
+    assert_eq!(b.eval("sessionStorage.length === 1 && localStorage.length === 0").await, true);
+    b.eval("document.querySelector('section[data-route=risk] button[data-action=rollback]').click(); true").await;
+    b.wait_for("document.getElementById('message').textContent.startsWith('Done')", "the rollback to be done").await;
+    assert_eq!(phase(&gw, "risk").await, "rolled_back");
+    b.wait_for(
+        "document.querySelector('section[data-route=risk] .phase').textContent === 'rolled_back'",
+        "the new phase",
+    )
+    .await;
+    b.wait_for("!!document.querySelector('#events li[data-kind=admin][data-route=risk]')", "the admin event").await;
+    b.wait_for(
+        "!!document.querySelector('section[data-route=risk] [data-chart=requests_per_s] line.marker[data-kind=admin]')",
+        "the rollback marker on the chart",
+    )
+    .await;
+    b.screenshot("rolled-back.png").await;
+
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    drop(b);
+    gw.shutdown().await;
+}
