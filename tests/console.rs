@@ -251,6 +251,23 @@ async fn the_console_shows_a_running_canary_and_its_rollback_button_rolls_it_bac
     );
     b.eval(&set).await;
     assert_eq!(b.eval("sessionStorage.length === 1 && localStorage.length === 0").await, true);
+
+    // A stale version (as if another operator changed the route meanwhile): the 412 sentence.
+    b.eval("state.sections.get('risk').route.etag = 0; document.querySelector('section[data-route=risk] button[data-action=pause]').click(); true").await;
+    b.wait_for("document.getElementById('message').textContent.includes('412')", "the 412 sentence").await;
+    let view = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!(view["routes"][0]["status"]["progress"]["paused"], false, "{view}");
+
+    // Set weight: typed in the page, seen by the admin API.
+    b.eval("document.querySelector('section[data-route=risk] .weight-input').value = '45'; document.querySelector('section[data-route=risk] button[data-action=\"set weight\"]').click(); true").await;
+    b.wait_for("document.getElementById('message').textContent.startsWith('Done')", "the weight to be set").await;
+    let view = get(&gw.admin_url("/admin/routes")).await.json();
+    assert_eq!(view["routes"][0]["variants"][1]["weight"], 45.0, "{view}");
+    b.wait_for(
+        "document.querySelector('section[data-route=risk] tr[data-variant=candidate] .weight').textContent === '45%'",
+        "the new weight",
+    )
+    .await;
     b.eval("document.querySelector('section[data-route=risk] button[data-action=rollback]').click(); true").await;
     b.wait_for("document.getElementById('message').textContent.startsWith('Done')", "the rollback to be done").await;
     assert_eq!(phase(&gw, "risk").await, "rolled_back");

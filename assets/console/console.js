@@ -173,7 +173,7 @@ function updateRoute(section, route, series) {
   summary.replaceChildren(...[
     el('span', {}, 'strategy ', el('b', { class: 'strategy' }, route.strategy)),
     el('span', {}, 'phase ', el('b', { class: 'phase phase-' + st.phase }, st.phase || '–')),
-    progress ? el('span', {}, 'step ', el('b', { class: 'step', 'data-index': progress.step }, progress.step + 1),
+    progress ? el('span', {}, 'step ', el('b', { class: 'step' }, progress.step),
       progress.paused ? ' (paused)' : '', progress.failures ? ` (${progress.failures} failed analyses in a row)` : '') : null,
     st.canary_weight !== null && st.canary_weight !== undefined ? el('span', {}, 'weight set by an admin: ' + fmt(st.canary_weight) + '%') : null,
     route.unavailable ? el('span', { class: 'error' }, 'unavailable') : null,
