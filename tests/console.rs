@@ -62,14 +62,15 @@ impl Browser {
             .unwrap_or_else(|e| panic!("cannot start chromium: {e}"));
         // Chromium writes the port it bound into its profile once the DevTools server is up.
         let port_file = profile.path().join("DevToolsActivePort");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A bound, not a measurement: generous because the test machines' cores are shared.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let port = loop {
             if let Some(p) =
                 std::fs::read_to_string(&port_file).ok().and_then(|t| t.lines().next()?.parse::<u16>().ok())
             {
                 break p;
             }
-            assert!(Instant::now() < deadline, "chromium did not open its DevTools port within 30 s");
+            assert!(Instant::now() < deadline, "chromium did not open its DevTools port within 60 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let list = get(&format!("http://127.0.0.1:{port}/json/list")).await.json();
@@ -117,12 +118,12 @@ impl Browser {
 
     /// Waits until `js` is true in the page.
     async fn wait_for(&mut self, js: &str, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while self.eval(js).await != json!(true) {
             let page = self.eval("document.body.innerText").await;
             assert!(
                 Instant::now() < deadline,
-                "waited 30 s for {what}; the page reads:\n{}",
+                "waited 60 s for {what}; the page reads:\n{}",
                 page.as_str().unwrap_or("")
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -260,7 +261,11 @@ async fn the_console_shows_a_running_canary_and_its_rollback_button_rolls_it_bac
 
     // Set weight: typed in the page, seen by the admin API.
     b.eval("document.querySelector('section[data-route=risk] .weight-input').value = '45'; document.querySelector('section[data-route=risk] button[data-action=\"set weight\"]').click(); true").await;
-    b.wait_for("document.getElementById('message').textContent.startsWith('Done')", "the weight to be set").await;
+    b.wait_for(
+        "document.getElementById('message').textContent.startsWith('Done: set the canary weight')",
+        "the weight",
+    )
+    .await;
     let view = get(&gw.admin_url("/admin/routes")).await.json();
     assert_eq!(view["routes"][0]["variants"][1]["weight"], 45.0, "{view}");
     b.wait_for(
@@ -269,7 +274,7 @@ async fn the_console_shows_a_running_canary_and_its_rollback_button_rolls_it_bac
     )
     .await;
     b.eval("document.querySelector('section[data-route=risk] button[data-action=rollback]').click(); true").await;
-    b.wait_for("document.getElementById('message').textContent.startsWith('Done')", "the rollback to be done").await;
+    b.wait_for("document.getElementById('message').textContent.startsWith('Done: roll back')", "the rollback").await;
     assert_eq!(phase(&gw, "risk").await, "rolled_back");
     b.wait_for(
         "document.querySelector('section[data-route=risk] .phase').textContent === 'rolled_back'",
@@ -283,6 +288,13 @@ async fn the_console_shows_a_running_canary_and_its_rollback_button_rolls_it_bac
     )
     .await;
     b.screenshot("rolled-back.png").await;
+
+    // A refused reload: the outcome and each error with its place.
+    std::fs::write(gw.routes_file(), routes().replace("weight: 30", "weight: 300")).unwrap();
+    b.wait_for("!!document.querySelector('#reload.refused .reload-errors li code')", "the refused reload").await;
+    let place = b.eval("document.querySelector('#reload .reload-errors li code').textContent").await;
+    assert!(place.as_str().unwrap().starts_with("routes[0]"), "{place}");
+    b.screenshot("reload-refused.png").await;
 
     stop.store(true, Ordering::SeqCst);
     load.await.unwrap();

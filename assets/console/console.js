@@ -375,6 +375,7 @@ async function act(route, action, body, what) {
   const headers = { 'If-Match': `"${section.route.etag}"` };
   if (token()) headers.Authorization = 'Bearer ' + token();
   if (body !== null) headers['Content-Type'] = 'application/json';
+  say(`Sending: ${what} on ${route}…`, false);
   let resp, answer = null;
   try {
     resp = await fetch('/admin/routes/' + encodeURIComponent(route) + '/' + action, {

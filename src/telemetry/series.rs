@@ -71,21 +71,22 @@ pub struct VariantSeries {
     /// Unix time of each point, seconds.
     pub t: Vec<u64>,
     /// Answered requests per second (assigned traffic).
-    pub requests_per_s: Vec<f64>,
+    pub requests_per_s: Vec<f32>,
     /// 5xx share of that second's answers.
-    pub error_rate: Vec<Option<f64>>,
+    pub error_rate: Vec<Option<f32>>,
     /// Median latency of that second's successful answers, ms.
-    pub p50_ms: Vec<Option<f64>>,
+    pub p50_ms: Vec<Option<f32>>,
     /// 99th percentile, ms.
-    pub p99_ms: Vec<Option<f64>>,
+    pub p99_ms: Vec<Option<f32>>,
     /// The business metric charted (`accuracy`, `conversion`, `reward`), if any feedback came.
     pub business_metric: Option<&'static str>,
     /// Its mean over that second's outcomes.
-    pub business: Vec<Option<f64>>,
+    pub business: Vec<Option<f32>>,
 }
 
-fn opt(v: f32) -> Option<f64> {
-    v.is_finite().then_some(f64::from(v))
+/// Kept as `f32` (7 digits are plenty for a chart, and they print short in JSON).
+fn opt(v: f32) -> Option<f32> {
+    v.is_finite().then_some(v)
 }
 
 /// The value at quantile `q` of `(value, count)` pairs in ascending value order, the way
@@ -154,7 +155,7 @@ impl Track {
         VariantSeries {
             variant: variant.to_string(),
             t: self.points.iter().map(|p| p.t).collect(),
-            requests_per_s: self.points.iter().map(|p| f64::from(p.requests_per_s)).collect(),
+            requests_per_s: self.points.iter().map(|p| p.requests_per_s).collect(),
             error_rate: col(|p| p.error_rate),
             p50_ms: col(|p| p.p50_ms),
             p99_ms: col(|p| p.p99_ms),
