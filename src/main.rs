@@ -413,8 +413,8 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         let scheme = if inference_tls.is_some() { "grpcs" } else { "grpc" };
         println!("modelgate: Open Inference Protocol gRPC on {scheme}://{g}");
     }
-    // After the listening lines that scripts and tests read first.
-    println!("modelgate: operator console on {admin_scheme}://{admin_local}/ui/");
+    // A log line, not stdout: callers read the lines above and may close the pipe after them.
+    tracing::info!("operator console on {admin_scheme}://{admin_local}/ui/");
     if feedback_key.is_none() {
         tracing::warn!(
             "MODELGATE_FEEDBACK_KEY is not set (server.insecure_unsigned_feedback): request ids are not signed, so \
