@@ -1,7 +1,8 @@
 //! The operator console in a real browser: headless Chromium (Debian's `chromium`, installed by
 //! `make chromium`; `CHROMIUM` may name another binary) driven over the DevTools protocol loads
 //! `/ui/` from a gateway with a running canary, reads the page, and clicks.
-//! Screenshots go to `target/console-screenshots/`.
+//! Screenshots go to `target/console-screenshots/`. A second test checks `/admin/series` and the
+//! assets over plain HTTP.
 
 mod support;
 
@@ -299,5 +300,57 @@ async fn the_console_shows_a_running_canary_and_its_rollback_button_rolls_it_bac
     stop.store(true, Ordering::SeqCst);
     load.await.unwrap();
     drop(b);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_series_endpoint_answers_equal_columns_with_markers_and_json_errors() {
+    let gw = Gateway::start(&routes()).await;
+    let url = gw.url("/v2/models/risk/infer");
+    let a = gw.admin_post("/admin/routes/risk/weight", json!({ "weight": 40 }).to_string()).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let series = loop {
+        for _ in 0..20 {
+            assert_eq!(post_json(&url, &body()).await.status, StatusCode::OK);
+        }
+        let s = get(&gw.admin_url("/admin/series?route=risk")).await.json();
+        let variants = s["routes"][0]["variants"].as_array().cloned().unwrap_or_default();
+        if variants.len() == 2 && variants.iter().all(|v| v["t"].as_array().is_some_and(|t| t.len() >= 2)) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no points after 60 s: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(series["routes"].as_array().unwrap().len(), 1, "only the route asked for");
+    assert_eq!(series["resolution_s"], 1);
+    for v in series["routes"][0]["variants"].as_array().unwrap() {
+        let n = v["t"].as_array().unwrap().len();
+        for col in ["requests_per_s", "error_rate", "p50_ms", "p99_ms", "business"] {
+            assert_eq!(v[col].as_array().unwrap().len(), n, "{col} has a value per second: {v}");
+        }
+    }
+    let markers = series["routes"][0]["markers"].as_array().unwrap();
+    assert!(markers.iter().any(|m| m["kind"] == "admin" && m["at_ms"].as_u64().is_some()), "{markers:?}");
+    let all = get(&gw.admin_url("/admin/series")).await.json();
+    assert_eq!(all["routes"].as_array().unwrap().len(), 2);
+
+    let missing = get(&gw.admin_url("/admin/series?route=nope")).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.error().contains("nope"));
+    let bad = get(&gw.admin_url("/admin/series?route=%zz")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(!bad.error().is_empty());
+
+    let redirect = get(&gw.admin_url("/ui")).await;
+    assert_eq!(redirect.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(redirect.headers["location"], "/ui/");
+    for (path, kind) in [("/ui/console.js", "text/javascript"), ("/ui/console.css", "text/css")] {
+        let a = get(&gw.admin_url(path)).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert!(a.headers["content-type"].to_str().unwrap().starts_with(kind));
+        assert!(a.headers.contains_key("content-security-policy"));
+    }
+    assert_eq!(get(&gw.admin_url("/ui/nothing.js")).await.status, StatusCode::NOT_FOUND);
     gw.shutdown().await;
 }
