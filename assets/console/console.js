@@ -386,12 +386,13 @@ async function act(route, action, body, what) {
     say(`Could not reach the gateway to ${what} on ${route}: ${e.message}.`, true);
     return;
   }
+  // Read the new state first, so the page shows it (and holds the new version) when it answers.
+  await poll();
   if (resp.ok) {
     say(`Done: ${what} on ${route} (table generation ${answer && answer.generation}).`, false);
   } else {
     say(sentence(resp.status, answer && answer.error ? answer.error : resp.statusText, route, what), true);
   }
-  poll();
 }
 
 // ---- start ---------------------------------------------------------------------------------------
