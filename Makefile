@@ -2,14 +2,14 @@
 CARGO ?= cargo
 BIN := target/release/modelgate
 
-.PHONY: run test build ort pyenv tools lint validate models check-metrics scenario scenarios bench fuzz faults fleet soak overload decisions clean
+.PHONY: run test build ort pyenv tools chromium lint validate models check-metrics scenario scenarios bench fuzz faults fleet soak overload decisions clean
 
 ## run: fetch ONNX Runtime, build, and serve the demo routes.yaml on 127.0.0.1:8080
 run: ort build
 	./scripts/run-demo.sh
 
-## test: fetch ONNX Runtime, the Python client environment, etcd and Prometheus, check formatting and lints, run every test
-test: ort pyenv tools lint
+## test: fetch ONNX Runtime, the Python client environment, etcd, Prometheus and Chromium, check formatting and lints, run every test
+test: ort pyenv tools chromium lint
 	$(CARGO) test --locked --workspace
 
 ## build: release build of the gateway
@@ -27,6 +27,10 @@ tools:
 ## pyenv: the client conformance tests' Python (tritonclient, numpy, onnxruntime; pinned) in .venv/
 pyenv:
 	./scripts/python-env.sh
+
+## chromium: Debian's chromium for the console's browser test (apt-get, only when /usr/bin/chromium is missing)
+chromium:
+	./scripts/fetch-chromium.sh
 
 ## lint: rustfmt and clippy, warnings are errors
 lint: tools

@@ -374,6 +374,7 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     };
     controller.spawn_analysis(std::time::Duration::from_millis(250));
     controller.telemetry().spawn_upkeep(std::time::Duration::from_secs(5));
+    controller.telemetry().spawn_series();
     if token.is_none() {
         tracing::warn!("no admin token (MODELGATE_ADMIN_TOKEN or --admin-token-file): admin changes are open to anyone who reaches the admin listener");
     }
@@ -431,6 +432,8 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         let scheme = if inference_tls.is_some() { "grpcs" } else { "grpc" };
         println!("modelgate: Open Inference Protocol gRPC on {scheme}://{g}");
     }
+    // A log line, not stdout: callers read the lines above and may close the pipe after them.
+    tracing::info!("operator console on {admin_scheme}://{admin_local}/ui/");
     if feedback_key.is_none() {
         tracing::warn!(
             "MODELGATE_FEEDBACK_KEY is not set (server.insecure_unsigned_feedback): request ids are not signed, so \

@@ -16,6 +16,9 @@
 //! - `GET  /admin/events[?since=N&route=R]` — decisions with the numbers behind them.
 //! - `GET  /admin/cluster` — fleet mode: replicas, leader, spec revisions, last publications
 //!   (404 outside a fleet).
+//! - `GET  /admin/series[?route=R]` — the last 15 minutes per variant, second by second, with
+//!   the route's events as markers (what the console charts).
+//! - `GET  /ui/` — the operator console ([`console`]).
 //!
 //! Mutations need `Authorization: Bearer <token>` when the gateway has a token, and take
 //! `If-Match: "<generation>"` (the `ETag` of any answer, or a route's `etag` in
@@ -26,6 +29,7 @@
 //! `{route}` is the model name, or the path prefix percent-encoded (`%2Fremote%2F`).
 
 pub mod client;
+pub mod console;
 
 use crate::backend::Body;
 use crate::protocol::secret::{constant_time_eq, hex};
@@ -97,6 +101,11 @@ pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<
             http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         );
         return resp;
+    }
+    if method == Method::GET || method == Method::HEAD {
+        if let Some(resp) = console::asset(&path) {
+            return resp;
+        }
     }
     if method != Method::GET && method != Method::HEAD {
         if let Err(e) = authorize(&state, &req) {
@@ -198,6 +207,11 @@ async fn route(controller: &Arc<Controller>, req: Request<Incoming>, who: &str) 
             .map_err(|_| ApiError::bad_request("since must be an event sequence number"))?;
         let route = param("route").map(decode).transpose()?;
         return Ok(json!({ "events": controller.events(since, route.as_deref()) }));
+    }
+    if path == "/admin/series" {
+        let query = req.uri().query().unwrap_or("");
+        let route = query.split('&').find_map(|kv| kv.strip_prefix("route=")).map(decode).transpose()?;
+        return console::series(controller, route.as_deref());
     }
     if path == "/admin/stats" {
         return if method == Method::GET {

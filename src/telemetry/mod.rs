@@ -1,6 +1,7 @@
 //! Telemetry: logs, Prometheus metrics, per-variant analysis windows, shadow agreement.
 
 pub mod names;
+pub mod series;
 pub mod shadow;
 pub mod window;
 
@@ -172,6 +173,11 @@ impl VariantStats {
         self.windows().total.snapshot()
     }
 
+    /// Runs `f` on the lifetime window of assigned traffic (the console's sampler reads it).
+    pub(crate) fn with_total<R>(&self, f: impl FnOnce(&Window) -> R) -> R {
+        f(&self.windows().total)
+    }
+
     /// The current analysis step's numbers (assigned traffic).
     pub fn step(&self) -> WindowSnapshot {
         self.windows().step.snapshot()
@@ -220,6 +226,7 @@ pub struct Telemetry {
     handle: PrometheusHandle,
     variants: RwLock<HashMap<(String, String), Arc<VariantStats>>>,
     in_flight: Gauge,
+    series: series::Series,
     me: std::sync::Weak<Telemetry>,
 }
 
@@ -252,7 +259,14 @@ impl Telemetry {
         let handle = recorder.handle();
         let in_flight = recorder.register_gauge(&Key::from_name(names::IN_FLIGHT), &METADATA);
         in_flight.set(0.0);
-        Arc::new_cyclic(|me| Telemetry { recorder, handle, variants: RwLock::default(), in_flight, me: me.clone() })
+        Arc::new_cyclic(|me| Telemetry {
+            recorder,
+            handle,
+            variants: RwLock::default(),
+            in_flight,
+            series: series::Series::default(),
+            me: me.clone(),
+        })
     }
 
     /// A counter handle.
@@ -299,6 +313,16 @@ impl Telemetry {
         let mut v: Vec<_> = self.variants.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         v.sort_by(|a, b| (&a.route, &a.variant).cmp(&(&b.route, &b.variant)));
         v
+    }
+
+    /// The last 15 minutes of every variant, second by second (fed by [`Telemetry::spawn_series`]).
+    pub fn series(&self) -> &series::Series {
+        &self.series
+    }
+
+    /// Samples the per-second series once a second for as long as this telemetry lives.
+    pub fn spawn_series(self: &Arc<Self>) {
+        series::Series::spawn(self);
     }
 
     /// Counts a request in flight until the guard drops.

@@ -102,6 +102,7 @@ impl Gateway {
         let inference_tls = tls(&config.server.tls, "inference");
         controller.spawn_analysis(Duration::from_millis(50));
         controller.telemetry().spawn_upkeep(Duration::from_millis(100));
+        controller.telemetry().spawn_series();
         let admin_state = Arc::new(AdminState { controller: controller.clone(), token: Some(ADMIN_TOKEN.to_string()) });
         let mut done = Vec::new();
         if let Some(g) = grpc_listener {
