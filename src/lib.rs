@@ -4,6 +4,7 @@
 //! - [`config`] — `routes.yaml` → validated domain types, every error with its place;
 //! - [`backend`] — ONNX models on dedicated worker threads, upstream servers through a pooled client;
 //! - [`protocol`] — Open Inference Protocol v2 JSON ↔ tensors, error bodies;
+//! - [`quality`] — reference profiles, input validation and drift of live inputs;
 //! - [`routing`] — the immutable routing table, published with `ArcSwap`;
 //! - [`server`] — the listener, request handling, graceful shutdown;
 //! - [`telemetry`] — per-variant windows, Prometheus metrics, logs;
@@ -16,6 +17,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod protocol;
+pub mod quality;
 pub mod rollout;
 pub mod routing;
 pub mod server;

@@ -157,6 +157,22 @@ enum Command {
         #[arg(long)]
         ort_library: Option<PathBuf>,
     },
+    /// Write a model's reference profile (per input feature and output column: histogram on the
+    /// reference deciles, range, NaN share, categories) from reference rows.
+    Profile {
+        /// The ONNX model (one input, `[rows, features]`).
+        #[arg(long)]
+        model: PathBuf,
+        /// Rows as JSON: `[[...], ...]`, `{"samples": [{"features": [...]}]}` or an inference request.
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write the profile (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// ONNX Runtime shared library; overrides ORT_DYLIB_PATH.
+        #[arg(long)]
+        ort_library: Option<PathBuf>,
+    },
     /// Check a routes.yaml and load every model in it; exit non-zero on any error.
     Validate {
         /// The routes file.
@@ -234,6 +250,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Validate { config, ort_library } => validate(&config, ort_library.as_deref()).await,
             Command::Status { admin } => admin_call(admin, None, "status", None).await,
+            Command::Profile { model, data, out, ort_library } => {
+                profile(&model, &data, out.as_deref(), ort_library.as_deref()).await
+            }
             Command::BenchOnnx { model, threads, seconds, ort_library } => {
                 let lib = runtime::locate(ort_library.as_deref(), None);
                 let path = model.clone();
@@ -316,6 +335,30 @@ async fn validate(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<()> {
     }
     let (config, _) = start(config, ort_flag, None).await?;
     println!("{}: ok ({} backends, {} routes)", path.display(), config.backends.len(), config.routes.len());
+    Ok(())
+}
+
+/// `modelgate profile`: reference rows through the model, a profile out.
+async fn profile(model: &Path, data: &Path, out: Option<&Path>, ort_flag: Option<&Path>) -> anyhow::Result<()> {
+    use modelgate::quality::profile::read_rows;
+    let text = std::fs::read(data).with_context(|| format!("cannot read {}", data.display()))?;
+    let rows = read_rows(&text).map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+    let lib = runtime::locate(ort_flag, None);
+    let profile = modelgate::backend::profile::profile_model(model, &lib, rows).await.map_err(anyhow::Error::msg)?;
+    let json = serde_json::to_string_pretty(&profile)? + "\n";
+    match out {
+        Some(path) => {
+            std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "{}: {} rows, {} features, {} output columns",
+                path.display(),
+                profile.rows,
+                profile.features.len(),
+                profile.outputs.len()
+            );
+        }
+        None => print!("{json}"),
+    }
     Ok(())
 }
 

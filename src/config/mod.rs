@@ -7,6 +7,7 @@ mod analysis;
 mod backend;
 mod error;
 pub mod plan;
+mod quality;
 mod raw;
 mod route;
 mod server;
@@ -19,6 +20,7 @@ pub use error::{ConfigErrors, ConfigIssue};
 use plan::{
     AbCriteria, AbPlan, BlueGreenPlan, BusinessGuard, CanaryCriteria, CanaryPlan, Metric, OnInconclusive, Step,
 };
+pub use quality::{DriftSpec, OnInvalid, ProfileRef, ValidationSpec, MAX_LABELLED_FEATURES};
 use raw::{RawAbAnalysis, RawAnalysis, RawBackend, RawConfig, RawRoute, RawServer, RawStep, RawSticky};
 pub use route::*;
 pub use server::*;
@@ -73,6 +75,9 @@ impl Config {
         let server = server(&raw.server, &base, &mut issues);
         let backends = backends(&raw.backends, &base, &mut issues);
         let routes = routes(&raw.routes, &raw.backends, &mut issues);
+        for (i, r) in routes.iter().enumerate() {
+            quality::check_route(r, &backends, &format!("routes[{i}]"), &mut issues);
+        }
         let webhooks = webhooks(&raw.webhooks, &mut issues);
         if issues.0.is_empty() {
             Ok(Config { source: path.to_path_buf(), server, backends, routes, webhooks })

@@ -90,6 +90,7 @@ pub struct RawOnnx {
     pub queue: Option<i64>,
     pub queue_timeout: Option<String>,
     pub batching: Option<RawBatching>,
+    pub profile: Option<String>,
 }
 
 /// `backends[i].onnx.batching:` — dynamic batching of concurrent requests.
@@ -146,6 +147,28 @@ pub struct RawRoute {
     pub upstream_model: Option<String>,
     pub max_concurrency: Option<i64>,
     pub overrides: Option<String>,
+    pub validation: Option<RawValidation>,
+    pub drift: Option<RawDrift>,
+}
+
+/// `routes[i].validation:` — rows checked against the variant's reference profile.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValidation {
+    pub on_invalid: Option<String>,
+    pub margin: Option<f64>,
+    pub features: Option<Vec<String>>,
+}
+
+/// `routes[i].drift:` — live inputs against the variant's reference profile.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrift {
+    pub window: Option<String>,
+    pub min_samples: Option<u64>,
+    pub psi: Option<f64>,
+    pub p_value: Option<f64>,
+    pub features: Option<Vec<String>>,
 }
 
 /// `routes[i].strategy:` — exactly one of the deployment strategies must be set.

@@ -16,6 +16,10 @@ pub struct RouteSpec {
     pub max_concurrency: Option<usize>,
     /// Who may pin a variant on this route; the server's policy when `None`.
     pub overrides: Option<OverridePolicy>,
+    /// Rows checked against the answering variant's profile.
+    pub validation: Option<ValidationSpec>,
+    /// Live inputs per variant compared with its profile.
+    pub drift: Option<DriftSpec>,
 }
 
 /// A deployment strategy. Variants are named after their backends.
@@ -424,7 +428,10 @@ pub(super) fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut
             let max_concurrency =
                 r.max_concurrency.map(|n| count(Some(n), 1, 1_000_000, &format!("{place}.max_concurrency"), issues));
             let overrides = r.overrides.as_deref().and_then(|o| overrides(o, &format!("{place}.overrides"), issues));
-            out.push(RouteSpec { kind, strategy, shadow, max_concurrency, overrides });
+            let validation =
+                r.validation.as_ref().map(|v| quality::validation(v, &format!("{place}.validation"), issues));
+            let drift = r.drift.as_ref().map(|d| quality::drift(d, &format!("{place}.drift"), issues));
+            out.push(RouteSpec { kind, strategy, shadow, max_concurrency, overrides, validation, drift });
         }
     }
     out

@@ -7,12 +7,14 @@
 //! - `analysis`, `engine` — pure statistics and the canary step state machine;
 //! - `revision` — what identifies a rollout; `status` — where it stands and its bucket layout;
 //! - `persist`, `store` — status on disk, off the async threads; `drain` — letting go of backends;
+//! - `drift` — live inputs judged against their profiles, drift events;
 //! - `events`, `webhooks` — decisions, logged and sent.
 
 mod actions;
 pub mod analysis;
 pub mod control;
 mod drain;
+mod drift;
 mod drivers;
 pub mod engine;
 pub mod events;

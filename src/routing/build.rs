@@ -4,7 +4,8 @@
 use super::assign::Layout;
 use super::{Route, RouteTable, ShadowTarget, Variant};
 use crate::backend::Backend;
-use crate::config::{Config, ConfigErrors, ConfigIssue, Strategy};
+use crate::config::{BackendKind, Config, ConfigErrors, ConfigIssue, OnnxSpec, RouteSpec, Strategy};
+use crate::quality::VariantQuality;
 use crate::telemetry::shadow::ShadowStats;
 use crate::telemetry::Telemetry;
 use std::collections::HashMap;
@@ -65,6 +66,7 @@ pub fn build(parts: &Parts<'_>, generation: u64) -> Result<RouteTable, ConfigErr
                     buckets: share.buckets,
                     stats: parts.telemetry.variant(name, &share.name),
                     fault: config.backends.iter().find(|b| b.name == share.name).and_then(|b| b.fault.clone()),
+                    quality: quality(parts, spec, &share.name, backend),
                 });
             }
             segments =
@@ -108,6 +110,22 @@ pub fn build(parts: &Parts<'_>, generation: u64) -> Result<RouteTable, ConfigErr
     } else {
         Err(ConfigErrors { file: config.source.clone(), issues })
     }
+}
+
+/// The input checks of a variant whose backend names a profile, when its route asks for them.
+fn quality(parts: &Parts<'_>, route: &RouteSpec, variant: &str, backend: &Backend) -> Option<VariantQuality> {
+    let Backend::Onnx(model) = backend else { return None };
+    let spec = parts.config.backends.iter().find(|b| b.name == variant)?;
+    let BackendKind::Onnx(OnnxSpec { profile: Some(profile), .. }) = &spec.kind else { return None };
+    let inputs: Vec<&str> = model.signature().inputs.iter().map(|i| i.name.as_str()).collect();
+    let counter = |feature: &str| {
+        let labels = vec![
+            metrics::Label::new("route", route.name().to_string()),
+            metrics::Label::new("feature", feature.to_string()),
+        ];
+        parts.telemetry.counter(crate::telemetry::names::INVALID_INPUTS, labels)
+    };
+    VariantQuality::new(route, variant, profile, &inputs, &parts.telemetry.quality, counter)
 }
 
 /// Every in-process model a route may send a request to must take the same inputs.

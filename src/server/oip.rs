@@ -320,6 +320,7 @@ async fn infer(
             let sig = model.signature();
             let forms = request.output_forms(sig)?;
             let inputs = request.decode_inputs(sig)?;
+            entry.check_inputs(&inputs)?;
             let selected = request.selected_outputs(sig)?;
             // A shadow gets the body as it came, or, for a binary request, the same request in
             // plain JSON (shadows need not speak the binary extension; BF16 inputs have no JSON

@@ -100,6 +100,18 @@ impl Entry<'_> {
         step.await
     }
 
+    /// Checks decoded inputs against the variant's reference profile and adds them to its drift
+    /// window, when its route asks for either: a 400 naming the feature and the bound when the
+    /// route rejects invalid rows.
+    pub fn check_inputs(&self, inputs: &[crate::protocol::Tensor]) -> Result<(), ApiError> {
+        match &self.variant.quality {
+            Some(q) => q.observe(inputs).map_err(|v| {
+                ApiError::bad_request(format!("{v} (route {:?} rejects rows outside its profile)", self.route.name))
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Whether this request is copied to the route's shadow (drawn once per request).
     pub fn shadow(&self) -> Option<&ShadowTarget> {
         self.route.shadow.as_ref().filter(|s| rand::random::<f64>() * 100.0 < s.percent)

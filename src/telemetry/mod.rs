@@ -221,6 +221,8 @@ pub struct Telemetry {
     variants: RwLock<HashMap<(String, String), Arc<VariantStats>>>,
     in_flight: Gauge,
     me: std::sync::Weak<Telemetry>,
+    /// Every variant's drift window (input quality), kept across routing tables.
+    pub quality: crate::quality::Registry,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -252,7 +254,14 @@ impl Telemetry {
         let handle = recorder.handle();
         let in_flight = recorder.register_gauge(&Key::from_name(names::IN_FLIGHT), &METADATA);
         in_flight.set(0.0);
-        Arc::new_cyclic(|me| Telemetry { recorder, handle, variants: RwLock::default(), in_flight, me: me.clone() })
+        Arc::new_cyclic(|me| Telemetry {
+            recorder,
+            handle,
+            variants: RwLock::default(),
+            in_flight,
+            me: me.clone(),
+            quality: Default::default(),
+        })
     }
 
     /// A counter handle.

@@ -279,6 +279,7 @@ async fn answer(entry: &Entry<'_>, model: &OnnxBackend, message: ModelInferReque
     let raw = !message.raw_input_contents.is_empty();
     let selected = selected_outputs(&message.outputs, sig)?;
     let inputs = decode_inputs(message.inputs, message.raw_input_contents, sig)?;
+    entry.check_inputs(&inputs)?;
     let shadow = entry.shadow();
     // A shadow takes the request in the JSON form, as an HTTP client would have sent it.
     let copy = shadow.map(|_| plain_request(&inputs, output_names(&selected), None));

@@ -1,0 +1,169 @@
+//! Data quality in routes.yaml: a backend's reference profile (`onnx.profile`), and per route
+//! input validation (`validation:`) and drift detection (`drift:`) against it.
+
+use super::raw::{RawDrift, RawValidation};
+use super::*;
+use crate::quality::profile::Profile;
+use std::sync::Arc;
+
+/// A reference profile named by an ONNX backend, read and checked when the config was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileRef {
+    /// The file, resolved against the config file's folder.
+    pub path: PathBuf,
+    /// Its content.
+    pub profile: Arc<Profile>,
+}
+
+/// What a route does with a row outside its variant's profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInvalid {
+    /// Count it (`modelgate_invalid_inputs_total{route,feature}`) and answer as usual.
+    Count,
+    /// Answer 400 naming the feature and the bound.
+    Reject,
+}
+
+/// Most features named in `validation.features` or `drift.features` (each is a metric label).
+pub const MAX_LABELLED_FEATURES: usize = 32;
+
+/// `routes[i].validation:` — rows checked against the answering variant's profile.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ValidationSpec {
+    /// Count or reject.
+    pub on_invalid: OnInvalid,
+    /// Share of the profile's range allowed beyond its min and max (0.1 = 10%).
+    pub margin: f64,
+    /// Features counted under their own label; others under `feature="other"`. Empty: the
+    /// first [`MAX_LABELLED_FEATURES`] of the profile.
+    pub features: Vec<String>,
+}
+
+/// `routes[i].drift:` — live inputs per variant against its profile, over a sliding window.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DriftSpec {
+    /// How far back the window reaches.
+    pub window: Duration,
+    /// Fewer rows in the window than this is no verdict.
+    pub min_samples: u64,
+    /// Population stability index at or above which a feature may be drifted.
+    pub psi: f64,
+    /// The two-sample test's p-value below which a feature may be drifted. A feature is drifted
+    /// when both thresholds are crossed: the change is material and not chance.
+    pub p_value: f64,
+    /// Features judged and exported as `modelgate_feature_drift{route,feature}`. Empty: every
+    /// feature is judged, none exported.
+    pub features: Vec<String>,
+}
+
+pub(super) fn profile(base: &Path, path: &str, place: &str, issues: &mut Issues) -> Option<ProfileRef> {
+    let path = readable_file(base, path, place, "profile", issues)?;
+    match Profile::load(&path) {
+        Ok(profile) => Some(ProfileRef { path, profile: Arc::new(profile) }),
+        Err(e) => {
+            issues.push(place, e);
+            None
+        }
+    }
+}
+
+pub(super) fn validation(raw: &RawValidation, place: &str, issues: &mut Issues) -> ValidationSpec {
+    let on_invalid = match raw.on_invalid.as_deref() {
+        None | Some("count") => OnInvalid::Count,
+        Some("reject") => OnInvalid::Reject,
+        Some(other) => {
+            issues.push(format!("{place}.on_invalid"), format!("unknown value {other:?}: use `count` or `reject`"));
+            OnInvalid::Count
+        }
+    };
+    let margin = raw.margin.unwrap_or(0.1);
+    if !(margin.is_finite() && (0.0..=10.0).contains(&margin)) {
+        issues
+            .push(format!("{place}.margin"), format!("must be between 0 and 10 (a share of the range), got {margin}"));
+    }
+    let features = features(raw.features.as_deref(), &format!("{place}.features"), issues);
+    ValidationSpec { on_invalid, margin, features }
+}
+
+pub(super) fn drift(raw: &RawDrift, place: &str, issues: &mut Issues) -> DriftSpec {
+    let window = duration(&raw.window, Duration::from_secs(600), &format!("{place}.window"), issues);
+    if window < Duration::from_secs(1) {
+        issues.push(format!("{place}.window"), format!("must be at least 1s, got {window:?}"));
+    }
+    let min_samples = raw.min_samples.unwrap_or(500);
+    if min_samples < 10 {
+        issues.push(format!("{place}.min_samples"), format!("must be at least 10, got {min_samples}"));
+    }
+    let psi = raw.psi.unwrap_or(0.2);
+    if !(psi.is_finite() && psi > 0.0) {
+        issues.push(format!("{place}.psi"), format!("must be above 0, got {psi}"));
+    }
+    let p_value = raw.p_value.unwrap_or(0.01);
+    if !(p_value > 0.0 && p_value < 1.0) {
+        issues.push(format!("{place}.p_value"), format!("must be between 0 and 1, got {p_value}"));
+    }
+    let features = features(raw.features.as_deref(), &format!("{place}.features"), issues);
+    DriftSpec { window, min_samples, psi, p_value, features }
+}
+
+fn features(raw: Option<&[String]>, place: &str, issues: &mut Issues) -> Vec<String> {
+    let list = raw.unwrap_or_default();
+    if list.len() > MAX_LABELLED_FEATURES {
+        issues.push(
+            place,
+            format!("at most {MAX_LABELLED_FEATURES} features (each is a metric label), got {}", list.len()),
+        );
+    }
+    for (i, f) in list.iter().enumerate() {
+        if list[..i].contains(f) {
+            issues.push(format!("{place}[{i}]"), format!("{f:?} is named twice"));
+        }
+    }
+    list.iter().take(MAX_LABELLED_FEATURES).cloned().collect()
+}
+
+/// A route that validates or watches drift needs a profile on every variant, and the features
+/// it names must be in each of them.
+pub(super) fn check_route(route: &RouteSpec, backends: &[BackendSpec], place: &str, issues: &mut Issues) {
+    let named: Vec<(&str, &Vec<String>)> = route
+        .validation
+        .iter()
+        .map(|v| ("validation", &v.features))
+        .chain(route.drift.iter().map(|d| ("drift", &d.features)))
+        .collect();
+    if named.is_empty() {
+        return;
+    }
+    for b in route.strategy.backends() {
+        let Some(spec) = backends.iter().find(|s| s.name == b) else { continue };
+        let profile = match &spec.kind {
+            BackendKind::Onnx(OnnxSpec { profile: Some(p), .. }) => p,
+            _ => {
+                let what = named.iter().map(|(w, _)| *w).collect::<Vec<_>>().join(" and ");
+                issues.push(
+                    place,
+                    format!(
+                        "{what} need a profile on every variant: backend {b:?} has none (add `profile: \
+                         models/x.profile.json` to its `onnx:`; upstream backends cannot be checked)"
+                    ),
+                );
+                continue;
+            }
+        };
+        for (what, list) in &named {
+            for (i, f) in list.iter().enumerate() {
+                if profile.profile.feature(f).is_none() {
+                    issues.push(
+                        format!("{place}.{what}.features[{i}]"),
+                        format!(
+                            "{f:?} is not a feature of {} (features are named f0, f1, ...)",
+                            profile.path.display()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}

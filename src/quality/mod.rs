@@ -1,0 +1,129 @@
+//! Data quality of live inputs against a model's reference profile. Rooms:
+//! - `profile` — what the reference data looked like, made by `modelgate profile`;
+//! - `validate` — rows outside the profile, counted or rejected;
+//! - `drift` — live rows over a sliding window against the profile (PSI, chi-square).
+//!
+//! A lower room: it knows `config`, `protocol` and `metrics`, never `routing`, `rollout` or
+//! `server`.
+
+pub mod drift;
+pub mod profile;
+pub mod validate;
+
+use crate::config::{DriftSpec, ProfileRef, RouteSpec};
+use crate::protocol::{Tensor, TensorData};
+use drift::DriftWindow;
+use profile::Profile;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use validate::{Validator, Violation};
+
+/// What a variant checks its inputs with: made with each routing table; the drift window
+/// itself lives in the [`Registry`] so it outlasts table swaps.
+#[derive(Debug)]
+pub struct VariantQuality {
+    /// The variant's reference profile.
+    pub profile: Arc<Profile>,
+    /// The position of the profile's input among the model's inputs.
+    input: usize,
+    /// When the route has `validation:`.
+    pub validator: Option<Validator>,
+    /// When the route has `drift:`.
+    pub drift: Option<Arc<DriftWindow>>,
+}
+
+impl VariantQuality {
+    /// The quality checks of a variant of `route` whose model takes `inputs` (names in model
+    /// order); `None` when the route asks for none or the profile names no input of the model.
+    pub fn new(
+        route: &RouteSpec,
+        variant: &str,
+        profile: &ProfileRef,
+        inputs: &[&str],
+        registry: &Registry,
+        counter: impl Fn(&str) -> metrics::Counter,
+    ) -> Option<VariantQuality> {
+        if route.validation.is_none() && route.drift.is_none() {
+            return None;
+        }
+        let input = inputs.iter().position(|i| *i == profile.profile.input)?;
+        let validator = route.validation.as_ref().map(|v| Validator::new(&profile.profile, v, counter));
+        let drift = route.drift.as_ref().map(|d| registry.window(route.name(), variant, &profile.profile, d));
+        Some(VariantQuality { profile: profile.profile.clone(), input, validator, drift })
+    }
+
+    /// Checks and records a request's inputs (in model order). `Err` only when the route
+    /// rejects invalid rows; a rejected request is not added to the drift window. Inputs that
+    /// are not `[rows, features]` of a numeric type are left alone (the model will refuse them).
+    pub fn observe(&self, inputs: &[Tensor]) -> Result<(), Violation> {
+        let Some(t) = inputs.get(self.input) else { return Ok(()) };
+        let width = self.profile.features.len();
+        let rows = match t.shape.as_slice() {
+            [rows, w] if *w == width => *rows,
+            [w] if *w == width => 1,
+            _ => return Ok(()),
+        };
+        macro_rules! each {
+            ($f:expr) => {
+                match &t.data {
+                    TensorData::Fp32(v) => $f(|i: usize| f64::from(v[i])),
+                    TensorData::Fp64(v) => $f(|i: usize| v[i]),
+                    TensorData::Int64(v) => $f(|i: usize| v[i] as f64),
+                    TensorData::Int32(v) => $f(|i: usize| f64::from(v[i])),
+                    TensorData::Fp16(v) => $f(|i: usize| v[i].to_f64()),
+                    TensorData::Int16(v) => $f(|i: usize| f64::from(v[i])),
+                    TensorData::Int8(v) => $f(|i: usize| f64::from(v[i])),
+                    TensorData::Uint8(v) => $f(|i: usize| f64::from(v[i])),
+                    TensorData::Bool(v) => $f(|i: usize| f64::from(u8::from(v[i]))),
+                    TensorData::Bf16(v) => $f(|i: usize| v[i].to_f64()),
+                    TensorData::Bytes(_) => return Ok(()),
+                }
+            };
+        }
+        if t.data.len() != rows * width {
+            return Ok(());
+        }
+        if let Some(v) = &self.validator {
+            if let Some(bad) = each!(|get| v.check(rows, get)) {
+                if v.on_invalid == crate::config::OnInvalid::Reject {
+                    return Err(bad);
+                }
+            }
+        }
+        if let Some(w) = &self.drift {
+            each!(|get| w.observe(rows, width, get));
+        }
+        Ok(())
+    }
+}
+
+/// Every variant's drift window, kept across routing tables for the gateway's life; a window
+/// is made anew when its variant's profile or its route's `drift:` changes.
+#[derive(Debug, Default)]
+pub struct Registry {
+    windows: Mutex<HashMap<(String, String), Arc<DriftWindow>>>,
+}
+
+impl Registry {
+    /// The window of `variant` of `route`.
+    pub fn window(&self, route: &str, variant: &str, profile: &Arc<Profile>, spec: &DriftSpec) -> Arc<DriftWindow> {
+        let mut all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (route.to_string(), variant.to_string());
+        if let Some(w) = all.get(&key) {
+            if w.made_for.0 == *profile && w.made_for.1 == *spec {
+                return w.clone();
+            }
+        }
+        let w = Arc::new(DriftWindow::new(profile.clone(), spec.clone()));
+        all.insert(key, w.clone());
+        w
+    }
+
+    /// Every window: (route, variant, window), sorted.
+    pub fn all(&self) -> Vec<(String, String, Arc<DriftWindow>)> {
+        let all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = all.iter().map(|((r, n), w)| (r.clone(), n.clone(), w.clone())).collect();
+        v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        v
+    }
+}

@@ -1,0 +1,221 @@
+//! Data quality end to end: `modelgate profile` on real ONNX Runtime, profiles in routes.yaml,
+//! input validation (count and reject) and drift detection over real sockets, drift events
+//! through the event log and a real webhook.
+
+mod support;
+
+use http::StatusCode;
+use modelgate::config::Config;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// The holdout rows the shipped profile was made from.
+fn holdout() -> Vec<Vec<f64>> {
+    let text = std::fs::read(root().join("models/breast-cancer-holdout.json")).unwrap();
+    let doc: Value = serde_json::from_slice(&text).unwrap();
+    doc["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["features"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+        .collect()
+}
+
+fn request(rows: &[Vec<f64>]) -> Value {
+    let data: Vec<f64> = rows.iter().flatten().copied().collect();
+    json!({"inputs": [{"name": "input", "shape": [rows.len(), 30], "datatype": "FP32", "data": data}]})
+}
+
+fn routes(route_extra: &str, tail: &str) -> String {
+    format!(
+        r#"
+backends:
+  - name: bc
+    onnx: {{path: "{model}", profile: "{profile}"}}
+routes:
+  - model: bc
+    backend: bc
+{route_extra}
+{tail}"#,
+        model = model("breast-cancer-v1.onnx"),
+        profile = model("breast-cancer.profile.json"),
+    )
+}
+
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn the_profile_command_reproduces_the_shipped_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p.json");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .current_dir(root())
+        .args(["profile", "--model", "models/breast-cancer-v1.onnx", "--data", "models/breast-cancer-holdout.json"])
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let made: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let shipped: Value =
+        serde_json::from_slice(&std::fs::read(root().join("models/breast-cancer.profile.json")).unwrap()).unwrap();
+    assert_eq!(made, shipped, "models/breast-cancer.profile.json is what `modelgate profile` makes");
+    assert_eq!(made["rows"], 171);
+    assert_eq!(made["features"].as_array().unwrap().len(), 30);
+    // The outputs are profiled through ONNX Runtime: the predicted label is a category.
+    assert_eq!(made["outputs"][0]["name"], "label");
+    assert!(made["outputs"][0]["categories"].is_array());
+
+    // An OIP request body is data too; a file of the wrong width is refused, naming the shapes.
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, request(&holdout()[..20]).to_string()).unwrap();
+    let wrong = dir.path().join("wrong.json");
+    std::fs::write(&wrong, "[[1, 2, 3]]").unwrap();
+    let run = |data: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+            .current_dir(root())
+            .args(["profile", "--model", "models/breast-cancer-v1.onnx", "--data"])
+            .arg(data)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&body);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&ok.stdout).unwrap()["rows"], 20);
+    let bad = run(&wrong);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("3 columns"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+#[tokio::test]
+async fn a_profile_that_does_not_fit_is_refused_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    // Not JSON: refused when the file is read.
+    std::fs::write(dir.path().join("broken.json"), "{").unwrap();
+    let text = routes("    validation: {on_invalid: reject, features: [f99]}", "")
+        .replace(&model("breast-cancer.profile.json"), "broken.json");
+    let e = Config::parse(&text, &path).unwrap_err().to_string();
+    assert!(e.contains("backends[0].onnx.profile: profile") && e.contains("broken.json"), "{e}");
+    assert!(e.contains("routes[0]: validation need a profile"), "{e}");
+    // Features a route names must be in the profile.
+    let e = Config::parse(&routes("    drift: {features: [f0, f99]}", ""), &path).unwrap_err().to_string();
+    assert!(e.contains("routes[0].drift.features[1]: \"f99\" is not a feature"), "{e}");
+    // A profile of another width: refused when the model is loaded, and the table is not built.
+    let mut narrow: Value =
+        serde_json::from_slice(&std::fs::read(root().join("models/breast-cancer.profile.json")).unwrap()).unwrap();
+    narrow["features"].as_array_mut().unwrap().truncate(10);
+    std::fs::write(dir.path().join("narrow.json"), narrow.to_string()).unwrap();
+    let text = routes("", "").replace(&model("breast-cancer.profile.json"), "narrow.json");
+    let config = Config::parse(&text, &path).unwrap();
+    let options = modelgate::rollout::control::Options {
+        ort_library: modelgate::backend::runtime::locate(None, None),
+        telemetry: modelgate::telemetry::Telemetry::new(),
+        state_dir: None,
+    };
+    let e = modelgate::rollout::Controller::start(config, options).await.unwrap_err().to_string();
+    assert!(
+        e.contains("backends[0].onnx.profile") && e.contains("profiles 10 features") && e.contains("has 30"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn rows_outside_the_profile_are_rejected_naming_feature_and_bound() {
+    let gw = Gateway::start(&routes("    validation: {on_invalid: reject, margin: 0.1}", "")).await;
+    let rows = holdout();
+    let ok = post_json(&gw.url("/v2/models/bc/infer"), &request(&rows[..5])).await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    let mut bad = rows[..3].to_vec();
+    bad[2][2] = 1.0e6;
+    let r = post_json(&gw.url("/v2/models/bc/infer"), &request(&bad)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let error = r.error();
+    assert!(error.contains("row 2 feature f2: 1000000 is above the bound"), "{error}");
+    assert!(error.contains("max plus 10% of its range"), "{error}");
+    let metrics = String::from_utf8_lossy(&get(&gw.admin_url("/metrics")).await.body).to_string();
+    assert_eq!(metric(&metrics, "modelgate_invalid_inputs_total{route=\"bc\",feature=\"f2\"}"), Some(1.0));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn counted_rows_are_answered_and_counted_under_bounded_labels() {
+    let gw = Gateway::start(&routes("    validation: {on_invalid: count, features: [f0, f1]}", "")).await;
+    let mut rows = holdout()[..4].to_vec();
+    rows[0][0] = -50.0; // f0: a listed feature, its own label
+    rows[1][7] = 1.0e9; // f7 and f9: not listed, counted together as "other"
+    rows[2][9] = -1.0e9;
+    let r = post_json(&gw.url("/v2/models/bc/infer"), &request(&rows)).await;
+    assert_eq!(r.status, StatusCode::OK, "count mode answers: {:?}", r.body);
+    let metrics = String::from_utf8_lossy(&get(&gw.admin_url("/metrics")).await.body).to_string();
+    assert_eq!(metric(&metrics, "modelgate_invalid_inputs_total{route=\"bc\",feature=\"f0\"}"), Some(1.0));
+    assert_eq!(metric(&metrics, "modelgate_invalid_inputs_total{route=\"bc\",feature=\"other\"}"), Some(2.0));
+    assert!(!metrics.contains("feature=\"f7\""), "only the listed features get a label");
+    gw.shutdown().await;
+}
+
+async fn wait_for_event(gw: &Gateway, route: &str, kind: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let events = gw.controller.events(0, Some(route));
+        if let Some(e) = events.iter().find(|e| e.kind == kind) {
+            return serde_json::to_value(e).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no {kind} event for {route}: {events:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_feature_fires_one_event_through_the_webhook_and_sets_its_gauge() {
+    let hook = Upstream::start(Duration::ZERO).await;
+    let drift = "    drift: {window: 1m, min_samples: 300, psi: 0.2, p_value: 0.01, features: [f0, f1]}";
+    let yaml = routes(drift, &format!("webhooks:\n  - {{url: \"{}/hook\", events: [drift_detected]}}\n", hook.url()));
+    let gw = Gateway::start(&yaml).await;
+    let rows = holdout();
+    // The reference rows themselves: enough rows for a verdict, and nothing drifted.
+    for chunk in rows.chunks(57).chain(rows.chunks(57)) {
+        assert_eq!(post_json(&gw.url("/v2/models/bc/infer"), &request(chunk)).await.status, StatusCode::OK);
+    }
+    let metrics_ready = Instant::now();
+    loop {
+        let metrics = String::from_utf8_lossy(&get(&gw.admin_url("/metrics")).await.body).to_string();
+        if let Some(psi) = metric(&metrics, "modelgate_feature_drift{route=\"bc\",variant=\"bc\",feature=\"f0\"}") {
+            assert!(psi < 0.05, "the reference against itself: {psi}");
+            break;
+        }
+        assert!(metrics_ready.elapsed() < Duration::from_secs(20), "no drift gauge");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.controller.events(0, Some("bc")).iter().all(|e| e.kind != "drift_detected"));
+    // f0 moved by a standard deviation (~3.6) in every new row; the other features unchanged.
+    let std = 3.6;
+    let shifted: Vec<Vec<f64>> = rows.iter().map(|r| [vec![r[0] + std], r[1..].to_vec()].concat()).collect();
+    for _ in 0..4 {
+        for chunk in shifted.chunks(57) {
+            assert_eq!(post_json(&gw.url("/v2/models/bc/infer"), &request(chunk)).await.status, StatusCode::OK);
+        }
+    }
+    let event = wait_for_event(&gw, "bc", "drift_detected").await;
+    assert_eq!(event["details"]["features"], json!(["f0"]), "{event}");
+    assert_eq!(event["details"]["window_ms"], 60_000);
+    let stats = event["details"]["statistics"].as_array().unwrap();
+    let f0 = stats.iter().find(|s| s["feature"] == "f0").unwrap();
+    assert!(f0["psi"].as_f64().unwrap() >= 0.2 && f0["p_value"].as_f64().unwrap() < 0.01, "{f0}");
+    // Delivered to the webhook, once (the drifted set did not change afterwards).
+    let started = Instant::now();
+    while hook.seen.lock().unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the webhook got nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = hook.last();
+    let sent: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!((sent["kind"].as_str(), sent["route"].as_str()), (Some("drift_detected"), Some("bc")));
+    gw.controller.check_drift();
+    let count = gw.controller.events(0, Some("bc")).iter().filter(|e| e.kind == "drift_detected").count();
+    assert_eq!(count, 1, "one event per change of the drifted set");
+    gw.shutdown().await;
+}
