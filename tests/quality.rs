@@ -104,6 +104,11 @@ async fn a_profile_that_does_not_fit_is_refused_with_its_place() {
     // Features a route names must be in the profile.
     let e = Config::parse(&routes("    drift: {features: [f0, f99]}", ""), &path).unwrap_err().to_string();
     assert!(e.contains("routes[0].drift.features[1]: \"f99\" is not a feature"), "{e}");
+    // A webhook template that is not JSON once filled in, and an unknown format.
+    let hooks = "webhooks:\n  - {url: \"http://127.0.0.1:9/x\", format: xml, template: '{\"k\": \"{{kind}}\"}'}\n";
+    let e = Config::parse(&routes("", hooks), &path).unwrap_err().to_string();
+    assert!(e.contains("webhooks[0].format: unknown format \"xml\""), "{e}");
+    assert!(e.contains("webhooks[0].template: is not JSON"), "{e}");
     // A profile of another width: refused when the model is loaded, and the table is not built.
     let mut narrow: Value =
         serde_json::from_slice(&std::fs::read(root().join("models/breast-cancer.profile.json")).unwrap()).unwrap();
@@ -171,9 +176,17 @@ async fn wait_for_event(gw: &Gateway, route: &str, kind: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drifted_feature_fires_one_event_through_the_webhook_and_sets_its_gauge() {
-    let hook = Upstream::start(Duration::ZERO).await;
+    let (hook, dispatch) = (Upstream::start(Duration::ZERO).await, Upstream::start(Duration::ZERO).await);
     let drift = "    drift: {window: 1m, min_samples: 300, psi: 0.2, p_value: 0.01, features: [f0, f1]}";
-    let yaml = routes(drift, &format!("webhooks:\n  - {{url: \"{}/hook\", events: [drift_detected]}}\n", hook.url()));
+    // One hook takes CloudEvents; the other a GitHub repository_dispatch body from a template.
+    let hooks = format!(
+        "webhooks:\n  - {{url: \"{}/hook\", events: [drift_detected], format: cloudevents}}\n  \
+         - url: \"{}/repos/o/r/dispatches\"\n    events: [drift_detected]\n    \
+         template: '{{\"event_type\": {{{{kind}}}}, \"client_payload\": {{{{event}}}}}}'\n",
+        hook.url(),
+        dispatch.url()
+    );
+    let yaml = routes(drift, &hooks);
     let gw = Gateway::start(&yaml).await;
     let rows = holdout();
     // The reference rows themselves: enough rows for a verdict, and nothing drifted.
@@ -212,8 +225,21 @@ async fn a_drifted_feature_fires_one_event_through_the_webhook_and_sets_its_gaug
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seen = hook.last();
+    assert_eq!(seen.headers["content-type"], "application/cloudevents+json");
     let sent: Value = serde_json::from_slice(&seen.body).unwrap();
-    assert_eq!((sent["kind"].as_str(), sent["route"].as_str()), (Some("drift_detected"), Some("bc")));
+    assert_eq!(sent["specversion"], "1.0");
+    assert_eq!(sent["type"], "io.modelgate.drift_detected");
+    assert_eq!(sent["source"], "/modelgate/routes/bc");
+    assert_eq!(sent["data"]["details"]["features"], json!(["f0"]));
+    while dispatch.seen.lock().unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the templated webhook got nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = dispatch.last();
+    assert_eq!(seen.headers["content-type"], "application/json");
+    let sent: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(sent["event_type"], "drift_detected");
+    assert_eq!(sent["client_payload"]["details"]["features"], json!(["f0"]));
     gw.controller.check_drift();
     let count = gw.controller.events(0, Some("bc")).iter().filter(|e| e.kind == "drift_detected").count();
     assert_eq!(count, 1, "one event per change of the drifted set");

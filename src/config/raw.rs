@@ -26,6 +26,8 @@ pub struct RawWebhook {
     pub events: Option<Vec<String>>,
     pub timeout: Option<String>,
     pub retries: Option<u32>,
+    pub format: Option<String>,
+    pub template: Option<String>,
 }
 
 /// `server:` — listeners, limits and timeouts. Every field is optional.

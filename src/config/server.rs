@@ -17,6 +17,20 @@ pub struct WebhookSpec {
     pub timeout: Duration,
     /// Attempts after the first.
     pub retries: u32,
+    /// The body's shape: the event as JSON, or a CloudEvent.
+    pub format: WebhookFormat,
+    /// A JSON body with placeholders (`{{event}}`, `{{kind}}`, ...) wrapped around the event.
+    pub template: Option<String>,
+}
+
+/// `webhooks[i].format:` — what a webhook's body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebhookFormat {
+    /// The event object (`{seq, at_ms, route, kind, message, details}`), `application/json`.
+    #[default]
+    Json,
+    /// CloudEvents 1.0 structured mode, `application/cloudevents+json`.
+    CloudEvents,
 }
 
 impl std::fmt::Debug for WebhookSpec {
@@ -253,12 +267,37 @@ pub(super) fn webhooks(raw: &[raw::RawWebhook], issues: &mut Issues) -> Vec<Webh
                 }
             });
             let timeout = duration(&w.timeout, Duration::from_secs(5), &format!("{place}.timeout"), issues);
+            let format = match w.format.as_deref() {
+                None | Some("json") => WebhookFormat::Json,
+                Some("cloudevents") => WebhookFormat::CloudEvents,
+                Some(other) => {
+                    issues.push(
+                        format!("{place}.format"),
+                        format!("unknown format {other:?}: use `json` or `cloudevents`"),
+                    );
+                    WebhookFormat::Json
+                }
+            };
+            if let Some(t) = &w.template {
+                use crate::protocol::cloudevents::{render, sample};
+                if let Err(e) = serde_json::from_str::<serde_json::Value>(&render(t, &sample(), &sample())) {
+                    issues.push(
+                        format!("{place}.template"),
+                        format!(
+                            "is not JSON once its placeholders are filled in ({e}); placeholders are JSON values \
+                                 (`{{{{kind}}}}` becomes \"drift_detected\" with its quotes): write them unquoted"
+                        ),
+                    );
+                }
+            }
             url.map(|url| WebhookSpec {
                 url,
                 secret,
                 events: w.events.clone(),
                 timeout,
                 retries: w.retries.unwrap_or(5).min(20),
+                format,
+                template: w.template.clone(),
             })
         })
         .collect()
