@@ -25,12 +25,12 @@ fn quality(validation: bool, drift: bool) -> VariantQuality {
     let BackendKind::Onnx(onnx) = &config.backends[0].kind else { unreachable!() };
     let profile = onnx.profile.clone().expect("a profile");
     let registry = Registry::default();
-    VariantQuality::new(&config.routes[0], "bc", &profile, &["input"], &registry, |_| metrics::Counter::noop())
+    VariantQuality::new(&config.routes[0], "bc", Some(&profile), &["input"], &registry, |_| metrics::Counter::noop())
         .expect("checks")
 }
 
 fn rows(n: usize) -> Vec<Tensor> {
-    let profile = quality(true, false).profile;
+    let profile = quality(true, false).profile.expect("a profile");
     let data = (0..n * 30).map(|i| profile.features[i % 30].mean as f32).collect();
     vec![Tensor { name: "input".into(), shape: vec![n, 30], data: TensorData::Fp32(data) }]
 }

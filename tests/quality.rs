@@ -245,3 +245,48 @@ async fn a_drifted_feature_fires_one_event_through_the_webhook_and_sets_its_gaug
     assert_eq!(count, 1, "one event per change of the drifted set");
     gw.shutdown().await;
 }
+
+/// Rows of the holdout with their true labels.
+fn labelled() -> Vec<(Vec<f64>, i64)> {
+    let text = std::fs::read(root().join("models/breast-cancer-holdout.json")).unwrap();
+    let doc: Value = serde_json::from_slice(&text).unwrap();
+    let rows = holdout();
+    doc["samples"].as_array().unwrap().iter().zip(rows).map(|(s, r)| (r, s["label"].as_i64().unwrap())).collect()
+}
+
+/// Sends the holdout in requests of 9 rows and posts labels for each answer: the true ones, or
+/// flipped ones when `flip`.
+async fn answer_and_label(gw: &Gateway, flip: bool) {
+    let data = labelled();
+    for chunk in data.chunks(9) {
+        let rows: Vec<Vec<f64>> = chunk.iter().map(|(r, _)| r.clone()).collect();
+        let r = post_json(&gw.url("/v2/models/bc/infer"), &request(&rows)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let id = r.headers["x-modelgate-request-id"].to_str().unwrap().to_string();
+        let labels: Vec<i64> = chunk.iter().map(|(_, l)| if flip { 1 - l } else { *l }).collect();
+        let fb = post_json(&gw.url("/v2/feedback"), &json!({"request_id": id, "label": labels})).await;
+        assert_eq!(fb.status, StatusCode::OK, "{:?}", fb.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accuracy_from_labels_below_its_floor_fires_performance_degraded() {
+    // No profile needed: label feedback alone. v1 is right on about 90% of the holdout.
+    let yaml = routes("    performance: {window: 1m, min_samples: 150, floor: 0.8, confidence: 0.95}", "")
+        .replace(&format!(", profile: \"{}\"", model("breast-cancer.profile.json")), "");
+    let gw = Gateway::start(&yaml).await;
+    answer_and_label(&gw, false).await;
+    gw.controller.check_drift();
+    let events = gw.controller.events(0, Some("bc"));
+    assert!(events.iter().all(|e| e.kind != "performance_degraded"), "90% is not shown below 80%: {events:?}");
+    // Labels that contradict every answer: the window's accuracy falls to about a third.
+    answer_and_label(&gw, true).await;
+    answer_and_label(&gw, true).await;
+    let event = wait_for_event(&gw, "bc", "performance_degraded").await;
+    let report = &event["details"]["report"];
+    // Judged while the flipped labels arrive: at least the true round and some flipped rows.
+    assert!(report["rows"].as_u64().unwrap() > 171, "{event}");
+    assert!(report["upper_bound"].as_f64().unwrap() < 0.8, "{event}");
+    assert_eq!(report["degraded"], true);
+    gw.shutdown().await;
+}

@@ -1,7 +1,7 @@
 //! Data quality in routes.yaml: a backend's reference profile (`onnx.profile`), and per route
 //! input validation (`validation:`) and drift detection (`drift:`) against it.
 
-use super::raw::{RawDrift, RawValidation};
+use super::raw::{RawDrift, RawPerformance, RawValidation};
 use super::*;
 use crate::quality::profile::Profile;
 use std::sync::Arc;
@@ -56,6 +56,33 @@ pub struct DriftSpec {
     /// Features judged and exported as `modelgate_feature_drift{route,feature}`. Empty: every
     /// feature is judged, none exported.
     pub features: Vec<String>,
+}
+
+/// `routes[i].performance:` — accuracy from label feedback per variant against a floor.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PerformanceSpec {
+    /// How far back the window reaches.
+    pub window: Duration,
+    /// Fewer scored rows than this is no verdict.
+    pub min_samples: u64,
+    /// Accuracy below which a variant is degraded.
+    pub floor: f64,
+    /// Confidence of the bound (degraded when even the upper bound is below the floor).
+    pub confidence: f64,
+}
+
+pub(super) fn performance(raw: &RawPerformance, place: &str, issues: &mut Issues) -> PerformanceSpec {
+    let window = duration(&raw.window, Duration::from_secs(600), &format!("{place}.window"), issues);
+    let min_samples = raw.min_samples.unwrap_or(200).max(1);
+    if !(raw.floor > 0.0 && raw.floor <= 1.0) {
+        issues.push(format!("{place}.floor"), format!("an accuracy between 0 and 1, got {}", raw.floor));
+    }
+    let confidence = raw.confidence.unwrap_or(0.95);
+    if !(0.5..1.0).contains(&confidence) {
+        issues.push(format!("{place}.confidence"), format!("must be at least 0.5 and below 1, got {confidence}"));
+    }
+    PerformanceSpec { window, min_samples, floor: raw.floor, confidence }
 }
 
 pub(super) fn profile(base: &Path, path: &str, place: &str, issues: &mut Issues) -> Option<ProfileRef> {

@@ -151,6 +151,17 @@ pub struct RawRoute {
     pub overrides: Option<String>,
     pub validation: Option<RawValidation>,
     pub drift: Option<RawDrift>,
+    pub performance: Option<RawPerformance>,
+}
+
+/// `routes[i].performance:` — accuracy from label feedback against a floor.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPerformance {
+    pub window: Option<String>,
+    pub min_samples: Option<u64>,
+    pub floor: f64,
+    pub confidence: Option<f64>,
 }
 
 /// `routes[i].validation:` — rows checked against the variant's reference profile.

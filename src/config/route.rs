@@ -20,6 +20,8 @@ pub struct RouteSpec {
     pub validation: Option<ValidationSpec>,
     /// Live inputs per variant compared with its profile.
     pub drift: Option<DriftSpec>,
+    /// Accuracy from label feedback per variant against a floor.
+    pub performance: Option<PerformanceSpec>,
 }
 
 /// A deployment strategy. Variants are named after their backends.
@@ -431,7 +433,9 @@ pub(super) fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut
             let validation =
                 r.validation.as_ref().map(|v| quality::validation(v, &format!("{place}.validation"), issues));
             let drift = r.drift.as_ref().map(|d| quality::drift(d, &format!("{place}.drift"), issues));
-            out.push(RouteSpec { kind, strategy, shadow, max_concurrency, overrides, validation, drift });
+            let performance =
+                r.performance.as_ref().map(|p| quality::performance(p, &format!("{place}.performance"), issues));
+            out.push(RouteSpec { kind, strategy, shadow, max_concurrency, overrides, validation, drift, performance });
         }
     }
     out

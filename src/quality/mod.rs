@@ -1,18 +1,21 @@
 //! Data quality of live inputs against a model's reference profile. Rooms:
 //! - `profile` — what the reference data looked like, made by `modelgate profile`;
 //! - `validate` — rows outside the profile, counted or rejected;
-//! - `drift` — live rows over a sliding window against the profile (PSI, chi-square).
+//! - `drift` — live rows over a sliding window against the profile (PSI, chi-square);
+//! - `performance` — accuracy from label feedback over a sliding window against a floor.
 //!
 //! A lower room: it knows `config`, `protocol` and `metrics`, never `routing`, `rollout` or
 //! `server`.
 
 pub mod drift;
+pub mod performance;
 pub mod profile;
 pub mod validate;
 
-use crate::config::{DriftSpec, ProfileRef, RouteSpec};
+use crate::config::{DriftSpec, PerformanceSpec, ProfileRef, RouteSpec};
 use crate::protocol::{Tensor, TensorData};
 use drift::DriftWindow;
+use performance::LabelWindow;
 use profile::Profile;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,14 +25,16 @@ use validate::{Validator, Violation};
 /// itself lives in the [`Registry`] so it outlasts table swaps.
 #[derive(Debug)]
 pub struct VariantQuality {
-    /// The variant's reference profile.
-    pub profile: Arc<Profile>,
+    /// The variant's reference profile, if its backend names one.
+    pub profile: Option<Arc<Profile>>,
     /// The position of the profile's input among the model's inputs.
     input: usize,
     /// When the route has `validation:`.
     pub validator: Option<Validator>,
     /// When the route has `drift:`.
     pub drift: Option<Arc<DriftWindow>>,
+    /// When the route has `performance:`.
+    pub performance: Option<Arc<LabelWindow>>,
 }
 
 impl VariantQuality {
@@ -38,26 +43,41 @@ impl VariantQuality {
     pub fn new(
         route: &RouteSpec,
         variant: &str,
-        profile: &ProfileRef,
+        profile: Option<&ProfileRef>,
         inputs: &[&str],
         registry: &Registry,
         counter: impl Fn(&str) -> metrics::Counter,
     ) -> Option<VariantQuality> {
-        if route.validation.is_none() && route.drift.is_none() {
+        let performance = route.performance.as_ref().map(|p| registry.labels(route.name(), variant, p));
+        let profile = profile.map(|p| &p.profile);
+        let input = profile.and_then(|p| inputs.iter().position(|i| *i == p.input));
+        let (validator, drift) = match (profile, input) {
+            (Some(p), Some(_)) => (
+                route.validation.as_ref().map(|v| Validator::new(p, v, counter)),
+                route.drift.as_ref().map(|d| registry.window(route.name(), variant, p, d)),
+            ),
+            _ => (None, None),
+        };
+        if validator.is_none() && drift.is_none() && performance.is_none() {
             return None;
         }
-        let input = inputs.iter().position(|i| *i == profile.profile.input)?;
-        let validator = route.validation.as_ref().map(|v| Validator::new(&profile.profile, v, counter));
-        let drift = route.drift.as_ref().map(|d| registry.window(route.name(), variant, &profile.profile, d));
-        Some(VariantQuality { profile: profile.profile.clone(), input, validator, drift })
+        Some(VariantQuality { profile: profile.cloned(), input: input.unwrap_or(0), validator, drift, performance })
+    }
+
+    /// Label feedback on an answer of this variant: `rows` scored, `right` of them right.
+    pub fn labels(&self, rows: u64, right: u64) {
+        if let Some(w) = &self.performance {
+            w.add(rows, right);
+        }
     }
 
     /// Checks and records a request's inputs (in model order). `Err` only when the route
     /// rejects invalid rows; a rejected request is not added to the drift window. Inputs that
     /// are not `[rows, features]` of a numeric type are left alone (the model will refuse them).
     pub fn observe(&self, inputs: &[Tensor]) -> Result<(), Violation> {
+        let Some(profile) = &self.profile else { return Ok(()) };
         let Some(t) = inputs.get(self.input) else { return Ok(()) };
-        let width = self.profile.features.len();
+        let width = profile.features.len();
         let rows = match t.shape.as_slice() {
             [rows, w] if *w == width => *rows,
             [w] if *w == width => 1,
@@ -102,6 +122,7 @@ impl VariantQuality {
 #[derive(Debug, Default)]
 pub struct Registry {
     windows: Mutex<HashMap<(String, String), Arc<DriftWindow>>>,
+    labels: Mutex<HashMap<(String, String), Arc<LabelWindow>>>,
 }
 
 impl Registry {
@@ -117,6 +138,20 @@ impl Registry {
         let w = Arc::new(DriftWindow::new(profile.clone(), spec.clone()));
         all.insert(key, w.clone());
         w
+    }
+
+    /// The label window of `variant` of `route`.
+    pub fn labels(&self, route: &str, variant: &str, spec: &PerformanceSpec) -> Arc<LabelWindow> {
+        let mut all = self.labels.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (route.to_string(), variant.to_string());
+        match all.get(&key) {
+            Some(w) if w.spec == *spec => w.clone(),
+            _ => {
+                let w = Arc::new(LabelWindow::new(spec.clone()));
+                all.insert(key, w.clone());
+                w
+            }
+        }
     }
 
     /// Every window: (route, variant, window), sorted.

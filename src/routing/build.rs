@@ -112,12 +112,18 @@ pub fn build(parts: &Parts<'_>, generation: u64) -> Result<RouteTable, ConfigErr
     }
 }
 
-/// The input checks of a variant whose backend names a profile, when its route asks for them.
+/// The input checks (against its backend's profile) and label window of a variant, when its
+/// route asks for them.
 fn quality(parts: &Parts<'_>, route: &RouteSpec, variant: &str, backend: &Backend) -> Option<VariantQuality> {
-    let Backend::Onnx(model) = backend else { return None };
     let spec = parts.config.backends.iter().find(|b| b.name == variant)?;
-    let BackendKind::Onnx(OnnxSpec { profile: Some(profile), .. }) = &spec.kind else { return None };
-    let inputs: Vec<&str> = model.signature().inputs.iter().map(|i| i.name.as_str()).collect();
+    let profile = match &spec.kind {
+        BackendKind::Onnx(OnnxSpec { profile, .. }) => profile.as_ref(),
+        BackendKind::Upstream(_) => None,
+    };
+    let inputs: Vec<&str> = match backend {
+        Backend::Onnx(model) => model.signature().inputs.iter().map(|i| i.name.as_str()).collect(),
+        Backend::Upstream(_) => Vec::new(),
+    };
     let counter = |feature: &str| {
         let labels = vec![
             metrics::Label::new("route", route.name().to_string()),

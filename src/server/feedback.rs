@@ -187,6 +187,9 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>) -> Result<Respo
     state.feedback.record(id, kinds(&fb))?;
     let scored = fb.labels;
     variant.stats.feedback(&Feedback { conversion: fb.conversion, reward: fb.reward, labels: scored }, id.unit);
+    if let (Some(q), Some((rows, right))) = (&variant.quality, scored) {
+        q.labels(rows, right);
+    }
     Ok(response::json_value(
         StatusCode::OK,
         &json!({
