@@ -25,8 +25,10 @@ fn quality(validation: bool, drift: bool) -> VariantQuality {
     let BackendKind::Onnx(onnx) = &config.backends[0].kind else { unreachable!() };
     let profile = onnx.profile.clone().expect("a profile");
     let registry = Registry::default();
-    VariantQuality::new(&config.routes[0], "bc", Some(&profile), &["input"], &registry, |_| metrics::Counter::noop())
-        .expect("checks")
+    VariantQuality::new(&config.routes[0], "bc", Some(&profile), &["input"], &registry, None, |_| {
+        metrics::Counter::noop()
+    })
+    .expect("checks")
 }
 
 fn rows(n: usize) -> Vec<Tensor> {

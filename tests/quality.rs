@@ -290,3 +290,48 @@ async fn accuracy_from_labels_below_its_floor_fires_performance_degraded() {
     assert_eq!(report["degraded"], true);
     gw.shutdown().await;
 }
+
+/// Every line of every capture file under `dir`.
+fn captured(dir: &std::path::Path) -> Vec<Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut lines = Vec::new();
+    for f in entries {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        lines.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+    }
+    lines
+}
+
+#[tokio::test]
+async fn answers_and_their_labels_are_captured_under_one_key() {
+    let gw = Gateway::start(&routes("    capture: {dir: captures, sample_percent: 100}", "")).await;
+    let data = labelled();
+    let rows: Vec<Vec<f64>> = data[..3].iter().map(|(r, _)| r.clone()).collect();
+    let r = post_json(&gw.url("/v2/models/bc/infer"), &request(&rows)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let id = r.headers["x-modelgate-request-id"].to_str().unwrap().to_string();
+    let truth: Vec<i64> = data[..3].iter().map(|(_, l)| *l).collect();
+    let fb = post_json(&gw.url("/v2/feedback"), &json!({"request_id": id, "label": truth})).await;
+    assert_eq!(fb.status, StatusCode::OK);
+    let dir = gw.dir.path().join("captures");
+    let started = Instant::now();
+    let lines = loop {
+        let lines = captured(&dir);
+        if lines.len() == 2 {
+            break lines;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "captured: {lines:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let answer = lines.iter().find(|l| l["type"] == "answer").unwrap();
+    let feedback = lines.iter().find(|l| l["type"] == "feedback").unwrap();
+    let key = id.splitn(3, '~').take(2).collect::<Vec<_>>().join("~");
+    assert_eq!((answer["key"].as_str(), feedback["key"].as_str()), (Some(key.as_str()), Some(key.as_str())));
+    assert_eq!((answer["route"].as_str(), answer["variant"].as_str()), (Some("bc"), Some("bc")));
+    assert_eq!(answer["inputs"][0]["shape"], json!([3, 30]));
+    assert_eq!(answer["outputs"][0]["name"], "label");
+    assert_eq!(feedback["feedback"]["label"], json!(truth));
+    let metrics = String::from_utf8_lossy(&get(&gw.admin_url("/metrics")).await.body).to_string();
+    assert_eq!(metric(&metrics, "modelgate_capture_lines_total{route=\"bc\",outcome=\"written\"}"), Some(2.0));
+    gw.shutdown().await;
+}

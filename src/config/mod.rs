@@ -20,7 +20,9 @@ pub use error::{ConfigErrors, ConfigIssue};
 use plan::{
     AbCriteria, AbPlan, BlueGreenPlan, BusinessGuard, CanaryCriteria, CanaryPlan, Metric, OnInconclusive, Step,
 };
-pub use quality::{DriftSpec, OnInvalid, PerformanceSpec, ProfileRef, ValidationSpec, MAX_LABELLED_FEATURES};
+pub use quality::{
+    CaptureSpec, DriftSpec, OnInvalid, PerformanceSpec, ProfileRef, ValidationSpec, MAX_LABELLED_FEATURES,
+};
 use raw::{RawAbAnalysis, RawAnalysis, RawBackend, RawConfig, RawRoute, RawServer, RawStep, RawSticky};
 pub use route::*;
 pub use server::*;

@@ -1,7 +1,7 @@
 //! Data quality in routes.yaml: a backend's reference profile (`onnx.profile`), and per route
 //! input validation (`validation:`) and drift detection (`drift:`) against it.
 
-use super::raw::{RawDrift, RawPerformance, RawValidation};
+use super::raw::{RawCapture, RawDrift, RawPerformance, RawValidation};
 use super::*;
 use crate::quality::profile::Profile;
 use std::sync::Arc;
@@ -83,6 +83,41 @@ pub(super) fn performance(raw: &RawPerformance, place: &str, issues: &mut Issues
         issues.push(format!("{place}.confidence"), format!("must be at least 0.5 and below 1, got {confidence}"));
     }
     PerformanceSpec { window, min_samples, floor: raw.floor, confidence }
+}
+
+/// `routes[i].capture:` — answers (inputs, outputs, variant) and their feedback as JSON Lines.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CaptureSpec {
+    /// The folder, as written (resolved against the config file's folder when started).
+    pub dir: PathBuf,
+    /// Percent of answers captured (feedback on a captured answer always is).
+    pub sample_percent: f64,
+    /// A file is closed (fsynced) and a new one started at this size.
+    pub max_file_bytes: u64,
+    /// ... or at this age.
+    pub max_file_age: Duration,
+    /// Lines waiting for the writer at most; beyond it lines are dropped and counted.
+    pub queue: usize,
+}
+
+pub(super) fn capture(raw: &RawCapture, place: &str, issues: &mut Issues) -> CaptureSpec {
+    let sample_percent = raw.sample_percent.unwrap_or(100.0);
+    percent(sample_percent, &format!("{place}.sample_percent"), issues);
+    let max_file_bytes = raw.max_file_bytes.unwrap_or(64 << 20);
+    if max_file_bytes < 1024 {
+        issues.push(format!("{place}.max_file_bytes"), format!("must be at least 1024, got {max_file_bytes}"));
+    }
+    if raw.dir.is_empty() {
+        issues.push(format!("{place}.dir"), "name a folder");
+    }
+    CaptureSpec {
+        dir: PathBuf::from(&raw.dir),
+        sample_percent,
+        max_file_bytes,
+        max_file_age: duration(&raw.max_file_age, Duration::from_secs(3600), &format!("{place}.max_file_age"), issues),
+        queue: count(raw.queue, 4096, 1_000_000, &format!("{place}.queue"), issues),
+    }
 }
 
 pub(super) fn profile(base: &Path, path: &str, place: &str, issues: &mut Issues) -> Option<ProfileRef> {

@@ -152,6 +152,18 @@ pub struct RawRoute {
     pub validation: Option<RawValidation>,
     pub drift: Option<RawDrift>,
     pub performance: Option<RawPerformance>,
+    pub capture: Option<RawCapture>,
+}
+
+/// `routes[i].capture:` — a sampled log of answers and their feedback.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCapture {
+    pub dir: String,
+    pub sample_percent: Option<f64>,
+    pub max_file_bytes: Option<u64>,
+    pub max_file_age: Option<String>,
+    pub queue: Option<i64>,
 }
 
 /// `routes[i].performance:` — accuracy from label feedback against a floor.

@@ -22,6 +22,8 @@ pub struct RouteSpec {
     pub drift: Option<DriftSpec>,
     /// Accuracy from label feedback per variant against a floor.
     pub performance: Option<PerformanceSpec>,
+    /// Answers and their feedback logged as JSON Lines.
+    pub capture: Option<CaptureSpec>,
 }
 
 /// A deployment strategy. Variants are named after their backends.
@@ -435,7 +437,18 @@ pub(super) fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut
             let drift = r.drift.as_ref().map(|d| quality::drift(d, &format!("{place}.drift"), issues));
             let performance =
                 r.performance.as_ref().map(|p| quality::performance(p, &format!("{place}.performance"), issues));
-            out.push(RouteSpec { kind, strategy, shadow, max_concurrency, overrides, validation, drift, performance });
+            let capture = r.capture.as_ref().map(|c| quality::capture(c, &format!("{place}.capture"), issues));
+            out.push(RouteSpec {
+                kind,
+                strategy,
+                shadow,
+                max_concurrency,
+                overrides,
+                validation,
+                drift,
+                performance,
+                capture,
+            });
         }
     }
     out

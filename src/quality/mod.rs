@@ -2,11 +2,13 @@
 //! - `profile` — what the reference data looked like, made by `modelgate profile`;
 //! - `validate` — rows outside the profile, counted or rejected;
 //! - `drift` — live rows over a sliding window against the profile (PSI, chi-square);
-//! - `performance` — accuracy from label feedback over a sliding window against a floor.
+//! - `performance` — accuracy from label feedback over a sliding window against a floor;
+//! - `capture` — answers and their feedback as rotating JSON Lines, never blocking.
 //!
 //! A lower room: it knows `config`, `protocol` and `metrics`, never `routing`, `rollout` or
 //! `server`.
 
+pub mod capture;
 pub mod drift;
 pub mod performance;
 pub mod profile;
@@ -35,6 +37,8 @@ pub struct VariantQuality {
     pub drift: Option<Arc<DriftWindow>>,
     /// When the route has `performance:`.
     pub performance: Option<Arc<LabelWindow>>,
+    /// When the route has `capture:` (one writer per route).
+    pub capture: Option<Arc<capture::Capture>>,
 }
 
 impl VariantQuality {
@@ -46,6 +50,7 @@ impl VariantQuality {
         profile: Option<&ProfileRef>,
         inputs: &[&str],
         registry: &Registry,
+        capture: Option<Arc<capture::Capture>>,
         counter: impl Fn(&str) -> metrics::Counter,
     ) -> Option<VariantQuality> {
         let performance = route.performance.as_ref().map(|p| registry.labels(route.name(), variant, p));
@@ -58,10 +63,11 @@ impl VariantQuality {
             ),
             _ => (None, None),
         };
-        if validator.is_none() && drift.is_none() && performance.is_none() {
+        if validator.is_none() && drift.is_none() && performance.is_none() && capture.is_none() {
             return None;
         }
-        Some(VariantQuality { profile: profile.cloned(), input: input.unwrap_or(0), validator, drift, performance })
+        let input = input.unwrap_or(0);
+        Some(VariantQuality { profile: profile.cloned(), input, validator, drift, performance, capture })
     }
 
     /// Label feedback on an answer of this variant: `rows` scored, `right` of them right.
@@ -123,6 +129,7 @@ impl VariantQuality {
 pub struct Registry {
     windows: Mutex<HashMap<(String, String), Arc<DriftWindow>>>,
     labels: Mutex<HashMap<(String, String), Arc<LabelWindow>>>,
+    captures: Mutex<HashMap<String, Arc<capture::Capture>>>,
 }
 
 impl Registry {
@@ -152,6 +159,23 @@ impl Registry {
                 w
             }
         }
+    }
+
+    /// The capture of `route`, started when first asked for (or when its spec changed);
+    /// `start` makes it.
+    pub fn capture(
+        &self,
+        route: &str,
+        spec: &crate::config::CaptureSpec,
+        start: impl FnOnce() -> Result<capture::Capture, String>,
+    ) -> Result<Arc<capture::Capture>, String> {
+        let mut all = self.captures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = all.get(route).filter(|c| c.spec == *spec) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(start()?);
+        all.insert(route.to_string(), c.clone());
+        Ok(c)
     }
 
     /// Every window: (route, variant, window), sorted.

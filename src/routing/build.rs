@@ -5,6 +5,7 @@ use super::assign::Layout;
 use super::{Route, RouteTable, ShadowTarget, Variant};
 use crate::backend::Backend;
 use crate::config::{BackendKind, Config, ConfigErrors, ConfigIssue, OnnxSpec, RouteSpec, Strategy};
+use crate::quality::capture::Capture;
 use crate::quality::VariantQuality;
 use crate::telemetry::shadow::ShadowStats;
 use crate::telemetry::Telemetry;
@@ -66,7 +67,7 @@ pub fn build(parts: &Parts<'_>, generation: u64) -> Result<RouteTable, ConfigErr
                     buckets: share.buckets,
                     stats: parts.telemetry.variant(name, &share.name),
                     fault: config.backends.iter().find(|b| b.name == share.name).and_then(|b| b.fault.clone()),
-                    quality: quality(parts, spec, &share.name, backend),
+                    quality: quality(parts, spec, &share.name, backend, i, &mut issues),
                 });
             }
             segments =
@@ -114,7 +115,14 @@ pub fn build(parts: &Parts<'_>, generation: u64) -> Result<RouteTable, ConfigErr
 
 /// The input checks (against its backend's profile) and label window of a variant, when its
 /// route asks for them.
-fn quality(parts: &Parts<'_>, route: &RouteSpec, variant: &str, backend: &Backend) -> Option<VariantQuality> {
+fn quality(
+    parts: &Parts<'_>,
+    route: &RouteSpec,
+    variant: &str,
+    backend: &Backend,
+    i: usize,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<VariantQuality> {
     let spec = parts.config.backends.iter().find(|b| b.name == variant)?;
     let profile = match &spec.kind {
         BackendKind::Onnx(OnnxSpec { profile, .. }) => profile.as_ref(),
@@ -131,7 +139,24 @@ fn quality(parts: &Parts<'_>, route: &RouteSpec, variant: &str, backend: &Backen
         ];
         parts.telemetry.counter(crate::telemetry::names::INVALID_INPUTS, labels)
     };
-    VariantQuality::new(route, variant, profile, &inputs, &parts.telemetry.quality, counter)
+    let capture = route.capture.as_ref().and_then(|c| {
+        let mut spec = c.clone();
+        spec.dir = parts.config.source.parent().map_or_else(|| c.dir.clone(), |base| base.join(&c.dir));
+        let outcome = |o: &'static str| {
+            let labels =
+                vec![metrics::Label::new("route", route.name().to_string()), metrics::Label::new("outcome", o)];
+            parts.telemetry.counter(crate::telemetry::names::CAPTURE_TOTAL, labels)
+        };
+        let start = || Capture::start(route.name(), spec.clone(), outcome("dropped"), outcome("written"));
+        match parts.telemetry.quality.capture(route.name(), &spec, start) {
+            Ok(c) => Some(c),
+            Err(message) => {
+                issues.push(ConfigIssue { place: format!("routes[{i}].capture.dir"), message });
+                None
+            }
+        }
+    });
+    VariantQuality::new(route, variant, profile, &inputs, &parts.telemetry.quality, capture, counter)
 }
 
 /// Every in-process model a route may send a request to must take the same inputs.

@@ -190,6 +190,10 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>) -> Result<Respo
     if let (Some(q), Some((rows, right))) = (&variant.quality, scored) {
         q.labels(rows, right);
     }
+    if let Some(capture) = variant.quality.as_ref().and_then(|q| q.capture.as_ref()) {
+        let given = json!({ "label": fb.truth, "conversion": fb.conversion, "reward": fb.reward });
+        capture.offer(&crate::quality::capture::Capture::feedback_line(id.nonce, id.issued, given));
+    }
     Ok(response::json_value(
         StatusCode::OK,
         &json!({

@@ -330,9 +330,13 @@ async fn infer(
                     if request.uses_binary() { Bytes::from(request.to_plain_json(&inputs)?) } else { body.clone() };
                 Some((target, copy))
             });
+            let kept = entry.wants_capture().then(|| inputs.clone());
             let started = Instant::now();
             let (outputs, batch) = run_model(model, inputs, selected).await?;
             variant.stats.inference(started.elapsed(), batch);
+            if let Some(inputs) = kept {
+                entry.capture(&inputs, &outputs);
+            }
             let flat = flatten_tensors(&outputs);
             let predicted = prediction(&flat);
             if let Some((target, copy)) = shadow {

@@ -72,6 +72,8 @@ pub(super) struct Entry<'r> {
     pub unit: Unit,
     set_cookie: Option<String>,
     _permit: Option<OwnedSemaphorePermit>,
+    /// The capture line of this answer, finished with the request id in [`Entry::finish`].
+    captured: OnceLock<serde_json::Value>,
 }
 
 /// Admits an inference and picks its variant. Admission comes first: a shed request costs
@@ -89,7 +91,14 @@ pub(super) fn enter<'r>(
     let picked = pick(state, route, version, headers, query)?;
     strip_gateway_headers(state, route, headers);
     let _ = pending.claim.set((picked.variant.stats.clone(), picked.unit));
-    Ok(Entry { route, variant: picked.variant, unit: picked.unit, set_cookie: picked.set_cookie, _permit: permit })
+    Ok(Entry {
+        route,
+        variant: picked.variant,
+        unit: picked.unit,
+        set_cookie: picked.set_cookie,
+        _permit: permit,
+        captured: OnceLock::new(),
+    })
 }
 
 impl Entry<'_> {
@@ -110,6 +119,19 @@ impl Entry<'_> {
             }),
             None => Ok(()),
         }
+    }
+
+    /// Whether this answer is captured (the route captures, the draw says so and its writer's
+    /// queue has room): the caller then keeps a copy of the inputs for [`Entry::capture`].
+    pub fn wants_capture(&self) -> bool {
+        self.variant.quality.as_ref().and_then(|q| q.capture.as_ref()).is_some_and(|c| c.wants())
+    }
+
+    /// Keeps the capture line of this answer until [`Entry::finish`] knows its request id.
+    pub fn capture(&self, inputs: &[crate::protocol::Tensor], outputs: &[crate::protocol::Tensor]) {
+        let line =
+            crate::quality::capture::Capture::answer_line("", &self.route.name, &self.variant.name, inputs, outputs);
+        let _ = self.captured.set(line);
     }
 
     /// Whether this request is copied to the route's shadow (drawn once per request).
@@ -140,6 +162,12 @@ impl Entry<'_> {
         self.variant.stats.record(status, pending.elapsed(), self.unit);
         let picked = Picked { variant: self.variant, set_cookie: self.set_cookie, unit: self.unit };
         picked.decorate_headers(state, &self.route.name, out, prediction);
+        let capture = self.variant.quality.as_ref().and_then(|q| q.capture.as_ref());
+        if let (Some(capture), Some(mut line)) = (capture, self.captured.into_inner()) {
+            let id = out.get(request_id::HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            line["key"] = serde_json::Value::String(id.splitn(3, '~').take(2).collect::<Vec<_>>().join("~"));
+            capture.offer(&line);
+        }
     }
 
     /// [`Entry::finish`] for an HTTP answer.

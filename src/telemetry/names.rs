@@ -44,6 +44,8 @@ pub const INVALID_INPUTS: &str = "modelgate_invalid_inputs_total";
 /// Population stability index of live inputs against the profile, by route, variant and
 /// feature (only the features listed in the route's `drift.features`).
 pub const FEATURE_DRIFT: &str = "modelgate_feature_drift";
+/// Capture lines by route and outcome (`written`, `dropped` when the writer fell behind).
+pub const CAPTURE_TOTAL: &str = "modelgate_capture_lines_total";
 
 /// What kind of metric a name is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +61,7 @@ pub enum Kind {
 }
 
 /// Every metric with its kind and help text.
-pub const ALL: [(&str, Kind, &str); 20] = [
+pub const ALL: [(&str, Kind, &str); 21] = [
     (REQUESTS_TOTAL, Kind::Counter, "Answered requests by route, variant and status code."),
     (REQUEST_DURATION, Kind::Histogram, "Request latency through the gateway, by route and variant."),
     (INFERENCE_DURATION, Kind::Histogram, "In-process inference time (queue and run), by route and variant."),
@@ -80,6 +82,7 @@ pub const ALL: [(&str, Kind, &str); 20] = [
     (TABLE_GENERATION, Kind::Gauge, "Generation of the published routing table."),
     (INVALID_INPUTS, Kind::Counter, "Input rows outside the reference profile, by route and feature."),
     (FEATURE_DRIFT, Kind::Gauge, "Population stability index of live inputs against the reference profile."),
+    (CAPTURE_TOTAL, Kind::Counter, "Labelled-data capture lines by route and outcome (written, dropped)."),
 ];
 
 /// Histogram buckets of batch sizes.
