@@ -480,6 +480,13 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     if let Some(task) = grpc_task {
         let _ = task.await;
     }
+    // Captured lines accepted before the drain ended reach the disk before the process exits.
+    let telemetry = controller.telemetry().clone();
+    let synced =
+        tokio::task::spawn_blocking(move || telemetry.quality.sync_captures(std::time::Duration::from_secs(5))).await;
+    if !matches!(synced, Ok(true)) {
+        tracing::warn!("labelled-data capture: some queued lines may not have reached the disk");
+    }
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     Ok(())

@@ -304,7 +304,7 @@ fn captured(dir: &std::path::Path) -> Vec<Value> {
 
 #[tokio::test]
 async fn answers_and_their_labels_are_captured_under_one_key() {
-    let gw = Gateway::start(&routes("    capture: {dir: captures, sample_percent: 100}", "")).await;
+    let gw = Gateway::start(&routes("    capture: {dir: captures, sample_percent: 100, ready_after: 3}", "")).await;
     let data = labelled();
     let rows: Vec<Vec<f64>> = data[..3].iter().map(|(r, _)| r.clone()).collect();
     let r = post_json(&gw.url("/v2/models/bc/infer"), &request(&rows)).await;
@@ -333,5 +333,11 @@ async fn answers_and_their_labels_are_captured_under_one_key() {
     assert_eq!(feedback["feedback"]["label"], json!(truth));
     let metrics = String::from_utf8_lossy(&get(&gw.admin_url("/metrics")).await.body).to_string();
     assert_eq!(metric(&metrics, "modelgate_capture_lines_total{route=\"bc\",outcome=\"written\"}"), Some(2.0));
+    // Three label rows captured: ready_after 3 announces them once.
+    let ready = wait_for_event(&gw, "bc", "labelled_data_ready").await;
+    assert_eq!((ready["details"]["new_rows"].as_u64(), ready["details"]["total_rows"].as_u64()), (Some(3), Some(3)));
+    gw.controller.check_drift();
+    let events = gw.controller.events(0, Some("bc"));
+    assert_eq!(events.iter().filter(|e| e.kind == "labelled_data_ready").count(), 1);
     gw.shutdown().await;
 }

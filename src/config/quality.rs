@@ -99,6 +99,8 @@ pub struct CaptureSpec {
     pub max_file_age: Duration,
     /// Lines waiting for the writer at most; beyond it lines are dropped and counted.
     pub queue: usize,
+    /// A `labelled_data_ready` event after this many newly captured label rows (none if unset).
+    pub ready_after: Option<u64>,
 }
 
 pub(super) fn capture(raw: &RawCapture, place: &str, issues: &mut Issues) -> CaptureSpec {
@@ -117,6 +119,12 @@ pub(super) fn capture(raw: &RawCapture, place: &str, issues: &mut Issues) -> Cap
         max_file_bytes,
         max_file_age: duration(&raw.max_file_age, Duration::from_secs(3600), &format!("{place}.max_file_age"), issues),
         queue: count(raw.queue, 4096, 1_000_000, &format!("{place}.queue"), issues),
+        ready_after: raw.ready_after.filter(|n| {
+            if *n == 0 {
+                issues.push(format!("{place}.ready_after"), "must be at least 1 row");
+            }
+            *n > 0
+        }),
     }
 }
 

@@ -164,6 +164,7 @@ pub struct RawCapture {
     pub max_file_bytes: Option<u64>,
     pub max_file_age: Option<String>,
     pub queue: Option<i64>,
+    pub ready_after: Option<u64>,
 }
 
 /// `routes[i].performance:` — accuracy from label feedback against a floor.

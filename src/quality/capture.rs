@@ -12,6 +12,7 @@ use metrics::Counter;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A route's capture: the queue to its writer thread. The writer stops (flushing and fsyncing
@@ -21,6 +22,10 @@ pub struct Capture {
     tx: Sender<Vec<u8>>,
     dropped: Counter,
     written: Counter,
+    /// Acknowledges each sync marker (an empty line) once the file is flushed and fsynced.
+    synced: Receiver<()>,
+    /// Label rows captured, and the count at the last `labelled_data_ready`.
+    pub(crate) labelled: (AtomicU64, AtomicU64),
     /// What it was started with; a new spec starts a new writer.
     pub(crate) spec: CaptureSpec,
 }
@@ -36,12 +41,13 @@ impl Capture {
     pub fn start(route: &str, spec: CaptureSpec, dropped: Counter, written: Counter) -> Result<Capture, String> {
         std::fs::create_dir_all(&spec.dir).map_err(|e| format!("cannot create {}: {e}", spec.dir.display()))?;
         let (tx, rx) = crossbeam_channel::bounded(spec.queue);
+        let (ack, synced) = crossbeam_channel::bounded(1);
         let (dir, prefix, s, w) = (spec.dir.clone(), route.replace('/', "_"), spec.clone(), written.clone());
         std::thread::Builder::new()
             .name(format!("capture-{prefix}"))
-            .spawn(move || writer(&dir, &prefix, &s, &rx, &w))
+            .spawn(move || writer(&dir, &prefix, &s, &rx, &w, &ack))
             .map_err(|e| format!("cannot start the capture writer: {e}"))?;
-        Ok(Capture { tx, dropped, written, spec })
+        Ok(Capture { tx, dropped, written, synced, labelled: Default::default(), spec })
     }
 
     /// Whether this answer is sampled (drawn once per answer) and the queue has room now.
@@ -60,6 +66,18 @@ impl Capture {
                 false
             }
         }
+    }
+
+    /// Counts `rows` newly labelled rows (for `labelled_data_ready`).
+    pub fn labelled(&self, rows: u64) {
+        self.labelled.0.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// Waits (up to `timeout`) until every line offered before the call is written, flushed
+    /// and fsynced: what a shutdown calls so that no accepted line is lost. Blocking.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        while self.synced.try_recv().is_ok() {}
+        self.tx.send_timeout(Vec::new(), timeout).is_ok() && self.synced.recv_timeout(timeout).is_ok()
     }
 
     /// The line of an answer: `key` is the request id's first two fields (nonce~issued).
@@ -123,7 +141,7 @@ fn close(open: Open) {
 
 /// The writer: lines to the current file, flushed whenever the queue is empty, rotated (and
 /// fsynced) by size and age; ends when every sender is gone.
-fn writer(dir: &Path, prefix: &str, spec: &CaptureSpec, rx: &Receiver<Vec<u8>>, written: &Counter) {
+fn writer(dir: &Path, prefix: &str, spec: &CaptureSpec, rx: &Receiver<Vec<u8>>, written: &Counter, ack: &Sender<()>) {
     let mut current: Option<Open> = None;
     loop {
         let line = match rx.recv_timeout(Duration::from_millis(200)) {
@@ -137,6 +155,17 @@ fn writer(dir: &Path, prefix: &str, spec: &CaptureSpec, rx: &Receiver<Vec<u8>>, 
             if let Some(o) = current.take() {
                 close(o);
             }
+        }
+        if line.as_ref().is_some_and(Vec::is_empty) {
+            // A sync marker: everything before it reaches the disk, then it is acknowledged.
+            if let Some(o) = current.as_mut() {
+                let done = o.file.flush().and_then(|()| o.file.get_ref().sync_data());
+                if let Err(e) = done {
+                    tracing::warn!(path = %o.path.display(), "capture file not synced: {e}");
+                }
+            }
+            let _ = ack.try_send(());
+            continue;
         }
         if let Some(line) = line {
             if current.is_none() {
@@ -182,7 +211,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A queue nobody reads: what a stalled disk looks like from the request path.
         let (tx, _rx) = crossbeam_channel::bounded(2);
-        let c = Capture { tx, dropped: Counter::noop(), written: Counter::noop(), spec: spec(dir.path(), 4096) };
+        let (_ack, synced) = crossbeam_channel::bounded(1);
+        let c = Capture {
+            tx,
+            dropped: Counter::noop(),
+            written: Counter::noop(),
+            synced,
+            labelled: Default::default(),
+            spec: spec(dir.path(), 4096),
+        };
         let taken: Vec<bool> = (0..5).map(|i| c.offer(&json!({ "i": i }))).collect();
         assert_eq!(taken, [true, true, false, false, false]);
         assert!(!c.wants(), "a full queue is not sampled");

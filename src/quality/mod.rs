@@ -178,6 +178,13 @@ impl Registry {
         Ok(c)
     }
 
+    /// Writes out every capture queue (see [`capture::Capture::sync`]); false when one did not
+    /// finish within `timeout`. Blocking: for shutdown.
+    pub fn sync_captures(&self, timeout: std::time::Duration) -> bool {
+        let all: Vec<_> = self.captures.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        all.iter().all(|c| c.sync(timeout))
+    }
+
     /// Every window: (route, variant, window), sorted.
     pub fn all(&self) -> Vec<(String, String, Arc<DriftWindow>)> {
         let all = self.windows.lock().unwrap_or_else(|p| p.into_inner());

@@ -2,15 +2,18 @@
 //! the clock and are judged. `modelgate_feature_drift` is set for the features a route lists; a
 //! `drift_detected` event (or `drift_cleared`) goes out when the set of drifted features of a
 //! variant changes, a `performance_degraded` (or `performance_recovered`) when its verdict on
-//! label feedback changes. Too few rows in a window changes nothing.
+//! label feedback changes, and `labelled_data_ready` after `capture.ready_after` newly captured
+//! label rows. Too few rows in a window changes nothing.
 
 use super::control::{lock, Controller};
+use crate::quality::capture::Capture;
 use crate::quality::drift::DriftWindow;
 use crate::quality::performance::LabelWindow;
 use crate::routing::{Route, Variant};
 use crate::telemetry::names;
 use metrics::Label;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 
 impl Controller {
     /// One round of drift and degradation detection over the published table's variants.
@@ -18,6 +21,10 @@ impl Controller {
         let now = self.clock.now_ms();
         let table = self.table.load();
         for route in table.routes() {
+            let capture = route.variants.iter().find_map(|v| v.quality.as_ref()?.capture.as_ref());
+            if let Some(c) = capture {
+                self.labelled_ready(now, route, c);
+            }
             for variant in &route.variants {
                 let Some(q) = &variant.quality else { continue };
                 if let Some(w) = &q.drift {
@@ -28,6 +35,25 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// `labelled_data_ready` once `capture.ready_after` new label rows were captured.
+    fn labelled_ready(&self, now: u64, route: &Route, capture: &Capture) {
+        let Some(every) = capture.spec.ready_after else { return };
+        let (total, announced) = (&capture.labelled.0, &capture.labelled.1);
+        let (rows, last) = (total.load(Ordering::Relaxed), announced.load(Ordering::Relaxed));
+        if rows.saturating_sub(last) < every {
+            return;
+        }
+        announced.store(rows, Ordering::Relaxed);
+        let details = json!({
+            "new_rows": rows - last,
+            "total_rows": rows,
+            "dir": capture.spec.dir.display().to_string(),
+            "join": "answer and feedback lines share `key`",
+        });
+        let message = format!("{} newly labelled rows captured in {}", rows - last, capture.spec.dir.display());
+        self.emit(now, &route.name, "labelled_data_ready", message, details);
     }
 
     fn judge_drift(&self, now: u64, route: &Route, variant: &Variant, window: &DriftWindow) {

@@ -192,7 +192,10 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>) -> Result<Respo
     }
     if let Some(capture) = variant.quality.as_ref().and_then(|q| q.capture.as_ref()) {
         let given = json!({ "label": fb.truth, "conversion": fb.conversion, "reward": fb.reward });
-        capture.offer(&crate::quality::capture::Capture::feedback_line(id.nonce, id.issued, given));
+        let line = crate::quality::capture::Capture::feedback_line(id.nonce, id.issued, given);
+        if capture.offer(&line) {
+            capture.labelled(scored.map_or(0, |s| s.0));
+        }
     }
     Ok(response::json_value(
         StatusCode::OK,
