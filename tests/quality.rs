@@ -341,3 +341,35 @@ async fn answers_and_their_labels_are_captured_under_one_key() {
     assert_eq!(events.iter().filter(|e| e.kind == "labelled_data_ready").count(), 1);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn grpc_inferences_are_validated_and_captured_like_http_ones() {
+    use support::grpc::{recorded, request as grpc_request};
+    let yaml = format!(
+        "server: {{grpc_listen: \"127.0.0.1:0\"}}\n{}",
+        routes("    validation: {on_invalid: reject}\n    capture: {dir: captures}", "")
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut client = gw.grpc_client();
+    let (name, input, _) = recorded("breast-cancer-v1");
+    let ok = client.model_infer(grpc_request("bc", &name, &input, true)).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    let mut bad = input.clone();
+    bad["data"][32] = json!(1.0e6); // row 1, feature f2
+    let refused = client.model_infer(grpc_request("bc", &name, &bad, false)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("input row 1 feature f2: 1000000 is above the bound"), "{}", refused.message());
+    let dir = gw.dir.path().join("captures");
+    let started = Instant::now();
+    loop {
+        let lines = captured(&dir);
+        if !lines.is_empty() {
+            assert_eq!(lines.len(), 1, "the refused request is not captured: {lines:?}");
+            assert_eq!(lines[0]["inputs"][0]["shape"], json!([5, 30]));
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "nothing captured");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.shutdown().await;
+}
