@@ -373,3 +373,30 @@ async fn grpc_inferences_are_validated_and_captured_like_http_ones() {
     }
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shift_in_predictions_is_found_on_the_outputs() {
+    let drift = "    drift: {window: 1m, min_samples: 300, psi: 0.2, p_value: 0.01, outputs: true}";
+    let gw = Gateway::start(&routes(drift, "")).await;
+    // Only benign cases (true label 1, 124 of the 171): v1 predicts 1 for nearly all of them,
+    // against 72.5% in the profile's outputs.
+    let benign: Vec<Vec<f64>> = labelled().into_iter().filter(|(_, l)| *l == 1).map(|(r, _)| r).collect();
+    for _ in 0..3 {
+        for chunk in benign.chunks(31) {
+            assert_eq!(post_json(&gw.url("/v2/models/bc/infer"), &request(chunk)).await.status, StatusCode::OK);
+        }
+    }
+    let started = Instant::now();
+    let event = loop {
+        let events = gw.controller.events(0, Some("bc"));
+        let found = events.iter().find(|e| e.kind == "drift_detected" && e.details["on"] == "outputs");
+        if let Some(e) = found {
+            break serde_json::to_value(e).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no drift on the outputs: {events:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let features = event["details"]["features"].as_array().unwrap();
+    assert!(features.contains(&json!("label")), "{event}");
+    gw.shutdown().await;
+}

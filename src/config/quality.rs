@@ -56,6 +56,9 @@ pub struct DriftSpec {
     /// Features judged and exported as `modelgate_feature_drift{route,feature}`. Empty: every
     /// feature is judged, none exported.
     pub features: Vec<String>,
+    /// Also judge the model's outputs against the profile's `outputs` (which must then be of
+    /// this variant's model): events only, no gauges.
+    pub outputs: bool,
 }
 
 /// `routes[i].performance:` — accuracy from label feedback per variant against a floor.
@@ -175,7 +178,7 @@ pub(super) fn drift(raw: &RawDrift, place: &str, issues: &mut Issues) -> DriftSp
         issues.push(format!("{place}.p_value"), format!("must be between 0 and 1, got {p_value}"));
     }
     let features = features(raw.features.as_deref(), &format!("{place}.features"), issues);
-    DriftSpec { window, min_samples, psi, p_value, features }
+    DriftSpec { window, min_samples, psi, p_value, features, outputs: raw.outputs.unwrap_or(false) }
 }
 
 fn features(raw: Option<&[String]>, place: &str, issues: &mut Issues) -> Vec<String> {

@@ -195,6 +195,7 @@ pub struct RawDrift {
     pub psi: Option<f64>,
     pub p_value: Option<f64>,
     pub features: Option<Vec<String>>,
+    pub outputs: Option<bool>,
 }
 
 /// `routes[i].strategy:` — exactly one of the deployment strategies must be set.

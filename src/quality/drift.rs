@@ -240,7 +240,14 @@ mod tests {
     }
 
     fn spec(features: Vec<String>) -> DriftSpec {
-        DriftSpec { window: Duration::from_secs(10), min_samples: 500, psi: 0.1, p_value: 0.01, features }
+        DriftSpec {
+            window: Duration::from_secs(10),
+            min_samples: 500,
+            psi: 0.1,
+            p_value: 0.01,
+            features,
+            outputs: false,
+        }
     }
 
     fn reference(rng: &mut rand::rngs::StdRng, features: usize, rows: usize) -> Arc<Profile> {

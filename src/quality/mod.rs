@@ -23,6 +23,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use validate::{Validator, Violation};
 
+/// Where a profiled output column is in an answer: the output's name and the column.
+pub type OutputColumn = (String, usize);
+
 /// What a variant checks its inputs with: made with each routing table; the drift window
 /// itself lives in the [`Registry`] so it outlasts table swaps.
 #[derive(Debug)]
@@ -35,6 +38,9 @@ pub struct VariantQuality {
     pub validator: Option<Validator>,
     /// When the route has `drift:`.
     pub drift: Option<Arc<DriftWindow>>,
+    /// When the route has `drift: {outputs: true}`: the outputs' window, and where each of the
+    /// profile's output columns is (output name, column).
+    pub output_drift: Option<(Arc<DriftWindow>, Vec<OutputColumn>)>,
     /// When the route has `performance:`.
     pub performance: Option<Arc<LabelWindow>>,
     /// When the route has `capture:` (one writer per route).
@@ -63,11 +69,48 @@ impl VariantQuality {
             ),
             _ => (None, None),
         };
+        let output_drift = match (profile, &route.drift) {
+            (Some(p), Some(d)) if d.outputs && !p.outputs.is_empty() => {
+                let columns = p.outputs.iter().map(|f| output_column(&f.name)).collect();
+                let as_features =
+                    Arc::new(Profile { features: p.outputs.clone(), outputs: Vec::new(), ..(**p).clone() });
+                let spec = DriftSpec { features: Vec::new(), ..d.clone() };
+                Some((registry.window(route.name(), &format!("{variant}#outputs"), &as_features, &spec), columns))
+            }
+            _ => None,
+        };
         if validator.is_none() && drift.is_none() && performance.is_none() && capture.is_none() {
             return None;
         }
         let input = input.unwrap_or(0);
-        Some(VariantQuality { profile: profile.cloned(), input, validator, drift, performance, capture })
+        Some(VariantQuality { profile: profile.cloned(), input, validator, drift, output_drift, performance, capture })
+    }
+
+    /// Adds a request's outputs to the outputs' drift window, when the route watches them and
+    /// every profiled output is in the answer.
+    pub fn observe_outputs(&self, outputs: &[Tensor]) {
+        let Some((window, columns)) = &self.output_drift else { return };
+        let mut found = Vec::with_capacity(columns.len());
+        let mut rows = usize::MAX;
+        for (name, col) in columns {
+            let Some(t) = outputs.iter().find(|t| t.name == *name) else { return };
+            let n = t.shape.first().copied().unwrap_or(1);
+            let width = t.data.len().checked_div(n).unwrap_or(0);
+            if *col >= width.max(1) || matches!(t.data, TensorData::Bytes(_)) {
+                return;
+            }
+            rows = rows.min(n);
+            found.push((t, *col, width.max(1)));
+        }
+        if rows == usize::MAX {
+            return;
+        }
+        let k = found.len();
+        window.observe(rows, k, |idx| {
+            let (i, j) = (idx / k, idx % k);
+            let (t, col, width) = found[j];
+            number(&t.data, i * width + col)
+        });
     }
 
     /// Label feedback on an answer of this variant: `rows` scored, `right` of them right.
@@ -192,4 +235,30 @@ impl Registry {
         v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         v
     }
+}
+
+/// Where an output profile column is: `name` → (name, 0); `name[j]` → (name, j).
+fn output_column(profiled: &str) -> (String, usize) {
+    match profiled.strip_suffix(']').and_then(|s| s.rsplit_once('[')).and_then(|(n, j)| Some((n, j.parse().ok()?))) {
+        Some((name, j)) => (name.to_string(), j),
+        None => (profiled.to_string(), 0),
+    }
+}
+
+/// Element `i` of numeric tensor data as a number (NaN for BYTES or beyond the end).
+fn number(data: &TensorData, i: usize) -> f64 {
+    let n = match data {
+        TensorData::Fp32(v) => v.get(i).map(|x| f64::from(*x)),
+        TensorData::Fp64(v) => v.get(i).copied(),
+        TensorData::Int64(v) => v.get(i).map(|x| *x as f64),
+        TensorData::Int32(v) => v.get(i).map(|x| f64::from(*x)),
+        TensorData::Int16(v) => v.get(i).map(|x| f64::from(*x)),
+        TensorData::Int8(v) => v.get(i).map(|x| f64::from(*x)),
+        TensorData::Uint8(v) => v.get(i).map(|x| f64::from(*x)),
+        TensorData::Bool(v) => v.get(i).map(|x| f64::from(u8::from(*x))),
+        TensorData::Fp16(v) => v.get(i).map(|x| x.to_f64()),
+        TensorData::Bf16(v) => v.get(i).map(|x| x.to_f64()),
+        TensorData::Bytes(_) => None,
+    };
+    n.unwrap_or(f64::NAN)
 }

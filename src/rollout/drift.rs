@@ -28,7 +28,10 @@ impl Controller {
             for variant in &route.variants {
                 let Some(q) = &variant.quality else { continue };
                 if let Some(w) = &q.drift {
-                    self.judge_drift(now, route, variant, w);
+                    self.judge_drift(now, route, variant, w, "inputs");
+                }
+                if let Some((w, _)) = &q.output_drift {
+                    self.judge_drift(now, route, variant, w, "outputs");
                 }
                 if let Some(w) = &q.performance {
                     self.judge_performance(now, route, variant, w);
@@ -56,11 +59,11 @@ impl Controller {
         self.emit(now, &route.name, "labelled_data_ready", message, details);
     }
 
-    fn judge_drift(&self, now: u64, route: &Route, variant: &Variant, window: &DriftWindow) {
+    fn judge_drift(&self, now: u64, route: &Route, variant: &Variant, window: &DriftWindow, on: &str) {
         window.rotate(now);
         let report = window.judge();
         let spec = &window.made_for.1;
-        for f in report.features.iter().filter(|f| spec.features.contains(&f.feature)) {
+        for f in report.features.iter().filter(|f| on == "inputs" && spec.features.contains(&f.feature)) {
             let labels = vec![
                 Label::new("route", route.name.clone()),
                 Label::new("variant", variant.name.clone()),
@@ -78,6 +81,7 @@ impl Controller {
         }
         let details = json!({
             "variant": variant.name,
+            "on": on,
             "features": drifted,
             "window_ms": spec.window.as_millis() as u64,
             "samples": report.samples,
@@ -86,10 +90,10 @@ impl Controller {
             "statistics": report.features,
         });
         if drifted.is_empty() {
-            let message = format!("inputs of {} match its profile again", variant.name);
+            let message = format!("{on} of {} match its profile again", variant.name);
             self.emit(now, &route.name, "drift_cleared", message, details);
         } else {
-            let message = format!("inputs of {} drifted from its profile: {}", variant.name, drifted.join(", "));
+            let message = format!("{on} of {} drifted from its profile: {}", variant.name, drifted.join(", "));
             self.emit(now, &route.name, "drift_detected", message, details);
         }
         *reported = drifted;

@@ -337,6 +337,7 @@ async fn infer(
             if let Some(inputs) = kept {
                 entry.capture(&inputs, &outputs);
             }
+            entry.check_outputs(&outputs);
             let flat = flatten_tensors(&outputs);
             let predicted = prediction(&flat);
             if let Some((target, copy)) = shadow {

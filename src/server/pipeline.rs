@@ -121,6 +121,13 @@ impl Entry<'_> {
         }
     }
 
+    /// Adds the model's outputs to the variant's outputs drift window, if its route watches them.
+    pub fn check_outputs(&self, outputs: &[crate::protocol::Tensor]) {
+        if let Some(q) = &self.variant.quality {
+            q.observe_outputs(outputs);
+        }
+    }
+
     /// Whether this answer is captured (the route captures, the draw says so and its writer's
     /// queue has room): the caller then keeps a copy of the inputs for [`Entry::capture`].
     pub fn wants_capture(&self) -> bool {

@@ -290,6 +290,7 @@ async fn answer(entry: &Entry<'_>, model: &OnnxBackend, message: ModelInferReque
     if let Some(inputs) = kept {
         entry.capture(&inputs, &outputs);
     }
+    entry.check_outputs(&outputs);
     let flat = flatten_tensors(&outputs);
     let prediction = prediction(&flat);
     if let (Some(target), Some(Ok(body))) = (shadow, copy) {
