@@ -173,6 +173,37 @@ enum Command {
         #[arg(long)]
         ort_library: Option<PathBuf>,
     },
+    /// CI model gate: compare a candidate with the baseline on held-out labelled rows. Exit 0
+    /// when the candidate is shown no worse than --max-regression, 1 when it is not, 2 on errors.
+    Evaluate {
+        /// The production model.
+        #[arg(long)]
+        baseline: PathBuf,
+        /// The model that wants to replace it.
+        #[arg(long)]
+        candidate: PathBuf,
+        /// Labelled rows: `{"samples": [{"features": [...], "label": ...}]}`.
+        #[arg(long)]
+        data: PathBuf,
+        /// accuracy | auc | rmse.
+        #[arg(long, default_value = "accuracy")]
+        metric: String,
+        /// Largest regression allowed, in the metric's units (0.01 = one accuracy point).
+        #[arg(long, default_value_t = 0.0)]
+        max_regression: f64,
+        /// Confidence of the one-sided bound on the regression.
+        #[arg(long, default_value_t = 0.95)]
+        confidence: f64,
+        /// Paired bootstrap resamples.
+        #[arg(long, default_value_t = 2000)]
+        resamples: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// ONNX Runtime shared library; overrides ORT_DYLIB_PATH.
+        #[arg(long)]
+        ort_library: Option<PathBuf>,
+    },
     /// Check a routes.yaml and load every model in it; exit non-zero on any error.
     Validate {
         /// The routes file.
@@ -250,6 +281,24 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Validate { config, ort_library } => validate(&config, ort_library.as_deref()).await,
             Command::Status { admin } => admin_call(admin, None, "status", None).await,
+            Command::Evaluate {
+                baseline,
+                candidate,
+                data,
+                metric,
+                max_regression,
+                confidence,
+                resamples,
+                json,
+                ort_library,
+            } => {
+                let gate = Gate { metric, max_regression, confidence, resamples, json };
+                match evaluate(&baseline, &candidate, &data, gate, ort_library.as_deref()).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(anyhow::Error::new(GateFailed)),
+                    Err(e) => Err(e),
+                }
+            }
             Command::Profile { model, data, out, ort_library } => {
                 profile(&model, &data, out.as_deref(), ort_library.as_deref()).await
             }
@@ -294,6 +343,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<GateFailed>() => ExitCode::from(1),
         Err(e) => {
             eprintln!("modelgate: {e:#}");
             ExitCode::from(2)
@@ -336,6 +386,82 @@ async fn validate(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<()> {
     let (config, _) = start(config, ort_flag, None).await?;
     println!("{}: ok ({} backends, {} routes)", path.display(), config.backends.len(), config.routes.len());
     Ok(())
+}
+
+/// `modelgate evaluate`'s verdict against the candidate (exit code 1; the table says why).
+#[derive(Debug)]
+struct GateFailed;
+
+impl std::fmt::Display for GateFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the candidate is not shown within the allowed regression")
+    }
+}
+
+impl std::error::Error for GateFailed {}
+
+/// What `modelgate evaluate` judges by.
+struct Gate {
+    metric: String,
+    max_regression: f64,
+    confidence: f64,
+    resamples: usize,
+    json: bool,
+}
+
+/// `modelgate evaluate`: both models on the labelled rows; prints the comparison, returns the verdict.
+async fn evaluate(
+    baseline: &Path,
+    candidate: &Path,
+    data: &Path,
+    gate: Gate,
+    ort_flag: Option<&Path>,
+) -> anyhow::Result<bool> {
+    use modelgate::quality::evaluate::{evaluate, Metric, Predictions};
+    let metric = Metric::parse(&gate.metric)
+        .ok_or_else(|| anyhow::anyhow!("unknown metric {:?}: use accuracy, auc or rmse", gate.metric))?;
+    anyhow::ensure!(gate.confidence > 0.5 && gate.confidence < 1.0, "--confidence must be between 0.5 and 1");
+    anyhow::ensure!((100..=1_000_000).contains(&gate.resamples), "--resamples must be between 100 and 1000000");
+    let text = std::fs::read(data).with_context(|| format!("cannot read {}", data.display()))?;
+    let rows = modelgate::quality::profile::read_rows(&text).map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+    let labels =
+        rows.labels.clone().with_context(|| format!("{}: every sample needs a numeric `label`", data.display()))?;
+    let lib = runtime::locate(ort_flag, None);
+    let mut predictions = Vec::new();
+    for model in [baseline, candidate] {
+        let (_, outputs) =
+            modelgate::backend::profile::run_model(model, &lib, &rows).await.map_err(anyhow::Error::msg)?;
+        predictions.push(Predictions::from_outputs(&outputs, labels.len()));
+    }
+    let e = evaluate(
+        metric,
+        &labels,
+        &predictions[0],
+        &predictions[1],
+        gate.max_regression,
+        gate.confidence,
+        gate.resamples,
+    )
+    .map_err(anyhow::Error::msg)?;
+    if gate.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        println!("metric      {:?} on {} rows", e.metric, e.rows);
+        println!("baseline    {:.6}  {}", e.baseline, baseline.display());
+        println!("candidate   {:.6}  {}", e.candidate, candidate.display());
+        println!(
+            "regression  {:+.6} (upper {:.0}% bound {:+.6}, paired bootstrap x{})",
+            e.regression,
+            e.confidence * 100.0,
+            e.regression_upper,
+            e.resamples
+        );
+        if let Some(p) = e.mcnemar_p {
+            println!("mcnemar p   {p:.6}");
+        }
+        println!("verdict     {} (max regression {})", if e.pass { "PASS" } else { "FAIL" }, e.max_regression);
+    }
+    Ok(e.pass)
 }
 
 /// `modelgate profile`: reference rows through the model, a profile out.

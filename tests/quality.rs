@@ -400,3 +400,37 @@ async fn a_shift_in_predictions_is_found_on_the_outputs() {
     assert!(features.contains(&json!("label")), "{event}");
     gw.shutdown().await;
 }
+
+#[test]
+fn evaluate_gates_a_candidate_by_its_exit_code() {
+    let run = |baseline: &str, candidate: &str, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+            .current_dir(root())
+            .args(["evaluate", "--data", "models/breast-cancer-holdout.json", "--baseline"])
+            .arg(format!("models/{baseline}.onnx"))
+            .arg("--candidate")
+            .arg(format!("models/{candidate}.onnx"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // v2 is better: it passes even with no regression allowed; the accuracies are the ones the
+    // generator recorded from Python onnxruntime's labels (models/expected-outputs.json).
+    let better = run("breast-cancer-v1", "breast-cancer-v2", &["--json", "--max-regression", "0"]);
+    assert_eq!(better.status.code(), Some(0), "{}", String::from_utf8_lossy(&better.stderr));
+    let e: Value = serde_json::from_slice(&better.stdout).unwrap();
+    let recorded = expected_outputs();
+    for (side, model) in [("baseline", "breast-cancer-v1"), ("candidate", "breast-cancer-v2")] {
+        let want = recorded["models"][model]["holdout_accuracy"].as_f64().unwrap();
+        assert!((e[side].as_f64().unwrap() - want).abs() < 1e-12, "{side}: {e}");
+    }
+    assert!(e["regression_upper"].as_f64().unwrap() < 0.0 && e["mcnemar_p"].as_f64().is_some(), "{e}");
+    // v1 replacing v2 is four points worse: refused with exit code 1, and the table says FAIL.
+    let worse = run("breast-cancer-v2", "breast-cancer-v1", &["--max-regression", "0.01"]);
+    assert_eq!(worse.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&worse.stdout).contains("verdict     FAIL"));
+    // Usage errors are exit code 2, with the reason.
+    let bad = run("breast-cancer-v1", "breast-cancer-v2", &["--metric", "f1"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown metric \"f1\""));
+}

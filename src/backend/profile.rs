@@ -1,10 +1,10 @@
-//! Profiling a model: its reference rows through the same ONNX backend code that serves it, so
-//! the profile of its outputs is what the gateway will see.
+//! Running a model over reference rows through the same ONNX backend code that serves it: for
+//! its profile (so the profile of its outputs is what the gateway will see) and for `evaluate`.
 
 use super::onnx::OnnxBackend;
 use crate::config::OnnxSpec;
 use crate::protocol::{DataType, Tensor, TensorData};
-use crate::quality::profile::{output_columns, Profile, Rows};
+use crate::quality::profile::{output_columns, Outputs, Profile, Rows};
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,6 +14,17 @@ const CHUNK: usize = 256;
 /// The reference profile of `model` on `rows`: each input column, and each column of each
 /// numeric output of the model run on the rows.
 pub async fn profile_model(model: &Path, ort_library: &Path, rows: Rows) -> Result<Profile, String> {
+    let (input, outputs) = run_model(model, ort_library, &rows).await?;
+    let outputs = outputs.iter().flat_map(|(name, width, values)| output_columns(name, *width, values)).collect();
+    let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let profile = Profile::of(name, input, rows.width, &rows.values, outputs);
+    profile.check()?;
+    Ok(profile)
+}
+
+/// Runs `model` on `rows` (in chunks) through the ONNX backend code: its input's name and its
+/// numeric outputs.
+pub async fn run_model(model: &Path, ort_library: &Path, rows: &Rows) -> Result<(String, Outputs), String> {
     let spec = OnnxSpec {
         path: model.to_path_buf(),
         sha256: String::new(),
@@ -37,7 +48,7 @@ pub async fn profile_model(model: &Path, ort_library: &Path, rows: Rows) -> Resu
     result
 }
 
-async fn run(backend: &OnnxBackend, model: &Path, rows: Rows) -> Result<Profile, String> {
+async fn run(backend: &OnnxBackend, model: &Path, rows: &Rows) -> Result<(String, Outputs), String> {
     let sig = backend.signature();
     if sig.inputs.len() != 1 {
         return Err(format!("{} takes {} inputs; profiles are of one-input models", model.display(), sig.inputs.len()));
@@ -76,9 +87,5 @@ async fn run(backend: &OnnxBackend, model: &Path, rows: Rows) -> Result<Profile,
             }
         }
     }
-    let outputs = outputs.iter().flat_map(|(name, width, values)| output_columns(name, *width, values)).collect();
-    let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let profile = Profile::of(name, input.name.clone(), rows.width, &rows.values, outputs);
-    profile.check()?;
-    Ok(profile)
+    Ok((input.name.clone(), outputs))
 }

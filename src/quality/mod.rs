@@ -3,13 +3,15 @@
 //! - `validate` — rows outside the profile, counted or rejected;
 //! - `drift` — live rows over a sliding window against the profile (PSI, chi-square);
 //! - `performance` — accuracy from label feedback over a sliding window against a floor;
-//! - `capture` — answers and their feedback as rotating JSON Lines, never blocking.
+//! - `capture` — answers and their feedback as rotating JSON Lines, never blocking;
+//! - `evaluate` — the CI model gate's statistics (a candidate against the baseline).
 //!
 //! A lower room: it knows `config`, `protocol` and `metrics`, never `routing`, `rollout` or
 //! `server`.
 
 pub mod capture;
 pub mod drift;
+pub mod evaluate;
 pub mod performance;
 pub mod profile;
 pub mod validate;

@@ -197,6 +197,9 @@ impl Profile {
     }
 }
 
+/// Each numeric output of a model run on rows: (name, columns, row-major values).
+pub type Outputs = Vec<(String, usize, Vec<f64>)>;
+
 /// Reference rows read from a data file, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rows {
@@ -206,6 +209,8 @@ pub struct Rows {
     pub width: usize,
     /// `rows × width` values.
     pub values: Vec<f64>,
+    /// One true label per row, when the file gives them (`samples[i].label`).
+    pub labels: Option<Vec<f64>>,
 }
 
 /// Reads rows from JSON: `[[...], ...]`, the holdout form `{"samples": [{"features": [...]}]}`,
@@ -234,7 +239,7 @@ pub fn read_rows(text: &[u8]) -> Result<Rows, String> {
             }
         }
         match width {
-            Some(w) if w > 0 => Ok(Rows { input, width: w, values }),
+            Some(w) if w > 0 => Ok(Rows { input, width: w, values, labels: None }),
             _ => Err("no rows".to_string()),
         }
     };
@@ -247,7 +252,10 @@ pub fn read_rows(text: &[u8]) -> Result<Rows, String> {
                 .enumerate()
                 .map(|(i, s)| s.get("features").ok_or_else(|| format!("samples[{i}] has no `features`")))
                 .collect::<Result<Vec<_>, _>>()?;
-            from_rows(rows, o.get("input").and_then(|v| v.as_str()).map(str::to_string))
+            let mut rows = from_rows(rows, o.get("input").and_then(|v| v.as_str()).map(str::to_string))?;
+            let labels: Option<Vec<f64>> = samples.iter().map(|s| s.get("label").and_then(|l| l.as_f64())).collect();
+            rows.labels = labels;
+            Ok(rows)
         }
         serde_json::Value::Object(o) if o.contains_key("inputs") => {
             let first = o["inputs"].as_array().and_then(|a| a.first()).ok_or("`inputs` is an empty list")?;
@@ -273,7 +281,7 @@ pub fn read_rows(text: &[u8]) -> Result<Rows, String> {
             if width == 0 || flat.len() % width != 0 {
                 return Err(format!("inputs[0]: {} values do not make rows of {width}", flat.len()));
             }
-            Ok(Rows { input: name, width, values: flat })
+            Ok(Rows { input: name, width, values: flat, labels: None })
         }
         _ => Err("expected a list of rows, {\"samples\": [...]} or an inference request {\"inputs\": [...]}".into()),
     }
