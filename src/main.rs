@@ -6,6 +6,7 @@ use modelgate::admin::AdminState;
 use modelgate::backend::runtime;
 use modelgate::config::Config;
 use modelgate::protocol::request_id::IdCodec;
+use modelgate::quality::evaluate::Gate;
 use modelgate::rollout::control::Options;
 use modelgate::rollout::Controller;
 use modelgate::server::{self, AppState, ListenerSettings};
@@ -291,14 +292,14 @@ fn main() -> ExitCode {
                 resamples,
                 json,
                 ort_library,
-            } => {
-                let gate = Gate { metric, max_regression, confidence, resamples, json };
-                match evaluate(&baseline, &candidate, &data, gate, ort_library.as_deref()).await {
+            } => match Gate::new(&metric, max_regression, confidence, resamples) {
+                Err(e) => Err(anyhow::anyhow!(e)),
+                Ok(gate) => match evaluate([&baseline, &candidate], &data, gate, json, ort_library.as_deref()).await {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(anyhow::Error::new(GateFailed)),
                     Err(e) => Err(e),
-                }
-            }
+                },
+            },
             Command::Profile { model, data, out, ort_library } => {
                 profile(&model, &data, out.as_deref(), ort_library.as_deref()).await
             }
@@ -400,66 +401,17 @@ impl std::fmt::Display for GateFailed {
 
 impl std::error::Error for GateFailed {}
 
-/// What `modelgate evaluate` judges by.
-struct Gate {
-    metric: String,
-    max_regression: f64,
-    confidence: f64,
-    resamples: usize,
-    json: bool,
-}
-
 /// `modelgate evaluate`: both models on the labelled rows; prints the comparison, returns the verdict.
-async fn evaluate(
-    baseline: &Path,
-    candidate: &Path,
-    data: &Path,
-    gate: Gate,
-    ort_flag: Option<&Path>,
-) -> anyhow::Result<bool> {
-    use modelgate::quality::evaluate::{evaluate, Metric, Predictions};
-    let metric = Metric::parse(&gate.metric)
-        .ok_or_else(|| anyhow::anyhow!("unknown metric {:?}: use accuracy, auc or rmse", gate.metric))?;
-    anyhow::ensure!(gate.confidence > 0.5 && gate.confidence < 1.0, "--confidence must be between 0.5 and 1");
-    anyhow::ensure!((100..=1_000_000).contains(&gate.resamples), "--resamples must be between 100 and 1000000");
+async fn evaluate(models: [&Path; 2], data: &Path, gate: Gate, json: bool, ort: Option<&Path>) -> anyhow::Result<bool> {
     let text = std::fs::read(data).with_context(|| format!("cannot read {}", data.display()))?;
     let rows = modelgate::quality::profile::read_rows(&text).map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
-    let labels =
-        rows.labels.clone().with_context(|| format!("{}: every sample needs a numeric `label`", data.display()))?;
-    let lib = runtime::locate(ort_flag, None);
-    let mut predictions = Vec::new();
-    for model in [baseline, candidate] {
-        let (_, outputs) =
-            modelgate::backend::profile::run_model(model, &lib, &rows).await.map_err(anyhow::Error::msg)?;
-        predictions.push(Predictions::from_outputs(&outputs, labels.len()));
-    }
-    let e = evaluate(
-        metric,
-        &labels,
-        &predictions[0],
-        &predictions[1],
-        gate.max_regression,
-        gate.confidence,
-        gate.resamples,
-    )
-    .map_err(anyhow::Error::msg)?;
-    if gate.json {
-        println!("{}", serde_json::to_string_pretty(&e)?);
-    } else {
-        println!("metric      {:?} on {} rows", e.metric, e.rows);
-        println!("baseline    {:.6}  {}", e.baseline, baseline.display());
-        println!("candidate   {:.6}  {}", e.candidate, candidate.display());
-        println!(
-            "regression  {:+.6} (upper {:.0}% bound {:+.6}, paired bootstrap x{})",
-            e.regression,
-            e.confidence * 100.0,
-            e.regression_upper,
-            e.resamples
-        );
-        if let Some(p) = e.mcnemar_p {
-            println!("mcnemar p   {p:.6}");
-        }
-        println!("verdict     {} (max regression {})", if e.pass { "PASS" } else { "FAIL" }, e.max_regression);
+    let lib = runtime::locate(ort, None);
+    let e = modelgate::backend::profile::evaluate_models(models[0], models[1], &rows, gate, &lib)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(&e)?),
+        false => print!("{}", e.table(&models[0].display().to_string(), &models[1].display().to_string())),
     }
     Ok(e.pass)
 }

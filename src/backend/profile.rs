@@ -4,6 +4,7 @@
 use super::onnx::OnnxBackend;
 use crate::config::OnnxSpec;
 use crate::protocol::{DataType, Tensor, TensorData};
+use crate::quality::evaluate::{evaluate, Evaluation, Gate, Predictions};
 use crate::quality::profile::{output_columns, Outputs, Profile, Rows};
 use std::path::Path;
 use std::time::Duration;
@@ -20,6 +21,23 @@ pub async fn profile_model(model: &Path, ort_library: &Path, rows: Rows) -> Resu
     let profile = Profile::of(name, input, rows.width, &rows.values, outputs);
     profile.check()?;
     Ok(profile)
+}
+
+/// The CI gate: both models on the labelled `rows`, compared as `gate` says.
+pub async fn evaluate_models(
+    baseline: &Path,
+    candidate: &Path,
+    rows: &Rows,
+    gate: Gate,
+    ort_library: &Path,
+) -> Result<Evaluation, String> {
+    let labels = rows.labels.as_deref().ok_or("every sample needs a numeric `label`")?;
+    let mut predictions = Vec::with_capacity(2);
+    for model in [baseline, candidate] {
+        let (_, outputs) = run_model(model, ort_library, rows).await?;
+        predictions.push(Predictions::from_outputs(&outputs, labels.len()));
+    }
+    evaluate(gate, labels, &predictions[0], &predictions[1])
 }
 
 /// Runs `model` on `rows` (in chunks) through the ONNX backend code: its input's name and its

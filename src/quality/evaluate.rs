@@ -128,6 +128,38 @@ pub fn mcnemar(b: u64, c: u64) -> f64 {
     Binomial::new(0.5, n).map_or(1.0, |d| (2.0 * d.cdf(b.min(c))).min(1.0))
 }
 
+/// How a candidate is judged: the metric, the regression allowed, the bound's confidence and
+/// the bootstrap resamples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gate {
+    /// What is compared.
+    pub metric: Metric,
+    /// Largest regression allowed, in the metric's units.
+    pub max_regression: f64,
+    /// Confidence of the one-sided bound (0.5 to 1, exclusive).
+    pub confidence: f64,
+    /// Paired bootstrap resamples (100 to 1 000 000).
+    pub resamples: usize,
+}
+
+impl Gate {
+    /// A gate from command-line values; the error says which value is wrong.
+    pub fn new(metric: &str, max_regression: f64, confidence: f64, resamples: usize) -> Result<Gate, String> {
+        let metric =
+            Metric::parse(metric).ok_or_else(|| format!("unknown metric {metric:?}: use accuracy, auc or rmse"))?;
+        if !max_regression.is_finite() {
+            return Err("--max-regression must be a number".into());
+        }
+        if !(confidence > 0.5 && confidence < 1.0) {
+            return Err("--confidence must be between 0.5 and 1".into());
+        }
+        if !(100..=1_000_000).contains(&resamples) {
+            return Err("--resamples must be between 100 and 1000000".into());
+        }
+        Ok(Gate { metric, max_regression, confidence, resamples })
+    }
+}
+
 /// The gate's verdict and the numbers behind it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Evaluation {
@@ -155,16 +187,35 @@ pub struct Evaluation {
     pub pass: bool,
 }
 
+impl Evaluation {
+    /// The comparison as a small table for people (`baseline` and `candidate` name the models).
+    pub fn table(&self, baseline: &str, candidate: &str) -> String {
+        let mut t = format!("metric      {:?} on {} rows\n", self.metric, self.rows);
+        t += &format!("baseline    {:.6}  {baseline}\n", self.baseline);
+        t += &format!("candidate   {:.6}  {candidate}\n", self.candidate);
+        t += &format!(
+            "regression  {:+.6} (upper {:.0}% bound {:+.6}, paired bootstrap x{})\n",
+            self.regression,
+            self.confidence * 100.0,
+            self.regression_upper,
+            self.resamples
+        );
+        if let Some(p) = self.mcnemar_p {
+            t += &format!("mcnemar p   {p:.6}\n");
+        }
+        let verdict = if self.pass { "PASS" } else { "FAIL" };
+        t + &format!("verdict     {verdict} (max regression {})\n", self.max_regression)
+    }
+}
+
 /// Compares the candidate with the baseline on `labels`.
 pub fn evaluate(
-    metric: Metric,
+    gate: Gate,
     labels: &[f64],
     baseline: &Predictions,
     candidate: &Predictions,
-    max_regression: f64,
-    confidence: f64,
-    resamples: usize,
 ) -> Result<Evaluation, String> {
+    let Gate { metric, max_regression, confidence, resamples } = gate;
     let what = match metric {
         Metric::Accuracy => "a class (a `label` output or class scores)",
         Metric::Auc => "a positive-class score (a two-column or one-column score output)",
@@ -239,11 +290,13 @@ mod tests {
         let right = Predictions { class: Some(labels.clone()), score: None, value: None };
         let wrong: Vec<f64> = labels.iter().enumerate().map(|(i, l)| if i % 5 == 0 { 1.0 - l } else { *l }).collect();
         let worse = Predictions { class: Some(wrong), score: None, value: None };
-        let e = evaluate(Metric::Accuracy, &labels, &right, &worse, 0.05, 0.95, 1000).unwrap();
+        let gate = |metric, max| Gate { metric, max_regression: max, confidence: 0.95, resamples: 1000 };
+        let e = evaluate(gate(Metric::Accuracy, 0.05), &labels, &right, &worse).unwrap();
         assert!((e.regression - 0.2).abs() < 1e-12 && !e.pass, "{e:?}");
         assert!(e.mcnemar_p.unwrap() < 1e-6);
-        let same = evaluate(Metric::Accuracy, &labels, &right, &right, 0.0, 0.95, 1000).unwrap();
+        let same = evaluate(gate(Metric::Accuracy, 0.0), &labels, &right, &right).unwrap();
         assert!(same.pass && same.regression == 0.0);
-        assert!(evaluate(Metric::Rmse, &labels, &right, &right, 0.0, 0.95, 10).is_err(), "no regression output");
+        assert!(evaluate(gate(Metric::Rmse, 0.0), &labels, &right, &right).is_err(), "no regression output");
+        assert!(Gate::new("f1", 0.0, 0.95, 1000).unwrap_err().contains("unknown metric"));
     }
 }
