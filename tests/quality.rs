@@ -434,3 +434,50 @@ fn evaluate_gates_a_candidate_by_its_exit_code() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown metric \"f1\""));
 }
+
+/// Time that moves only when told.
+#[derive(Debug)]
+struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl modelgate::rollout::engine::Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_schedule_fires_retrain_due_at_each_instant_and_not_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    let yaml = routes("    schedule: {every: 1h}", "")
+        .replace(&format!(", profile: \"{}\"", model("breast-cancer.profile.json")), "");
+    let config = Config::parse(&yaml, &path).unwrap();
+    let hour = 3_600_000u64;
+    let start = 1_800_000_000_000u64 + hour / 2; // half past
+    let clock = std::sync::Arc::new(ManualClock(std::sync::atomic::AtomicU64::new(start)));
+    let options = modelgate::rollout::control::Options {
+        ort_library: modelgate::backend::runtime::locate(None, None),
+        telemetry: modelgate::telemetry::Telemetry::new(),
+        state_dir: None,
+    };
+    let controller = modelgate::rollout::Controller::start_with_clock(config, options, clock.clone()).await.unwrap();
+    let due = |c: &modelgate::rollout::Controller| {
+        c.events(0, Some("bc"))
+            .iter()
+            .filter(|e| e.kind == "retrain_due")
+            .map(|e| e.details["due_ms"].clone())
+            .collect::<Vec<_>>()
+    };
+    controller.check_drift();
+    assert!(due(&controller).is_empty(), "starting is not a due instant");
+    clock.0.fetch_add(hour / 4, std::sync::atomic::Ordering::SeqCst);
+    controller.check_drift();
+    assert!(due(&controller).is_empty());
+    clock.0.fetch_add(hour / 4, std::sync::atomic::Ordering::SeqCst); // the hour
+    controller.check_drift();
+    controller.check_drift();
+    assert_eq!(due(&controller), [json!(1_800_000_000_000u64 + hour)], "once per instant");
+    clock.0.fetch_add(hour, std::sync::atomic::Ordering::SeqCst);
+    controller.check_drift();
+    assert_eq!(due(&controller).len(), 2);
+}

@@ -1,7 +1,7 @@
 //! Data quality in routes.yaml: a backend's reference profile (`onnx.profile`), and per route
 //! input validation (`validation:`) and drift detection (`drift:`) against it.
 
-use super::raw::{RawCapture, RawDrift, RawPerformance, RawValidation};
+use super::raw::{RawCapture, RawDrift, RawPerformance, RawSchedule, RawValidation};
 use super::*;
 use crate::quality::profile::Profile;
 use std::sync::Arc;
@@ -129,6 +129,14 @@ pub(super) fn capture(raw: &RawCapture, place: &str, issues: &mut Issues) -> Cap
             *n > 0
         }),
     }
+}
+
+pub(super) fn schedule(raw: &RawSchedule, place: &str, issues: &mut Issues) -> Duration {
+    let every = duration(&Some(raw.every.clone()), Duration::from_secs(86_400), &format!("{place}.every"), issues);
+    if every < Duration::from_secs(1) {
+        issues.push(format!("{place}.every"), format!("must be at least 1s, got {every:?}"));
+    }
+    every
 }
 
 pub(super) fn profile(base: &Path, path: &str, place: &str, issues: &mut Issues) -> Option<ProfileRef> {

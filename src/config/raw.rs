@@ -153,6 +153,14 @@ pub struct RawRoute {
     pub drift: Option<RawDrift>,
     pub performance: Option<RawPerformance>,
     pub capture: Option<RawCapture>,
+    pub schedule: Option<RawSchedule>,
+}
+
+/// `routes[i].schedule:` — a periodic `retrain_due` event.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    pub every: String,
 }
 
 /// `routes[i].capture:` — a sampled log of answers and their feedback.

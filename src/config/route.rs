@@ -24,6 +24,9 @@ pub struct RouteSpec {
     pub performance: Option<PerformanceSpec>,
     /// Answers and their feedback logged as JSON Lines.
     pub capture: Option<CaptureSpec>,
+    /// `schedule: {every: 24h}`: a `retrain_due` event at every multiple of this since the
+    /// epoch (every replica and restart agrees on the instants).
+    pub schedule: Option<Duration>,
 }
 
 /// A deployment strategy. Variants are named after their backends.
@@ -438,6 +441,7 @@ pub(super) fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut
             let performance =
                 r.performance.as_ref().map(|p| quality::performance(p, &format!("{place}.performance"), issues));
             let capture = r.capture.as_ref().map(|c| quality::capture(c, &format!("{place}.capture"), issues));
+            let schedule = r.schedule.as_ref().map(|s| quality::schedule(s, &format!("{place}.schedule"), issues));
             out.push(RouteSpec {
                 kind,
                 strategy,
@@ -448,6 +452,7 @@ pub(super) fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut
                 drift,
                 performance,
                 capture,
+                schedule,
             });
         }
     }

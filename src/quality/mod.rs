@@ -175,6 +175,8 @@ pub struct Registry {
     windows: Mutex<HashMap<(String, String), Arc<DriftWindow>>>,
     labels: Mutex<HashMap<(String, String), Arc<LabelWindow>>>,
     captures: Mutex<HashMap<String, Arc<capture::Capture>>>,
+    /// Per route: its `schedule.every` (ms) and the last instant it was due (ms), if seen.
+    schedules: Mutex<HashMap<String, (u64, Option<u64>)>>,
 }
 
 impl Registry {
@@ -228,6 +230,32 @@ impl Registry {
     pub fn sync_captures(&self, timeout: std::time::Duration) -> bool {
         let all: Vec<_> = self.captures.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         all.iter().all(|c| c.sync(timeout))
+    }
+
+    /// Records a route's schedule (kept while `every` is unchanged), or forgets it (`None`).
+    pub fn schedule(&self, route: &str, every: Option<std::time::Duration>) {
+        let mut all = self.schedules.lock().unwrap_or_else(|p| p.into_inner());
+        match every.map(|e| (e.as_millis() as u64).max(1)) {
+            None => {
+                all.remove(route);
+            }
+            Some(ms) => {
+                if all.get(route).is_none_or(|(e, _)| *e != ms) {
+                    all.insert(route.to_string(), (ms, None));
+                }
+            }
+        }
+    }
+
+    /// Whether `route`'s schedule came due since the last call: the due instant. The first
+    /// look only notes where the schedule stands, so a restart does not fire at once.
+    pub fn due(&self, route: &str, now_ms: u64) -> Option<(u64, u64)> {
+        let mut all = self.schedules.lock().unwrap_or_else(|p| p.into_inner());
+        let (every, last) = all.get_mut(route)?;
+        let instant = now_ms / *every * *every;
+        let fired = last.is_some_and(|l| instant > l);
+        *last = Some(instant);
+        fired.then_some((instant, *every))
     }
 
     /// Every window: (route, variant, window), sorted.

@@ -3,7 +3,8 @@
 //! `drift_detected` event (or `drift_cleared`) goes out when the set of drifted features of a
 //! variant changes, a `performance_degraded` (or `performance_recovered`) when its verdict on
 //! label feedback changes, and `labelled_data_ready` after `capture.ready_after` newly captured
-//! label rows. Too few rows in a window changes nothing.
+//! label rows, and `retrain_due` at every instant of a route's `schedule`. Too few rows in a
+//! window changes nothing.
 
 use super::control::{lock, Controller};
 use crate::quality::capture::Capture;
@@ -21,6 +22,11 @@ impl Controller {
         let now = self.clock.now_ms();
         let table = self.table.load();
         for route in table.routes() {
+            if let Some((instant, every)) = self.telemetry.quality.due(&route.name, now) {
+                let details = json!({ "due_ms": instant, "every_ms": every, "next_ms": instant + every });
+                let message = format!("route {} is due for retraining (schedule every {every} ms)", route.name);
+                self.emit(now, &route.name, "retrain_due", message, details);
+            }
             let capture = route.variants.iter().find_map(|v| v.quality.as_ref()?.capture.as_ref());
             if let Some(c) = capture {
                 self.labelled_ready(now, route, c);
