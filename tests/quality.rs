@@ -67,6 +67,10 @@ fn the_profile_command_reproduces_the_shipped_profile() {
     assert_eq!(made["features"].as_array().unwrap().len(), 30);
     // The outputs are profiled through ONNX Runtime: the predicted label is a category.
     assert_eq!(made["outputs"][0]["name"], "label");
+    // The rows came with labels: the profile keeps v1's accuracy on them, the one the generator
+    // recorded from Python onnxruntime.
+    let recorded = expected_outputs()["models"]["breast-cancer-v1"]["holdout_accuracy"].as_f64().unwrap();
+    assert_eq!(made["reference"]["accuracy"].as_f64(), Some(recorded));
     assert!(made["outputs"][0]["categories"].is_array());
 
     // An OIP request body is data too; a file of the wrong width is refused, naming the shapes.
@@ -480,4 +484,23 @@ async fn a_schedule_fires_retrain_due_at_each_instant_and_not_on_start() {
     clock.0.fetch_add(hour, std::sync::atomic::Ordering::SeqCst);
     controller.check_drift();
     assert_eq!(due(&controller).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_drop_judges_against_the_profiles_reference_accuracy() {
+    // Floor = v1's reference accuracy (0.9006) less 0.1.
+    let gw = Gateway::start(&routes("    performance: {window: 1m, min_samples: 150, max_drop: 0.1}", "")).await;
+    answer_and_label(&gw, true).await;
+    let event = wait_for_event(&gw, "bc", "performance_degraded").await;
+    let floor = event["details"]["report"]["floor"].as_f64().unwrap();
+    assert!((floor - (0.9005847953216374 - 0.1)).abs() < 1e-12, "{event}");
+    gw.shutdown().await;
+    // Without a profile there is no reference to drop from: the file is refused.
+    let yaml = routes("    performance: {max_drop: 0.1}", "")
+        .replace(&format!(", profile: \"{}\"", model("breast-cancer.profile.json")), "");
+    let e = Config::parse(&yaml, std::path::Path::new("/tmp/r.yaml")).unwrap_err().to_string();
+    assert!(
+        e.contains("routes[0].performance.max_drop: backend \"bc\" has no profile with a reference accuracy"),
+        "{e}"
+    );
 }

@@ -5,7 +5,7 @@ use super::onnx::OnnxBackend;
 use crate::config::OnnxSpec;
 use crate::protocol::{DataType, Tensor, TensorData};
 use crate::quality::evaluate::{evaluate, Evaluation, Gate, Predictions};
-use crate::quality::profile::{output_columns, Outputs, Profile, Rows};
+use crate::quality::profile::{output_columns, Outputs, Profile, Reference, Rows};
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,10 +15,17 @@ const CHUNK: usize = 256;
 /// The reference profile of `model` on `rows`: each input column, and each column of each
 /// numeric output of the model run on the rows.
 pub async fn profile_model(model: &Path, ort_library: &Path, rows: Rows) -> Result<Profile, String> {
-    let (input, outputs) = run_model(model, ort_library, &rows).await?;
-    let outputs = outputs.iter().flat_map(|(name, width, values)| output_columns(name, *width, values)).collect();
+    let (input, raw) = run_model(model, ort_library, &rows).await?;
+    let outputs = raw.iter().flat_map(|(name, width, values)| output_columns(name, *width, values)).collect();
     let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let profile = Profile::of(name, input, rows.width, &rows.values, outputs);
+    let mut profile = Profile::of(name, input, rows.width, &rows.values, outputs);
+    if let Some(labels) = &rows.labels {
+        let predicted = Predictions::from_outputs(&raw, labels.len()).class;
+        profile.reference = predicted.map(|p| {
+            let right = p.iter().zip(labels).filter(|(p, l)| p == l).count();
+            Reference { rows: labels.len() as u64, accuracy: right as f64 / labels.len().max(1) as f64 }
+        });
+    }
     profile.check()?;
     Ok(profile)
 }

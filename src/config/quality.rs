@@ -69,8 +69,11 @@ pub struct PerformanceSpec {
     pub window: Duration,
     /// Fewer scored rows than this is no verdict.
     pub min_samples: u64,
-    /// Accuracy below which a variant is degraded.
+    /// Accuracy below which a variant is degraded (with `max_drop`: filled in per variant from
+    /// its profile's reference accuracy).
     pub floor: f64,
+    /// The floor is the variant's profile's reference accuracy less this.
+    pub max_drop: Option<f64>,
     /// Confidence of the bound (degraded when even the upper bound is below the floor).
     pub confidence: f64,
 }
@@ -78,14 +81,24 @@ pub struct PerformanceSpec {
 pub(super) fn performance(raw: &RawPerformance, place: &str, issues: &mut Issues) -> PerformanceSpec {
     let window = duration(&raw.window, Duration::from_secs(600), &format!("{place}.window"), issues);
     let min_samples = raw.min_samples.unwrap_or(200).max(1);
-    if !(raw.floor > 0.0 && raw.floor <= 1.0) {
-        issues.push(format!("{place}.floor"), format!("an accuracy between 0 and 1, got {}", raw.floor));
+    match (raw.floor, raw.max_drop) {
+        (Some(f), None) if !(f > 0.0 && f <= 1.0) => {
+            issues.push(format!("{place}.floor"), format!("an accuracy between 0 and 1, got {f}"));
+        }
+        (None, Some(d)) if !(0.0..1.0).contains(&d) => {
+            issues.push(format!("{place}.max_drop"), format!("an accuracy drop between 0 and 1, got {d}"));
+        }
+        (Some(_), None) | (None, Some(_)) => {}
+        _ => issues.push(
+            place,
+            "set either `floor` (an accuracy) or `max_drop` (below the profile's reference accuracy), not both",
+        ),
     }
     let confidence = raw.confidence.unwrap_or(0.95);
     if !(0.5..1.0).contains(&confidence) {
         issues.push(format!("{place}.confidence"), format!("must be at least 0.5 and below 1, got {confidence}"));
     }
-    PerformanceSpec { window, min_samples, floor: raw.floor, confidence }
+    PerformanceSpec { window, min_samples, floor: raw.floor.unwrap_or(0.0), max_drop: raw.max_drop, confidence }
 }
 
 /// `routes[i].capture:` — answers (inputs, outputs, variant) and their feedback as JSON Lines.
@@ -208,6 +221,24 @@ fn features(raw: Option<&[String]>, place: &str, issues: &mut Issues) -> Vec<Str
 /// A route that validates or watches drift needs a profile on every variant, and the features
 /// it names must be in each of them.
 pub(super) fn check_route(route: &RouteSpec, backends: &[BackendSpec], place: &str, issues: &mut Issues) {
+    if route.performance.as_ref().is_some_and(|p| p.max_drop.is_some()) {
+        for b in route.strategy.backends() {
+            let Some(spec) = backends.iter().find(|s| s.name == b) else { continue };
+            let referenced = match &spec.kind {
+                BackendKind::Onnx(OnnxSpec { profile: Some(p), .. }) => p.profile.reference.is_some(),
+                _ => false,
+            };
+            if !referenced {
+                issues.push(
+                    format!("{place}.performance.max_drop"),
+                    format!(
+                        "backend {b:?} has no profile with a reference accuracy (make its profile from labelled \
+                         rows), so there is nothing to drop from: set `floor` instead"
+                    ),
+                );
+            }
+        }
+    }
     let named: Vec<(&str, &Vec<String>)> = route
         .validation
         .iter()

@@ -181,7 +181,8 @@ pub struct RawCapture {
 pub struct RawPerformance {
     pub window: Option<String>,
     pub min_samples: Option<u64>,
-    pub floor: f64,
+    pub floor: Option<f64>,
+    pub max_drop: Option<f64>,
     pub confidence: Option<f64>,
 }
 

@@ -61,8 +61,14 @@ impl VariantQuality {
         capture: Option<Arc<capture::Capture>>,
         counter: impl Fn(&str) -> metrics::Counter,
     ) -> Option<VariantQuality> {
-        let performance = route.performance.as_ref().map(|p| registry.labels(route.name(), variant, p));
         let profile = profile.map(|p| &p.profile);
+        let performance = route.performance.as_ref().and_then(|p| {
+            let floor = match p.max_drop {
+                None => p.floor,
+                Some(drop) => profile?.reference.as_ref()?.accuracy - drop,
+            };
+            Some(registry.labels(route.name(), variant, &PerformanceSpec { floor, ..p.clone() }))
+        });
         let input = profile.and_then(|p| inputs.iter().position(|i| *i == p.input));
         let (validator, drift) = match (profile, input) {
             (Some(p), Some(_)) => (

@@ -110,7 +110,13 @@ mod tests {
     use std::time::Duration;
 
     fn spec() -> PerformanceSpec {
-        PerformanceSpec { window: Duration::from_secs(10), min_samples: 100, floor: 0.9, confidence: 0.95 }
+        PerformanceSpec {
+            window: Duration::from_secs(10),
+            min_samples: 100,
+            floor: 0.9,
+            max_drop: None,
+            confidence: 0.95,
+        }
     }
 
     #[test]

@@ -39,6 +39,19 @@ pub struct Profile {
     /// One per column of each numeric output, when the model was run on the rows.
     #[serde(default)]
     pub outputs: Vec<FeatureProfile>,
+    /// The model's accuracy on the rows, when they came with labels and it predicts a class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+}
+
+/// How the model did on the labelled reference rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    /// Labelled rows.
+    pub rows: u64,
+    /// Share predicted right.
+    pub accuracy: f64,
 }
 
 /// One column's reference distribution.
@@ -158,7 +171,7 @@ impl Profile {
                 FeatureProfile::of(format!("f{j}"), &column)
             })
             .collect();
-        Profile { format: FORMAT.to_string(), model, input, rows: n as u64, features, outputs }
+        Profile { format: FORMAT.to_string(), model, input, rows: n as u64, features, outputs, reference: None }
     }
 
     /// Reads and checks a profile file.
@@ -187,6 +200,11 @@ impl Profile {
         }
         for (i, f) in self.outputs.iter().enumerate() {
             f.check(&format!("outputs[{i}]"))?;
+        }
+        if let Some(r) = &self.reference {
+            if !(0.0..=1.0).contains(&r.accuracy) {
+                return Err(format!("reference.accuracy must be between 0 and 1, got {}", r.accuracy));
+            }
         }
         Ok(())
     }
