@@ -113,6 +113,15 @@ async fn a_profile_that_does_not_fit_is_refused_with_its_place() {
     let e = Config::parse(&routes("", hooks), &path).unwrap_err().to_string();
     assert!(e.contains("webhooks[0].format: unknown format \"xml\""), "{e}");
     assert!(e.contains("webhooks[0].template: is not JSON"), "{e}");
+    let hooks =
+        "webhooks:\n  - {url: \"http://127.0.0.1:9/x\", header_env: {authorization: MODELGATE_TEST_UNSET_VARIABLE}}\n";
+    let e = Config::parse(&routes("", hooks), &path).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "webhooks[0].header_env.authorization: environment variable MODELGATE_TEST_UNSET_VARIABLE is not set"
+        ),
+        "{e}"
+    );
     // A profile of another width: refused when the model is loaded, and the table is not built.
     let mut narrow: Value =
         serde_json::from_slice(&std::fs::read(root().join("models/breast-cancer.profile.json")).unwrap()).unwrap();
@@ -186,10 +195,13 @@ async fn a_drifted_feature_fires_one_event_through_the_webhook_and_sets_its_gaug
     let hooks = format!(
         "webhooks:\n  - {{url: \"{}/hook\", events: [drift_detected], format: cloudevents}}\n  \
          - url: \"{}/repos/o/r/dispatches\"\n    events: [drift_detected]\n    \
-         template: '{{\"event_type\": {{{{kind}}}}, \"client_payload\": {{{{event}}}}}}'\n",
+         template: '{{\"event_type\": {{{{kind}}}}, \"client_payload\": {{{{event}}}}}}'\n    \
+         header_env: {{authorization: MODELGATE_TEST_DISPATCH_AUTH}}\n",
         hook.url(),
         dispatch.url()
     );
+    // A variable only this test reads.
+    std::env::set_var("MODELGATE_TEST_DISPATCH_AUTH", "Bearer dispatch-token");
     let yaml = routes(drift, &hooks);
     let gw = Gateway::start(&yaml).await;
     let rows = holdout();
@@ -242,6 +254,7 @@ async fn a_drifted_feature_fires_one_event_through_the_webhook_and_sets_its_gaug
     let seen = dispatch.last();
     assert_eq!(seen.headers["content-type"], "application/json");
     let sent: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(seen.headers["authorization"], "Bearer dispatch-token");
     assert_eq!(sent["event_type"], "drift_detected");
     assert_eq!(sent["client_payload"]["details"]["features"], json!(["f0"]));
     gw.controller.check_drift();

@@ -28,6 +28,7 @@ pub struct RawWebhook {
     pub retries: Option<u32>,
     pub format: Option<String>,
     pub template: Option<String>,
+    pub header_env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `server:` — listeners, limits and timeouts. Every field is optional.

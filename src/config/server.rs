@@ -21,6 +21,9 @@ pub struct WebhookSpec {
     pub format: WebhookFormat,
     /// A JSON body with placeholders (`{{event}}`, `{{kind}}`, ...) wrapped around the event.
     pub template: Option<String>,
+    /// Extra request headers (an orchestrator's `Authorization`, say), their values read from
+    /// the environment variables named in `header_env` so that secrets stay out of the file.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// `webhooks[i].format:` — what a webhook's body is.
@@ -290,6 +293,24 @@ pub(super) fn webhooks(raw: &[raw::RawWebhook], issues: &mut Issues) -> Vec<Webh
                     );
                 }
             }
+            let mut headers = Vec::new();
+            for (name, var) in w.header_env.iter().flatten() {
+                let hplace = format!("{place}.header_env.{name}");
+                let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                    issues.push(hplace, format!("{name:?} is not a valid header name"));
+                    continue;
+                };
+                match std::env::var(var).ok().filter(|v| !v.is_empty()).map(|v| http::HeaderValue::from_str(&v)) {
+                    Some(Ok(mut value)) => {
+                        value.set_sensitive(true);
+                        headers.push((header, value));
+                    }
+                    Some(Err(_)) => {
+                        issues.push(hplace, format!("environment variable {var} is not a valid header value"))
+                    }
+                    None => issues.push(hplace, format!("environment variable {var} is not set")),
+                }
+            }
             url.map(|url| WebhookSpec {
                 url,
                 secret,
@@ -298,6 +319,7 @@ pub(super) fn webhooks(raw: &[raw::RawWebhook], issues: &mut Issues) -> Vec<Webh
                 retries: w.retries.unwrap_or(5).min(20),
                 format,
                 template: w.template.clone(),
+                headers,
             })
         })
         .collect()

@@ -70,6 +70,9 @@ async fn deliver(
     for attempt in 0..=hook.retries {
         let mut req =
             Request::post(hook.url.clone()).header("content-type", content_type).header("x-modelgate-event", kind);
+        for (name, value) in &hook.headers {
+            req = req.header(name, value);
+        }
         if let Some(key) = &hook.secret {
             req = req.header(SIGNATURE_HEADER, format!("sha256={}", signature(key, &body)));
         }
