@@ -21,6 +21,10 @@ pub const MAX_PROFILE_BYTES: u64 = 16 << 20;
 /// Most features a profile may describe (bounds the memory of validation and drift windows).
 pub const MAX_FEATURES: usize = 4096;
 
+/// Most histogram bins over all features and outputs: a drift window holds 10 counters per bin,
+/// so a variant's windows stay under about 5 MiB whatever the profile says.
+pub const MAX_BINS: usize = 65_536;
+
 /// A model's reference profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +199,10 @@ impl Profile {
         if self.features.is_empty() || self.features.len() > MAX_FEATURES {
             return Err(format!("features: between 1 and {MAX_FEATURES}, got {}", self.features.len()));
         }
+        let bins: usize = self.features.iter().chain(&self.outputs).map(|f| f.counts.len()).sum();
+        if bins > MAX_BINS {
+            return Err(format!("{bins} histogram bins in all; at most {MAX_BINS}"));
+        }
         for (i, f) in self.features.iter().enumerate() {
             f.check(&format!("features[{i}]"))?;
         }
@@ -365,5 +373,20 @@ mod tests {
         p.check().unwrap();
         p.features[0].counts[0] += 1;
         assert!(p.check().unwrap_err().contains("add up"));
+        let wide = FeatureProfile::of("w".into(), &(0..2000).map(f64::from).collect::<Vec<_>>());
+        p.features = vec![wide; 7000];
+        assert!(p.check().unwrap_err().contains("between 1 and 4096"));
+        p.features.truncate(4096); // 4096 × 10 bins: fine
+        p.check().unwrap();
+        p.outputs = vec![
+            FeatureProfile {
+                edges: (0..1000).map(f64::from).collect(),
+                counts: vec![0; 1001],
+                count: 0,
+                ..p.features[0].clone()
+            };
+            30
+        ];
+        assert!(p.check().unwrap_err().contains("histogram bins"));
     }
 }
