@@ -61,7 +61,7 @@ impl Validator {
         };
         let mut counters: Vec<Counter> = labelled.iter().map(|name| counter(name)).collect();
         let other = counters.len();
-        if labelled.len() < profile.features.len() {
+        if profile.features.iter().any(|f| !labelled.contains(&f.name.as_str())) {
             counters.push(counter(OTHER));
         }
         let bounds = profile
