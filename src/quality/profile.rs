@@ -223,6 +223,61 @@ impl Profile {
     }
 }
 
+/// The `.npy` format (version 1 to 3): magic, version, header length, a Python dict literal
+/// header, then the data. Written by hand: the format is a few lines and no crate is needed.
+fn read_npy(bytes: &[u8]) -> Result<Rows, String> {
+    let bad = |why: &str| format!("not a readable .npy file: {why}");
+    let major = *bytes.get(6).ok_or_else(|| bad("too short"))?;
+    let (len_size, start) = match major {
+        1 => (2, 8),
+        2 | 3 => (4, 8),
+        v => return Err(bad(&format!("format version {v}"))),
+    };
+    let len_bytes = bytes.get(start..start + len_size).ok_or_else(|| bad("too short"))?;
+    let header_len = len_bytes.iter().rev().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+    let body = start + len_size;
+    let header = bytes.get(body..body + header_len).ok_or_else(|| bad("header beyond the end"))?;
+    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
+    let field = |key: &str| -> Option<&str> {
+        let at = header.find(&format!("'{key}':"))? + key.len() + 3;
+        Some(header[at..].trim_start())
+    };
+    let descr = field("descr").and_then(|d| d.strip_prefix('\'')?.split('\'').next()).ok_or_else(|| bad("no descr"))?;
+    if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
+        return Err(bad("Fortran order; save a C-order array"));
+    }
+    let shape: Vec<usize> = field("shape")
+        .and_then(|s| s.strip_prefix('(')?.split(')').next())
+        .map(|s| s.split(',').filter_map(|d| d.trim().parse().ok()).collect())
+        .ok_or_else(|| bad("no shape"))?;
+    let (rows, width) = match shape.as_slice() {
+        [r, w] => (*r, *w),
+        [w] => (1, *w),
+        _ => return Err(bad(&format!("shape {shape:?}: expected (rows, columns)"))),
+    };
+    let size = match descr {
+        "<f4" | "<i4" => 4,
+        "<f8" | "<i8" => 8,
+        other => return Err(bad(&format!("dtype {other:?}: use little-endian float32/64 or int32/64"))),
+    };
+    let data = &bytes[body + header_len..];
+    let count = rows.checked_mul(width).filter(|n| n.checked_mul(size) == Some(data.len()));
+    let Some(count) = count.filter(|n| *n > 0) else {
+        return Err(bad(&format!("{} data bytes do not hold {rows} × {width} values of {size} bytes", data.len())));
+    };
+    let values = data
+        .chunks_exact(size)
+        .map(|c| match (descr, c) {
+            ("<f4", &[a, b, c, d]) => f64::from(f32::from_le_bytes([a, b, c, d])),
+            ("<i4", &[a, b, c, d]) => f64::from(i32::from_le_bytes([a, b, c, d])),
+            ("<f8", c) => f64::from_le_bytes(c.try_into().unwrap_or_default()),
+            (_, c) => i64::from_le_bytes(c.try_into().unwrap_or_default()) as f64,
+        })
+        .collect::<Vec<f64>>();
+    debug_assert_eq!(values.len(), count);
+    Ok(Rows { input: None, width, values, labels: None })
+}
+
 /// Each numeric output of a model run on rows: (name, columns, row-major values).
 pub type Outputs = Vec<(String, usize, Vec<f64>)>;
 
@@ -239,9 +294,14 @@ pub struct Rows {
     pub labels: Option<Vec<f64>>,
 }
 
-/// Reads rows from JSON: `[[...], ...]`, the holdout form `{"samples": [{"features": [...]}]}`,
-/// or an Open Inference Protocol request body (its first input, `[rows, columns]`).
+/// Reads rows from a NumPy `.npy` file (a C-order `[rows, columns]` array of little-endian
+/// `f4`, `f8`, `i4` or `i8`), or from JSON: `[[...], ...]`, the holdout form
+/// `{"samples": [{"features": [...]}]}`, or an Open Inference Protocol request body (its first
+/// input, `[rows, columns]`).
 pub fn read_rows(text: &[u8]) -> Result<Rows, String> {
+    if text.starts_with(b"\x93NUMPY") {
+        return read_npy(text);
+    }
     let doc: serde_json::Value = serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))?;
     let number = |v: &serde_json::Value| -> Result<f64, String> {
         match v {
@@ -364,6 +424,19 @@ mod tests {
                 .unwrap();
         assert_eq!(c.values, vec![1.0, 2.0, 3.0, 4.0]);
         assert!(read_rows(b"[[1, 2], [3]]").unwrap_err().contains("row 1"));
+        // numpy.save of np.array([[1.5, -2], [3, 4]], dtype=np.float32): version 1 header.
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }";
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        let padded = format!("{header:<117}\n");
+        npy.extend((padded.len() as u16).to_le_bytes());
+        npy.extend(padded.as_bytes());
+        for v in [1.5f32, -2.0, 3.0, 4.0] {
+            npy.extend(v.to_le_bytes());
+        }
+        let d = read_rows(&npy).unwrap();
+        assert_eq!((d.width, d.values.clone()), (2, vec![1.5, -2.0, 3.0, 4.0]));
+        npy.pop();
+        assert!(read_rows(&npy).unwrap_err().contains("do not hold"));
         assert!(read_rows(b"{}").is_err());
     }
 
