@@ -321,7 +321,10 @@ fn captured(dir: &std::path::Path) -> Vec<Value> {
 
 #[tokio::test]
 async fn answers_and_their_labels_are_captured_under_one_key() {
-    let gw = Gateway::start(&routes("    capture: {dir: captures, sample_percent: 100, ready_after: 3}", "")).await;
+    let logger = Upstream::start(Duration::ZERO).await;
+    let capture =
+        format!("    capture: {{dir: captures, sample_percent: 100, ready_after: 3, post: \"{}/log\"}}", logger.url());
+    let gw = Gateway::start(&routes(&capture, "")).await;
     let data = labelled();
     let rows: Vec<Vec<f64>> = data[..3].iter().map(|(r, _)| r.clone()).collect();
     let r = post_json(&gw.url("/v2/models/bc/infer"), &request(&rows)).await;
@@ -350,6 +353,19 @@ async fn answers_and_their_labels_are_captured_under_one_key() {
     assert_eq!(feedback["feedback"]["label"], json!(truth));
     let metrics = String::from_utf8_lossy(&get(&gw.admin_url("/metrics")).await.body).to_string();
     assert_eq!(metric(&metrics, "modelgate_capture_lines_total{route=\"bc\",outcome=\"written\"}"), Some(2.0));
+    // Both lines were also posted as CloudEvents, as KServe's payload logger does.
+    while logger.seen.lock().unwrap().len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the logger got {:?}", logger.seen.lock().unwrap().len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for seen in logger.seen.lock().unwrap().iter() {
+        assert_eq!(seen.headers["content-type"], "application/cloudevents+json");
+        let ce: Value = serde_json::from_slice(&seen.body).unwrap();
+        assert_eq!(
+            (ce["type"].as_str(), ce["data"]["key"].as_str()),
+            (Some("io.modelgate.capture"), Some(key.as_str()))
+        );
+    }
     // Three label rows captured: ready_after 3 announces them once.
     let ready = wait_for_event(&gw, "bc", "labelled_data_ready").await;
     assert_eq!((ready["details"]["new_rows"].as_u64(), ready["details"]["total_rows"].as_u64()), (Some(3), Some(3)));

@@ -117,6 +117,8 @@ pub struct CaptureSpec {
     pub queue: usize,
     /// A `labelled_data_ready` event after this many newly captured label rows (none if unset).
     pub ready_after: Option<u64>,
+    /// Every written line is also POSTed here as a CloudEvent (as KServe's payload logger does).
+    pub post: Option<http::Uri>,
 }
 
 pub(super) fn capture(raw: &RawCapture, place: &str, issues: &mut Issues) -> CaptureSpec {
@@ -135,6 +137,16 @@ pub(super) fn capture(raw: &RawCapture, place: &str, issues: &mut Issues) -> Cap
         max_file_bytes,
         max_file_age: duration(&raw.max_file_age, Duration::from_secs(3600), &format!("{place}.max_file_age"), issues),
         queue: count(raw.queue, 4096, 1_000_000, &format!("{place}.queue"), issues),
+        post: raw.post.as_ref().and_then(|u| match u.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => Some(uri),
+            _ => {
+                issues.push(
+                    format!("{place}.post"),
+                    format!("invalid URL {u:?}: write it like \"http://host:port/path\""),
+                );
+                None
+            }
+        }),
         ready_after: raw.ready_after.filter(|n| {
             if *n == 0 {
                 issues.push(format!("{place}.ready_after"), "must be at least 1 row");

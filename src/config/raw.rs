@@ -174,6 +174,7 @@ pub struct RawCapture {
     pub max_file_age: Option<String>,
     pub queue: Option<i64>,
     pub ready_after: Option<u64>,
+    pub post: Option<String>,
 }
 
 /// `routes[i].performance:` — accuracy from label feedback against a floor.

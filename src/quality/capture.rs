@@ -38,14 +38,22 @@ fn now_ms() -> u64 {
 impl Capture {
     /// Creates the folder and starts the writer of `route`. `dropped` counts lines the queue
     /// had no room for, `written` lines handed to the file.
-    pub fn start(route: &str, spec: CaptureSpec, dropped: Counter, written: Counter) -> Result<Capture, String> {
+    /// `outcome(name)` makes the counter of an outcome: `dropped`, `written`, and with `post`,
+    /// `posted`, `post_failed` and `post_dropped`.
+    pub fn start(route: &str, spec: CaptureSpec, outcome: impl Fn(&'static str) -> Counter) -> Result<Capture, String> {
         std::fs::create_dir_all(&spec.dir).map_err(|e| format!("cannot create {}: {e}", spec.dir.display()))?;
+        let (dropped, written) = (outcome("dropped"), outcome("written"));
         let (tx, rx) = crossbeam_channel::bounded(spec.queue);
         let (ack, synced) = crossbeam_channel::bounded(1);
-        let (dir, prefix, s, w) = (spec.dir.clone(), route.replace('/', "_"), spec.clone(), written.clone());
+        let prefix = route.replace('/', "_");
+        let post = match &spec.post {
+            Some(url) => Some(super::capture_post::start(route, url.clone(), spec.queue, &outcome)?),
+            None => None,
+        };
+        let (dir, p, s, w) = (spec.dir.clone(), prefix.clone(), spec.clone(), written.clone());
         std::thread::Builder::new()
             .name(format!("capture-{prefix}"))
-            .spawn(move || writer(&dir, &prefix, &s, &rx, &w, &ack))
+            .spawn(move || writer(&dir, &p, &s, &rx, &w, &ack, post.as_ref()))
             .map_err(|e| format!("cannot start the capture writer: {e}"))?;
         Ok(Capture { tx, dropped, written, synced, labelled: Default::default(), spec })
     }
@@ -141,7 +149,15 @@ fn close(open: Open) {
 
 /// The writer: lines to the current file, flushed whenever the queue is empty, rotated (and
 /// fsynced) by size and age; ends when every sender is gone.
-fn writer(dir: &Path, prefix: &str, spec: &CaptureSpec, rx: &Receiver<Vec<u8>>, written: &Counter, ack: &Sender<()>) {
+fn writer(
+    dir: &Path,
+    prefix: &str,
+    spec: &CaptureSpec,
+    rx: &Receiver<Vec<u8>>,
+    written: &Counter,
+    ack: &Sender<()>,
+    post: Option<&super::capture_post::Poster>,
+) {
     let mut current: Option<Open> = None;
     loop {
         let line = match rx.recv_timeout(Duration::from_millis(200)) {
@@ -176,6 +192,9 @@ fn writer(dir: &Path, prefix: &str, spec: &CaptureSpec, rx: &Receiver<Vec<u8>>, 
                     Ok(()) => {
                         o.bytes += line.len() as u64;
                         written.increment(1);
+                        if let Some(p) = post {
+                            p.offer(line);
+                        }
                     }
                     Err(e) => tracing::warn!(path = %o.path.display(), "capture line lost: {e}"),
                 }
@@ -228,7 +247,7 @@ mod tests {
     #[test]
     fn files_rotate_by_size_and_every_line_is_whole_json() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Capture::start("m", spec(dir.path(), 1024), Counter::noop(), Counter::noop()).unwrap();
+        let c = Capture::start("m", spec(dir.path(), 1024), |_| Counter::noop()).unwrap();
         let mut sent = 0;
         while sent < 40 {
             if c.offer(&json!({ "i": sent, "pad": "x".repeat(100) })) {

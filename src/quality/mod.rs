@@ -10,6 +10,7 @@
 //! `server`.
 
 pub mod capture;
+mod capture_post;
 pub mod drift;
 pub mod evaluate;
 pub mod performance;

@@ -148,7 +148,7 @@ fn quality(
                 vec![metrics::Label::new("route", route.name().to_string()), metrics::Label::new("outcome", o)];
             parts.telemetry.counter(crate::telemetry::names::CAPTURE_TOTAL, labels)
         };
-        let start = || Capture::start(route.name(), spec.clone(), outcome("dropped"), outcome("written"));
+        let start = || Capture::start(route.name(), spec.clone(), outcome);
         match parts.telemetry.quality.capture(route.name(), &spec, start) {
             Ok(c) => Some(c),
             Err(message) => {
