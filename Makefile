@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/modelgate
 
-.PHONY: run test build ort pyenv tools chromium lint validate models check-metrics scenario scenarios bench fuzz faults fleet soak overload decisions clean
+.PHONY: run test build ort pyenv tools chromium lint validate models profiles check-metrics scenario scenarios bench fuzz faults fleet soak overload decisions clean
 
 ## run: fetch ONNX Runtime, build, and serve the demo routes.yaml on 127.0.0.1:8080
 run: ort build
@@ -40,6 +40,11 @@ lint: tools
 ## validate: check routes.yaml and load every model in it
 validate: ort build
 	$(BIN) validate routes.yaml
+
+## profiles: the reference profiles in models/ (breast cancer, from the holdout file) with `modelgate profile`
+profiles: ort build
+	$(BIN) profile --model models/breast-cancer-v1.onnx --data models/breast-cancer-holdout.json \
+	    --out models/breast-cancer.profile.json
 
 ## scenario NAME=...: one end-to-end rollout scenario from loadtest/scenarios/ (exit code = outcome)
 scenario: ort tools

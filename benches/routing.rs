@@ -28,6 +28,7 @@ fn route(name: &str, telemetry: &Telemetry, backend: &Arc<Backend>) -> Route {
         buckets,
         stats: telemetry.variant(name, v),
         fault: None,
+        quality: None,
     };
     Route {
         name: name.to_string(),

@@ -5,6 +5,7 @@
 //! - [`cluster`] — fleet mode: leader lease, status and windows shared through etcd;
 //! - [`backend`] — ONNX models on dedicated worker threads, upstream servers through a pooled client;
 //! - [`protocol`] — Open Inference Protocol v2 JSON ↔ tensors, error bodies;
+//! - [`quality`] — reference profiles, input validation and drift of live inputs;
 //! - [`routing`] — the immutable routing table, published with `ArcSwap`;
 //! - [`server`] — the listener, request handling, graceful shutdown;
 //! - [`telemetry`] — per-variant windows, Prometheus metrics, logs;
@@ -18,6 +19,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod protocol;
+pub mod quality;
 pub mod rollout;
 pub mod routing;
 pub mod server;

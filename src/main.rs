@@ -6,6 +6,7 @@ use modelgate::admin::AdminState;
 use modelgate::backend::runtime;
 use modelgate::config::Config;
 use modelgate::protocol::request_id::IdCodec;
+use modelgate::quality::evaluate::Gate;
 use modelgate::rollout::control::Options;
 use modelgate::rollout::Controller;
 use modelgate::server::{self, AppState, ListenerSettings};
@@ -162,6 +163,53 @@ enum Command {
         #[arg(long)]
         ort_library: Option<PathBuf>,
     },
+    /// Write a model's reference profile (per input feature and output column: histogram on the
+    /// reference deciles, range, NaN share, categories) from reference rows.
+    Profile {
+        /// The ONNX model (one input, `[rows, features]`).
+        #[arg(long)]
+        model: PathBuf,
+        /// Rows as JSON: `[[...], ...]`, `{"samples": [{"features": [...]}]}` or an inference request.
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write the profile (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// ONNX Runtime shared library; overrides ORT_DYLIB_PATH.
+        #[arg(long)]
+        ort_library: Option<PathBuf>,
+    },
+    /// CI model gate: compare a candidate with the baseline on held-out labelled rows. Exit 0
+    /// when the candidate is shown no worse than --max-regression, 1 when it is not, 2 on errors.
+    Evaluate {
+        /// The production model.
+        #[arg(long)]
+        baseline: PathBuf,
+        /// The model that wants to replace it.
+        #[arg(long)]
+        candidate: PathBuf,
+        /// Labelled rows: `{"samples": [{"features": [...], "label": ...}]}`.
+        #[arg(long)]
+        data: PathBuf,
+        /// accuracy | auc | rmse.
+        #[arg(long, default_value = "accuracy")]
+        metric: String,
+        /// Largest regression allowed, in the metric's units (0.01 = one accuracy point).
+        #[arg(long, default_value_t = 0.0)]
+        max_regression: f64,
+        /// Confidence of the one-sided bound on the regression.
+        #[arg(long, default_value_t = 0.95)]
+        confidence: f64,
+        /// Paired bootstrap resamples.
+        #[arg(long, default_value_t = 2000)]
+        resamples: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// ONNX Runtime shared library; overrides ORT_DYLIB_PATH.
+        #[arg(long)]
+        ort_library: Option<PathBuf>,
+    },
     /// Check a routes.yaml and load every model in it; exit non-zero on any error.
     Validate {
         /// The routes file.
@@ -243,6 +291,27 @@ fn main() -> ExitCode {
             Command::Validate { config, ort_library } => validate(&config, ort_library.as_deref()).await,
             Command::Status { admin } => admin_call(admin, None, "status", None).await,
             Command::Cluster { admin } => admin_call(admin, None, "cluster", None).await,
+            Command::Evaluate {
+                baseline,
+                candidate,
+                data,
+                metric,
+                max_regression,
+                confidence,
+                resamples,
+                json,
+                ort_library,
+            } => match Gate::new(&metric, max_regression, confidence, resamples) {
+                Err(e) => Err(anyhow::anyhow!(e)),
+                Ok(gate) => match evaluate([&baseline, &candidate], &data, gate, json, ort_library.as_deref()).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(anyhow::Error::new(GateFailed)),
+                    Err(e) => Err(e),
+                },
+            },
+            Command::Profile { model, data, out, ort_library } => {
+                profile(&model, &data, out.as_deref(), ort_library.as_deref()).await
+            }
             Command::BenchOnnx { model, threads, seconds, ort_library } => {
                 let lib = runtime::locate(ort_library.as_deref(), None);
                 let path = model.clone();
@@ -284,6 +353,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<GateFailed>() => ExitCode::from(1),
         Err(e) => {
             eprintln!("modelgate: {e:#}");
             ExitCode::from(2)
@@ -325,6 +395,57 @@ async fn validate(path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<()> {
     }
     let (config, _) = start(config, ort_flag, None).await?;
     println!("{}: ok ({} backends, {} routes)", path.display(), config.backends.len(), config.routes.len());
+    Ok(())
+}
+
+/// `modelgate evaluate`'s verdict against the candidate (exit code 1; the table says why).
+#[derive(Debug)]
+struct GateFailed;
+
+impl std::fmt::Display for GateFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the candidate is not shown within the allowed regression")
+    }
+}
+
+impl std::error::Error for GateFailed {}
+
+/// `modelgate evaluate`: both models on the labelled rows; prints the comparison, returns the verdict.
+async fn evaluate(models: [&Path; 2], data: &Path, gate: Gate, json: bool, ort: Option<&Path>) -> anyhow::Result<bool> {
+    let text = std::fs::read(data).with_context(|| format!("cannot read {}", data.display()))?;
+    let rows = modelgate::quality::profile::read_rows(&text).map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+    let lib = runtime::locate(ort, None);
+    let e = modelgate::backend::profile::evaluate_models(models[0], models[1], &rows, gate, &lib)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(&e)?),
+        false => print!("{}", e.table(&models[0].display().to_string(), &models[1].display().to_string())),
+    }
+    Ok(e.pass)
+}
+
+/// `modelgate profile`: reference rows through the model, a profile out.
+async fn profile(model: &Path, data: &Path, out: Option<&Path>, ort_flag: Option<&Path>) -> anyhow::Result<()> {
+    use modelgate::quality::profile::read_rows;
+    let text = std::fs::read(data).with_context(|| format!("cannot read {}", data.display()))?;
+    let rows = read_rows(&text).map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+    let lib = runtime::locate(ort_flag, None);
+    let profile = modelgate::backend::profile::profile_model(model, &lib, rows).await.map_err(anyhow::Error::msg)?;
+    let json = serde_json::to_string_pretty(&profile)? + "\n";
+    match out {
+        Some(path) => {
+            std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "{}: {} rows, {} features, {} output columns",
+                path.display(),
+                profile.rows,
+                profile.features.len(),
+                profile.outputs.len()
+            );
+        }
+        None => print!("{json}"),
+    }
     Ok(())
 }
 
@@ -467,6 +588,13 @@ async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     server::serve(listener, state, inference_tls, draining(drain_rx)).await;
     if let Some(task) = grpc_task {
         let _ = task.await;
+    }
+    // Captured lines accepted before the drain ended reach the disk before the process exits.
+    let telemetry = controller.telemetry().clone();
+    let synced =
+        tokio::task::spawn_blocking(move || telemetry.quality.sync_captures(std::time::Duration::from_secs(5))).await;
+    if !matches!(synced, Ok(true)) {
+        tracing::warn!("labelled-data capture: some queued lines may not have reached the disk");
     }
     let _ = stop_tx.send(true);
     let _ = admin_task.await;

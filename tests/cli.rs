@@ -604,3 +604,60 @@ fn serve_refuses_to_start_without_a_feedback_key_unless_the_file_allows_unsigned
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.starts_with("modelgate: listening on http://127.0.0.1:"), "{line:?}");
 }
+
+#[test]
+fn every_acknowledged_answer_is_in_the_capture_files_after_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let captures = dir.path().join("captures");
+    let config = write(
+        &dir,
+        "routes.yaml",
+        &format!(
+            "backends:\n  - name: bc\n    onnx: {{path: \"{}\"}}\nroutes:\n  - model: bc\n    backend: bc\n    \
+             capture: {{dir: \"{}\", max_file_bytes: 4096}}\n",
+            model("breast-cancer-v1.onnx"),
+            captures.display()
+        ),
+    );
+    let (mut child, addr) = spawn_serve(config.to_str().unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let acknowledged = rt.block_on(async {
+        let e = &expected_outputs()["models"]["breast-cancer-v1"];
+        let mut input = e["inputs"]["input"].clone();
+        input["name"] = serde_json::json!("input");
+        let body = serde_json::json!({"inputs": [input]});
+        let url = format!("http://{addr}/v2/models/bc/infer");
+        let answers = futures_join(&url, &body, 64).await;
+        answers.into_iter().filter(|s| *s == http::StatusCode::OK).count()
+    });
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "serve did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut answers = 0;
+    for f in std::fs::read_dir(&captures).unwrap() {
+        for line in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            answers += usize::from(v["type"] == "answer");
+        }
+    }
+    assert_eq!(acknowledged, 64);
+    assert_eq!(answers, acknowledged, "every acknowledged answer was captured and reached the file");
+}
+
+/// `n` inference posts at once; their statuses.
+async fn futures_join(url: &str, body: &serde_json::Value, n: usize) -> Vec<http::StatusCode> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (url, body) = (url.to_string(), body.clone());
+            tokio::spawn(async move { post_json(&url, &body).await.status })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}

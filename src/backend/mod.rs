@@ -2,6 +2,7 @@
 
 mod batch;
 pub mod onnx;
+pub mod profile;
 pub mod runtime;
 pub mod upstream;
 
@@ -53,6 +54,12 @@ pub fn load(config: &Config, names: &[&str], ort_library: &Path) -> Result<Backe
                     .and_then(|env| {
                         OnnxBackend::load(&spec.name, onnx, &env).map_err(|e| (format!("backends[{i}].onnx.path"), e))
                     });
+                let loaded = loaded.and_then(|b| match &onnx.profile {
+                    Some(p) => fits(&p.profile, b.signature())
+                        .map(|()| b)
+                        .map_err(|e| (format!("backends[{i}].onnx.profile"), format!("{}: {e}", p.path.display()))),
+                    None => Ok(b),
+                });
                 match loaded {
                     Ok(b) => Backend::Onnx(b),
                     Err((place, message)) => {
@@ -72,4 +79,33 @@ pub fn load(config: &Config, names: &[&str], ort_library: &Path) -> Result<Backe
     } else {
         Err(ConfigErrors { file: config.source.clone(), issues })
     }
+}
+
+/// A profile fits a model when it describes one of its inputs, numeric and `[rows, features]`
+/// with as many features as the profile has.
+fn fits(profile: &crate::quality::profile::Profile, sig: &crate::protocol::Signature) -> Result<(), String> {
+    let names: Vec<&str> = sig.inputs.iter().map(|i| i.name.as_str()).collect();
+    let Some(input) = sig.inputs.iter().find(|i| i.name == profile.input) else {
+        return Err(format!("profiles input {:?}, but the model's inputs are {}", profile.input, names.join(", ")));
+    };
+    if input.datatype == crate::protocol::DataType::Bytes {
+        return Err(format!("input {:?} is BYTES; profiles describe numeric inputs", input.name));
+    }
+    let width = match input.shape.as_slice() {
+        [_, w] => *w,
+        _ => {
+            return Err(format!(
+                "input {:?} has shape {:?}; profiles describe [rows, features]",
+                input.name, input.shape
+            ))
+        }
+    };
+    if width >= 0 && width as usize != profile.features.len() {
+        return Err(format!(
+            "profiles {} features, but input {:?} of the model has {width}",
+            profile.features.len(),
+            input.name
+        ));
+    }
+    Ok(())
 }

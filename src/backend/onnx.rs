@@ -532,6 +532,7 @@ pub fn bench(model: &std::path::Path, library: &std::path::Path, threads: usize,
         queue: 1,
         queue_timeout: std::time::Duration::from_secs(1),
         batching: None,
+        profile: None,
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     let handles: Vec<_> = (0..threads.max(1))

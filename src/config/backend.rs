@@ -53,6 +53,8 @@ pub struct OnnxSpec {
     /// Dynamic batching: concurrent requests concatenated along the batch dimension into one
     /// run. Off when unset.
     pub batching: Option<Batching>,
+    /// The model's reference profile (`onnx.profile`), for input validation and drift.
+    pub profile: Option<ProfileRef>,
 }
 
 /// `onnx.batching:` — like Triton's dynamic batcher.
@@ -219,6 +221,7 @@ pub(super) fn onnx_spec(raw: &raw::RawOnnx, base: &Path, place: &str, issues: &m
                 max_queue_delay,
             }
         }),
+        profile: raw.profile.as_ref().and_then(|p| quality::profile(base, p, &format!("{place}.profile"), issues)),
     };
     path.map(|_| spec)
 }

@@ -8,6 +8,7 @@ mod backend;
 mod cluster;
 mod error;
 pub mod plan;
+mod quality;
 mod raw;
 mod route;
 mod server;
@@ -21,6 +22,9 @@ pub use error::{ConfigErrors, ConfigIssue};
 use plan::{
     AbCriteria, AbPlan, BlueGreenPlan, BusinessGuard, CanaryCriteria, CanaryPlan, Metric, MetricCheck, OnInconclusive,
     Step,
+};
+pub use quality::{
+    CaptureSpec, DriftSpec, OnInvalid, PerformanceSpec, ProfileRef, ValidationSpec, MAX_LABELLED_FEATURES,
 };
 use raw::{RawAbAnalysis, RawAnalysis, RawBackend, RawCheck, RawConfig, RawRoute, RawServer, RawStep, RawSticky};
 pub use route::*;
@@ -78,6 +82,9 @@ impl Config {
         let server = server(&raw.server, &base, &mut issues);
         let backends = backends(&raw.backends, &base, &mut issues);
         let routes = routes(&raw.routes, &raw.backends, &mut issues);
+        for (i, r) in routes.iter().enumerate() {
+            quality::check_route(r, &backends, &format!("routes[{i}]"), &mut issues);
+        }
         let webhooks = webhooks(&raw.webhooks, &mut issues);
         let cluster = cluster::cluster(&raw.cluster, &mut issues);
         if issues.0.is_empty() {

@@ -46,6 +46,9 @@ pub struct RawWebhook {
     pub events: Option<Vec<String>>,
     pub timeout: Option<String>,
     pub retries: Option<u32>,
+    pub format: Option<String>,
+    pub template: Option<String>,
+    pub header_env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `server:` — listeners, limits and timeouts. Every field is optional.
@@ -111,6 +114,7 @@ pub struct RawOnnx {
     pub queue: Option<i64>,
     pub queue_timeout: Option<String>,
     pub batching: Option<RawBatching>,
+    pub profile: Option<String>,
 }
 
 /// `backends[i].onnx.batching:` — dynamic batching of concurrent requests.
@@ -167,6 +171,63 @@ pub struct RawRoute {
     pub upstream_model: Option<String>,
     pub max_concurrency: Option<i64>,
     pub overrides: Option<String>,
+    pub validation: Option<RawValidation>,
+    pub drift: Option<RawDrift>,
+    pub performance: Option<RawPerformance>,
+    pub capture: Option<RawCapture>,
+    pub schedule: Option<RawSchedule>,
+}
+
+/// `routes[i].schedule:` — a periodic `retrain_due` event.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    pub every: String,
+}
+
+/// `routes[i].capture:` — a sampled log of answers and their feedback.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCapture {
+    pub dir: String,
+    pub sample_percent: Option<f64>,
+    pub max_file_bytes: Option<u64>,
+    pub max_file_age: Option<String>,
+    pub queue: Option<i64>,
+    pub ready_after: Option<u64>,
+    pub post: Option<String>,
+}
+
+/// `routes[i].performance:` — accuracy from label feedback against a floor.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPerformance {
+    pub window: Option<String>,
+    pub min_samples: Option<u64>,
+    pub floor: Option<f64>,
+    pub max_drop: Option<f64>,
+    pub confidence: Option<f64>,
+}
+
+/// `routes[i].validation:` — rows checked against the variant's reference profile.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValidation {
+    pub on_invalid: Option<String>,
+    pub margin: Option<f64>,
+    pub features: Option<Vec<String>>,
+}
+
+/// `routes[i].drift:` — live inputs against the variant's reference profile.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrift {
+    pub window: Option<String>,
+    pub min_samples: Option<u64>,
+    pub psi: Option<f64>,
+    pub p_value: Option<f64>,
+    pub features: Option<Vec<String>>,
+    pub outputs: Option<bool>,
 }
 
 /// `routes[i].strategy:` — exactly one of the deployment strategies must be set.

@@ -16,6 +16,17 @@ pub struct RouteSpec {
     pub max_concurrency: Option<usize>,
     /// Who may pin a variant on this route; the server's policy when `None`.
     pub overrides: Option<OverridePolicy>,
+    /// Rows checked against the answering variant's profile.
+    pub validation: Option<ValidationSpec>,
+    /// Live inputs per variant compared with its profile.
+    pub drift: Option<DriftSpec>,
+    /// Accuracy from label feedback per variant against a floor.
+    pub performance: Option<PerformanceSpec>,
+    /// Answers and their feedback logged as JSON Lines.
+    pub capture: Option<CaptureSpec>,
+    /// `schedule: {every: 24h}`: a `retrain_due` event at every multiple of this since the
+    /// epoch (every replica and restart agrees on the instants).
+    pub schedule: Option<Duration>,
 }
 
 /// A deployment strategy. Variants are named after their backends.
@@ -425,7 +436,25 @@ pub(super) fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut
             let max_concurrency =
                 r.max_concurrency.map(|n| count(Some(n), 1, 1_000_000, &format!("{place}.max_concurrency"), issues));
             let overrides = r.overrides.as_deref().and_then(|o| overrides(o, &format!("{place}.overrides"), issues));
-            out.push(RouteSpec { kind, strategy, shadow, max_concurrency, overrides });
+            let validation =
+                r.validation.as_ref().map(|v| quality::validation(v, &format!("{place}.validation"), issues));
+            let drift = r.drift.as_ref().map(|d| quality::drift(d, &format!("{place}.drift"), issues));
+            let performance =
+                r.performance.as_ref().map(|p| quality::performance(p, &format!("{place}.performance"), issues));
+            let capture = r.capture.as_ref().map(|c| quality::capture(c, &format!("{place}.capture"), issues));
+            let schedule = r.schedule.as_ref().map(|s| quality::schedule(s, &format!("{place}.schedule"), issues));
+            out.push(RouteSpec {
+                kind,
+                strategy,
+                shadow,
+                max_concurrency,
+                overrides,
+                validation,
+                drift,
+                performance,
+                capture,
+                schedule,
+            });
         }
     }
     out

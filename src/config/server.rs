@@ -17,6 +17,23 @@ pub struct WebhookSpec {
     pub timeout: Duration,
     /// Attempts after the first.
     pub retries: u32,
+    /// The body's shape: the event as JSON, or a CloudEvent.
+    pub format: WebhookFormat,
+    /// A JSON body with placeholders (`{{event}}`, `{{kind}}`, ...) wrapped around the event.
+    pub template: Option<String>,
+    /// Extra request headers (an orchestrator's `Authorization`, say), their values read from
+    /// the environment variables named in `header_env` so that secrets stay out of the file.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// `webhooks[i].format:` — what a webhook's body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebhookFormat {
+    /// The event object (`{seq, at_ms, route, kind, message, details}`), `application/json`.
+    #[default]
+    Json,
+    /// CloudEvents 1.0 structured mode, `application/cloudevents+json`.
+    CloudEvents,
 }
 
 impl std::fmt::Debug for WebhookSpec {
@@ -258,12 +275,56 @@ pub(super) fn webhooks(raw: &[raw::RawWebhook], issues: &mut Issues) -> Vec<Webh
                 }
             });
             let timeout = duration(&w.timeout, Duration::from_secs(5), &format!("{place}.timeout"), issues);
+            let format = match w.format.as_deref() {
+                None | Some("json") => WebhookFormat::Json,
+                Some("cloudevents") => WebhookFormat::CloudEvents,
+                Some(other) => {
+                    issues.push(
+                        format!("{place}.format"),
+                        format!("unknown format {other:?}: use `json` or `cloudevents`"),
+                    );
+                    WebhookFormat::Json
+                }
+            };
+            if let Some(t) = &w.template {
+                use crate::protocol::cloudevents::{render, sample};
+                if let Err(e) = serde_json::from_str::<serde_json::Value>(&render(t, &sample(), &sample())) {
+                    issues.push(
+                        format!("{place}.template"),
+                        format!(
+                            "is not JSON once its placeholders are filled in ({e}); placeholders are JSON values \
+                                 (`{{{{kind}}}}` becomes \"drift_detected\" with its quotes): write them unquoted"
+                        ),
+                    );
+                }
+            }
+            let mut headers = Vec::new();
+            for (name, var) in w.header_env.iter().flatten() {
+                let hplace = format!("{place}.header_env.{name}");
+                let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                    issues.push(hplace, format!("{name:?} is not a valid header name"));
+                    continue;
+                };
+                match std::env::var(var).ok().filter(|v| !v.is_empty()).map(|v| http::HeaderValue::from_str(&v)) {
+                    Some(Ok(mut value)) => {
+                        value.set_sensitive(true);
+                        headers.push((header, value));
+                    }
+                    Some(Err(_)) => {
+                        issues.push(hplace, format!("environment variable {var} is not a valid header value"))
+                    }
+                    None => issues.push(hplace, format!("environment variable {var} is not set")),
+                }
+            }
             url.map(|url| WebhookSpec {
                 url,
                 secret,
                 events: w.events.clone(),
                 timeout,
                 retries: w.retries.unwrap_or(5).min(20),
+                format,
+                template: w.template.clone(),
+                headers,
             })
         })
         .collect()

@@ -303,3 +303,57 @@ fn prometheus_checks_are_validated_with_their_places() {
         ]
     );
 }
+
+#[test]
+fn quality_settings_are_checked_with_their_places() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "m.onnx");
+    let profile = crate::quality::profile::Profile::of("m.onnx".into(), "x".into(), 2, &[1.0, 2.0, 3.0, 4.0], vec![]);
+    std::fs::write(dir.path().join("p.json"), serde_json::to_string(&profile).unwrap()).unwrap();
+    let e = parse_in(
+        dir.path(),
+        r#"
+backends:
+  - name: m
+    onnx: {path: m.onnx, profile: p.json}
+  - name: up
+    upstream: {url: "http://127.0.0.1:9"}
+routes:
+  - model: a
+    backend: m
+    validation: {on_invalid: drop, margin: -1}
+    drift: {window: 10m, min_samples: 5, psi: 0, p_value: 2, features: [f0, f0]}
+    performance: {floor: 1.5, confidence: 0.3}
+  - model: b
+    backend: up
+    drift: {}
+"#,
+    )
+    .unwrap_err();
+    let got = places(&e);
+    let expect = [
+        "routes[0].validation.on_invalid: unknown value \"drop\"",
+        "routes[0].validation.margin: must be between 0 and 10",
+        "routes[0].drift.min_samples: must be at least 10",
+        "routes[0].drift.psi: must be above 0",
+        "routes[0].drift.p_value: must be between 0 and 1",
+        "routes[0].drift.features[1]: \"f0\" is named twice",
+        "routes[0].performance.floor: an accuracy between 0 and 1",
+        "routes[0].performance.confidence: must be at least 0.5",
+        "routes[1]: drift need a profile on every variant: backend \"up\" has none",
+    ];
+    for want in expect {
+        assert!(got.iter().any(|g| g.starts_with(want)), "missing {want:?} in {got:#?}");
+    }
+    // The same file with sound values is accepted, the profile read with it.
+    let c = parse_in(
+        dir.path(),
+        "backends:\n  - name: m\n    onnx: {path: m.onnx, profile: p.json}\nroutes:\n  - model: a\n    backend: m\n    \
+         validation: {on_invalid: reject}\n    drift: {features: [f1]}\n",
+    )
+    .unwrap();
+    let BackendKind::Onnx(o) = &c.backends[0].kind else { panic!() };
+    assert_eq!(o.profile.as_ref().unwrap().profile.features.len(), 2);
+    assert_eq!(c.routes[0].validation.as_ref().unwrap().on_invalid, OnInvalid::Reject);
+    assert_eq!(c.routes[0].drift.as_ref().unwrap().window, Duration::from_secs(600));
+}

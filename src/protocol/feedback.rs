@@ -27,6 +27,8 @@ pub struct FeedbackPost {
     pub reward: Option<f64>,
     /// Rows scored against true labels, and rows predicted right.
     pub labels: Option<(u64, u64)>,
+    /// The true labels given, one per row of the answer.
+    pub truth: Option<Vec<i64>>,
 }
 
 fn labels(value: &Value) -> Result<Vec<i64>, ApiError> {
@@ -56,6 +58,7 @@ pub fn parse(body: &[u8], ids: &IdCodec) -> Result<FeedbackPost, ApiError> {
     if fb.reward.is_some_and(|r| !r.is_finite()) {
         return Err(ApiError::bad_request("reward must be a finite number"));
     }
+    let mut given = None;
     let scored = match &fb.label {
         None => None,
         Some(v) => {
@@ -74,8 +77,10 @@ pub fn parse(body: &[u8], ids: &IdCodec) -> Result<FeedbackPost, ApiError> {
                 )));
             }
             let right = truth.iter().zip(predicted).filter(|(t, p)| t == p).count() as u64;
-            Some((truth.len() as u64, right))
+            let rows = truth.len() as u64;
+            given = Some(truth);
+            Some((rows, right))
         }
     };
-    Ok(FeedbackPost { id, conversion: fb.conversion, reward: fb.reward, labels: scored })
+    Ok(FeedbackPost { id, conversion: fb.conversion, reward: fb.reward, labels: scored, truth: given })
 }

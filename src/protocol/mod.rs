@@ -2,6 +2,7 @@
 
 pub mod binary;
 pub mod check;
+pub mod cloudevents;
 pub mod error;
 pub mod feedback;
 pub mod grpc;

@@ -310,6 +310,7 @@ impl Controller {
                 tokio::time::sleep(every).await;
                 let Some(c) = me.upgrade() else { return };
                 c.analyze().await;
+                c.check_drift();
             }
         });
     }

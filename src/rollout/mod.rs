@@ -8,6 +8,7 @@
 //! - `checks` — Prometheus checks of canary analyses, queried off the lock;
 //! - `revision` — what identifies a rollout; `status` — where it stands and its bucket layout;
 //! - `persist`, `store` — status on disk, off the async threads; `drain` — letting go of backends;
+//! - `drift` — live inputs judged against their profiles, drift events;
 //! - `events`, `webhooks` — decisions, logged and sent;
 //! - `fleet` — what the controller asks of a fleet (etcd, in `crate::cluster`), and applying its statuses.
 
@@ -16,6 +17,7 @@ pub mod analysis;
 mod checks;
 pub mod control;
 mod drain;
+mod drift;
 mod drivers;
 pub mod engine;
 pub mod events;

@@ -35,20 +35,44 @@ impl Default for Dispatcher {
 impl Dispatcher {
     /// Delivers `event` to every hook that wants its kind, off the caller's path.
     pub fn send(&self, hooks: &[WebhookSpec], event: &Event) {
-        let body = Bytes::from(serde_json::to_vec(event).unwrap_or_default());
+        let value = serde_json::to_value(event).unwrap_or_default();
         for hook in hooks.iter().filter(|h| h.events.as_ref().is_none_or(|k| k.iter().any(|k| k == event.kind))) {
-            let (client, hook, body, kind) = (self.client.clone(), hook.clone(), body.clone(), event.kind);
-            tokio::spawn(async move { deliver(client, hook, body, kind).await });
+            let (body, content_type) = body(hook, &value);
+            let (client, hook, kind) = (self.client.clone(), hook.clone(), event.kind);
+            tokio::spawn(async move { deliver(client, hook, body, content_type, kind).await });
         }
     }
 }
 
-async fn deliver(client: Client<HttpConnector, Full<Bytes>>, hook: WebhookSpec, body: Bytes, kind: &'static str) {
+/// The body a hook gets for `event`, and its content type: the event or a CloudEvent, wrapped
+/// in the hook's template if it has one (a template's body is `application/json`).
+pub fn body(hook: &WebhookSpec, event: &serde_json::Value) -> (Bytes, &'static str) {
+    use crate::config::WebhookFormat;
+    use crate::protocol::cloudevents;
+    let (value, content_type) = match hook.format {
+        WebhookFormat::Json => (event.clone(), "application/json"),
+        WebhookFormat::CloudEvents => (cloudevents::structured(event), cloudevents::CONTENT_TYPE),
+    };
+    match &hook.template {
+        Some(t) => (Bytes::from(cloudevents::render(t, event, &value)), "application/json"),
+        None => (Bytes::from(value.to_string()), content_type),
+    }
+}
+
+async fn deliver(
+    client: Client<HttpConnector, Full<Bytes>>,
+    hook: WebhookSpec,
+    body: Bytes,
+    content_type: &'static str,
+    kind: &'static str,
+) {
     let mut backoff = Duration::from_millis(100);
     for attempt in 0..=hook.retries {
-        let mut req = Request::post(hook.url.clone())
-            .header("content-type", "application/json")
-            .header("x-modelgate-event", kind);
+        let mut req =
+            Request::post(hook.url.clone()).header("content-type", content_type).header("x-modelgate-event", kind);
+        for (name, value) in &hook.headers {
+            req = req.header(name, value);
+        }
         if let Some(key) = &hook.secret {
             req = req.header(SIGNATURE_HEADER, format!("sha256={}", signature(key, &body)));
         }

@@ -4,7 +4,9 @@
 use super::assign::Layout;
 use super::{Route, RouteTable, ShadowTarget, Variant};
 use crate::backend::Backend;
-use crate::config::{Config, ConfigErrors, ConfigIssue, Strategy};
+use crate::config::{BackendKind, Config, ConfigErrors, ConfigIssue, OnnxSpec, RouteSpec, Strategy};
+use crate::quality::capture::Capture;
+use crate::quality::VariantQuality;
 use crate::telemetry::shadow::ShadowStats;
 use crate::telemetry::Telemetry;
 use std::collections::HashMap;
@@ -65,6 +67,7 @@ pub fn build(parts: &Parts<'_>, generation: u64) -> Result<RouteTable, ConfigErr
                     buckets: share.buckets,
                     stats: parts.telemetry.variant(name, &share.name),
                     fault: config.backends.iter().find(|b| b.name == share.name).and_then(|b| b.fault.clone()),
+                    quality: quality(parts, spec, &share.name, backend, i, &mut issues),
                 });
             }
             segments =
@@ -80,6 +83,7 @@ pub fn build(parts: &Parts<'_>, generation: u64) -> Result<RouteTable, ConfigErr
             })
         });
         check_inputs(i, &variants, shadow.as_ref(), &mut issues);
+        parts.telemetry.quality.schedule(name, spec.schedule);
         let sticky = match &spec.strategy {
             Strategy::Canary { sticky, .. } => sticky.clone(),
             Strategy::AbTest { sticky, .. } => Some(sticky.clone()),
@@ -108,6 +112,52 @@ pub fn build(parts: &Parts<'_>, generation: u64) -> Result<RouteTable, ConfigErr
     } else {
         Err(ConfigErrors { file: config.source.clone(), issues })
     }
+}
+
+/// The input checks (against its backend's profile) and label window of a variant, when its
+/// route asks for them.
+fn quality(
+    parts: &Parts<'_>,
+    route: &RouteSpec,
+    variant: &str,
+    backend: &Backend,
+    i: usize,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<VariantQuality> {
+    let spec = parts.config.backends.iter().find(|b| b.name == variant)?;
+    let profile = match &spec.kind {
+        BackendKind::Onnx(OnnxSpec { profile, .. }) => profile.as_ref(),
+        BackendKind::Upstream(_) => None,
+    };
+    let inputs: Vec<&str> = match backend {
+        Backend::Onnx(model) => model.signature().inputs.iter().map(|i| i.name.as_str()).collect(),
+        Backend::Upstream(_) => Vec::new(),
+    };
+    let counter = |feature: &str| {
+        let labels = vec![
+            metrics::Label::new("route", route.name().to_string()),
+            metrics::Label::new("feature", feature.to_string()),
+        ];
+        parts.telemetry.counter(crate::telemetry::names::INVALID_INPUTS, labels)
+    };
+    let capture = route.capture.as_ref().and_then(|c| {
+        let mut spec = c.clone();
+        spec.dir = parts.config.source.parent().map_or_else(|| c.dir.clone(), |base| base.join(&c.dir));
+        let outcome = |o: &'static str| {
+            let labels =
+                vec![metrics::Label::new("route", route.name().to_string()), metrics::Label::new("outcome", o)];
+            parts.telemetry.counter(crate::telemetry::names::CAPTURE_TOTAL, labels)
+        };
+        let start = || Capture::start(route.name(), spec.clone(), outcome);
+        match parts.telemetry.quality.capture(route.name(), &spec, start) {
+            Ok(c) => Some(c),
+            Err(message) => {
+                issues.push(ConfigIssue { place: format!("routes[{i}].capture.dir"), message });
+                None
+            }
+        }
+    });
+    VariantQuality::new(route, variant, profile, &inputs, &parts.telemetry.quality, capture, counter)
 }
 
 /// Every in-process model a route may send a request to must take the same inputs.

@@ -52,6 +52,8 @@ pub struct Variant {
     pub stats: Arc<VariantStats>,
     /// Injected faults of its backend.
     pub fault: Option<FaultSpec>,
+    /// Input validation and drift against its backend's profile, when the route asks for them.
+    pub quality: Option<crate::quality::VariantQuality>,
 }
 
 /// Where a copy of a share of a route's requests goes.

@@ -187,6 +187,16 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>) -> Result<Respo
     state.feedback.record(id, kinds(&fb))?;
     let scored = fb.labels;
     variant.stats.feedback(&Feedback { conversion: fb.conversion, reward: fb.reward, labels: scored }, id.unit);
+    if let (Some(q), Some((rows, right))) = (&variant.quality, scored) {
+        q.labels(rows, right);
+    }
+    if let Some(capture) = variant.quality.as_ref().and_then(|q| q.capture.as_ref()) {
+        let given = json!({ "label": fb.truth, "conversion": fb.conversion, "reward": fb.reward });
+        let line = crate::quality::capture::Capture::feedback_line(id.nonce, id.issued, given);
+        if capture.offer(&line) {
+            capture.labelled(scored.map_or(0, |s| s.0));
+        }
+    }
     Ok(response::json_value(
         StatusCode::OK,
         &json!({

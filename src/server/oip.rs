@@ -326,6 +326,7 @@ async fn infer(
             let sig = model.signature();
             let forms = request.output_forms(sig)?;
             let inputs = request.decode_inputs(sig)?;
+            entry.check_inputs(&inputs)?;
             let selected = request.selected_outputs(sig)?;
             // A shadow gets the body as it came, or, for a binary request, the same request in
             // plain JSON (shadows need not speak the binary extension; BF16 inputs have no JSON
@@ -335,9 +336,14 @@ async fn infer(
                     if request.uses_binary() { Bytes::from(request.to_plain_json(&inputs)?) } else { body.clone() };
                 Some((target, copy))
             });
+            let kept = entry.wants_capture().then(|| inputs.clone());
             let started = Instant::now();
             let (outputs, batch) = run_model(model, inputs, selected).await?;
             variant.stats.inference(started.elapsed(), batch);
+            if let Some(inputs) = kept {
+                entry.capture(&inputs, &outputs);
+            }
+            entry.check_outputs(&outputs);
             let flat = flatten_tensors(&outputs);
             let predicted = prediction(&flat);
             if let Some((target, copy)) = shadow {

@@ -77,6 +77,8 @@ pub(super) struct Entry<'r> {
     pub unit: Unit,
     set_cookie: Option<String>,
     _permit: Option<OwnedSemaphorePermit>,
+    /// The capture line of this answer, finished with the request id in [`Entry::finish`].
+    captured: OnceLock<serde_json::Value>,
 }
 
 /// Admits an inference and picks its variant. Admission comes first: a shed request costs
@@ -94,7 +96,14 @@ pub(super) fn enter<'r>(
     let picked = pick(state, route, version, headers, query)?;
     strip_gateway_headers(state, route, headers);
     let _ = pending.claim.set((picked.variant.stats.clone(), picked.unit));
-    Ok(Entry { route, variant: picked.variant, unit: picked.unit, set_cookie: picked.set_cookie, _permit: permit })
+    Ok(Entry {
+        route,
+        variant: picked.variant,
+        unit: picked.unit,
+        set_cookie: picked.set_cookie,
+        _permit: permit,
+        captured: OnceLock::new(),
+    })
 }
 
 impl Entry<'_> {
@@ -103,6 +112,38 @@ impl Entry<'_> {
     pub async fn call<T>(&self, step: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
         inject_fault(self.variant).await?;
         step.await
+    }
+
+    /// Checks decoded inputs against the variant's reference profile and adds them to its drift
+    /// window, when its route asks for either: a 400 naming the feature and the bound when the
+    /// route rejects invalid rows.
+    pub fn check_inputs(&self, inputs: &[crate::protocol::Tensor]) -> Result<(), ApiError> {
+        match &self.variant.quality {
+            Some(q) => q.observe(inputs).map_err(|v| {
+                ApiError::bad_request(format!("{v} (route {:?} rejects rows outside its profile)", self.route.name))
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds the model's outputs to the variant's outputs drift window, if its route watches them.
+    pub fn check_outputs(&self, outputs: &[crate::protocol::Tensor]) {
+        if let Some(q) = &self.variant.quality {
+            q.observe_outputs(outputs);
+        }
+    }
+
+    /// Whether this answer is captured (the route captures, the draw says so and its writer's
+    /// queue has room): the caller then keeps a copy of the inputs for [`Entry::capture`].
+    pub fn wants_capture(&self) -> bool {
+        self.variant.quality.as_ref().and_then(|q| q.capture.as_ref()).is_some_and(|c| c.wants())
+    }
+
+    /// Keeps the capture line of this answer until [`Entry::finish`] knows its request id.
+    pub fn capture(&self, inputs: &[crate::protocol::Tensor], outputs: &[crate::protocol::Tensor]) {
+        let line =
+            crate::quality::capture::Capture::answer_line("", &self.route.name, &self.variant.name, inputs, outputs);
+        let _ = self.captured.set(line);
     }
 
     /// Whether this request is copied to the route's shadow (drawn once per request).
@@ -133,6 +174,12 @@ impl Entry<'_> {
         self.variant.stats.record(status, pending.elapsed(), self.unit);
         let picked = Picked { variant: self.variant, set_cookie: self.set_cookie, unit: self.unit };
         picked.decorate_headers(state, &self.route.name, out, prediction);
+        let capture = self.variant.quality.as_ref().and_then(|q| q.capture.as_ref());
+        if let (Some(capture), Some(mut line)) = (capture, self.captured.into_inner()) {
+            let id = out.get(request_id::HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            line["key"] = serde_json::Value::String(id.splitn(3, '~').take(2).collect::<Vec<_>>().join("~"));
+            capture.offer(&line);
+        }
     }
 
     /// [`Entry::finish`] for an HTTP answer.

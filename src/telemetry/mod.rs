@@ -228,6 +228,8 @@ pub struct Telemetry {
     in_flight: Gauge,
     series: series::Series,
     me: std::sync::Weak<Telemetry>,
+    /// Every variant's drift window (input quality), kept across routing tables.
+    pub quality: crate::quality::Registry,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -266,6 +268,7 @@ impl Telemetry {
             in_flight,
             series: series::Series::default(),
             me: me.clone(),
+            quality: Default::default(),
         })
     }
 

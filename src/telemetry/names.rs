@@ -38,6 +38,15 @@ pub const VARIANT_WEIGHT: &str = "modelgate_variant_weight_ratio";
 /// Generation of the published routing table.
 pub const TABLE_GENERATION: &str = "modelgate_table_generation";
 
+/// Input rows outside the reference profile, by route and feature (a configured list, or the
+/// profile's first features, then `other`).
+pub const INVALID_INPUTS: &str = "modelgate_invalid_inputs_total";
+/// Population stability index of live inputs against the profile, by route, variant and
+/// feature (only the features listed in the route's `drift.features`).
+pub const FEATURE_DRIFT: &str = "modelgate_feature_drift";
+/// Capture lines by route and outcome (`written`, `dropped` when the writer fell behind).
+pub const CAPTURE_TOTAL: &str = "modelgate_capture_lines_total";
+
 /// What kind of metric a name is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -52,7 +61,7 @@ pub enum Kind {
 }
 
 /// Every metric with its kind and help text.
-pub const ALL: [(&str, Kind, &str); 18] = [
+pub const ALL: [(&str, Kind, &str); 21] = [
     (REQUESTS_TOTAL, Kind::Counter, "Answered requests by route, variant and status code."),
     (REQUEST_DURATION, Kind::Histogram, "Request latency through the gateway, by route and variant."),
     (INFERENCE_DURATION, Kind::Histogram, "In-process inference time (queue and run), by route and variant."),
@@ -71,6 +80,9 @@ pub const ALL: [(&str, Kind, &str); 18] = [
     (RELOADS_TOTAL, Kind::Counter, "routes.yaml reloads by outcome."),
     (VARIANT_WEIGHT, Kind::Gauge, "Share of unpinned traffic per variant, 0 to 1."),
     (TABLE_GENERATION, Kind::Gauge, "Generation of the published routing table."),
+    (INVALID_INPUTS, Kind::Counter, "Input rows outside the reference profile, by route and feature."),
+    (FEATURE_DRIFT, Kind::Gauge, "Population stability index of live inputs against the reference profile."),
+    (CAPTURE_TOTAL, Kind::Counter, "Labelled-data capture lines by route and outcome (written, dropped)."),
 ];
 
 /// Histogram buckets of batch sizes.

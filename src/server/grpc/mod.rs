@@ -279,12 +279,18 @@ async fn answer(entry: &Entry<'_>, model: &OnnxBackend, message: ModelInferReque
     let raw = !message.raw_input_contents.is_empty();
     let selected = selected_outputs(&message.outputs, sig)?;
     let inputs = decode_inputs(message.inputs, message.raw_input_contents, sig)?;
+    entry.check_inputs(&inputs)?;
     let shadow = entry.shadow();
     // A shadow takes the request in the JSON form, as an HTTP client would have sent it.
     let copy = shadow.map(|_| plain_request(&inputs, output_names(&selected), None));
+    let kept = entry.wants_capture().then(|| inputs.clone());
     let started = Instant::now();
     let (outputs, batch) = run_model(model, inputs, selected).await?;
     variant.stats.inference(started.elapsed(), batch);
+    if let Some(inputs) = kept {
+        entry.capture(&inputs, &outputs);
+    }
+    entry.check_outputs(&outputs);
     let flat = flatten_tensors(&outputs);
     let prediction = prediction(&flat);
     if let (Some(target), Some(Ok(body))) = (shadow, copy) {
