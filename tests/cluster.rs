@@ -11,7 +11,7 @@ use modelgate::cluster::Cluster;
 use modelgate::config::Config;
 use modelgate::rollout::fleet::{epoch, Fleet, FleetError};
 use modelgate::rollout::Controller;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::future::Future;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -123,13 +123,6 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-fn body() -> Value {
-    let e = &expected_outputs()["models"]["breast-cancer-v1"];
-    let mut input = e["inputs"]["input"].clone();
-    input["name"] = json!("input");
-    json!({ "inputs": [input] })
 }
 
 fn routes(etcd: &str, prefix: &str, replica: &str, canary: &str) -> String {

@@ -175,13 +175,6 @@ routes:
     )
 }
 
-fn body() -> Value {
-    let e = &expected_outputs()["models"]["breast-cancer-v1"];
-    let mut input = e["inputs"]["input"].clone();
-    input["name"] = json!("input");
-    json!({ "inputs": [input] })
-}
-
 async fn phase(gw: &Gateway, route: &str) -> String {
     let view = get(&gw.admin_url("/admin/routes")).await.json();
     let r = view["routes"].as_array().unwrap().iter().find(|r| r["name"] == route).unwrap().clone();

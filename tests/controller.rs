@@ -12,18 +12,11 @@ use modelgate::rollout::engine::Clock;
 use modelgate::rollout::Controller;
 use modelgate::telemetry::window::Unit;
 use modelgate::telemetry::Telemetry;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
-
-fn body() -> Value {
-    let e = &expected_outputs()["models"]["breast-cancer-v1"];
-    let mut input = e["inputs"]["input"].clone();
-    input["name"] = json!("input");
-    json!({ "inputs": [input] })
-}
 
 fn route_of<'a>(view: &'a Value, name: &str) -> &'a Value {
     view["routes"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()

@@ -7,7 +7,7 @@ mod support;
 
 use http::StatusCode;
 use modelgate::rollout::Phase;
-use serde_json::{json, Value};
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::*;
@@ -65,13 +65,6 @@ impl Prometheus {
         }
         panic!("prometheus did not become ready");
     }
-}
-
-fn body() -> Value {
-    let e = &expected_outputs()["models"]["breast-cancer-v1"];
-    let mut input = e["inputs"]["input"].clone();
-    input["name"] = json!("input");
-    json!({ "inputs": [input] })
 }
 
 fn route(name: &str, check: &str, prometheus: u16) -> String {

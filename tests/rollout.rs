@@ -39,13 +39,6 @@ routes:
     )
 }
 
-fn body() -> Value {
-    let e = &expected_outputs()["models"]["breast-cancer-v1"];
-    let mut input = e["inputs"]["input"].clone();
-    input["name"] = json!("input");
-    json!({ "inputs": [input] })
-}
-
 /// Clients sending inferences until `stop`; returns (status, variant) of every answer.
 fn clients(url: String, n: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Vec<(u16, String)>>> {
     (0..n)

@@ -36,6 +36,15 @@ pub const FEEDBACK_KEY: &[u8] = b"test-key";
 /// The header that lets a test pin a variant under the default `overrides: admin_token`.
 pub const PIN_AUTH: (&str, &str) = ("authorization", "Bearer test-admin-token");
 
+/// An inference request body for the breast-cancer models: the five rows models/generate.py
+/// recorded, under the input's name.
+pub fn body() -> Value {
+    let e = &expected_outputs()["models"]["breast-cancer-v1"];
+    let mut input = e["inputs"]["input"].clone();
+    input["name"] = serde_json::json!("input");
+    serde_json::json!({ "inputs": [input] })
+}
+
 /// The checkout's root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
