@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a different part
 
 pub mod grpc;
+pub mod process;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
