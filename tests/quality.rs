@@ -533,3 +533,47 @@ async fn max_drop_judges_against_the_profiles_reference_accuracy() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_cron_schedule_fires_retrain_due_at_the_minutes_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    let yaml = routes("    schedule: {cron: \"15 * * * *\"}", "")
+        .replace(&format!(", profile: \"{}\"", model("breast-cancer.profile.json")), "");
+    let config = Config::parse(&yaml, &path).unwrap();
+    let minute = 60_000u64;
+    let hour_start = 1_800_000_000_000u64; // a whole hour, UTC
+    let clock = std::sync::Arc::new(ManualClock(std::sync::atomic::AtomicU64::new(hour_start + 5 * minute)));
+    let options = modelgate::rollout::control::Options {
+        ort_library: modelgate::backend::runtime::locate(None, None),
+        telemetry: modelgate::telemetry::Telemetry::new(),
+        state_dir: None,
+    };
+    let controller = modelgate::rollout::Controller::start_with_clock(config, options, clock.clone()).await.unwrap();
+    let due = |c: &modelgate::rollout::Controller| {
+        c.events(0, Some("bc"))
+            .iter()
+            .filter(|e| e.kind == "retrain_due")
+            .map(|e| (e.details["due_ms"].clone(), e.details["cron"].clone()))
+            .collect::<Vec<_>>()
+    };
+    let tick = |to: u64| {
+        clock.0.store(to, std::sync::atomic::Ordering::SeqCst);
+        controller.check_drift();
+    };
+    tick(hour_start + 5 * minute);
+    tick(hour_start + 14 * minute + 59_000);
+    assert!(due(&controller).is_empty(), "starting and other minutes are not due");
+    tick(hour_start + 15 * minute + 1_000);
+    tick(hour_start + 15 * minute + 30_000);
+    let fired = due(&controller);
+    assert_eq!(fired, [(json!(hour_start + 15 * minute), json!("15 * * * *"))], "once in the minute");
+    tick(hour_start + 16 * minute);
+    tick(hour_start + 75 * minute);
+    assert_eq!(due(&controller).len(), 2, "and again the next hour");
+    // A bad expression is refused with its place.
+    let bad = routes("    schedule: {cron: \"61 * * * *\"}", "")
+        .replace(&format!(", profile: \"{}\"", model("breast-cancer.profile.json")), "");
+    let e = Config::parse(&bad, &path).unwrap_err().to_string();
+    assert!(e.contains("schedule.cron: minute field \"61\""), "{e}");
+}

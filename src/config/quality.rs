@@ -3,7 +3,9 @@
 
 use super::raw::{RawCapture, RawDrift, RawPerformance, RawSchedule, RawValidation};
 use super::*;
+use crate::quality::cron::Cron;
 use crate::quality::profile::Profile;
+use crate::quality::Schedule;
 use std::sync::Arc;
 
 /// A reference profile named by an ONNX backend, read and checked when the config was read.
@@ -156,12 +158,27 @@ pub(super) fn capture(raw: &RawCapture, place: &str, issues: &mut Issues) -> Cap
     }
 }
 
-pub(super) fn schedule(raw: &RawSchedule, place: &str, issues: &mut Issues) -> Duration {
-    let every = duration(&Some(raw.every.clone()), Duration::from_secs(86_400), &format!("{place}.every"), issues);
-    if every < Duration::from_secs(1) {
-        issues.push(format!("{place}.every"), format!("must be at least 1s, got {every:?}"));
+pub(super) fn schedule(raw: &RawSchedule, place: &str, issues: &mut Issues) -> Option<Schedule> {
+    match (&raw.every, &raw.cron) {
+        (Some(every), None) => {
+            let every = duration(&Some(every.clone()), Duration::from_secs(86_400), &format!("{place}.every"), issues);
+            if every < Duration::from_secs(1) {
+                issues.push(format!("{place}.every"), format!("must be at least 1s, got {every:?}"));
+            }
+            Some(Schedule::Every(every))
+        }
+        (None, Some(text)) => match Cron::parse(text) {
+            Ok(cron) => Some(Schedule::Cron(cron, text.clone())),
+            Err(e) => {
+                issues.push(format!("{place}.cron"), e);
+                None
+            }
+        },
+        _ => {
+            issues.push(place, "give either `every: 24h` or `cron: \"0 3 * * *\"` (UTC), not both and not neither");
+            None
+        }
     }
-    every
 }
 
 pub(super) fn profile(base: &Path, path: &str, place: &str, issues: &mut Issues) -> Option<ProfileRef> {

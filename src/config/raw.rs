@@ -182,7 +182,8 @@ pub struct RawRoute {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSchedule {
-    pub every: String,
+    pub every: Option<String>,
+    pub cron: Option<String>,
 }
 
 /// `routes[i].capture:` — a sampled log of answers and their feedback.

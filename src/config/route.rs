@@ -24,9 +24,8 @@ pub struct RouteSpec {
     pub performance: Option<PerformanceSpec>,
     /// Answers and their feedback logged as JSON Lines.
     pub capture: Option<CaptureSpec>,
-    /// `schedule: {every: 24h}`: a `retrain_due` event at every multiple of this since the
-    /// epoch (every replica and restart agrees on the instants).
-    pub schedule: Option<Duration>,
+    /// `schedule: {every: 24h}` or `{cron: "0 3 * * *"}`: when a `retrain_due` event goes out.
+    pub schedule: Option<crate::quality::Schedule>,
 }
 
 /// A deployment strategy. Variants are named after their backends.
@@ -442,7 +441,7 @@ pub(super) fn routes(raw: &[RawRoute], raw_backends: &[RawBackend], issues: &mut
             let performance =
                 r.performance.as_ref().map(|p| quality::performance(p, &format!("{place}.performance"), issues));
             let capture = r.capture.as_ref().map(|c| quality::capture(c, &format!("{place}.capture"), issues));
-            let schedule = r.schedule.as_ref().map(|s| quality::schedule(s, &format!("{place}.schedule"), issues));
+            let schedule = r.schedule.as_ref().and_then(|s| quality::schedule(s, &format!("{place}.schedule"), issues));
             out.push(RouteSpec {
                 kind,
                 strategy,

@@ -11,6 +11,7 @@
 
 pub mod capture;
 mod capture_post;
+pub mod cron;
 pub mod drift;
 pub mod evaluate;
 pub mod performance;
@@ -177,13 +178,22 @@ impl VariantQuality {
 
 /// Every variant's drift window, kept across routing tables for the gateway's life; a window
 /// is made anew when its variant's profile or its route's `drift:` changes.
+/// When a route is due for retraining (`schedule:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// At every multiple of this since the epoch (every replica and restart agrees on them).
+    Every(std::time::Duration),
+    /// At every minute a cron expression (UTC) names; the text as written.
+    Cron(cron::Cron, String),
+}
+
 #[derive(Debug, Default)]
 pub struct Registry {
     windows: Mutex<HashMap<(String, String), Arc<DriftWindow>>>,
     labels: Mutex<HashMap<(String, String), Arc<LabelWindow>>>,
     captures: Mutex<HashMap<String, Arc<capture::Capture>>>,
-    /// Per route: its `schedule.every` (ms) and the last instant it was due (ms), if seen.
-    schedules: Mutex<HashMap<String, (u64, Option<u64>)>>,
+    /// Per route: its schedule and the last instant looked at (ms), if seen.
+    schedules: Mutex<HashMap<String, (Schedule, Option<u64>)>>,
 }
 
 impl Registry {
@@ -239,30 +249,41 @@ impl Registry {
         all.iter().all(|c| c.sync(timeout))
     }
 
-    /// Records a route's schedule (kept while `every` is unchanged), or forgets it (`None`).
-    pub fn schedule(&self, route: &str, every: Option<std::time::Duration>) {
+    /// Records a route's schedule (kept while unchanged), or forgets it (`None`).
+    pub fn schedule(&self, route: &str, schedule: Option<&Schedule>) {
         let mut all = self.schedules.lock().unwrap_or_else(|p| p.into_inner());
-        match every.map(|e| (e.as_millis() as u64).max(1)) {
+        match schedule {
             None => {
                 all.remove(route);
             }
-            Some(ms) => {
-                if all.get(route).is_none_or(|(e, _)| *e != ms) {
-                    all.insert(route.to_string(), (ms, None));
+            Some(s) => {
+                if all.get(route).is_none_or(|(known, _)| known != s) {
+                    all.insert(route.to_string(), (s.clone(), None));
                 }
             }
         }
     }
 
-    /// Whether `route`'s schedule came due since the last call: the due instant. The first
-    /// look only notes where the schedule stands, so a restart does not fire at once.
-    pub fn due(&self, route: &str, now_ms: u64) -> Option<(u64, u64)> {
+    /// Whether `route`'s schedule came due since the last call: the due instant (ms) and the
+    /// schedule. The first look only notes where the schedule stands, so a restart does not
+    /// fire at once. A cron schedule is looked at minute by minute (the analysis ticks several
+    /// times a minute); a minute the process did not look at is not made up for.
+    pub fn due(&self, route: &str, now_ms: u64) -> Option<(u64, Schedule)> {
         let mut all = self.schedules.lock().unwrap_or_else(|p| p.into_inner());
-        let (every, last) = all.get_mut(route)?;
-        let instant = now_ms / *every * *every;
-        let fired = last.is_some_and(|l| instant > l);
+        let (schedule, last) = all.get_mut(route)?;
+        let (instant, matches) = match schedule {
+            Schedule::Every(every) => {
+                let ms = (every.as_millis() as u64).max(1);
+                (now_ms / ms * ms, true)
+            }
+            Schedule::Cron(cron, _) => {
+                let minute = now_ms / 60_000;
+                (minute * 60_000, cron.matches(minute))
+            }
+        };
+        let fired = matches && last.is_some_and(|l| instant > l);
         *last = Some(instant);
-        fired.then_some((instant, *every))
+        fired.then(|| (instant, schedule.clone()))
     }
 
     /// Every window: (route, variant, window), sorted.

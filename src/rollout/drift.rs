@@ -10,6 +10,7 @@ use super::control::{lock, Controller};
 use crate::quality::capture::Capture;
 use crate::quality::drift::DriftWindow;
 use crate::quality::performance::LabelWindow;
+use crate::quality::Schedule;
 use crate::routing::{Route, Variant};
 use crate::telemetry::names;
 use metrics::Label;
@@ -22,9 +23,20 @@ impl Controller {
         let now = self.clock.now_ms();
         let table = self.table.load();
         for route in table.routes() {
-            if let Some((instant, every)) = self.telemetry.quality.due(&route.name, now) {
-                let details = json!({ "due_ms": instant, "every_ms": every, "next_ms": instant + every });
-                let message = format!("route {} is due for retraining (schedule every {every} ms)", route.name);
+            if let Some((instant, schedule)) = self.telemetry.quality.due(&route.name, now) {
+                let (details, when) = match schedule {
+                    Schedule::Every(every) => {
+                        let every = every.as_millis() as u64;
+                        (
+                            json!({ "due_ms": instant, "every_ms": every, "next_ms": instant + every }),
+                            format!("every {every} ms"),
+                        )
+                    }
+                    Schedule::Cron(_, text) => {
+                        (json!({ "due_ms": instant, "cron": text }), format!("cron {text:?}, UTC"))
+                    }
+                };
+                let message = format!("route {} is due for retraining (schedule {when})", route.name);
                 self.emit(now, &route.name, "retrain_due", message, details);
             }
             let capture = route.variants.iter().find_map(|v| v.quality.as_ref()?.capture.as_ref());

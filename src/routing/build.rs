@@ -83,7 +83,7 @@ pub fn build(parts: &Parts<'_>, generation: u64) -> Result<RouteTable, ConfigErr
             })
         });
         check_inputs(i, &variants, shadow.as_ref(), &mut issues);
-        parts.telemetry.quality.schedule(name, spec.schedule);
+        parts.telemetry.quality.schedule(name, spec.schedule.as_ref());
         let sticky = match &spec.strategy {
             Strategy::Canary { sticky, .. } => sticky.clone(),
             Strategy::AbTest { sticky, .. } => Some(sticky.clone()),
