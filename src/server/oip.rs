@@ -305,6 +305,36 @@ pub(super) async fn run_model(
     model.infer(inputs, selected).await.map_err(infer_error)
 }
 
+/// The in-process step that HTTP and gRPC share, after decoding: the route's input checks, the
+/// model run (counted with its batch), capture, output checks, the prediction, and the shadow's
+/// copy (made by `copy` from the checked inputs, sent with the primary's outputs). Returns the
+/// outputs and, for classifiers, the top class of each row.
+pub(super) async fn in_process(
+    entry: &Entry<'_>,
+    model: &OnnxBackend,
+    inputs: Vec<Tensor>,
+    selected: Option<Vec<String>>,
+    shadow: Option<&crate::routing::ShadowTarget>,
+    copy: impl FnOnce(&[Tensor]) -> Option<Bytes>,
+) -> Result<(Vec<Tensor>, Option<Vec<i64>>), ApiError> {
+    entry.check_inputs(&inputs)?;
+    let copy = shadow.and_then(|target| Some((target, copy(&inputs)?)));
+    let kept = entry.wants_capture().then(|| inputs.clone());
+    let started = Instant::now();
+    let (outputs, batch) = run_model(model, inputs, selected).await?;
+    entry.variant.stats.inference(started.elapsed(), batch);
+    if let Some(inputs) = kept {
+        entry.capture(&inputs, &outputs);
+    }
+    entry.check_outputs(&outputs);
+    let flat = flatten_tensors(&outputs);
+    let predicted = prediction(&flat);
+    if let Some((target, copy)) = copy {
+        shadow::spawn(target, entry.route, copy, flat);
+    }
+    Ok((outputs, predicted))
+}
+
 /// An answer and, for classifiers, the top class of each row (carried in the request id).
 type Answered = (Response<Body>, Option<Vec<i64>>);
 
@@ -326,29 +356,18 @@ async fn infer(
             let sig = model.signature();
             let forms = request.output_forms(sig)?;
             let inputs = request.decode_inputs(sig)?;
-            entry.check_inputs(&inputs)?;
             let selected = request.selected_outputs(sig)?;
             // A shadow gets the body as it came, or, for a binary request, the same request in
             // plain JSON (shadows need not speak the binary extension; BF16 inputs have no JSON
             // form, so such requests are not shadowed).
-            let shadow = shadow.and_then(|target| {
-                let copy =
-                    if request.uses_binary() { Bytes::from(request.to_plain_json(&inputs)?) } else { body.clone() };
-                Some((target, copy))
-            });
-            let kept = entry.wants_capture().then(|| inputs.clone());
-            let started = Instant::now();
-            let (outputs, batch) = run_model(model, inputs, selected).await?;
-            variant.stats.inference(started.elapsed(), batch);
-            if let Some(inputs) = kept {
-                entry.capture(&inputs, &outputs);
-            }
-            entry.check_outputs(&outputs);
-            let flat = flatten_tensors(&outputs);
-            let predicted = prediction(&flat);
-            if let Some((target, copy)) = shadow {
-                shadow::spawn(target, route, copy, flat);
-            }
+            let copy = |inputs: &[Tensor]| {
+                if request.uses_binary() {
+                    request.to_plain_json(inputs).map(Bytes::from)
+                } else {
+                    Some(body.clone())
+                }
+            };
+            let (outputs, predicted) = in_process(entry, model, inputs, selected, shadow, copy).await?;
             let resp = tensor_answer(&route.name, &variant.name, &request, &outputs, &forms)?;
             Ok((resp, predicted))
         }

@@ -3,7 +3,7 @@
 //! the HTTP endpoints, with HTTP's errors as gRPC statuses.
 
 use super::handler::{request_id, AppState, REQUEST_ID};
-use super::oip::{client_facing, find_model, run_model, tensor_answer, upstream_name, upstream_path, Action};
+use super::oip::{client_facing, find_model, in_process, tensor_answer, upstream_name, upstream_path, Action};
 use super::pipeline::{self, pick, Entry, Pending, Picked};
 use super::{response, serve_with, ListenerSettings};
 use crate::backend::{Backend, OnnxBackend, UpstreamBackend};
@@ -279,23 +279,11 @@ async fn answer(entry: &Entry<'_>, model: &OnnxBackend, message: ModelInferReque
     let raw = !message.raw_input_contents.is_empty();
     let selected = selected_outputs(&message.outputs, sig)?;
     let inputs = decode_inputs(message.inputs, message.raw_input_contents, sig)?;
-    entry.check_inputs(&inputs)?;
-    let shadow = entry.shadow();
     // A shadow takes the request in the JSON form, as an HTTP client would have sent it.
-    let copy = shadow.map(|_| plain_request(&inputs, output_names(&selected), None));
-    let kept = entry.wants_capture().then(|| inputs.clone());
-    let started = Instant::now();
-    let (outputs, batch) = run_model(model, inputs, selected).await?;
-    variant.stats.inference(started.elapsed(), batch);
-    if let Some(inputs) = kept {
-        entry.capture(&inputs, &outputs);
-    }
-    entry.check_outputs(&outputs);
-    let flat = flatten_tensors(&outputs);
-    let prediction = prediction(&flat);
-    if let (Some(target), Some(Ok(body))) = (shadow, copy) {
-        super::shadow::spawn(target, route, body.into(), flat);
-    }
+    let shadow = entry.shadow();
+    let names = shadow.and_then(|_| selected.clone());
+    let copy = |inputs: &[Tensor]| plain_request(inputs, output_names(&names), None).ok().map(Bytes::from);
+    let (outputs, prediction) = in_process(entry, model, inputs, selected, shadow, copy).await?;
     let (outputs, raw_output_contents) = encode_outputs(outputs, raw);
     let response = ModelInferResponse {
         model_name: route.name.clone(),
