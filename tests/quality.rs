@@ -478,15 +478,16 @@ impl modelgate::rollout::engine::Clock for ManualClock {
     }
 }
 
-#[tokio::test]
-async fn a_schedule_fires_retrain_due_at_each_instant_and_not_on_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("routes.yaml");
-    let yaml = routes("    schedule: {every: 1h}", "")
+/// A controller (no listeners) for a route with `schedule: {schedule}` and no profile, on a
+/// manual clock that starts at `start` ms.
+async fn scheduled(
+    schedule: &str,
+    path: &std::path::Path,
+    start: u64,
+) -> (std::sync::Arc<modelgate::rollout::Controller>, std::sync::Arc<ManualClock>) {
+    let yaml = routes(&format!("    schedule: {schedule}"), "")
         .replace(&format!(", profile: \"{}\"", model("breast-cancer.profile.json")), "");
-    let config = Config::parse(&yaml, &path).unwrap();
-    let hour = 3_600_000u64;
-    let start = 1_800_000_000_000u64 + hour / 2; // half past
+    let config = Config::parse(&yaml, path).unwrap();
     let clock = std::sync::Arc::new(ManualClock(std::sync::atomic::AtomicU64::new(start)));
     let options = modelgate::rollout::control::Options {
         ort_library: modelgate::backend::runtime::locate(None, None),
@@ -494,6 +495,16 @@ async fn a_schedule_fires_retrain_due_at_each_instant_and_not_on_start() {
         state_dir: None,
     };
     let controller = modelgate::rollout::Controller::start_with_clock(config, options, clock.clone()).await.unwrap();
+    (controller, clock)
+}
+
+#[tokio::test]
+async fn a_schedule_fires_retrain_due_at_each_instant_and_not_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    let hour = 3_600_000u64;
+    let start = 1_800_000_000_000u64 + hour / 2; // half past
+    let (controller, clock) = scheduled("{every: 1h}", &path, start).await;
     let due = |c: &modelgate::rollout::Controller| {
         c.events(0, Some("bc"))
             .iter()
@@ -538,18 +549,9 @@ async fn max_drop_judges_against_the_profiles_reference_accuracy() {
 async fn a_cron_schedule_fires_retrain_due_at_the_minutes_it_names() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.yaml");
-    let yaml = routes("    schedule: {cron: \"15 * * * *\"}", "")
-        .replace(&format!(", profile: \"{}\"", model("breast-cancer.profile.json")), "");
-    let config = Config::parse(&yaml, &path).unwrap();
     let minute = 60_000u64;
     let hour_start = 1_800_000_000_000u64; // a whole hour, UTC
-    let clock = std::sync::Arc::new(ManualClock(std::sync::atomic::AtomicU64::new(hour_start + 5 * minute)));
-    let options = modelgate::rollout::control::Options {
-        ort_library: modelgate::backend::runtime::locate(None, None),
-        telemetry: modelgate::telemetry::Telemetry::new(),
-        state_dir: None,
-    };
-    let controller = modelgate::rollout::Controller::start_with_clock(config, options, clock.clone()).await.unwrap();
+    let (controller, clock) = scheduled("{cron: \"15 * * * *\"}", &path, hour_start + 5 * minute).await;
     let due = |c: &modelgate::rollout::Controller| {
         c.events(0, Some("bc"))
             .iter()

@@ -32,14 +32,7 @@ fn serve_runs_the_demo_and_stops_cleanly_on_sigterm() {
     });
 
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "serve did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(20), "serve did not stop after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
 
@@ -80,14 +73,7 @@ fn serve_opens_the_grpc_listener_and_drains_it_on_sigterm() {
     // polled) would hold the drain for the whole shutdown_grace.
     drop(rt);
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "serve did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(20), "serve did not stop after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
 
@@ -127,14 +113,7 @@ fn on_sigterm_readiness_turns_false_first_and_requests_are_served_through_the_dr
     });
     assert_eq!(served.status, http::StatusCode::OK, "{}", served.error());
     assert!(child.try_wait().unwrap().is_none(), "still running during the drain delay");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "serve did not stop after the drain");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(30), "serve did not stop after the drain");
     assert!(status.success(), "{status:?}");
 }
 
@@ -210,11 +189,7 @@ fn every_acknowledged_answer_is_in_the_capture_files_after_sigterm() {
         answers.into_iter().filter(|s| *s == http::StatusCode::OK).count()
     });
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "serve did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_exit(&mut child, Duration::from_secs(20), "serve did not stop after SIGTERM");
     let mut answers = 0;
     for f in std::fs::read_dir(&captures).unwrap() {
         for line in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {

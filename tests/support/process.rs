@@ -80,3 +80,15 @@ pub fn spawn_serve_state(config: &str, state: &std::path::Path) -> (Served, Stri
         .unwrap_or_else(|| panic!("{line:?}"));
     (Served(child), addr, admin)
 }
+
+/// Waits for `child` to exit, at most `limit` (then fails the test with `why`); its status.
+pub fn wait_exit(child: &mut Served, limit: std::time::Duration, why: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{why}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
