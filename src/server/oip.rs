@@ -158,8 +158,9 @@ async fn infer_call(
     pending: &Pending,
 ) -> Result<Response<Body>, ApiError> {
     let (mut parts, body) = req.into_parts();
-    let query = parts.uri.query().map(str::to_string);
-    let entry = match pipeline::enter(state, pending, route, version, &mut parts.headers, query.as_deref()) {
+    // A Uri clone shares its bytes: the query is borrowed from it, not copied.
+    let uri = parts.uri.clone();
+    let entry = match pipeline::enter(state, pending, route, version, &mut parts.headers, uri.query()) {
         Ok(entry) => entry,
         Err(e) => {
             response::discard(body).await;
