@@ -317,9 +317,14 @@ fn bodies(input: &str, samples: &[(Value, i64)], rows: usize, binary: bool) -> V
             let labels: Vec<i64> = batch.iter().map(|(_, l)| *l).collect();
             let label = if rows == 1 { json!(labels[0]) } else { json!(labels) };
             if !binary {
-                let body =
-                    json!({"inputs": [{"name": input, "datatype": "FP32", "shape": [rows, width], "data": data}]});
-                return (Bytes::from(body.to_string()), label, None);
+                // Fields in the order tritonclient and KServe's SDK write them (json! would sort
+                // the keys and put `data` before `datatype`).
+                let body = format!(
+                    r#"{{"inputs":[{{"name":{},"shape":[{rows},{width}],"datatype":"FP32","data":{}}}]}}"#,
+                    Value::from(input),
+                    Value::from(data.into_iter().cloned().collect::<Vec<Value>>())
+                );
+                return (Bytes::from(body), label, None);
             }
             let raw: Vec<u8> = data.iter().flat_map(|v| (v.as_f64().unwrap_or(0.0) as f32).to_le_bytes()).collect();
             let header = json!({

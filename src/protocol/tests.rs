@@ -95,6 +95,58 @@ fn each_refusal_names_the_problem() {
     }
 }
 
+/// Data read while parsing (datatype first) and data read after (data first, kept as JSON)
+/// give the same tensors and the same refusals.
+#[test]
+fn data_before_or_after_its_datatype_decodes_and_is_refused_the_same() {
+    let pairs = [
+        r#""shape":[2,3],"datatype":"FP32","data":[[1,2,3],[4,5,6.5]]"#,
+        r#""shape":[1,3],"datatype":"FP32","data":[1,"two",3]"#,
+        r#""shape":[1,3],"datatype":"FP32","data":[1,{"a":[1,2]},3]"#,
+        r#""shape":[1,3],"datatype":"FP32","data":[1,null,3]"#,
+        r#""shape":[1,3],"datatype":"FP32","data":7"#,
+        r#""shape":[1,3],"datatype":"FP32","data":{"a":1}"#,
+        r#""shape":[1,3],"datatype":"FP32","data":null"#,
+        r#""shape":[1,3],"datatype":"FP32","data":[1,2,3,4]"#,
+        r#""shape":[1,3],"datatype":"FP32","data":[1e39,-2.5e-3,18446744073709551615]"#,
+    ];
+    for fields in pairs {
+        let (head, data) = fields.split_at(fields.find(r#""data""#).unwrap());
+        let first = format!(
+            r#"{{"inputs":[{{"name":"x",{head}{data}}},{{"name":"flag","shape":[1],"datatype":"BOOL","data":[true]}}]}}"#
+        );
+        let head = head.trim_end_matches(',');
+        let last = format!(
+            r#"{{"inputs":[{{{data},"name":"x",{head}}},{{"name":"flag","shape":[1],"datatype":"BOOL","data":[true]}}]}}"#
+        );
+        assert_eq!(decode(&first), decode(&last), "{fields}");
+    }
+    assert_eq!(
+        decode(r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,{"a":[1,2]},3]},{"name":"flag","shape":[1],"datatype":"BOOL","data":[true]}]}"#)
+            .unwrap_err(),
+        "input \"x\": element 1 is {\"a\":[1,2]}, not a valid FP32 value"
+    );
+}
+
+#[test]
+fn a_syntax_error_after_a_refused_element_is_still_malformed_json() {
+    let got = decode(r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,"two",3}]}"#).unwrap_err();
+    assert!(got.starts_with("malformed JSON"), "{got}");
+}
+
+#[test]
+fn fields_are_checked_like_a_derived_struct() {
+    let got =
+        decode(r#"{"inputs":[{"name":"x","name":"y","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#).unwrap_err();
+    assert!(got.contains("duplicate field `name`"), "{got}");
+    let got = decode(r#"{"inputs":[{"name":"x","datatype":"FP32","data":[1,2,3]}]}"#).unwrap_err();
+    assert!(got.contains("missing field `shape`"), "{got}");
+    let got = decode(
+        r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3],"extra":{"a":[1]}},{"name":"flag","shape":[1],"datatype":"BOOL","data":[true]}]}"#,
+    );
+    assert!(got.is_ok(), "{got:?}");
+}
+
 #[test]
 fn integer_ranges_are_checked() {
     let s = Signature {

@@ -6,11 +6,12 @@ use super::binary::{self, RawError};
 use super::check;
 use super::error::ApiError;
 use super::tensor::{DataType, Signature, Tensor, TensorData, TensorSpec};
-use half::f16;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod data;
 mod response;
+pub use data::{DataError, InputData};
 pub use response::*;
 
 /// `POST /v2/models/{m}/infer` body.
@@ -35,8 +36,8 @@ pub struct InferRequest {
     pub has_binary_header: bool,
 }
 
-/// One input tensor as sent: data flat (row-major) or nested.
-#[derive(Debug, Deserialize)]
+/// One input tensor as sent: data flat (row-major) or nested, read by [`data`] as it is parsed.
+#[derive(Debug)]
 pub struct RequestInput {
     /// Input name.
     pub name: String,
@@ -45,11 +46,77 @@ pub struct RequestInput {
     /// Protocol datatype, such as `FP32`.
     pub datatype: String,
     /// Per-input parameters: `binary_data_size` is read, the rest accepted and ignored.
-    #[serde(default)]
     pub parameters: Option<serde_json::Map<String, Value>>,
     /// Elements; absent when they come in binary form.
-    #[serde(default)]
-    pub data: Option<Value>,
+    pub data: Option<InputData>,
+}
+
+impl<'de> Deserialize<'de> for RequestInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct("RequestInput", INPUT_FIELDS, InputVisitor)
+    }
+}
+
+const INPUT_FIELDS: &[&str] = &["name", "shape", "datatype", "parameters", "data"];
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum InputField {
+    Name,
+    Shape,
+    Datatype,
+    Parameters,
+    Data,
+    #[serde(other)]
+    Other,
+}
+
+/// Reads an input's fields in any order; `data` straight into typed elements when `datatype`
+/// came before it (the usual order), else as JSON converted later.
+struct InputVisitor;
+
+impl<'de> serde::de::Visitor<'de> for InputVisitor {
+    type Value = RequestInput;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an input tensor object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RequestInput, A::Error> {
+        use serde::de::Error;
+        let (mut name, mut shape, mut datatype, mut parameters, mut data) = (None, None, None, None, None);
+        while let Some(field) = map.next_key::<InputField>()? {
+            match field {
+                InputField::Name if name.is_some() => return Err(A::Error::duplicate_field("name")),
+                InputField::Name => name = Some(map.next_value::<String>()?),
+                InputField::Shape if shape.is_some() => return Err(A::Error::duplicate_field("shape")),
+                InputField::Shape => shape = Some(map.next_value::<Vec<i64>>()?),
+                InputField::Datatype if datatype.is_some() => return Err(A::Error::duplicate_field("datatype")),
+                InputField::Datatype => datatype = Some(map.next_value::<String>()?),
+                InputField::Parameters if parameters.is_some() => return Err(A::Error::duplicate_field("parameters")),
+                InputField::Parameters => {
+                    parameters = Some(map.next_value::<Option<serde_json::Map<String, Value>>>()?)
+                }
+                InputField::Data if data.is_some() => return Err(A::Error::duplicate_field("data")),
+                InputField::Data => {
+                    data = Some(match datatype.as_deref().and_then(DataType::parse) {
+                        Some(dt) => map.next_value_seed(data::TypedSeed(dt))?.map(InputData::Typed),
+                        None => map.next_value::<Option<Value>>()?.map(InputData::Json),
+                    })
+                }
+                InputField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(RequestInput {
+            name: name.ok_or_else(|| A::Error::missing_field("name"))?,
+            shape: shape.ok_or_else(|| A::Error::missing_field("shape"))?,
+            datatype: datatype.ok_or_else(|| A::Error::missing_field("datatype"))?,
+            parameters: parameters.flatten(),
+            data: data.flatten(),
+        })
+    }
 }
 
 /// One requested output.
@@ -217,124 +284,19 @@ fn decode_input(input: &RequestInput, spec: &TensorSpec, raw: Option<&[u8]>) -> 
              Inference-Header-Content-Length header)"
         )));
     }
-    let data = decode_data(json, datatype, expected).map_err(|e| match e {
+    let data = json.decode(datatype).map_err(|e| match e {
         DataError::NotArray => ApiError::bad_request(format!("input {name:?}: data must be a JSON array")),
         DataError::Element { index, found } => {
             ApiError::bad_request(format!("input {name:?}: element {index} is {found}, not a valid {datatype} value"))
         }
-        DataError::Count { found } => check::count_mismatch(name, &checked, &found),
     })?;
+    if data.len() != expected {
+        let found = if data.len() > expected { format!("more than {expected}") } else { data.len().to_string() };
+        return Err(check::count_mismatch(name, &checked, &found));
+    }
     Ok(Tensor { name: name.clone(), shape: checked.shape, data })
 }
 
-enum DataError {
-    NotArray,
-    Element {
-        index: usize,
-        found: String,
-    },
-    /// `found` is a lower bound when the data holds more than expected.
-    Count {
-        found: String,
-    },
-}
-
-/// Element types that JSON data converts into.
-trait Element: Sized {
-    fn from_json(v: &Value) -> Option<Self>;
-}
-
-macro_rules! int_element {
-    ($($t:ty),*) => {$(
-        impl Element for $t {
-            fn from_json(v: &Value) -> Option<Self> {
-                v.as_i64().and_then(|x| <$t>::try_from(x).ok())
-            }
-        }
-    )*};
-}
-int_element!(u8, i8, i16, i32, i64);
-
-impl Element for bool {
-    fn from_json(v: &Value) -> Option<Self> {
-        v.as_bool()
-    }
-}
-impl Element for f32 {
-    fn from_json(v: &Value) -> Option<Self> {
-        v.as_f64().map(|x| x as f32)
-    }
-}
-impl Element for f64 {
-    fn from_json(v: &Value) -> Option<Self> {
-        v.as_f64()
-    }
-}
-impl Element for f16 {
-    fn from_json(v: &Value) -> Option<Self> {
-        v.as_f64().map(f16::from_f64)
-    }
-}
-impl Element for Vec<u8> {
-    fn from_json(v: &Value) -> Option<Self> {
-        v.as_str().map(|s| s.as_bytes().to_vec())
-    }
-}
-
-fn decode_data(data: &Value, datatype: DataType, expected: usize) -> Result<TensorData, DataError> {
-    Ok(match datatype {
-        DataType::Bool => TensorData::Bool(collect(data, expected)?),
-        DataType::Uint8 => TensorData::Uint8(collect(data, expected)?),
-        DataType::Int8 => TensorData::Int8(collect(data, expected)?),
-        DataType::Int16 => TensorData::Int16(collect(data, expected)?),
-        DataType::Int32 => TensorData::Int32(collect(data, expected)?),
-        DataType::Int64 => TensorData::Int64(collect(data, expected)?),
-        DataType::Fp32 => TensorData::Fp32(collect(data, expected)?),
-        DataType::Fp64 => TensorData::Fp64(collect(data, expected)?),
-        DataType::Fp16 => TensorData::Fp16(collect(data, expected)?),
-        DataType::Bytes => TensorData::Bytes(collect(data, expected)?),
-        // Refused before: BF16 has no JSON form.
-        DataType::Bf16 => return Err(DataError::NotArray),
-    })
-}
-
-/// Flattens nested arrays row-major into exactly `expected` elements.
-fn collect<T: Element>(data: &Value, expected: usize) -> Result<Vec<T>, DataError> {
-    let Value::Array(_) = data else {
-        return Err(DataError::NotArray);
-    };
-    // The capacity is capped (at 512 KiB): a shape alone must not make the gateway allocate.
-    let mut out = Vec::with_capacity(expected.min((1 << 19) / std::mem::size_of::<T>().max(1)).min(1 << 16));
-    push_all(data, &mut out, expected)?;
-    if out.len() != expected {
-        return Err(DataError::Count { found: out.len().to_string() });
-    }
-    Ok(out)
-}
-
-fn push_all<T: Element>(v: &Value, out: &mut Vec<T>, expected: usize) -> Result<(), DataError> {
-    match v {
-        Value::Array(items) => items.iter().try_for_each(|item| push_all(item, out, expected)),
-        leaf => {
-            if out.len() == expected {
-                return Err(DataError::Count { found: format!("more than {expected}") });
-            }
-            let x = T::from_json(leaf).ok_or_else(|| DataError::Element { index: out.len(), found: snippet(leaf) })?;
-            out.push(x);
-            Ok(())
-        }
-    }
-}
-
 fn snippet(v: &Value) -> String {
-    let mut s = v.to_string();
-    if s.len() > 40 {
-        let mut cut = 40;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
+    data::short(v.to_string())
 }
