@@ -17,6 +17,7 @@ use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tower::retry::budget::{Budget as _, TpsBudget};
 
 /// Why a body stopped: a client or upstream connection error, or a size limit.
 ///
@@ -94,16 +95,16 @@ pub struct UpstreamBackend {
     retry: RetryPolicy,
     outlier: OutlierPolicy,
     born: Instant,
-    window_start: AtomicU64,
-    window_requests: AtomicU64,
-    window_retries: AtomicU64,
+    /// Retries allowed: `budget_percent` of the last 10 s of requests plus a reserve of
+    /// `min_per_second` (tower's budget, which slides over ten 1 s slots).
+    budget: TpsBudget,
     retries: AtomicU64,
     retries_refused: AtomicU64,
     ejections: AtomicU64,
 }
 
-/// Length of the retry budget's window.
-const BUDGET_WINDOW_MS: u64 = 10_000;
+/// How long a request counts toward the retry budget.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 impl UpstreamBackend {
     /// A backend for `spec`. Connections are made lazily and pooled; `https://` endpoints are
@@ -156,9 +157,12 @@ impl UpstreamBackend {
             retry: spec.retries.clone(),
             outlier: spec.outlier.clone(),
             born: Instant::now(),
-            window_start: AtomicU64::new(0),
-            window_requests: AtomicU64::new(0),
-            window_retries: AtomicU64::new(0),
+            // Config checks keep the percentage within 0–100 (tower asserts 0–1000).
+            budget: TpsBudget::new(
+                BUDGET_WINDOW,
+                spec.retries.min_per_second.min(i32::MAX as u32 - 1),
+                spec.retries.budget_ratio.clamp(0.0, 10.0) as f32,
+            ),
             retries: AtomicU64::new(0),
             retries_refused: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
@@ -202,7 +206,9 @@ impl UpstreamBackend {
 
     /// Picks an endpoint not yet tried: the less busy of two healthy ones drawn at random. When
     /// every endpoint is ejected, ejection is ignored (better a weak endpoint than none).
-    fn pick(&self, tried: &[usize]) -> usize {
+    /// Public for `cargo bench --bench upstream`, which weighs it against tower's balancer.
+    #[doc(hidden)]
+    pub fn pick(&self, tried: &[usize]) -> usize {
         if self.endpoints.len() == 1 {
             return 0;
         }
@@ -242,29 +248,12 @@ impl UpstreamBackend {
         tracing::warn!(backend = %self.name, endpoint = %ep.base, failures = limit, ejected_for = ?self.outlier.ejection_time * times, "upstream endpoint ejected");
     }
 
-    /// Counts a request in the retry budget's window.
-    fn deposit(&self) {
-        let now = self.now_ms();
-        let start = self.window_start.load(Ordering::Relaxed);
-        if now.saturating_sub(start) > BUDGET_WINDOW_MS
-            && self.window_start.compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            self.window_requests.store(0, Ordering::Relaxed);
-            self.window_retries.store(0, Ordering::Relaxed);
-        }
-        self.window_requests.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Takes one retry from the budget: a share of the window's requests, with a floor.
+    /// Takes one retry from the budget, counting it either way.
     fn withdraw(&self) -> bool {
-        let requests = self.window_requests.load(Ordering::Relaxed) as f64;
-        let floor = u64::from(self.retry.min_per_second) * BUDGET_WINDOW_MS / 1000;
-        let allowed = floor.max((self.retry.budget_ratio * requests) as u64);
-        if self.window_retries.fetch_add(1, Ordering::Relaxed) < allowed {
+        if self.budget.withdraw() {
             self.retries.fetch_add(1, Ordering::Relaxed);
             true
         } else {
-            self.window_retries.fetch_sub(1, Ordering::Relaxed);
             self.retries_refused.fetch_add(1, Ordering::Relaxed);
             false
         }
@@ -297,7 +286,7 @@ impl UpstreamBackend {
         let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE);
         // Another endpoint is what makes a retry worth it (and the header copy it needs).
         let retryable = self.retry.attempts > 0 && self.endpoints.len() > 1 && idempotent && body.is_end_stream();
-        self.deposit();
+        self.budget.deposit();
         let mut body = Some(body);
         let mut tried = Vec::new();
         loop {
