@@ -68,7 +68,7 @@ fn budgets(c: &mut Criterion) {
         b.iter(|| {
             window.deposit();
             n = n.wrapping_add(1);
-            if n % 10 == 0 {
+            if n.is_multiple_of(10) {
                 black_box(window.withdraw());
             }
         })
@@ -77,7 +77,7 @@ fn budgets(c: &mut Criterion) {
         b.iter(|| {
             tps.deposit();
             n = n.wrapping_add(1);
-            if n % 10 == 0 {
+            if n.is_multiple_of(10) {
                 black_box(tps.withdraw());
             }
         })
