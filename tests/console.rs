@@ -222,6 +222,14 @@ async fn the_console_shows_a_running_canary_and_its_rollback_button_rolls_it_bac
         "the requests/s chart to have points",
     )
     .await;
+    // After the first whole answer the page asks only for newer points and appends them.
+    let points =
+        "Number(document.querySelector('section[data-route=risk] [data-chart=requests_per_s] svg')?.dataset.points)";
+    let held = b.eval(points).await.as_u64().unwrap();
+    b.wait_for(&format!("{points} >= {}", held + 3), "the chart to keep its points and add new ones").await;
+    let asked =
+        b.eval("performance.getEntriesByType('resource').some(e => e.name.includes('/admin/series?since='))").await;
+    assert_eq!(asked, true, "the page polls with since");
     let lines =
         b.eval("document.querySelectorAll('section[data-route=risk] [data-chart=p99_ms] path.line').length").await;
     assert_eq!(lines, 2, "a p99 line per variant");
@@ -328,6 +336,23 @@ async fn the_series_endpoint_answers_equal_columns_with_markers_and_json_errors(
     let all = get(&gw.admin_url("/admin/series")).await.json();
     assert_eq!(all["routes"].as_array().unwrap().len(), 2);
 
+    // since: only the points after it, every variant still listed.
+    let newest = series["newest"].as_u64().unwrap();
+    let delta = get(&gw.admin_url(&format!("/admin/series?route=risk&since={newest}"))).await.json();
+    assert_eq!(delta["since"], newest);
+    let variants = delta["routes"][0]["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2, "{delta}");
+    for v in variants {
+        assert!(v["t"].as_array().unwrap().iter().all(|t| t.as_u64().unwrap() > newest), "{v}");
+        assert_eq!(v["t"].as_array().unwrap().len(), v["p99_ms"].as_array().unwrap().len());
+    }
+    assert!(delta["routes"][0]["markers"].as_array().is_some_and(|m| !m.is_empty()), "markers are always sent");
+    assert_eq!(series["fleet"], Value::Null, "not in a fleet");
+    assert_eq!(series["routes"][0]["replicas"], 1);
+    let bad_since = get(&gw.admin_url("/admin/series?since=yesterday")).await;
+    assert_eq!(bad_since.status, StatusCode::BAD_REQUEST);
+    assert!(bad_since.error().contains("since"));
+
     let missing = get(&gw.admin_url("/admin/series?route=nope")).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.error().contains("nope"));
@@ -345,5 +370,17 @@ async fn the_series_endpoint_answers_equal_columns_with_markers_and_json_errors(
         assert!(a.headers.contains_key("content-security-policy"));
     }
     assert_eq!(get(&gw.admin_url("/ui/nothing.js")).await.status, StatusCode::NOT_FOUND);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_console_off_there_is_no_page_and_no_series() {
+    let gw = Gateway::start(&format!("server:\n  console: false\n{}", routes())).await;
+    for path in ["/ui/", "/ui/console.js", "/admin/series"] {
+        let a = get(&gw.admin_url(path)).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(!a.error().is_empty(), "{path}: a JSON error");
+    }
+    assert_eq!(get(&gw.admin_url("/admin/routes")).await.status, StatusCode::OK);
     gw.shutdown().await;
 }
