@@ -12,9 +12,10 @@ chromium=${CHROMIUM:-/usr/bin/chromium}
 out=target/console-screenshots
 mkdir -p "$out"
 work=$(mktemp -d)
-SCENARIO_HOLD=${SCENARIO_HOLD:-120} "$bin/scenario" "$name" >"$work/scenario.log" 2>&1 &
+# Its own process group, so that stopping it stops its gateway too.
+SCENARIO_HOLD=${SCENARIO_HOLD:-120} setsid "$bin/scenario" "$name" >"$work/scenario.log" 2>&1 &
 pid=$!
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill -- "-$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 600); do # up to 5 minutes for the scenario to decide
   grep -q '^holding the gateway' "$work/scenario.log" && break
   kill -0 "$pid" 2>/dev/null || { cat "$work/scenario.log"; echo "the scenario ended without holding its gateway" >&2; exit 1; }

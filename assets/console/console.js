@@ -263,11 +263,11 @@ function markerClass(kind) {
 function renderCharts(container, route, series) {
   container.replaceChildren();
   const variants = (series && series.variants) || [];
-  // The last 15 minutes, or since the first point when the gateway is younger (at least a minute).
+  // The last 15 minutes, or since the first point when the gateway is younger (at least 20 s, so a short run is not a sliver).
   const now = state.series.now_ms / 1000;
   let first = now;
   for (const s of state.series.routes || []) for (const v of s.variants) if (v.t.length) first = Math.min(first, v.t[0]);
-  const from = Math.max(now - (state.series.window_s || 900), Math.min(first, now - 60));
+  const from = Math.max(now - (state.series.window_s || 900), Math.min(first, now - 20));
   for (const c of CHARTS) {
     if (c.key === 'business' && !variants.some((v) => v.business_metric)) continue;
     const title = c.key === 'business'
