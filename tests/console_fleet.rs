@@ -104,6 +104,7 @@ async fn in_a_fleet_the_series_on_either_replica_is_the_sum_of_both() {
             // The sum of per-second rates is a count only as far as seconds are a second long
             // (the sampler's ticks on a shared machine): more than one replica's share is the point.
             if seen > 1.5 * EACH as f64 {
+                eprintln!("{}: {seen:.1} requests of the 2 x {EACH} in its series", gw.admin_url(""));
                 let plain = s["routes"].as_array().unwrap().iter().find(|r| r["route"] == "plain").unwrap();
                 assert_eq!(plain["replicas"], 1, "a route that is not under analysis is this replica's: {s}");
                 break;
