@@ -1,13 +1,15 @@
 //! The console in fleet mode, against a real etcd: two replicas, requests sent to each, and
-//! `/admin/series` on either shows the fleet's sum, labelled as a fleet of two.
+//! `/admin/series` on either shows the fleet's sum, and the console (headless Chromium) says it
+//! charts a fleet of two.
 
 mod support;
 
 use http::StatusCode;
 use modelgate::cluster::Cluster;
 use modelgate::config::Config;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use support::browser::Browser;
 use support::etcd::Etcd;
 use support::*;
 
@@ -113,8 +115,22 @@ async fn in_a_fleet_the_series_on_either_replica_is_the_sum_of_both() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let page = get(&a.admin_url("/ui/")).await;
-    assert!(String::from_utf8_lossy(&page.body).contains("id=\"scope\""));
+    // The page says whose numbers it charts.
+    let mut browser = Browser::start().await;
+    browser.call("Page.navigate", json!({ "url": a.admin_url("/ui/") })).await;
+    browser
+        .wait_for("document.getElementById('scope')?.textContent === 'charts: fleet of 2 replicas'", "the fleet label")
+        .await;
+    browser
+        .wait_for(
+            "document.querySelector('section[data-route=risk] .scope')?.textContent === 'charts: fleet of 2 replicas'",
+            "the risk route's fleet label",
+        )
+        .await;
+    let plain = browser.eval("document.querySelector('section[data-route=plain] .scope').textContent").await;
+    assert!(plain.as_str().unwrap().starts_with("charts: this replica"), "{plain}");
+    browser.screenshot("fleet.png").await;
+    drop(browser);
     a.shutdown().await;
     b.shutdown().await;
 }
