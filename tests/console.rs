@@ -6,146 +6,13 @@
 
 mod support;
 
-use base64::Engine;
-use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::browser::Browser;
 use support::*;
-use tokio_tungstenite::tungstenite::Message;
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Headless Chromium with a fresh profile, killed when dropped.
-struct Browser {
-    child: std::process::Child,
-    page: Socket,
-    next_id: u64,
-    _profile: tempfile::TempDir,
-}
-
-fn chromium() -> PathBuf {
-    let path = std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
-    assert!(
-        path.exists(),
-        "{} is missing: the console's browser test needs Chromium; run `make chromium` (scripts/fetch-chromium.sh) \
-         or set CHROMIUM=/path/to/chromium",
-        path.display()
-    );
-    path
-}
-
-impl Browser {
-    async fn start() -> Browser {
-        let profile = tempfile::tempdir().unwrap();
-        let child = std::process::Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--remote-debugging-port=0",
-                "--window-size=1280,1600",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start chromium: {e}"));
-        // Chromium writes the port it bound into its profile once the DevTools server is up.
-        let port_file = profile.path().join("DevToolsActivePort");
-        // A bound, not a measurement: generous because the test machines' cores are shared.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let port = loop {
-            if let Some(p) =
-                std::fs::read_to_string(&port_file).ok().and_then(|t| t.lines().next()?.parse::<u16>().ok())
-            {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "chromium did not open its DevTools port within 60 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let list = get(&format!("http://127.0.0.1:{port}/json/list")).await.json();
-        let ws = list
-            .as_array()
-            .and_then(|l| l.iter().find(|t| t["type"] == "page"))
-            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-            .unwrap_or_else(|| panic!("no page target in {list}"))
-            .to_string();
-        let (page, _) = tokio_tungstenite::connect_async(ws.as_str()).await.unwrap();
-        Browser { child, page, next_id: 0, _profile: profile }
-    }
-
-    /// One DevTools command; events arriving meanwhile are skipped.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let msg = json!({ "id": id, "method": method, "params": params }).to_string();
-        self.page.send(Message::Text(msg.into())).await.unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(m) = self.page.next().await {
-                if let Message::Text(t) = m.unwrap() {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    if v["id"] == id {
-                        return v;
-                    }
-                }
-            }
-            panic!("the DevTools connection closed")
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no answer to {method} within 30 s"));
-        assert!(answer.get("error").is_none(), "{method}: {answer}");
-        answer["result"].clone()
-    }
-
-    /// Evaluates `js` in the page (awaiting a promise) and returns its value.
-    async fn eval(&mut self, js: &str) -> Value {
-        let r = self
-            .call("Runtime.evaluate", json!({ "expression": js, "awaitPromise": true, "returnByValue": true }))
-            .await;
-        assert!(r.get("exceptionDetails").is_none(), "{js}: {r}");
-        r["result"]["value"].clone()
-    }
-
-    /// Waits until `js` is true in the page.
-    async fn wait_for(&mut self, js: &str, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.eval(js).await != json!(true) {
-            let page = self.eval("document.body.innerText").await;
-            assert!(
-                Instant::now() < deadline,
-                "waited 60 s for {what}; the page reads:\n{}",
-                page.as_str().unwrap_or("")
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn screenshot(&mut self, name: &str) {
-        let r = self.call("Page.captureScreenshot", json!({ "format": "png", "captureBeyondViewport": true })).await;
-        let png = base64::engine::general_purpose::STANDARD.decode(r["data"].as_str().unwrap()).unwrap();
-        let dir = root().join("target/console-screenshots");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(name), png).unwrap();
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn routes() -> String {
     format!(
@@ -222,6 +89,14 @@ async fn the_console_shows_a_running_canary_and_its_rollback_button_rolls_it_bac
         "the requests/s chart to have points",
     )
     .await;
+    // After the first whole answer the page asks only for newer points and appends them.
+    let points =
+        "Number(document.querySelector('section[data-route=risk] [data-chart=requests_per_s] svg')?.dataset.points)";
+    let held = b.eval(points).await.as_u64().unwrap();
+    b.wait_for(&format!("{points} >= {}", held + 3), "the chart to keep its points and add new ones").await;
+    let asked =
+        b.eval("performance.getEntriesByType('resource').some(e => e.name.includes('/admin/series?since='))").await;
+    assert_eq!(asked, true, "the page polls with since");
     let lines =
         b.eval("document.querySelectorAll('section[data-route=risk] [data-chart=p99_ms] path.line').length").await;
     assert_eq!(lines, 2, "a p99 line per variant");
@@ -328,6 +203,23 @@ async fn the_series_endpoint_answers_equal_columns_with_markers_and_json_errors(
     let all = get(&gw.admin_url("/admin/series")).await.json();
     assert_eq!(all["routes"].as_array().unwrap().len(), 2);
 
+    // since: only the points after it, every variant still listed.
+    let newest = series["newest"].as_u64().unwrap();
+    let delta = get(&gw.admin_url(&format!("/admin/series?route=risk&since={newest}"))).await.json();
+    assert_eq!(delta["since"], newest);
+    let variants = delta["routes"][0]["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2, "{delta}");
+    for v in variants {
+        assert!(v["t"].as_array().unwrap().iter().all(|t| t.as_u64().unwrap() > newest), "{v}");
+        assert_eq!(v["t"].as_array().unwrap().len(), v["p99_ms"].as_array().unwrap().len());
+    }
+    assert!(delta["routes"][0]["markers"].as_array().is_some_and(|m| !m.is_empty()), "markers are always sent");
+    assert_eq!(series["fleet"], Value::Null, "not in a fleet");
+    assert_eq!(series["routes"][0]["replicas"], 1);
+    let bad_since = get(&gw.admin_url("/admin/series?since=yesterday")).await;
+    assert_eq!(bad_since.status, StatusCode::BAD_REQUEST);
+    assert!(bad_since.error().contains("since"));
+
     let missing = get(&gw.admin_url("/admin/series?route=nope")).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.error().contains("nope"));
@@ -345,5 +237,17 @@ async fn the_series_endpoint_answers_equal_columns_with_markers_and_json_errors(
         assert!(a.headers.contains_key("content-security-policy"));
     }
     assert_eq!(get(&gw.admin_url("/ui/nothing.js")).await.status, StatusCode::NOT_FOUND);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_console_off_there_is_no_page_and_no_series() {
+    let gw = Gateway::start(&format!("server:\n  console: false\n{}", routes())).await;
+    for path in ["/ui/", "/ui/console.js", "/admin/series"] {
+        let a = get(&gw.admin_url(path)).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(!a.error().is_empty(), "{path}: a JSON error");
+    }
+    assert_eq!(get(&gw.admin_url("/admin/routes")).await.status, StatusCode::OK);
     gw.shutdown().await;
 }

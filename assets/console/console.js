@@ -8,7 +8,7 @@ const SVG = 'http://www.w3.org/2000/svg';
 const COLOURS = ['#175cd3', '#dc6803', '#039855', '#c11574', '#6938ef', '#0e9384', '#667085'];
 const MAX_EVENTS = 300;
 
-const state = { routes: null, series: null, events: [], lastSeq: 0, sections: new Map(), timer: null };
+const state = { routes: null, series: null, newest: null, events: [], lastSeq: 0, sections: new Map(), timer: null };
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -84,11 +84,11 @@ async function poll() {
   try {
     const [routes, series, events] = await Promise.all([
       getJson('/admin/routes'),
-      getJson('/admin/series'),
+      getJson(state.newest === null ? '/admin/series' : '/admin/series?since=' + state.newest),
       getJson('/admin/events?since=' + state.lastSeq),
     ]);
     state.routes = routes;
-    state.series = series;
+    state.series = mergeSeries(state.series, series);
     for (const e of events.events || []) {
       state.events.push(e);
       state.lastSeq = Math.max(state.lastSeq, e.seq);
@@ -102,11 +102,40 @@ async function poll() {
   state.timer = setTimeout(poll, POLL_MS);
 }
 
+// The series are fetched whole once, then only the points after the newest one held
+// (`since`), appended here; points older than the window are dropped. Every variant is listed in
+// each answer, so one that is gone goes from the page too.
+const COLUMNS = ['t', 'requests_per_s', 'error_rate', 'p50_ms', 'p99_ms', 'business'];
+
+function mergeSeries(old, fresh) {
+  // A restarted gateway stamps from a new clock: start again from a whole answer.
+  if (fresh.newest !== null && state.newest !== null && fresh.newest < state.newest) state.newest = null;
+  else if (fresh.newest !== null) state.newest = fresh.newest;
+  if (!old || !fresh.since) return fresh;
+  const from = fresh.now_ms / 1000 - (fresh.window_s || 900);
+  const before = new Map((old.routes || []).map((r) => [r.route, new Map(r.variants.map((v) => [v.variant, v]))]));
+  for (const r of fresh.routes || []) {
+    const had = before.get(r.route) || new Map();
+    r.variants = r.variants.map((v) => {
+      const prev = had.get(v.variant);
+      if (!prev) return v;
+      const keep = prev.t.findIndex((t) => t >= from && t <= fresh.since);
+      const merged = { ...v };
+      for (const c of COLUMNS) merged[c] = (keep < 0 ? [] : prev[c].slice(keep, prev.t.filter((t) => t <= fresh.since).length)).concat(v[c]);
+      return merged;
+    });
+  }
+  return fresh;
+}
+
 // ---- rendering ---------------------------------------------------------------------------------
 
 function render() {
   const r = state.routes;
   document.getElementById('generation').textContent = 'table generation ' + r.generation;
+  const fleet = state.series.fleet;
+  document.getElementById('scope').textContent = fleet
+    ? `charts: fleet of ${fleet.replicas} replica${fleet.replicas === 1 ? '' : 's'}` : 'charts: this replica';
   renderReload(r.reload, r.persist_error);
   const main = document.getElementById('routes');
   const seen = new Set();
@@ -179,6 +208,8 @@ function updateRoute(section, route, series) {
     route.unavailable ? el('span', { class: 'error' }, 'unavailable') : null,
     route.sticky ? el('span', { class: 'muted' }, 'sticky by ' + route.sticky) : null,
     el('span', { class: 'muted' }, 'version ' + route.etag),
+    state.series.fleet ? el('span', { class: 'scope' }, series && series.replicas > 1
+      ? `charts: fleet of ${series.replicas} replicas` : 'charts: this replica (the others publish only routes under analysis)') : null,
   ].filter(Boolean));
   weights.replaceChildren(
     el('tr', {}, el('th', {}, 'variant'), el('th', {}, 'role'), el('th', {}, 'weight')),
@@ -232,11 +263,11 @@ function markerClass(kind) {
 function renderCharts(container, route, series) {
   container.replaceChildren();
   const variants = (series && series.variants) || [];
-  // The last 15 minutes, or since the first point when the gateway is younger (at least a minute).
+  // The last 15 minutes, or since the first point when the gateway is younger (at least 20 s, so a short run is not a sliver).
   const now = state.series.now_ms / 1000;
   let first = now;
   for (const s of state.series.routes || []) for (const v of s.variants) if (v.t.length) first = Math.min(first, v.t[0]);
-  const from = Math.max(now - (state.series.window_s || 900), Math.min(first, now - 60));
+  const from = Math.max(now - (state.series.window_s || 900), Math.min(first, now - 20));
   for (const c of CHARTS) {
     if (c.key === 'business' && !variants.some((v) => v.business_metric)) continue;
     const title = c.key === 'business'

@@ -47,9 +47,15 @@ pub fn asset(path: &str) -> Option<Response<Body>> {
     Some(resp)
 }
 
-/// `GET /admin/series[?route=R]`: every route's per-second series with its events of the same
-/// 15 minutes as markers (weight steps, decisions, admin actions).
-pub fn series(controller: &Controller, route: Option<&str>) -> Result<Value, ApiError> {
+/// `GET /admin/series[?route=R][&since=T]`: every route's per-second series with its events of
+/// the same 15 minutes as markers (weight steps, decisions, admin actions). With `since` (unix
+/// seconds, the `newest` of a previous answer) only the points after it are sent; every
+/// variant is still listed, and the markers are always the window's (they are few).
+pub fn series(controller: &Controller, route: Option<&str>, since: u64) -> Result<Value, ApiError> {
+    let telemetry = controller.telemetry();
+    if !telemetry.series().running() {
+        return Err(ApiError::not_found("the console is off (server.console: false): no series are sampled"));
+    }
     let table = controller.table().load();
     if let Some(r) = route {
         if table.route(r).is_none() {
@@ -57,9 +63,9 @@ pub fn series(controller: &Controller, route: Option<&str>) -> Result<Value, Api
         }
     }
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let since = now_ms.saturating_sub(WINDOW_MS);
+    let window_from_ms = now_ms.saturating_sub(WINDOW_MS);
     let mut by_route: std::collections::HashMap<String, Vec<_>> = std::collections::HashMap::new();
-    for (name, s) in controller.telemetry().series().read(route) {
+    for (name, s) in telemetry.series().read(route, since) {
         by_route.entry(name).or_default().push(s);
     }
     let routes: Vec<Value> = table
@@ -71,10 +77,11 @@ pub fn series(controller: &Controller, route: Option<&str>) -> Result<Value, Api
             let markers: Vec<Value> = controller
                 .events(0, Some(&r.name))
                 .into_iter()
-                .filter(|e| e.at_ms >= since)
+                .filter(|e| e.at_ms >= window_from_ms)
                 .map(|e| json!({ "seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "message": e.message }))
                 .collect();
-            json!({ "route": r.name, "variants": variants, "markers": markers })
+            let replicas = telemetry.series().replicas(&r.name);
+            json!({ "route": r.name, "replicas": replicas, "variants": variants, "markers": markers })
         })
         .collect();
     Ok(json!({
@@ -82,7 +89,10 @@ pub fn series(controller: &Controller, route: Option<&str>) -> Result<Value, Api
         "resolution_s": 1,
         "window_s": WINDOW_MS / 1000,
         "poll_s": 2,
-        "untracked_variants": controller.telemetry().series().untracked(),
+        "since": since,
+        "newest": telemetry.series().newest(),
+        "fleet": telemetry.series().fleet_size().map(|n| json!({ "replicas": n })),
+        "untracked_variants": telemetry.series().untracked(),
         "routes": routes,
     }))
 }

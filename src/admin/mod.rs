@@ -16,8 +16,9 @@
 //! - `GET  /admin/events[?since=N&route=R]` — decisions with the numbers behind them.
 //! - `GET  /admin/cluster` — fleet mode: replicas, leader, spec revisions, last publications
 //!   (404 outside a fleet).
-//! - `GET  /admin/series[?route=R]` — the last 15 minutes per variant, second by second, with
-//!   the route's events as markers (what the console charts).
+//! - `GET  /admin/series[?route=R][&since=T]` — the last 15 minutes per variant, second by
+//!   second (only the points after `T` with `since`), with the route's events as markers (what
+//!   the console charts).
 //! - `GET  /ui/` — the operator console ([`console`]).
 //!
 //! Mutations need `Authorization: Bearer <token>` when the gateway has a token, and take
@@ -103,7 +104,7 @@ pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<
         return resp;
     }
     if method == Method::GET || method == Method::HEAD {
-        if let Some(resp) = console::asset(&path) {
+        if let Some(resp) = console::asset(&path).filter(|_| controller.telemetry().series().running()) {
             return resp;
         }
     }
@@ -210,8 +211,12 @@ async fn route(controller: &Arc<Controller>, req: Request<Incoming>, who: &str) 
     }
     if path == "/admin/series" {
         let query = req.uri().query().unwrap_or("");
-        let route = query.split('&').find_map(|kv| kv.strip_prefix("route=")).map(decode).transpose()?;
-        return console::series(controller, route.as_deref());
+        let param = |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
+        let route = param("route").map(decode).transpose()?;
+        let since = param("since")
+            .map_or(Ok(0), |v| v.parse::<u64>())
+            .map_err(|_| ApiError::bad_request("since must be unix seconds (the newest of a previous answer)"))?;
+        return console::series(controller, route.as_deref(), since);
     }
     if path == "/admin/stats" {
         return if method == Method::GET {

@@ -12,6 +12,7 @@
 //! stays as last applied and nothing is decided.
 
 pub mod keys;
+mod peers;
 mod session;
 mod sync;
 
@@ -54,6 +55,8 @@ pub enum ClusterError {
 struct Remote {
     revision: String,
     epoch: u64,
+    /// When it was published (its replica's clock, ms since the epoch).
+    published_ms: u64,
     step: Window,
     pinned: Window,
 }

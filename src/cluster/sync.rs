@@ -180,6 +180,7 @@ fn gather(shared: &Shared, kv: &KeyValue, put: bool) {
             pinned: Window::from_bytes(&p.pinned).map_err(|e| e.to_string())?,
             revision: p.revision,
             epoch: p.epoch,
+            published_ms: p.published_ms,
         })
     });
     let mut st = shared.lock();

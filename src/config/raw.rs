@@ -72,6 +72,7 @@ pub struct RawServer {
     pub overrides: Option<String>,
     pub insecure_unsigned_feedback: Option<bool>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub console: Option<bool>,
 }
 
 /// `server.tls:` / `server.admin_tls:` — a listener's certificate, and optionally the CA its

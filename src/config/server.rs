@@ -88,6 +88,9 @@ pub struct ServerSettings {
     /// Clients whose `X-Forwarded-*` and `Forwarded` headers are believed (load balancers in
     /// front of the gateway); from anyone else those headers are dropped and made afresh.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The operator console (`/ui/` and `/admin/series`, and the sampler behind them); read at
+    /// start. Off, the gateway does no per-second sampling at all.
+    pub console: bool,
 }
 
 /// Who may pin a request to a variant (a version path, or the `x-modelgate-variant` header).
@@ -140,6 +143,7 @@ impl Default for ServerSettings {
             overrides: OverridePolicy::default(),
             insecure_unsigned_feedback: false,
             trusted_proxies: Vec::new(),
+            console: true,
         }
     }
 }
@@ -205,6 +209,7 @@ pub(super) fn server(raw: &RawServer, base: &Path, issues: &mut Issues) -> Serve
         overrides: raw.overrides.as_deref().and_then(|o| overrides(o, "server.overrides", issues)).unwrap_or_default(),
         insecure_unsigned_feedback: raw.insecure_unsigned_feedback.unwrap_or(false),
         trusted_proxies: trusted_proxies(raw.trusted_proxies.as_deref().unwrap_or_default(), issues),
+        console: raw.console.unwrap_or(d.console),
     }
 }
 

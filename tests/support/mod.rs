@@ -2,6 +2,8 @@
 //! small HTTP client. Everything is real: sockets, ONNX Runtime, HTTP.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod browser;
+pub mod etcd;
 pub mod grpc;
 pub mod process;
 
@@ -112,7 +114,9 @@ impl Gateway {
         let inference_tls = tls(&config.server.tls, "inference");
         controller.spawn_analysis(Duration::from_millis(50));
         controller.telemetry().spawn_upkeep(Duration::from_millis(100));
-        controller.telemetry().spawn_series();
+        if config.server.console {
+            controller.telemetry().spawn_series();
+        }
         let admin_state = Arc::new(AdminState { controller: controller.clone(), token: Some(ADMIN_TOKEN.to_string()) });
         let mut done = Vec::new();
         if let Some(g) = grpc_listener {

@@ -1,6 +1,7 @@
 //! `scenario NAME`: runs `loadtest/scenarios/NAME.yaml` end to end — starts a gateway on free
 //! loopback ports, drives the load, applies the scenario's timed actions, prints the timeline of
 //! the gateway's decisions, and exits non-zero unless the expected outcome happened.
+//! `SCENARIO_HOLD=SECONDS` keeps the gateway (and its console) up that long after the outcome.
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -104,9 +105,18 @@ fn route<'a>(view: &'a Value, name: &str) -> Option<&'a Value> {
     view["routes"].as_array()?.iter().find(|r| r["name"] == name)
 }
 
+/// `SCENARIO_HOLD=SECONDS`: keep the gateway up that long after the outcome is known.
+fn hold() -> anyhow::Result<Option<u64>> {
+    match std::env::var("SCENARIO_HOLD") {
+        Err(_) => Ok(None),
+        Ok(v) => v.trim().parse().map(Some).with_context(|| format!("SCENARIO_HOLD must be whole seconds, got {v:?}")),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let name = std::env::args().nth(1).context("usage: scenario NAME (a file in loadtest/scenarios/)")?;
+    hold()?;
     let file = PathBuf::from("loadtest/scenarios").join(format!("{name}.yaml"));
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("no scenario {} (run from the checkout)", file.display()))?;
@@ -256,6 +266,13 @@ async fn main() -> anyhow::Result<()> {
     if e.gap_reported && r["status"]["last_gap"].is_null() {
         failures.push("no recreate gap reported".into());
     }
+    if let Some(secs) = hold()? {
+        // The gateway stays up (no load) so its console can be looked at, e.g. by
+        // scripts/console-scenario.sh; the outcome above is already decided.
+        println!("holding the gateway for {secs} s: console http://{}/ui/ (admin token {TOKEN})", gw.admin);
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+    drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
     if failures.is_empty() {
         println!("scenario {name}: PASSED");

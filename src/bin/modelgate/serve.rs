@@ -50,7 +50,12 @@ pub(crate) async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Re
     };
     controller.spawn_analysis(std::time::Duration::from_millis(250));
     controller.telemetry().spawn_upkeep(std::time::Duration::from_secs(5));
-    controller.telemetry().spawn_series();
+    if config.server.console {
+        if let Some(c) = &cluster {
+            controller.telemetry().series().set_peers(c.peers());
+        }
+        controller.telemetry().spawn_series();
+    }
     if token.is_none() {
         tracing::warn!("no admin token (MODELGATE_ADMIN_TOKEN or --admin-token-file): admin changes are open to anyone who reaches the admin listener");
     }
