@@ -343,3 +343,15 @@ pub fn expected_outputs() -> Value {
 pub fn model(name: &str) -> String {
     root().join("models").join(name).display().to_string()
 }
+
+/// Asserts two JSON arrays of numbers are equal to FP32 precision through JSON (~7 significant
+/// digits), naming the element that differs.
+pub fn assert_close(got: &Value, want: &Value, what: &str) {
+    let (g, w) = (got.as_array().unwrap(), want.as_array().unwrap());
+    assert_eq!(g.len(), w.len(), "{what}: length");
+    for (i, (g, w)) in g.iter().zip(w).enumerate() {
+        let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
+        // FP32 outputs through JSON: the same float to ~7 significant digits.
+        assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{what}[{i}]: got {g}, Python onnxruntime gave {w}");
+    }
+}
