@@ -3,7 +3,8 @@
 //! - `session` — this replica's lease and its campaign for leadership (lose the lease → stop
 //!   deciding at once);
 //! - `sync` — statuses watched and applied through the controller, windows published and
-//!   gathered.
+//!   gathered;
+//! - `claims` — feedback claimed fleet-wide, so it counts once wherever it lands.
 //!
 //! The controller sees the fleet through [`crate::rollout::fleet::Fleet`]: only the leader
 //! decides, its writes are fenced by its leadership key's create revision, admin changes are
@@ -11,6 +12,7 @@
 //! every replica's windows on the same spec revision and step. etcd unreachable: the table
 //! stays as last applied and nothing is decided.
 
+mod claims;
 pub mod keys;
 mod session;
 mod sync;
@@ -86,6 +88,8 @@ struct State {
     last_publish_ms: Option<u64>,
     /// The newest etcd revision seen (the fleet-wide ETag).
     newest: i64,
+    /// The lease feedback claims are put under now: id, when granted, its TTL (seconds).
+    feedback_lease: Option<(i64, Instant, u64)>,
 }
 
 /// One replica's membership of a fleet: the etcd client and what the fleet's tasks share.
