@@ -2,6 +2,7 @@
 //! small HTTP client. Everything is real: sockets, ONNX Runtime, HTTP.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod etcd;
 pub mod grpc;
 pub mod process;
 
