@@ -110,7 +110,7 @@ async fn one_leader_is_elected_and_a_deposed_leaders_write_is_fenced() {
     let status = leader.status("risk");
     let why = follower.cluster.fleet().may_decide().unwrap_err();
     assert!(why.contains("not the leader"), "{why}");
-    let refused = follower.cluster.fleet().write("risk", &rev, &status, true, None).await;
+    let refused = follower.cluster.fleet().write("risk", &rev, &status, true, None, None).await;
     assert!(matches!(refused, Err(FleetError::NotLeader(_))), "a follower cannot decide: {refused:?}");
 
     // Depose the leader behind its back: its lease is revoked in etcd, as if it had lapsed.
@@ -121,7 +121,7 @@ async fn one_leader_is_elected_and_a_deposed_leaders_write_is_fenced() {
     let before = etcd_client.get(format!("/t/fence/status/risk/{rev}"), None).await.unwrap();
     let mut changed = status.clone();
     changed.last_analysis = Some("written by a deposed leader".into());
-    let refused = leader.cluster.fleet().write("risk", &rev, &changed, true, None).await;
+    let refused = leader.cluster.fleet().write("risk", &rev, &changed, true, None, None).await;
     assert!(matches!(refused, Err(FleetError::NotLeader(_))), "a deposed leader's write is fenced: {refused:?}");
     let after = etcd_client.get(format!("/t/fence/status/risk/{rev}"), None).await.unwrap();
     assert_eq!(
@@ -143,7 +143,7 @@ async fn one_leader_is_elected_and_a_deposed_leaders_write_is_fenced() {
         async move {
             let mut mine = follower.status("risk");
             mine.last_analysis = taken.last_analysis.clone();
-            fleet.write("risk", &rev, &mine, true, None).await.ok()
+            fleet.write("risk", &rev, &mine, true, None, None).await.ok()
         }
     })
     .await;
@@ -516,6 +516,76 @@ async fn a_leader_that_dies_without_a_word_is_replaced_and_the_step_goes_on() {
     let promoted = follower.gw.admin_post("/admin/routes/risk/promote", "").await;
     assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
     assert_eq!(follower.canary_weight("risk"), 100.0, "the new leader's replica takes changes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_writes_wait_off_the_controllers_lock_and_only_a_newer_fleet_status_applies() {
+    let etcd = Etcd::start().await;
+    let a = Replica::start(&routes(&etcd.url, "/t/lock", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/lock", "b", STEPPED)).await;
+    let both = [&a, &b];
+    let (l, f) = leader_of(&both).await;
+    let (leader, follower) = (both[l], both[f]);
+    let rev = leader.revision("risk");
+    let key = format!("/t/lock/status/risk/{rev}");
+    let client = etcd.client().await;
+    let (old, old_at) = eventually("the first step's status in etcd", Duration::from_secs(10), || {
+        let (mut client, key) = (client.clone(), key.clone());
+        async move {
+            let kv = client.get(key, None).await.ok()?.kvs().first()?.clone();
+            let stored: serde_json::Value = serde_json::from_slice(kv.value()).ok()?;
+            let status: modelgate::rollout::RouteStatus = serde_json::from_value(stored["status"].clone()).ok()?;
+            Some((status, kv.mod_revision()))
+        }
+    })
+    .await;
+    let promoted = follower.gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
+    eventually("step 1 on both replicas", Duration::from_secs(10), || async {
+        both.iter().all(|r| r.canary_weight("risk") == 40.0).then_some(())
+    })
+    .await;
+
+    // The revision check: a status older than the one applied is not applied again, and a
+    // change made on an older status is refused by the store.
+    for r in both {
+        let applied = r.controller().apply_fleet_status("risk", &rev, old.clone(), old_at).await;
+        assert_eq!(applied, Ok(false), "an older fleet status is ignored");
+        assert_eq!(r.canary_weight("risk"), 40.0);
+    }
+    let stale = leader.cluster.fleet().write("risk", &rev, &old, false, None, Some(old_at)).await;
+    assert!(matches!(stale, Err(FleetError::Stale(_))), "a change on an old base is refused: {stale:?}");
+
+    // etcd hangs: an admin change waits for it, but not under the controller's lock — a reload
+    // (which takes the lock) completes while the change is still waiting.
+    follower.controller().reload_file().await.unwrap(); // warm: the one below is quick
+    etcd.pause();
+    let url = follower.gw.admin_url("/admin/routes/risk/promote");
+    let change = tokio::spawn(async move {
+        send(http::Method::POST, &url, "", &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))]).await
+    });
+    // Give the change a moment to reach its etcd write (nothing to wait on from outside; were
+    // the reload first, this check would only be weaker, never wrong).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    follower.controller().reload_file().await.unwrap();
+    if change.is_finished() {
+        let early = change.await.unwrap();
+        panic!("the change was answered before etcd came back: {} {:?}", early.status, early.body);
+    }
+    etcd.resume();
+    let answer = change.await.unwrap();
+    // etcd answered before the change's request timed out (3 s): it went through. (Under the
+    // lock, the reload would have waited for that timeout, and the change failed with 503.)
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    assert_eq!(follower.canary_weight("risk"), 100.0, "promoted past the last step");
+    // The fleet goes on: one leader, and its statuses apply everywhere.
+    leader_of(&both).await;
+    let weights = eventually("the same weight on both replicas", Duration::from_secs(10), || async {
+        let w = (a.canary_weight("risk"), b.canary_weight("risk"));
+        (w.0 == w.1).then_some(w)
+    })
+    .await;
+    assert_eq!(weights, (100.0, 100.0));
 }
 
 #[test]

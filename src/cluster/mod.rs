@@ -73,9 +73,10 @@ struct State {
     etcd_error: Option<String>,
     /// Mod revision of every status key as last seen (compare-and-swap base).
     seen: HashMap<String, i64>,
-    /// The newest status of every status key seen (watched or written by this replica), for
-    /// a replica that comes to a revision after its status was written (a later reload).
-    known: HashMap<String, RouteStatus>,
+    /// The newest status of every status key seen (watched or written by this replica) and
+    /// its etcd revision, for a replica that comes to a revision after its status was written
+    /// (a later reload).
+    known: HashMap<String, (RouteStatus, i64)>,
     /// Every status key's fleet-wide ETag (see [`keys::StoredStatus::changed_at`]).
     etags: HashMap<String, i64>,
     /// Status keys no replica runs, since when (the leader deletes them after a grace).
@@ -308,12 +309,14 @@ impl Shared {
         status: &RouteStatus,
         decision: bool,
         if_match: Option<u64>,
-    ) -> Result<(), FleetError> {
+        base: Option<i64>,
+    ) -> Result<i64, FleetError> {
         let key = self.keys.status(route, revision);
         let (seen, leader, previous, etag) = {
             let st = self.lock();
             let etag = st.etags.get(&key).copied().unwrap_or(0);
-            (st.seen.get(&key).copied().unwrap_or(0), st.leader_key.clone(), st.known.get(&key).cloned(), etag)
+            let seen = base.unwrap_or_else(|| st.seen.get(&key).copied().unwrap_or(0));
+            (seen, st.leader_key.clone(), st.known.get(&key).map(|(s, _)| s.clone()), etag)
         };
         // If-Match: the status this replica applied changed no later than the ETag the caller
         // read (on any replica); the compare-and-swap below makes sure it is still that status.
@@ -359,10 +362,12 @@ impl Shared {
             let rev = resp.header().map_or(0, |h| h.revision());
             let mut st = self.lock();
             st.newest = st.newest.max(rev);
-            st.seen.insert(key.clone(), rev);
-            st.etags.insert(key.clone(), carried.unwrap_or(rev));
-            st.known.insert(key, status.clone());
-            return Ok(());
+            if st.seen.get(&key).is_none_or(|s| *s < rev) {
+                st.seen.insert(key.clone(), rev);
+                st.etags.insert(key.clone(), carried.unwrap_or(rev));
+                st.known.insert(key, (status.clone(), rev));
+            }
+            return Ok(rev);
         }
         let gets: Vec<_> = resp
             .op_responses()
@@ -403,8 +408,9 @@ impl Fleet for Shared {
         status: &'a RouteStatus,
         decision: bool,
         if_match: Option<u64>,
-    ) -> BoxFuture<'a, Result<(), FleetError>> {
-        Box::pin(self.write_status(route, revision, status, decision, if_match))
+        base: Option<i64>,
+    ) -> BoxFuture<'a, Result<i64, FleetError>> {
+        Box::pin(self.write_status(route, revision, status, decision, if_match, base))
     }
 
     fn route_etag(&self, route: &str, revision: &str) -> u64 {

@@ -131,10 +131,10 @@ async fn on_status(shared: Arc<Shared>, kv: KeyValue, put: bool) {
         }
         *seen = kv.mod_revision();
         st.etags.insert(key.clone(), stored.changed_at.unwrap_or(kv.mod_revision()));
-        st.known.insert(key, stored.status.clone());
+        st.known.insert(key, (stored.status.clone(), kv.mod_revision()));
     }
     let Some(controller) = shared.controller.upgrade() else { return };
-    if let Err(e) = controller.apply_fleet_status(&route, &revision, stored.status).await {
+    if let Err(e) = controller.apply_fleet_status(&route, &revision, stored.status, kv.mod_revision()).await {
         tracing::error!(route, revision, error = %e, "the fleet's status could not be applied here");
     }
 }
@@ -276,20 +276,20 @@ pub(super) async fn publish(shared: Arc<Shared>) {
 /// seen no watch event for it.
 async fn reconcile(shared: &Shared, controller: &Controller) {
     let statuses = controller.statuses();
-    let pending: Vec<(String, String, crate::rollout::RouteStatus)> = {
+    let pending: Vec<(String, String, crate::rollout::RouteStatus, i64)> = {
         let st = shared.lock();
         controller
             .revisions()
             .iter()
             .filter_map(|(route, revision)| {
-                let known = st.known.get(&shared.keys.status(route, revision))?;
+                let (known, at) = st.known.get(&shared.keys.status(route, revision))?;
                 let mine = statuses.iter().find(|(r, _)| r == route).map(|(_, s)| s);
-                (mine != Some(known)).then(|| (route.clone(), revision.clone(), known.clone()))
+                (mine != Some(known)).then(|| (route.clone(), revision.clone(), known.clone(), *at))
             })
             .collect()
     };
-    for (route, revision, status) in pending {
-        if let Err(e) = controller.apply_fleet_status(&route, &revision, status).await {
+    for (route, revision, status, at) in pending {
+        if let Err(e) = controller.apply_fleet_status(&route, &revision, status, at).await {
             tracing::error!(route, revision, error = %e, "the fleet's status could not be applied here");
         }
     }

@@ -64,6 +64,22 @@ impl Etcd {
         let _ = self.child.wait();
     }
 
+    /// Freezes etcd (SIGSTOP): requests to it hang instead of failing, as on a stalled disk
+    /// or network. [`Etcd::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused etcd (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill").args([signal, &self.child.id().to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal} etcd");
+    }
+
     pub async fn restart(&mut self) {
         self.child = spawn_etcd(self.dir.path(), &self.url, &self.peer_url);
         assert!(self.ready().await, "etcd came back on its ports");
