@@ -401,7 +401,13 @@ impl Controller {
             let version = inner.generation + 1;
             inner.routes.insert(route.to_string(), RouteState { status: next.clone(), version, ..state.clone() });
             match self.publish(&mut inner, &[]).await {
-                Ok(g) => (self.commit(&inner, Vec::new()), (g, state.status, next)),
+                Ok(g) => {
+                    // A new step (or colour) is judged on its own requests, as in a fleet.
+                    for variant in super::fleet::resets(&spec, &state.status, &next) {
+                        self.telemetry.variant(route, &variant).reset_step();
+                    }
+                    (self.commit(&inner, Vec::new()), (g, state.status, next))
+                }
                 Err(e) => {
                     inner.routes.insert(route.to_string(), state);
                     prune(&mut inner);

@@ -115,7 +115,7 @@ pub fn bookkeeping_only(a: &RouteStatus, b: &RouteStatus) -> bool {
 
 /// The variants whose step windows a status change from `before` to `after` empties: all of
 /// them for a new step (or arms stopped), the colour that took over for a blue-green switch.
-fn resets(spec: &RouteSpec, before: &RouteStatus, after: &RouteStatus) -> Vec<String> {
+pub(super) fn resets(spec: &RouteSpec, before: &RouteStatus, after: &RouteStatus) -> Vec<String> {
     let step = |s: &RouteStatus| (s.progress.as_ref().map(|p| (p.step, p.step_started_ms)), s.stopped_arms.clone());
     if step(before) != step(after) {
         return spec.strategy.backends().into_iter().map(str::to_string).collect();
