@@ -69,7 +69,7 @@ fuzz:
 faults:
 	./scripts/faults.sh
 
-## fleet: three replicas, a real etcd and Prometheus on loopback: rollback once fleet-wide, promotion, checks, follower promote, leader SIGKILL, etcd outage
+## fleet: three replicas, a real etcd and Prometheus on loopback: rollback once fleet-wide, promotion, the verdict counting exactly what was sent, checks, follower promote, leader SIGKILL, etcd outage
 fleet:
 	./scripts/fleet.sh
 

@@ -6,6 +6,11 @@
 #      within 2 s of the decision; the verdict's numbers are the fleet's (more than any one
 #      replica saw);
 #   2. a good canary goes through every step to promoted, every replica at each step's weight;
+#      the leader's verdict counts exactly what the load generator sent in one step window:
+#      a fresh step (started by an admin promote, seen by all three replicas), a known number
+#      of requests spread over the replicas well before the step ends, nothing else sending to
+#      that route; the decision event's requests per variant equal the load generator's
+#      answers per variant (by x-modelgate-variant);
 #   3. Prometheus checks: no data holds a canary as inconclusive, a breached bound rolls back;
 #   4. an admin promote sent to a follower takes effect on every replica; a stale If-Match is
 #      412 on every replica;
@@ -75,6 +80,8 @@ start_etcd() {
 start_etcd
 prom_port=$(free_port)
 ttl=4
+count_pause=12        # route counted: the step window the exact count is made in
+count_each=120        # requests the load generator sends to route counted on each replica
 cat >"$work/routes.yaml" <<YAML
 server: {shutdown_grace: 1s}
 cluster:
@@ -142,6 +149,13 @@ routes:
         canary: v2
         steps: [{weight: 10, pause: 1s}, {weight: 50, pause: 1m}]
         analysis: {interval: 500ms, min_samples: 60, max_error_rate: 0.05}
+  - model: counted
+    strategy:
+      canary:
+        stable: v1
+        canary: v2
+        steps: [{weight: 10, pause: until_promoted}, {weight: 50, pause: ${count_pause}s}]
+        analysis: {interval: 500ms, min_samples: 30, max_error_rate: 0.05}
   - model: held
     strategy:
       canary:
@@ -238,6 +252,54 @@ for f in "$work"/load-*.json; do
   failed=$((failed + $(json "j['requests']-j['statuses'].get('200',0)-$allowed+j['transport_errors']" <"$f")))
 done
 check "load 1-3" $([ "$failed" = 0 ] && echo 0 || echo 1) "$failed requests failed other than the injected 500s"
+
+# --- 2b. the verdict's requests are exactly what was sent within its window -------------------
+# Route counted has had no traffic. An admin promote starts its timed step (every replica empties
+# its step windows for it); once all three replicas run that step, the load generator sends
+# count_each requests through each replica, all within the first part of the step; the leader
+# decides at the step's end, after every replica has published its last window.
+log "2b. ${count_each} requests through each replica to route counted, inside one ${count_pause}s step window"
+adm "${admins[0]}" POST /admin/routes/counted/promote >/dev/null
+step_start=""
+for _ in $(seq 1 100); do
+  starts=$(for a in "${admins[@]}"; do
+    adm "$a" GET /admin/status | json "[(r['status']['progress'] or {}).get('step') == 1 and r['status']['progress']['step_started_ms'] for r in j['routes'] if r['route']=='counted'][0]"
+  done | sort -u)
+  if [ "$(echo "$starts" | wc -l)" = 1 ] && [ "$starts" != False ]; then step_start=$starts; break; fi
+  sleep 0.05
+done
+loads=()
+for i in 0 1 2; do
+  "$lt" --quiet --url "${urls[$i]}" --model counted -c 2 --requests "$count_each" --duration 60s \
+    --report "$work/count-$i.json" >/dev/null &
+  loads+=("$!")
+done
+wait "${loads[@]}"
+sent_done=$(now_ms)
+# The load generator's answers per variant, summed over the three runs (v1 is stable, v2 the canary).
+read -r sent_total sent_v1 sent_v2 sent_other < <(python3 - "$work"/count-*.json <<'PY'
+import json, sys
+runs = [json.load(open(f)) for f in sys.argv[1:]]
+v = {}
+for r in runs:
+    for name, x in r["variants"].items():
+        v[name] = v.get(name, 0) + x["requests"]
+print(sum(r["requests"] for r in runs), v.pop("v1", 0), v.pop("v2", 0), sum(v.values()))
+PY
+)
+counted=""
+for _ in $(seq 1 $(( (count_pause + 10) * 10 ))); do
+  for a in "${admins[@]}"; do
+    counted=$(adm "$a" GET "/admin/events?route=counted" | json "' '.join(str(x) for x in next(([e['kind'], e['details']['stable']['requests'], e['details']['canary']['requests']] for e in j['events'] if e['kind'] in ('promoted','rolled_back','step_advanced')), []))")
+    [ -n "$counted" ] && break 2
+  done
+  sleep 0.1
+done
+read -r counted_kind counted_v1 counted_v2 <<<"${counted:-none 0 0}"
+inside=$([ -n "$step_start" ] && [ $(( sent_done - step_start )) -le $(( (count_pause - 2) * 1000 )) ] && echo 1 || echo 0)
+check "verdict counts what was sent" $([ "$inside" = 1 ] && [ "$sent_other" = 0 ] && [ "$sent_total" = $((3 * count_each)) ] \
+  && [ "$counted_v1" = "$sent_v1" ] && [ "$counted_v2" = "$sent_v2" ] && echo 0 || echo 1) \
+  "load generator: $sent_total requests through 3 replicas in one step window (v1 $sent_v1, v2 $sent_v2, unanswered $sent_other; sent within $(( sent_done - ${step_start:-sent_done} )) ms of the step's start, step ${count_pause}s); the leader's $counted_kind event counted v1 $counted_v1, v2 $counted_v2"
 
 # --- 4. admin promote on a follower; stale If-Match -------------------------------------------
 lead=$(leader "${admins[0]}")

@@ -5,125 +5,17 @@
 
 mod support;
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::GetOptions;
 use http::StatusCode;
 use modelgate::cluster::Cluster;
 use modelgate::config::Config;
 use modelgate::rollout::fleet::{epoch, Fleet, FleetError};
 use modelgate::rollout::Controller;
 use serde_json::json;
-use std::future::Future;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use support::etcd::{eventually, free_port, Etcd};
 use support::*;
-
-/// An etcd of its own on 127.0.0.1, killed when dropped.
-struct Etcd {
-    child: Child,
-    url: String,
-    peer_url: String,
-    dir: tempfile::TempDir,
-}
-
-fn etcd_binary() -> String {
-    std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".to_string())
-}
-
-/// A port that was free a moment ago (etcd binds its own listeners; a clash is retried).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn spawn_etcd(dir: &std::path::Path, url: &str, peer_url: &str) -> Child {
-    let bin = etcd_binary();
-    assert!(
-        std::path::Path::new(&bin).exists(),
-        "{bin} is missing: run scripts/fetch-tools.sh (make test does) or set ETCD_BIN"
-    );
-    Command::new(&bin)
-        .args(["--name", "t", "--data-dir"])
-        .arg(dir.join("data"))
-        .args(["--listen-client-urls", url, "--advertise-client-urls", url])
-        .args(["--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url])
-        .args(["--initial-cluster", &format!("t={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
-}
-
-impl Etcd {
-    async fn start() -> Etcd {
-        for _ in 0..3 {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("http://127.0.0.1:{}", free_port());
-            let peer_url = format!("http://127.0.0.1:{}", free_port());
-            let child = spawn_etcd(dir.path(), &url, &peer_url);
-            let mut etcd = Etcd { child, url, peer_url, dir };
-            if etcd.ready().await {
-                return etcd;
-            }
-            let _ = etcd.child.kill();
-            let _ = etcd.child.wait();
-        }
-        panic!("etcd did not start on loopback ports (3 tries)");
-    }
-
-    /// Kills etcd (an outage); [`Etcd::restart`] brings it back with its data.
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    async fn restart(&mut self) {
-        self.child = spawn_etcd(self.dir.path(), &self.url, &self.peer_url);
-        assert!(self.ready().await, "etcd came back on its ports");
-    }
-
-    /// Waits (bounded) until etcd answers; false when the process died (a port clash).
-    async fn ready(&mut self) -> bool {
-        for _ in 0..200 {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return false;
-            }
-            if let Ok(mut c) = Client::connect([&self.url], None).await {
-                if tokio::time::timeout(Duration::from_secs(1), c.get("x", None)).await.is_ok_and(|r| r.is_ok()) {
-                    return true;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect([&self.url], None).await.unwrap()
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits up to `limit` for `check` to give a value (a bound on waiting, not a measurement).
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 fn routes(etcd: &str, prefix: &str, replica: &str, canary: &str) -> String {
     format!(
@@ -171,6 +63,8 @@ impl Replica {
         let gw = Gateway::start(yaml).await;
         let config = Config::load(&gw.routes_file()).unwrap();
         let cluster = Cluster::join(config.cluster.clone().unwrap(), &gw.controller).await.unwrap();
+        // As `modelgate serve` does: feedback is claimed through the fleet.
+        gw.state.claim_feedback_through(cluster.fleet());
         Replica { gw, cluster }
     }
 
@@ -216,7 +110,7 @@ async fn one_leader_is_elected_and_a_deposed_leaders_write_is_fenced() {
     let status = leader.status("risk");
     let why = follower.cluster.fleet().may_decide().unwrap_err();
     assert!(why.contains("not the leader"), "{why}");
-    let refused = follower.cluster.fleet().write("risk", &rev, &status, true, None).await;
+    let refused = follower.cluster.fleet().write("risk", &rev, &status, true, None, None).await;
     assert!(matches!(refused, Err(FleetError::NotLeader(_))), "a follower cannot decide: {refused:?}");
 
     // Depose the leader behind its back: its lease is revoked in etcd, as if it had lapsed.
@@ -227,7 +121,7 @@ async fn one_leader_is_elected_and_a_deposed_leaders_write_is_fenced() {
     let before = etcd_client.get(format!("/t/fence/status/risk/{rev}"), None).await.unwrap();
     let mut changed = status.clone();
     changed.last_analysis = Some("written by a deposed leader".into());
-    let refused = leader.cluster.fleet().write("risk", &rev, &changed, true, None).await;
+    let refused = leader.cluster.fleet().write("risk", &rev, &changed, true, None, None).await;
     assert!(matches!(refused, Err(FleetError::NotLeader(_))), "a deposed leader's write is fenced: {refused:?}");
     let after = etcd_client.get(format!("/t/fence/status/risk/{rev}"), None).await.unwrap();
     assert_eq!(
@@ -249,7 +143,7 @@ async fn one_leader_is_elected_and_a_deposed_leaders_write_is_fenced() {
         async move {
             let mut mine = follower.status("risk");
             mine.last_analysis = taken.last_analysis.clone();
-            fleet.write("risk", &rev, &mine, true, None).await.ok()
+            fleet.write("risk", &rev, &mine, true, None, None).await.ok()
         }
     })
     .await;
@@ -375,6 +269,98 @@ async fn the_leader_judges_the_sum_of_every_replicas_windows_feedback_included()
     let replicas = view["replicas"].as_array().unwrap();
     assert_eq!(replicas.len(), 2, "{view}");
     assert!(replicas.iter().all(|r| r["last_publish_ms"].is_u64()), "{view}");
+}
+
+/// Conversions counted in `replica`'s own step windows of route risk, both variants.
+fn own_conversions(replica: &Replica) -> u64 {
+    let t = replica.controller().telemetry();
+    ["stable", "good"].iter().map(|v| t.variant("risk", v).step_window().conversion.n).sum()
+}
+
+/// Conversions in the fleet's merged windows of route risk as `leader` judges them.
+fn fleet_conversions(leader: &Replica) -> u64 {
+    let (rev, epoch) = (leader.revision("risk"), epoch(&leader.status("risk")));
+    ["stable", "good"]
+        .iter()
+        .map(|v| {
+            let local = leader.controller().telemetry().variant("risk", v).step_window();
+            leader.cluster.fleet().window("risk", &rev, epoch, v, false, local).conversion.n
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_posted_to_two_replicas_counts_once_fleet_wide_and_waits_for_etcd() {
+    let mut etcd = Etcd::start().await;
+    let fixed = "  - model: risk\n    strategy:\n      canary:\n        stable: stable\n        canary: good\n        steps: [{weight: 50, pause: until_promoted}]\n        analysis: {interval: 100ms, min_samples: 100000000}\n";
+    let a = Replica::start(&routes(&etcd.url, "/t/feedback", "a", fixed)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/feedback", "b", fixed)).await;
+    let both = [&a, &b];
+    let (l, _) = leader_of(&both).await;
+    let leader = both[l];
+    eventually("the step started on both replicas", Duration::from_secs(10), || async {
+        both.iter().all(|r| r.status("risk").progress.is_some()).then_some(())
+    })
+    .await;
+    let answer_id = |r: &Replica| {
+        let url = r.gw.url("/v2/models/risk/infer");
+        async move {
+            let answer = post_json(&url, &body()).await;
+            assert_eq!(answer.status, StatusCode::OK);
+            answer.headers["x-modelgate-request-id"].to_str().unwrap().to_string()
+        }
+    };
+    let converted = |id: &str| json!({"request_id": id, "conversion": true});
+
+    // One answer's outcome posted to a, then replayed to b and to a: counted once.
+    let first = answer_id(&a).await;
+    let posted = post_json(&a.gw.url("/v2/feedback"), &converted(&first)).await;
+    assert_eq!(posted.status, StatusCode::OK, "{:?}", posted.body);
+    let replayed = post_json(&b.gw.url("/v2/feedback"), &converted(&first)).await;
+    assert_eq!(replayed.status, StatusCode::CONFLICT, "{:?}", replayed.body);
+    assert!(replayed.error().contains("already recorded"), "{}", replayed.error());
+    let again = post_json(&a.gw.url("/v2/feedback"), &converted(&first)).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.body);
+    // Another kind of outcome on the same answer, and another answer's, still count.
+    let reward = post_json(&b.gw.url("/v2/feedback"), &json!({"request_id": first, "reward": 2.0})).await;
+    assert_eq!(reward.status, StatusCode::OK, "{:?}", reward.body);
+    let second = answer_id(&b).await;
+    let posted = post_json(&b.gw.url("/v2/feedback"), &converted(&second)).await;
+    assert_eq!(posted.status, StatusCode::OK, "{:?}", posted.body);
+    assert_eq!((own_conversions(&a), own_conversions(&b)), (1, 1), "each replica counted one conversion");
+    eventually("both conversions in the leader's merged windows", Duration::from_secs(10), || async {
+        (fleet_conversions(leader) == 2).then_some(())
+    })
+    .await;
+    let mut client = etcd.client().await;
+    let claims = client.get("/t/feedback/feedback/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    assert_eq!(claims.kvs().len(), 3, "one claim per answer and kind: two conversions, one reward");
+    assert!(claims.kvs().iter().all(|kv| kv.lease() != 0), "claims expire with their lease");
+
+    // etcd unreachable: feedback is refused (503, retry), not counted; the retry counts once.
+    let third = answer_id(&a).await;
+    etcd.stop();
+    let refused = post_json(&a.gw.url("/v2/feedback"), &converted(&third)).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", refused.body);
+    assert!(refused.error().contains("fleet-wide") && refused.error().contains("retry"), "{}", refused.error());
+    assert_eq!(own_conversions(&a), 1, "nothing counted while etcd was unreachable");
+    etcd.restart().await;
+    eventually("the retried feedback to count", Duration::from_secs(20), || async {
+        let retried = post_json(&b.gw.url("/v2/feedback"), &converted(&third)).await;
+        match retried.status {
+            StatusCode::OK => Some(()),
+            StatusCode::SERVICE_UNAVAILABLE => None,
+            other => panic!("the retry answered {other}: {:?}", retried.body),
+        }
+    })
+    .await;
+    let replayed = post_json(&a.gw.url("/v2/feedback"), &converted(&third)).await;
+    assert_eq!(replayed.status, StatusCode::CONFLICT, "{:?}", replayed.body);
+    assert_eq!((own_conversions(&a), own_conversions(&b)), (1, 2));
+    eventually("three conversions in the leader's merged windows", Duration::from_secs(10), || async {
+        (fleet_conversions(leader) == 3).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,6 +516,76 @@ async fn a_leader_that_dies_without_a_word_is_replaced_and_the_step_goes_on() {
     let promoted = follower.gw.admin_post("/admin/routes/risk/promote", "").await;
     assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
     assert_eq!(follower.canary_weight("risk"), 100.0, "the new leader's replica takes changes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_writes_wait_off_the_controllers_lock_and_only_a_newer_fleet_status_applies() {
+    let etcd = Etcd::start().await;
+    let a = Replica::start(&routes(&etcd.url, "/t/lock", "a", STEPPED)).await;
+    let b = Replica::start(&routes(&etcd.url, "/t/lock", "b", STEPPED)).await;
+    let both = [&a, &b];
+    let (l, f) = leader_of(&both).await;
+    let (leader, follower) = (both[l], both[f]);
+    let rev = leader.revision("risk");
+    let key = format!("/t/lock/status/risk/{rev}");
+    let client = etcd.client().await;
+    let (old, old_at) = eventually("the first step's status in etcd", Duration::from_secs(10), || {
+        let (mut client, key) = (client.clone(), key.clone());
+        async move {
+            let kv = client.get(key, None).await.ok()?.kvs().first()?.clone();
+            let stored: serde_json::Value = serde_json::from_slice(kv.value()).ok()?;
+            let status: modelgate::rollout::RouteStatus = serde_json::from_value(stored["status"].clone()).ok()?;
+            Some((status, kv.mod_revision()))
+        }
+    })
+    .await;
+    let promoted = follower.gw.admin_post("/admin/routes/risk/promote", "").await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.error());
+    eventually("step 1 on both replicas", Duration::from_secs(10), || async {
+        both.iter().all(|r| r.canary_weight("risk") == 40.0).then_some(())
+    })
+    .await;
+
+    // The revision check: a status older than the one applied is not applied again, and a
+    // change made on an older status is refused by the store.
+    for r in both {
+        let applied = r.controller().apply_fleet_status("risk", &rev, old.clone(), old_at).await;
+        assert_eq!(applied, Ok(false), "an older fleet status is ignored");
+        assert_eq!(r.canary_weight("risk"), 40.0);
+    }
+    let stale = leader.cluster.fleet().write("risk", &rev, &old, false, None, Some(old_at)).await;
+    assert!(matches!(stale, Err(FleetError::Stale(_))), "a change on an old base is refused: {stale:?}");
+
+    // etcd hangs: an admin change waits for it, but not under the controller's lock — a reload
+    // (which takes the lock) completes while the change is still waiting.
+    follower.controller().reload_file().await.unwrap(); // warm: the one below is quick
+    etcd.pause();
+    let url = follower.gw.admin_url("/admin/routes/risk/promote");
+    let change = tokio::spawn(async move {
+        send(http::Method::POST, &url, "", &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))]).await
+    });
+    // Give the change a moment to reach its etcd write (nothing to wait on from outside; were
+    // the reload first, this check would only be weaker, never wrong).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    follower.controller().reload_file().await.unwrap();
+    if change.is_finished() {
+        let early = change.await.unwrap();
+        panic!("the change was answered before etcd came back: {} {:?}", early.status, early.body);
+    }
+    etcd.resume();
+    let answer = change.await.unwrap();
+    // etcd answered before the change's request timed out (3 s): it went through. (Under the
+    // lock, the reload would have waited for that timeout, and the change failed with 503.)
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    assert_eq!(follower.canary_weight("risk"), 100.0, "promoted past the last step");
+    // The fleet goes on: one leader, and its statuses apply everywhere.
+    leader_of(&both).await;
+    let weights = eventually("the same weight on both replicas", Duration::from_secs(10), || async {
+        let w = (a.canary_weight("risk"), b.canary_weight("risk"));
+        (w.0 == w.1).then_some(w)
+    })
+    .await;
+    assert_eq!(weights, (100.0, 100.0));
 }
 
 #[test]

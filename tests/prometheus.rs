@@ -1,12 +1,14 @@
 //! Prometheus checks in a canary analysis, against a real Prometheus (Debian's `prometheus`;
 //! `make test` installs it) scraping the gateway's /metrics on loopback: a check with no data
 //! holds the canary as inconclusive, a check whose value breaches its bound rolls it back, and
-//! an A/B arm whose check fails is taken out of traffic.
+//! an A/B arm whose check fails is taken out of traffic; an A/B winner is held while its check
+//! has no data, and found (or stopped) once the data says so.
 
 mod support;
 
 use http::StatusCode;
 use modelgate::rollout::Phase;
+use serde_json::json;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -156,4 +158,132 @@ async fn a_check_without_data_holds_and_a_breached_check_rolls_back_or_stops_an_
     let stopped = gw.controller.events(0, Some("arms"));
     let stopped = stopped.iter().find(|e| e.kind == "arm_stopped").expect("an arm_stopped event");
     assert!(stopped.message.contains("check requests"), "{}", stopped.message);
+}
+
+/// A sticky A/B route whose arm `good` converts far better than control: a winner as soon as
+/// its check allows. Its check sums the rewards reported for the arm (none until the test posts
+/// one): `bound` is `min: 0.5` (the reward must be there) or `max: 0.5` (it must not be).
+fn ab_route(name: &str, bound: &str, prometheus: u16) -> String {
+    format!(
+        r#"  - model: {name}
+    strategy:
+      ab_test:
+        variants: {{stable: 50, good: 50}}
+        sticky: {{header: x-user}}
+        analysis:
+          metric: conversion
+          alpha: 0.05
+          min_samples: 50
+          effect: 0.2
+          interval: 100ms
+          checks:
+            - {{name: reward, prometheus: "http://127.0.0.1:{prometheus}", query: 'sum(modelgate_feedback_reward{{route="{{{{route}}}}",variant="{{{{variant}}}}"}})', {bound}}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ab_winner_is_held_while_its_check_has_no_data_then_found_or_stopped_as_the_data_says() {
+    let port = free_port();
+    let yaml = format!(
+        "backends:\n  - name: stable\n    onnx: {{path: \"{v1}\"}}\n  - name: good\n    onnx: {{path: \"{v2}\"}}\nroutes:\n{held}{vetoed}",
+        v1 = model("breast-cancer-v1.onnx"),
+        v2 = model("breast-cancer-v2.onnx"),
+        held = ab_route("held", "min: 0.5", port),
+        vetoed = ab_route("vetoed", "max: 0.5", port),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let _prometheus = Prometheus::start(port, &gw.admin.to_string()).await;
+    let status = |name: &str| gw.controller.statuses().iter().find(|(r, _)| r == name).map(|(_, s)| s.clone()).unwrap();
+    let decided = |name: &str| {
+        gw.controller
+            .events(0, Some(name))
+            .into_iter()
+            .filter(|e| matches!(e.kind, "winner_found" | "arm_stopped" | "promoted" | "halted"))
+            .collect::<Vec<_>>()
+    };
+    // Users of arm good convert at 50%, of control at 10%. Returns one request id of arm good.
+    let mut user = 0u64;
+    let mut traffic = |route: &'static str| {
+        user += 20;
+        let gw = &gw;
+        let first = user - 20;
+        async move {
+            let mut good = None;
+            for u in first..first + 20 {
+                let url = gw.url(&format!("/v2/models/{route}/infer"));
+                let a = send(http::Method::POST, &url, body().to_string(), &[("x-user", &format!("user-{u}"))]).await;
+                assert_eq!(a.status, StatusCode::OK);
+                let arm = a.headers["x-modelgate-variant"].to_str().unwrap().to_string();
+                let id = a.headers["x-modelgate-request-id"].to_str().unwrap().to_string();
+                let converted = (u * 7919 % 100) < if arm == "good" { 50 } else { 10 };
+                let posted =
+                    post_json(&gw.url("/v2/feedback"), &json!({"request_id": id, "conversion": converted})).await;
+                assert_eq!(posted.status, StatusCode::OK);
+                if arm == "good" {
+                    good = Some(id);
+                }
+            }
+            good
+        }
+    };
+
+    // 1. The conversions name a winner, but the check has no data: both routes hold.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut good_ids = Vec::new();
+    loop {
+        for route in ["held", "vetoed"] {
+            good_ids.extend(traffic(route).await.map(|id| (route, id)));
+        }
+        let leads = |name: &str| {
+            status(name)
+                .last_analysis
+                .is_some_and(|w| w.starts_with("good leads, held by its checks") && w.contains("no data"))
+        };
+        if leads("held") && leads("vetoed") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "held: {:?}\nvetoed: {:?}", status("held"), status("vetoed"));
+    }
+    // Held for several analyses more: no winner, no arm stopped, while the check has no data.
+    let looks = gw.controller.events(0, None).len();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for route in ["held", "vetoed"] {
+            let s = status(route);
+            assert!(decided(route).is_empty(), "{route}: {:?}", decided(route));
+            assert_eq!(
+                (s.phase, s.suggested_winner.clone(), s.stopped_arms.len()),
+                (Phase::Progressing, None, 0),
+                "{s:?}"
+            );
+            assert!(s.last_analysis.as_deref().is_some_and(|w| w.contains("held by its checks")), "{s:?}");
+        }
+    }
+    assert_eq!(gw.controller.events(0, None).len(), looks, "holding emits nothing");
+
+    // 2. Data arrives: a reward on one answer of arm good, on each route.
+    for route in ["held", "vetoed"] {
+        let (_, id) = good_ids.iter().find(|(r, _)| *r == route).expect("an answer of arm good");
+        let posted = post_json(&gw.url("/v2/feedback"), &json!({"request_id": id, "reward": 1.0})).await;
+        assert_eq!(posted.status, StatusCode::OK, "{:?}", posted.body);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while status("held").suggested_winner.is_none() || status("vetoed").stopped_arms.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "held: {:?}\nvetoed: {:?}", status("held"), status("vetoed"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // min: 0.5 is met: the winner is found. max: 0.5 is breached: the arm is taken out.
+    let held = decided("held");
+    assert_eq!(held.iter().map(|e| e.kind).collect::<Vec<_>>(), ["winner_found"], "{held:?}");
+    assert_eq!(status("held").suggested_winner.as_deref(), Some("good"));
+    let vetoed = decided("vetoed");
+    assert_eq!(vetoed.iter().map(|e| e.kind).collect::<Vec<_>>(), ["arm_stopped"], "{vetoed:?}");
+    assert!(
+        vetoed[0].message.contains("check reward") && vetoed[0].message.contains("above its maximum 0.5"),
+        "{}",
+        vetoed[0].message
+    );
+    assert_eq!(status("vetoed").stopped_arms, ["good"]);
+    assert!(status("vetoed").suggested_winner.is_none(), "a stopped arm wins nothing");
 }

@@ -174,7 +174,16 @@ async fn pause_resume_promote_step_and_retry() {
     assert_eq!(gw.admin_post("/admin/routes/risk/pause", "").await.status, StatusCode::OK);
     let view = get(&gw.admin_url("/admin/routes")).await.json();
     assert_eq!(view["routes"][0]["status"]["progress"]["paused"], true);
+    for _ in 0..10 {
+        assert_eq!(post_json(&gw.url("/v2/models/risk/infer"), &body()).await.status, StatusCode::OK);
+    }
+    let step_requests = || {
+        let t = gw.controller.telemetry();
+        ["stable", "good"].iter().map(|v| t.variant("risk", v).step_window().requests).sum::<u64>()
+    };
+    assert_eq!(step_requests(), 10);
     assert_eq!(gw.admin_post("/admin/routes/risk/promote", "").await.status, StatusCode::OK);
+    assert_eq!(step_requests(), 0, "the next step is judged on its own requests");
     let view = get(&gw.admin_url("/admin/routes")).await.json();
     assert_eq!(weight(&view), 50.0, "one step on");
     assert_eq!(view["routes"][0]["status"]["progress"]["step"], 1);

@@ -2,7 +2,9 @@
 //! - `{prefix}/leader/…` — the election (etcd's election API: one key per candidate, under its lease);
 //! - `{prefix}/status/{route}/{revision}` — a route's status for one spec revision (JSON);
 //! - `{prefix}/replicas/{replica}` — who is there, on which revisions (JSON, the replica's lease);
-//! - `{prefix}/windows/{replica}/{route}/{variant}` — a replica's windows (protobuf, its lease).
+//! - `{prefix}/windows/{replica}/{route}/{variant}` — a replica's windows (protobuf, its lease);
+//! - `{prefix}/feedback/{nonce}~{issued}/{kind}` — feedback counted (one claim per answer and
+//!   kind of outcome, under a lease outliving `server.feedback_max_age`).
 //!
 //! Route and variant names are escaped (`%` and `/` percent-encoded) so a path-prefix route
 //! stays one key segment.
@@ -71,6 +73,18 @@ impl Keys {
     /// A replica's windows of a route's variant.
     pub fn window(&self, replica: &str, route: &str, variant: &str) -> String {
         format!("{}{}/{}/{}", self.windows(), escape(replica), escape(route), escape(variant))
+    }
+
+    /// The claim of one kind of feedback (`conversion`, `reward`, `label`) on an answer.
+    pub fn feedback(&self, nonce: u64, issued: u64, kind: &str) -> String {
+        format!("{}/feedback/{nonce:016x}~{issued}/{kind}", self.prefix)
+    }
+
+    /// The keys a replica follows for the leader's merge and the cluster view: `replicas/` up to
+    /// and with `windows/` (`status/` lies between; feedback claims and the election do not), as
+    /// the range `[start, end)`.
+    pub fn gathered(&self) -> (String, String) {
+        (self.replicas(), format!("{}/windows0", self.prefix))
     }
 
     /// The replica, route and variant of a window key.
@@ -147,5 +161,9 @@ mod tests {
         assert_eq!(k.parse_window(w.as_bytes()), Some(("gw-1".into(), "/a%b/".into(), "v1".into())));
         assert_eq!(k.parse_window(b"/mg/prod/windows/a/b"), None);
         assert_eq!(k.parse_status(b"/other/status/a/b"), None);
+        let (start, end) = k.gathered();
+        let inside = |key: &str| start.as_str() <= key && key < end.as_str();
+        assert!(inside(&k.replica("gw-1")) && inside(&w) && inside(&key));
+        assert!(!inside(&k.feedback(7, 1_700_000_000, "conversion")) && !inside(&k.election()));
     }
 }

@@ -3,7 +3,8 @@
 //! - `session` — this replica's lease and its campaign for leadership (lose the lease → stop
 //!   deciding at once);
 //! - `sync` — statuses watched and applied through the controller, windows published and
-//!   gathered.
+//!   gathered;
+//! - `claims` — feedback claimed fleet-wide, so it counts once wherever it lands.
 //!
 //! The controller sees the fleet through [`crate::rollout::fleet::Fleet`]: only the leader
 //! decides, its writes are fenced by its leadership key's create revision, admin changes are
@@ -11,6 +12,7 @@
 //! every replica's windows on the same spec revision and step. etcd unreachable: the table
 //! stays as last applied and nothing is decided.
 
+mod claims;
 pub mod keys;
 mod peers;
 mod session;
@@ -74,9 +76,10 @@ struct State {
     etcd_error: Option<String>,
     /// Mod revision of every status key as last seen (compare-and-swap base).
     seen: HashMap<String, i64>,
-    /// The newest status of every status key seen (watched or written by this replica), for
-    /// a replica that comes to a revision after its status was written (a later reload).
-    known: HashMap<String, RouteStatus>,
+    /// The newest status of every status key seen (watched or written by this replica) and
+    /// its etcd revision, for a replica that comes to a revision after its status was written
+    /// (a later reload).
+    known: HashMap<String, (RouteStatus, i64)>,
     /// Every status key's fleet-wide ETag (see [`keys::StoredStatus::changed_at`]).
     etags: HashMap<String, i64>,
     /// Status keys no replica runs, since when (the leader deletes them after a grace).
@@ -89,6 +92,8 @@ struct State {
     last_publish_ms: Option<u64>,
     /// The newest etcd revision seen (the fleet-wide ETag).
     newest: i64,
+    /// The lease feedback claims are put under now: id, when granted, its TTL (seconds).
+    feedback_lease: Option<(i64, Instant, u64)>,
 }
 
 /// One replica's membership of a fleet: the etcd client and what the fleet's tasks share.
@@ -307,12 +312,14 @@ impl Shared {
         status: &RouteStatus,
         decision: bool,
         if_match: Option<u64>,
-    ) -> Result<(), FleetError> {
+        base: Option<i64>,
+    ) -> Result<i64, FleetError> {
         let key = self.keys.status(route, revision);
         let (seen, leader, previous, etag) = {
             let st = self.lock();
             let etag = st.etags.get(&key).copied().unwrap_or(0);
-            (st.seen.get(&key).copied().unwrap_or(0), st.leader_key.clone(), st.known.get(&key).cloned(), etag)
+            let seen = base.unwrap_or_else(|| st.seen.get(&key).copied().unwrap_or(0));
+            (seen, st.leader_key.clone(), st.known.get(&key).map(|(s, _)| s.clone()), etag)
         };
         // If-Match: the status this replica applied changed no later than the ETag the caller
         // read (on any replica); the compare-and-swap below makes sure it is still that status.
@@ -358,10 +365,12 @@ impl Shared {
             let rev = resp.header().map_or(0, |h| h.revision());
             let mut st = self.lock();
             st.newest = st.newest.max(rev);
-            st.seen.insert(key.clone(), rev);
-            st.etags.insert(key.clone(), carried.unwrap_or(rev));
-            st.known.insert(key, status.clone());
-            return Ok(());
+            if st.seen.get(&key).is_none_or(|s| *s < rev) {
+                st.seen.insert(key.clone(), rev);
+                st.etags.insert(key.clone(), carried.unwrap_or(rev));
+                st.known.insert(key, (status.clone(), rev));
+            }
+            return Ok(rev);
         }
         let gets: Vec<_> = resp
             .op_responses()
@@ -402,8 +411,9 @@ impl Fleet for Shared {
         status: &'a RouteStatus,
         decision: bool,
         if_match: Option<u64>,
-    ) -> BoxFuture<'a, Result<(), FleetError>> {
-        Box::pin(self.write_status(route, revision, status, decision, if_match))
+        base: Option<i64>,
+    ) -> BoxFuture<'a, Result<i64, FleetError>> {
+        Box::pin(self.write_status(route, revision, status, decision, if_match, base))
     }
 
     fn route_etag(&self, route: &str, revision: &str) -> u64 {

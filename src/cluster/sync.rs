@@ -21,16 +21,21 @@ enum Listing {
     After,
 }
 
-/// Reads everything under `prefix`, hands each key to `apply`, then follows changes from that
+/// Reads every key in `[start, end)`, hands each to `apply`, then follows changes from that
 /// revision on (`apply(kv, false)` for a deletion); starts over after any failure. `listing`
 /// is told before and after each listing is applied.
-async fn follow<F, Fut>(shared: &Arc<Shared>, prefix: String, what: &str, listing: impl Fn(Listing), apply: F)
-where
+async fn follow<F, Fut>(
+    shared: &Arc<Shared>,
+    (start, end): (String, String),
+    what: &str,
+    listing: impl Fn(Listing),
+    apply: F,
+) where
     F: Fn(KeyValue, bool) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     loop {
-        let why = follow_once(shared, &prefix, what, &listing, &apply).await;
+        let why = follow_once(shared, (&start, &end), what, &listing, &apply).await;
         tracing::debug!(what, error = %why, "fleet watch restarts");
         shared.set_error(Some(why));
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -39,7 +44,7 @@ where
 
 async fn follow_once<F, Fut>(
     shared: &Arc<Shared>,
-    prefix: &str,
+    (start, end): (&str, &str),
     what: &str,
     listing: &impl Fn(Listing),
     apply: &F,
@@ -49,7 +54,7 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let mut client = shared.client.clone();
-    let all = match timed(what, client.get(prefix, Some(GetOptions::new().with_prefix()))).await {
+    let all = match timed(what, client.get(start, Some(GetOptions::new().with_range(end)))).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -61,8 +66,8 @@ where
         apply(kv.clone(), true).await;
     }
     listing(Listing::After);
-    let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-    let mut stream = match timed(what, client.watch(prefix, Some(options))).await {
+    let options = WatchOptions::new().with_range(end).with_start_revision(revision + 1);
+    let mut stream = match timed(what, client.watch(start, Some(options))).await {
         Ok(s) => s,
         Err(e) => return e,
     };
@@ -89,7 +94,8 @@ where
 
 /// Follows every route's status and applies those of this replica's revisions.
 pub(super) async fn watch_statuses(shared: Arc<Shared>) {
-    let prefix = shared.keys.statuses();
+    let statuses = shared.keys.statuses();
+    let range = (statuses.clone(), prefix_end(&statuses));
     let me = shared.clone();
     let synced = shared.clone();
     let listing = move |when| {
@@ -97,7 +103,7 @@ pub(super) async fn watch_statuses(shared: Arc<Shared>) {
             synced.synced.send_replace(true);
         }
     };
-    follow(&shared, prefix, "status watch", listing, move |kv, put| on_status(me.clone(), kv, put)).await;
+    follow(&shared, range, "status watch", listing, move |kv, put| on_status(me.clone(), kv, put)).await;
 }
 
 async fn on_status(shared: Arc<Shared>, kv: KeyValue, put: bool) {
@@ -125,17 +131,22 @@ async fn on_status(shared: Arc<Shared>, kv: KeyValue, put: bool) {
         }
         *seen = kv.mod_revision();
         st.etags.insert(key.clone(), stored.changed_at.unwrap_or(kv.mod_revision()));
-        st.known.insert(key, stored.status.clone());
+        st.known.insert(key, (stored.status.clone(), kv.mod_revision()));
     }
     let Some(controller) = shared.controller.upgrade() else { return };
-    if let Err(e) = controller.apply_fleet_status(&route, &revision, stored.status).await {
+    if let Err(e) = controller.apply_fleet_status(&route, &revision, stored.status, kv.mod_revision()).await {
         tracing::error!(route, revision, error = %e, "the fleet's status could not be applied here");
     }
 }
 
-/// Follows other replicas' windows and records.
+/// The end of the range of keys starting with `prefix` (which ends with `/`).
+fn prefix_end(prefix: &str) -> String {
+    format!("{}0", prefix.trim_end_matches('/'))
+}
+
+/// Follows other replicas' windows and records (not the feedback claims, which can be many).
 pub(super) async fn watch_windows(shared: Arc<Shared>) {
-    let prefix = format!("{}/", shared.settings.prefix);
+    let range = shared.keys.gathered();
     let (me, cleared) = (shared.clone(), shared.clone());
     let clear = move |when| {
         if when == Listing::Before {
@@ -144,7 +155,7 @@ pub(super) async fn watch_windows(shared: Arc<Shared>) {
             st.replicas.clear();
         }
     };
-    follow(&shared, prefix, "window watch", clear, move |kv, put| {
+    follow(&shared, range, "window watch", clear, move |kv, put| {
         let shared = me.clone();
         async move { gather(&shared, &kv, put) }
     })
@@ -266,20 +277,20 @@ pub(super) async fn publish(shared: Arc<Shared>) {
 /// seen no watch event for it.
 async fn reconcile(shared: &Shared, controller: &Controller) {
     let statuses = controller.statuses();
-    let pending: Vec<(String, String, crate::rollout::RouteStatus)> = {
+    let pending: Vec<(String, String, crate::rollout::RouteStatus, i64)> = {
         let st = shared.lock();
         controller
             .revisions()
             .iter()
             .filter_map(|(route, revision)| {
-                let known = st.known.get(&shared.keys.status(route, revision))?;
+                let (known, at) = st.known.get(&shared.keys.status(route, revision))?;
                 let mine = statuses.iter().find(|(r, _)| r == route).map(|(_, s)| s);
-                (mine != Some(known)).then(|| (route.clone(), revision.clone(), known.clone()))
+                (mine != Some(known)).then(|| (route.clone(), revision.clone(), known.clone(), *at))
             })
             .collect()
     };
-    for (route, revision, status) in pending {
-        if let Err(e) = controller.apply_fleet_status(&route, &revision, status).await {
+    for (route, revision, status, at) in pending {
+        if let Err(e) = controller.apply_fleet_status(&route, &revision, status, at).await {
             tracing::error!(route, revision, error = %e, "the fleet's status could not be applied here");
         }
     }

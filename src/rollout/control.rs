@@ -37,6 +37,9 @@ pub(super) struct RouteState {
     pub status: RouteStatus,
     /// Generation at which the route's spec or status last changed (its ETag).
     pub version: u64,
+    /// In a fleet: the store's revision of `status` (0 before any was seen). A status from the
+    /// fleet is applied only when newer, and a change is written compare-and-swap on it.
+    pub fleet_rev: i64,
 }
 
 pub(super) struct Inner {
@@ -134,7 +137,7 @@ impl Controller {
                 }
                 None => RouteStatus::default(),
             };
-            routes.insert(r.name().to_string(), RouteState { revision: rev, status, version: 1 });
+            routes.insert(r.name().to_string(), RouteState { revision: rev, status, version: 1, fleet_rev: 0 });
         }
         let source = config.source.display().to_string();
         let webhooks = config.webhooks.clone();
@@ -346,6 +349,9 @@ impl Controller {
 
     /// Runs `change` on a route's status and publishes; on failure the status is restored.
     /// With `if_match`, refuses (412) unless the route has not changed since that generation.
+    /// In a fleet the change is written to the fleet first, off the controller's lock
+    /// (compare-and-swap on the fleet revision of the status it was made on), then applied like
+    /// any status from the fleet.
     pub(super) async fn mutate(
         &self,
         route: &str,
@@ -378,13 +384,30 @@ impl Controller {
             if next == state.status {
                 return Ok((inner.generation, state.status, next));
             }
-            // In a fleet the change is the fleet's first (compare-and-swap on the status this
-            // replica applied: a change made elsewhere meanwhile makes it stale, a 412).
-            self.write_fleet(route, &state.revision, &next, false, if_match).await?;
+            if self.in_fleet() {
+                // The fleet's first, off the lock (a change made elsewhere meanwhile makes the
+                // compare-and-swap fail: a 412); then applied unless something newer was.
+                drop(inner);
+                let at = self.write_fleet(route, &state.revision, &next, false, if_match, state.fleet_rev).await?;
+                return match self.apply_fleet(route, &state.revision, next.clone(), at).await {
+                    Ok(super::fleet::Applied::OtherRevision) => Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("route {route:?} was reloaded with another spec while the change was written; read it again"),
+                    )),
+                    Ok(_) => Ok((self.generation(), state.status, next)),
+                    Err(e) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e)),
+                };
+            }
             let version = inner.generation + 1;
             inner.routes.insert(route.to_string(), RouteState { status: next.clone(), version, ..state.clone() });
             match self.publish(&mut inner, &[]).await {
-                Ok(g) => (self.commit(&inner, Vec::new()), (g, state.status, next)),
+                Ok(g) => {
+                    // A new step (or colour) is judged on its own requests, as in a fleet.
+                    for variant in super::fleet::resets(&spec, &state.status, &next) {
+                        self.telemetry.variant(route, &variant).reset_step();
+                    }
+                    (self.commit(&inner, Vec::new()), (g, state.status, next))
+                }
                 Err(e) => {
                     inner.routes.insert(route.to_string(), state);
                     prune(&mut inner);

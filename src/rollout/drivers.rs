@@ -28,20 +28,70 @@ impl Deferred {
     }
 }
 
+/// A route's analysis outcome, decided under the controller's lock and taken after.
+struct Decided {
+    route: String,
+    /// The route's state it was decided on.
+    before: RouteState,
+    next: RouteStatus,
+    /// Whether routing changes (a new table).
+    publish: bool,
+    later: Deferred,
+}
+
 impl Controller {
     /// One round of automatic analysis: every rollout with a plan that is due is judged on its
     /// current step's windows; decisions are published at once and bump the route's version.
     /// In a fleet only the leader analyses, on the fleet's windows, and each change is written
-    /// to the fleet (fenced by the leadership) before it is applied.
+    /// to the fleet (fenced by the leadership) before it is applied: decided under the
+    /// controller's lock, written off it (compare-and-swap on the fleet revision it was decided
+    /// on, so a decision made on a status that moved meanwhile is refused), then applied like
+    /// any status from the fleet (only if nothing newer was applied meanwhile).
     pub async fn analyze(&self) {
         if !self.may_decide() {
             return;
         }
         let now = self.clock.now_ms();
         let mut inner = self.inner.lock().await;
-        let specs = inner.config.routes.clone();
-        let mut changed = false;
-        for spec in &specs {
+        let decided = self.decide(&inner, now);
+        if !self.in_fleet() {
+            // Nothing to write anywhere: taken under the same lock.
+            let mut changed = false;
+            for d in decided {
+                changed |= self.take(&mut inner, d, now).await;
+            }
+            if changed {
+                self.commit(&inner, Vec::new());
+            }
+            return;
+        }
+        drop(inner);
+        for d in decided {
+            let (route, revision) = (d.route.as_str(), d.before.revision.as_str());
+            let at = match self.write_fleet(route, revision, &d.next, true, None, d.before.fleet_rev).await {
+                Ok(at) => at,
+                Err(e) => {
+                    tracing::warn!(route, error = %e, "analysis change not taken: the fleet refused it");
+                    continue;
+                }
+            };
+            // The fleet took the decision: apply it (unless the watch did, or something newer
+            // came), and announce it once.
+            match self.apply_fleet(route, revision, d.next.clone(), at).await {
+                Ok(_) => {
+                    for (kind, message, details) in d.later.events {
+                        self.emit(now, route, kind, message, details);
+                    }
+                }
+                Err(e) => tracing::error!(route, error = %e, "analysis decision could not be published"),
+            }
+        }
+    }
+
+    /// Every due rollout's analysis outcome, on the state under the lock (no I/O).
+    fn decide(&self, inner: &super::control::Inner, now: u64) -> Vec<Decided> {
+        let mut decided = Vec::new();
+        for spec in &inner.config.routes {
             let name = spec.name();
             let Some(state) = inner.routes.get(name).cloned() else { continue };
             let mut later = Deferred::default();
@@ -58,30 +108,31 @@ impl Controller {
                 _ => None,
             };
             let Some((next, publish)) = step else { continue };
-            if let Err(e) = self.write_fleet(name, &state.revision, &next, true, None).await {
-                tracing::warn!(route = %name, error = %e, "analysis change not taken: the fleet refused it");
-                continue;
-            }
-            let version = if publish { inner.generation + 1 } else { state.version };
-            inner.routes.insert(name.to_string(), RouteState { status: next, version, ..state.clone() });
-            changed = true;
-            if publish {
-                if let Err(e) = self.publish(&mut inner, &[]).await {
-                    tracing::error!(route = %name, error = %e, "analysis decision could not be published");
-                    inner.routes.insert(name.to_string(), state);
-                    continue;
-                }
-            }
-            for variant in &later.resets {
-                self.telemetry.variant(name, variant).reset_step();
-            }
-            for (kind, message, details) in later.events {
-                self.emit(now, name, kind, message, details);
+            decided.push(Decided { route: name.to_string(), before: state, next, publish, later });
+        }
+        decided
+    }
+
+    /// Takes a decision on a gateway alone (under the lock it was decided under); false when
+    /// its table could not be published (nothing changed then).
+    async fn take(&self, inner: &mut super::control::Inner, d: Decided, now: u64) -> bool {
+        let Decided { route, before, next, publish, later } = d;
+        let version = if publish { inner.generation + 1 } else { before.version };
+        inner.routes.insert(route.clone(), RouteState { status: next, version, ..before.clone() });
+        if publish {
+            if let Err(e) = self.publish(inner, &[]).await {
+                tracing::error!(route, error = %e, "analysis decision could not be published");
+                inner.routes.insert(route, before);
+                return false;
             }
         }
-        if changed {
-            self.commit(&inner, Vec::new());
+        for variant in &later.resets {
+            self.telemetry.variant(&route, variant).reset_step();
         }
+        for (kind, message, details) in later.events {
+            self.emit(now, &route, kind, message, details);
+        }
+        true
     }
 
     /// A canary with steps: judge the step, then hold, advance, promote or roll back.

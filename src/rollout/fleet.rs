@@ -46,9 +46,11 @@ pub trait Fleet: Send + Sync + std::fmt::Debug {
     /// lease is alive); otherwise why not, for the status.
     fn may_decide(&self) -> Result<(), String>;
 
-    /// Writes a route's status of spec `revision`, compare-and-swap on the status this replica
-    /// last saw — or, with `if_match` (a fleet ETag), on the status being no newer than that;
-    /// a `decision` is also fenced by this replica's leadership.
+    /// Writes a route's status of spec `revision`, compare-and-swap on the status at the
+    /// store's revision `base` (the one the change was made on; 0: none yet; `None`: the
+    /// newest this replica has seen) — and, with `if_match` (a fleet ETag), on the status being
+    /// no newer than that; a `decision` is also fenced by this replica's leadership. Returns the
+    /// store's revision of the status written.
     fn write<'a>(
         &'a self,
         route: &'a str,
@@ -56,7 +58,8 @@ pub trait Fleet: Send + Sync + std::fmt::Debug {
         status: &'a RouteStatus,
         decision: bool,
         if_match: Option<u64>,
-    ) -> BoxFuture<'a, Result<(), FleetError>>;
+        base: Option<i64>,
+    ) -> BoxFuture<'a, Result<i64, FleetError>>;
 
     /// A route's fleet-wide ETag: the store's revision of its status (0 before the first write).
     fn route_etag(&self, route: &str, revision: &str) -> u64;
@@ -71,6 +74,17 @@ pub trait Fleet: Send + Sync + std::fmt::Debug {
 
     /// The fleet as this replica sees it, for `GET /admin/cluster`.
     fn view(&self) -> serde_json::Value;
+}
+
+/// What became of a status from the fleet on this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Applied {
+    /// Applied now.
+    Now,
+    /// This replica had applied it, or a newer status, already.
+    Already,
+    /// This replica runs another spec revision of the route (or not the route).
+    OtherRevision,
 }
 
 /// Identifies the analysis step a status is in: replicas' windows are merged only within one,
@@ -101,7 +115,7 @@ pub fn bookkeeping_only(a: &RouteStatus, b: &RouteStatus) -> bool {
 
 /// The variants whose step windows a status change from `before` to `after` empties: all of
 /// them for a new step (or arms stopped), the colour that took over for a blue-green switch.
-fn resets(spec: &RouteSpec, before: &RouteStatus, after: &RouteStatus) -> Vec<String> {
+pub(super) fn resets(spec: &RouteSpec, before: &RouteStatus, after: &RouteStatus) -> Vec<String> {
     let step = |s: &RouteStatus| (s.progress.as_ref().map(|p| (p.step, p.step_started_ms)), s.stopped_arms.clone());
     if step(before) != step(after) {
         return spec.strategy.backends().into_iter().map(str::to_string).collect();
@@ -136,28 +150,60 @@ impl Controller {
         self.revisions.load_full()
     }
 
-    /// Applies a status the fleet holds for `route` at spec `revision`. Ignored (false) when
-    /// this replica runs another revision of the route, or already has that status.
-    pub async fn apply_fleet_status(&self, route: &str, revision: &str, status: RouteStatus) -> Result<bool, String> {
+    /// Applies a status the fleet holds for `route` at spec `revision`, written at the store's
+    /// revision `at`. Ignored (false) when this replica runs another revision of the route, or
+    /// has applied that status or a newer one.
+    pub async fn apply_fleet_status(
+        &self,
+        route: &str,
+        revision: &str,
+        status: RouteStatus,
+        at: i64,
+    ) -> Result<bool, String> {
+        Ok(self.apply_fleet(route, revision, status, at).await? == Applied::Now)
+    }
+
+    /// [`Controller::apply_fleet_status`], telling apart why a status was not applied.
+    pub(super) async fn apply_fleet(
+        &self,
+        route: &str,
+        revision: &str,
+        status: RouteStatus,
+        at: i64,
+    ) -> Result<Applied, String> {
         let mut inner = self.inner.lock().await;
-        let Some(spec) = inner.config.routes.iter().find(|r| r.name() == route).cloned() else { return Ok(false) };
-        let Some(state) = inner.routes.get(route).cloned() else { return Ok(false) };
-        if state.revision != revision || state.status == status {
-            return Ok(false);
+        let Some(spec) = inner.config.routes.iter().find(|r| r.name() == route).cloned() else {
+            return Ok(Applied::OtherRevision);
+        };
+        let Some(state) = inner.routes.get(route).cloned() else { return Ok(Applied::OtherRevision) };
+        if state.revision != revision {
+            return Ok(Applied::OtherRevision);
+        }
+        if at <= state.fleet_rev {
+            return Ok(Applied::Already);
+        }
+        if state.status == status {
+            // The same status at a newer revision (this replica's own write, seen again).
+            inner.routes.insert(route.to_string(), RouteState { fleet_rev: at, ..state });
+            return Ok(Applied::Already);
         }
         // Like the leader's own analysis: only a change of routing (layout, phase) makes a new
         // table and a new ETag; the analysis' bookkeeping (last look, verdict) does not.
         let routing = layout(&spec, &state.status) != layout(&spec, &status) || state.status.phase != status.phase;
         if !routing {
-            inner.routes.insert(route.to_string(), RouteState { status: status.clone(), ..state.clone() });
+            inner
+                .routes
+                .insert(route.to_string(), RouteState { status: status.clone(), fleet_rev: at, ..state.clone() });
             for variant in resets(&spec, &state.status, &status) {
                 self.telemetry.variant(route, &variant).reset_step();
             }
             self.commit(&inner, Vec::new());
-            return Ok(true);
+            return Ok(Applied::Now);
         }
         let version = inner.generation + 1;
-        inner.routes.insert(route.to_string(), RouteState { status: status.clone(), version, ..state.clone() });
+        inner
+            .routes
+            .insert(route.to_string(), RouteState { status: status.clone(), version, fleet_rev: at, ..state.clone() });
         match self.publish(&mut inner, &[]).await {
             Ok(generation) => {
                 for variant in resets(&spec, &state.status, &status) {
@@ -165,7 +211,7 @@ impl Controller {
                 }
                 self.commit(&inner, Vec::new());
                 tracing::info!(route, revision, generation, phase = ?status.phase, "applied the fleet's status");
-                Ok(true)
+                Ok(Applied::Now)
             }
             Err(e) => {
                 inner.routes.insert(route.to_string(), state);
@@ -186,7 +232,10 @@ impl Controller {
         }
     }
 
-    /// Writes a status change through the fleet, when in one (see [`Fleet::write`]).
+    /// Writes a status change through the fleet (see [`Fleet::write`]), compare-and-swap on
+    /// the fleet revision of the status it was made on (`base`); returns the new revision.
+    /// Called off the controller's lock: the caller applies the result through
+    /// [`Controller::apply_fleet`], which takes it only if nothing newer was applied meanwhile.
     pub(super) async fn write_fleet(
         &self,
         route: &str,
@@ -194,10 +243,11 @@ impl Controller {
         status: &RouteStatus,
         decision: bool,
         if_match: Option<u64>,
-    ) -> Result<(), FleetError> {
+        base: i64,
+    ) -> Result<i64, FleetError> {
         match self.fleet.get() {
-            Some(f) => f.write(route, revision, status, decision, if_match).await,
-            None => Ok(()),
+            Some(f) => f.write(route, revision, status, decision, if_match, Some(base)).await,
+            None => Ok(0),
         }
     }
 

@@ -126,7 +126,12 @@ impl Controller {
                             ));
                         }
                         new_revisions.push(r.clone());
-                        RouteState { revision: rev, status: RouteStatus::default(), version: next_version }
+                        RouteState {
+                            revision: rev,
+                            status: RouteStatus::default(),
+                            version: next_version,
+                            fleet_rev: 0,
+                        }
                     }
                 };
                 (name, state)

@@ -23,7 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// before the horizon is refused (410): this gateway can no longer tell whether it was counted.
 /// So memory stays bounded and nothing is ever counted twice; under more feedback than the
 /// ledger holds over `feedback_max_age`, late feedback is refused rather than double-counted.
-/// Replicas keep their own ledgers (a post replayed to another replica is not caught).
+/// Each replica keeps its own ledger; in a fleet it is the fast first check, and the claim
+/// through [`FeedbackClaims`] (etcd) is what makes a post replayed to another replica count once.
 #[derive(Debug)]
 pub struct FeedbackLedger {
     capacity: usize,
@@ -43,6 +44,44 @@ struct Seen {
 const CONVERSION: u8 = 1;
 const REWARD: u8 = 2;
 const LABEL: u8 = 4;
+/// Each kind's bit and name (the name is its part of a fleet-wide claim's key).
+const KINDS: [(u8, &str); 3] = [(CONVERSION, "conversion"), (REWARD, "reward"), (LABEL, "label")];
+
+/// The names of the kinds in `bits`.
+fn kind_names(bits: u8) -> Vec<&'static str> {
+    KINDS.iter().filter(|(bit, _)| bits & bit != 0).map(|(_, name)| *name).collect()
+}
+
+/// The bits of the kinds named.
+fn kind_bits(names: &[&str]) -> u8 {
+    KINDS.iter().filter(|(_, name)| names.contains(name)).fold(0, |bits, (bit, _)| bits | bit)
+}
+
+/// Why a fleet-wide claim of feedback did not go through.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClaimError {
+    /// These kinds of outcome of the answer were claimed before (on any replica).
+    #[error("already claimed: {}", .0.join(", "))]
+    Taken(Vec<&'static str>),
+    /// The store could not be asked: nothing was claimed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Where feedback is claimed fleet-wide, so an outcome posted to several replicas counts once
+/// (fleet mode's etcd; a gateway alone has none and its ledger is the whole truth).
+pub trait FeedbackClaims: Send + Sync + std::fmt::Debug {
+    /// Claims the kinds of outcome named (`conversion`, `reward`, `label`) of the answer with
+    /// request id (`nonce`, `issued`), all or none, for at least `keep` from now (the time its
+    /// id is still accepted).
+    fn claim<'a>(
+        &'a self,
+        nonce: u64,
+        issued: u64,
+        kinds: Vec<&'static str>,
+        keep: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ClaimError>> + Send + 'a>>;
+}
 
 /// The kinds of outcome in a post, as ledger bits.
 fn kinds(fb: &feedback::FeedbackPost) -> u8 {
@@ -90,8 +129,22 @@ impl FeedbackLedger {
         self.record_at(id.nonce, id.issued, kinds, now())
     }
 
-    fn record_at(&self, nonce: u64, issued: u64, kinds: u8, now: u64) -> Result<(), ApiError> {
+    /// Refuses like [`FeedbackLedger::record`] would, without recording anything: the fast
+    /// first check before the fleet-wide claim.
+    fn check(&self, id: &GatewayRequestId, kinds: u8) -> Result<(), ApiError> {
         let mut seen = self.lock();
+        self.admit(&mut seen, id.nonce, id.issued, kinds, now())
+    }
+
+    /// Records `kinds` for the id after the fleet accepted (or refused) its claim: the fleet's
+    /// answer stands, so a refusal here (the horizon rose meanwhile) changes nothing.
+    fn note(&self, id: &GatewayRequestId, kinds: u8) {
+        let _ = self.record(id, kinds);
+    }
+
+    /// Whether `kinds` of the id may be counted (see [`FeedbackLedger::record`]); forgets
+    /// what is past the maximum age first.
+    fn admit(&self, seen: &mut Seen, nonce: u64, issued: u64, kinds: u8, now: u64) -> Result<(), ApiError> {
         // Past the maximum age the id is refused as expired: forget it, raising the horizon so
         // that even a clock stepped back cannot bring it back.
         let expired = now.saturating_sub(self.max_age.as_secs()).saturating_sub(1);
@@ -112,19 +165,14 @@ impl FeedbackLedger {
             None => 0,
         };
         if before & kinds != 0 {
-            let names: Vec<&str> = [(CONVERSION, "conversion"), (REWARD, "reward"), (LABEL, "label")]
-                .iter()
-                .filter(|(bit, _)| before & kinds & bit != 0)
-                .map(|(_, name)| *name)
-                .collect();
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "feedback ({}) on this request_id was already recorded; each answer's outcome counts once",
-                    names.join(", ")
-                ),
-            ));
+            return Err(already(&kind_names(before & kinds)));
         }
+        Ok(())
+    }
+
+    fn record_at(&self, nonce: u64, issued: u64, kinds: u8, now: u64) -> Result<(), ApiError> {
+        let mut seen = self.lock();
+        self.admit(&mut seen, nonce, issued, kinds, now)?;
         match seen.by_nonce.get_mut(&nonce) {
             Some(entry) => entry.1 |= kinds,
             None => {
@@ -140,6 +188,42 @@ impl FeedbackLedger {
             }
         }
         Ok(())
+    }
+}
+
+fn already(names: &[&str]) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "feedback ({}) on this request_id was already recorded; each answer's outcome counts once",
+            names.join(", ")
+        ),
+    )
+}
+
+/// Counts `kinds` of the answer `id` once: the local ledger alone, or in a fleet the local
+/// ledger as the fast first check and then the fleet-wide claim, which decides. The store
+/// unreachable is a 503 (nothing counted, retry), never a count the fleet may repeat.
+async fn count_once(state: &AppState, id: &GatewayRequestId, kinds: u8) -> Result<(), ApiError> {
+    let Some(claims) = state.claims.get() else { return state.feedback.record(id, kinds) };
+    state.feedback.check(id, kinds)?;
+    match claims.claim(id.nonce, id.issued, kind_names(kinds), state.settings.feedback_max_age).await {
+        Ok(()) => {
+            state.feedback.note(id, kinds);
+            Ok(())
+        }
+        Err(ClaimError::Taken(names)) => {
+            // Counted on another replica (or by a concurrent post here): remember it locally too.
+            state.feedback.note(id, kind_bits(&names));
+            Err(already(&names))
+        }
+        Err(ClaimError::Unavailable(why)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "feedback could not be recorded fleet-wide ({why}): it was not counted, so that it cannot count twice; \
+                 retry (on any replica)"
+            ),
+        )),
     }
 }
 
@@ -184,7 +268,7 @@ pub(super) async fn handle(state: &AppState, req: Request<Body>) -> Result<Respo
             names.join(", ")
         ))
     })?;
-    state.feedback.record(id, kinds(&fb))?;
+    count_once(state, id, kinds(&fb)).await?;
     let scored = fb.labels;
     variant.stats.feedback(&Feedback { conversion: fb.conversion, reward: fb.reward, labels: scored }, id.unit);
     if let (Some(q), Some((rows, right))) = (&variant.quality, scored) {

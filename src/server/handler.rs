@@ -32,6 +32,8 @@ pub struct AppState {
     pub ids: IdCodec,
     /// Feedback already recorded, so none is counted twice.
     pub feedback: super::FeedbackLedger,
+    /// In a fleet: where feedback is claimed fleet-wide (set once, when the replica joined).
+    pub claims: std::sync::OnceLock<Arc<dyn super::FeedbackClaims>>,
     /// The admin token: under `overrides: admin_token` a pin needs it as a bearer token (with
     /// none, any caller may pin: a loopback dev setup). Never forwarded upstream.
     pub admin_token: Option<String>,
@@ -50,6 +52,11 @@ impl AppState {
         self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Claims feedback through the fleet from now on (a replica in a fleet); set once.
+    pub fn claim_feedback_through(&self, claims: Arc<dyn super::FeedbackClaims>) {
+        let _ = self.claims.set(claims);
+    }
+
     /// The state of an inference listener, with a feedback ledger of the default size.
     pub fn new(
         table: SharedTable,
@@ -59,7 +66,16 @@ impl AppState {
         admin_token: Option<String>,
     ) -> AppState {
         let feedback = super::FeedbackLedger::new(super::FeedbackLedger::DEFAULT_CAPACITY, settings.feedback_max_age);
-        AppState { table, settings, telemetry, ids, feedback, admin_token, draining: Default::default() }
+        AppState {
+            table,
+            settings,
+            telemetry,
+            ids,
+            feedback,
+            claims: std::sync::OnceLock::new(),
+            admin_token,
+            draining: Default::default(),
+        }
     }
 }
 

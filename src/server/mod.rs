@@ -11,7 +11,7 @@ pub mod response;
 mod shadow;
 mod triton;
 
-pub use feedback::FeedbackLedger;
+pub use feedback::{ClaimError, FeedbackClaims, FeedbackLedger};
 pub use handler::{bearer, carries_token, AppState};
 
 use http::{Request, Response};

@@ -61,6 +61,8 @@ pub struct Gateway {
     /// The gRPC listener, on 127.0.0.1:0 when the routes file sets `server.grpc_listen`.
     pub grpc: Option<SocketAddr>,
     pub controller: Arc<Controller>,
+    /// The inference listeners' state (its feedback ledger, its fleet-wide claims).
+    pub state: Arc<AppState>,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     done: Vec<tokio::task::JoinHandle<()>>,
@@ -126,7 +128,7 @@ impl Gateway {
             })));
         }
         done.extend([
-            tokio::spawn(server::serve(listener, state, inference_tls, async move {
+            tokio::spawn(server::serve(listener, state.clone(), inference_tls, async move {
                 let _ = s1.changed().await;
             })),
             tokio::spawn(server::serve_with(
@@ -138,7 +140,7 @@ impl Gateway {
                 move |req, _| modelgate::admin::handle(admin_state.clone(), req),
             )),
         ]);
-        Gateway { addr, admin: admin_addr, grpc, controller, dir, stop: Some(stop), done, _watch: Some(watch) }
+        Gateway { addr, admin: admin_addr, grpc, controller, state, dir, stop: Some(stop), done, _watch: Some(watch) }
     }
 
     pub fn url(&self, path: &str) -> String {

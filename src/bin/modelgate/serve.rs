@@ -123,6 +123,10 @@ pub(crate) async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Re
     }
     let ids = IdCodec::new(feedback_key.map(String::into_bytes), settings.feedback_max_age);
     let state = Arc::new(AppState::new(controller.table(), settings, controller.telemetry().clone(), ids, token));
+    if let Some(cluster) = &cluster {
+        // Feedback counts once fleet-wide: each post is claimed in etcd.
+        state.claim_feedback_through(cluster.fleet());
+    }
     // SIGTERM/SIGINT drains the inference listeners together; the admin API stays up until
     // they are done, so status is readable during the drain.
     // Readiness turns false first and the listeners keep serving for server.drain_delay, so a
