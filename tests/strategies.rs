@@ -236,7 +236,11 @@ async fn two_hundred_swaps_under_load_lose_no_request() {
                 assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
             }
             1 => {
-                std::fs::write(gw.routes_file(), routes(i % 100)).unwrap();
+                // Replaced whole (temp file + rename), as the README asks of programs: the
+                // watcher may read the file at any moment, and half a file can be a valid table.
+                let temp = gw.routes_file().with_extension("yaml.tmp");
+                std::fs::write(&temp, routes(i % 100)).unwrap();
+                std::fs::rename(&temp, gw.routes_file()).unwrap();
                 gw.controller.reload_file().await.unwrap();
             }
             _ => {
