@@ -87,6 +87,38 @@ async fn racing_reloads_apply_the_newest_file() {
     }
 }
 
+/// A routes file that is slow to read (here a FIFO nobody writes yet, like a stalled network
+/// filesystem) holds its reload, not the controller: analysis (which takes the controller's
+/// lock, as admin changes do) goes on meanwhile. No file watcher here: one reader, one write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_routes_file_read_does_not_hold_the_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    let spec = format!(
+        "backends:\n  - name: a\n    onnx: {{path: \"{v1}\"}}\n  - name: b\n    onnx: {{path: \"{v2}\"}}\nroutes:\n  - model: r\n    strategy:\n      canary: {{stable: a, canary: b, weight: 10}}\n",
+        v1 = model("breast-cancer-v1.onnx"),
+        v2 = model("breast-cancer-v2.onnx"),
+    );
+    std::fs::write(&file, &spec).unwrap();
+    let options = Options { ort_library: runtime::locate(None, None), telemetry: Telemetry::new(), state_dir: None };
+    let controller = Controller::start(Config::load(&file).unwrap(), options).await.unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&file).status().expect("mkfifo");
+    assert!(made.success());
+    let c = controller.clone();
+    let reload = tokio::spawn(async move { c.reload_file().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!reload.is_finished(), "the reload waits for the file");
+    // A bound, not a measure: with the file read under the controller's lock this never ends.
+    let analysed = tokio::time::timeout(Duration::from_secs(5), controller.analyze()).await;
+    // The file arrives before any assertion (a reader left blocked on the FIFO would hold the
+    // test runtime's shutdown), and the reload applies it.
+    let writer = std::thread::spawn(move || std::fs::write(&file, spec).unwrap());
+    reload.await.unwrap().unwrap();
+    writer.join().unwrap();
+    assert!(analysed.is_ok(), "analysis ran while the routes file was being read");
+}
+
 #[tokio::test]
 async fn if_match_is_per_route() {
     let canary =

@@ -76,6 +76,9 @@ pub struct Controller {
     pub(super) clock: Arc<dyn Clock>,
     ort_library: PathBuf,
     pub(super) inner: tokio::sync::Mutex<Inner>,
+    /// One routes-file reload at a time (held while the file is read, off `inner`), so a file
+    /// read earlier is never applied after one read later.
+    pub(super) reloads: tokio::sync::Mutex<()>,
     statuses: ArcSwap<Statuses>,
     pub(super) revisions: ArcSwap<Vec<(String, String)>>,
     pub(super) fleet: std::sync::OnceLock<Arc<dyn super::fleet::Fleet>>,
@@ -160,6 +163,7 @@ impl Controller {
             clock,
             ort_library,
             inner: tokio::sync::Mutex::new(inner),
+            reloads: tokio::sync::Mutex::new(()),
             statuses: ArcSwap::default(),
             revisions: ArcSwap::default(),
             fleet: std::sync::OnceLock::new(),

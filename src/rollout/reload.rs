@@ -55,16 +55,19 @@ impl Controller {
     /// Reads the routes file again and applies it. A refused file changes nothing; its errors
     /// are logged and kept for `GET /admin/routes`.
     pub async fn reload_file(&self) -> Result<u64, ConfigErrors> {
-        let mut inner = self.inner.lock().await;
-        let source = inner.config.source.clone();
+        let _one_at_a_time = self.reloads.lock().await;
+        let source = self.inner.lock().await.config.source.clone();
         let path = source.clone();
-        // File work (and hashing the model files) goes to the blocking pool.
+        // File work (and hashing the model files) goes to the blocking pool, without the
+        // controller's lock: decisions and admin changes go on meanwhile.
         let result = match tokio::task::spawn_blocking(move || Config::load(&path)).await {
-            Ok(Ok(config)) => self.apply_locked(&mut inner, config).await,
+            Ok(Ok(config)) => {
+                let mut inner = self.inner.lock().await;
+                self.apply_locked(&mut inner, config).await
+            }
             Ok(Err(e)) => Err(e),
             Err(e) => Err(ConfigErrors::one(&source, "file", format!("reading failed: {e}"))),
         };
-        drop(inner);
         let now = self.clock.now_ms();
         match &result {
             Ok(generation) => {
