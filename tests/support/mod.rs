@@ -243,7 +243,7 @@ impl Upstream {
                                         .and_then(|s| StatusCode::from_u16(s).ok())
                                 })
                                 .unwrap_or(StatusCode::OK);
-                            if let Some(n) = pq.strip_prefix("/big/").and_then(|n| n.parse::<usize>().ok()) {
+                            if let Some(n) = pq.split_once("/big/").and_then(|(_, n)| n.parse::<usize>().ok()) {
                                 // A large answer: `n` bytes, sent in chunks as the client reads.
                                 let resp = hyper::Response::new(Full::new(Bytes::from(vec![b'x'; n])));
                                 return Ok::<_, Infallible>(resp);
