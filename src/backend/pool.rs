@@ -90,11 +90,9 @@ impl HostPool {
             let answer = {
                 let mut answer = pin!(send.try_send_request(req));
                 poll_fn(|cx| {
-                    if !conn_done {
-                        if let Poll::Ready(_) = Pin::new(&mut conn).poll(cx) {
-                            // Closed or failed: the dispatcher has answered the request with an error.
-                            conn_done = true;
-                        }
+                    // Closed or failed: the dispatcher has answered the request with an error.
+                    if !conn_done && Pin::new(&mut conn).poll(cx).is_ready() {
+                        conn_done = true;
                     }
                     answer.as_mut().poll(cx)
                 })
