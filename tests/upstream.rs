@@ -318,7 +318,7 @@ async fn retries_go_to_another_endpoint_and_never_exceed_the_budget() {
 async fn a_request_cut_off_by_the_gateway_deadline_counts_against_its_variant() {
     let up = Upstream::start(Duration::from_secs(3)).await;
     let yaml = format!(
-        "server:\n  request_timeout: 200ms\nbackends:\n  - name: slow\n    upstream: {{url: \"{}\", request_timeout: 10s}}\nroutes:\n  - path_prefix: /slow/\n    backend: slow\n",
+        "server:\n  request_timeout: 200ms\nbackends:\n  - name: slow\n    upstream: {{url: \"{}\", request_timeout: 10s, outlier: {{consecutive_failures: 3, ejection_time: 60s}}}}\nroutes:\n  - path_prefix: /slow/\n    backend: slow\n",
         up.url()
     );
     let gw = Gateway::start(&yaml).await;
@@ -334,6 +334,8 @@ async fn a_request_cut_off_by_the_gateway_deadline_counts_against_its_variant() 
         .find(|l| l.starts_with("modelgate_requests_total{") && l.contains(r#"code="504""#))
         .unwrap_or_else(|| panic!("no 504 counted for the variant:\n{text}"));
     assert!(line.contains(r#"variant="slow""#) && line.ends_with(" 3"), "{line}");
+    // The gateway's deadline was the only timer; each attempt it cut off failed the endpoint.
+    assert_eq!(gw.upstream("/slow/").ejections, 1, "3 cut-off attempts in a row eject the endpoint");
 }
 
 #[tokio::test]

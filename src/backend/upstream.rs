@@ -301,6 +301,20 @@ impl UpstreamBackend {
         path_and_query: &str,
         client: SocketAddr,
     ) -> Result<Response<Body>, ApiError> {
+        self.forward_by(req, path_and_query, client, None).await
+    }
+
+    /// Like [`UpstreamBackend::forward`], for a caller whose own deadline `by` cuts the request
+    /// off: when the upstream's `request_timeout` would end no sooner, no second timer is set
+    /// (the caller's fires first: one timer per request), and an attempt cut off by the caller's
+    /// deadline still counts as a failure of its endpoint.
+    pub async fn forward_by(
+        &self,
+        req: Request<Body>,
+        path_and_query: &str,
+        client: SocketAddr,
+        by: Option<Instant>,
+    ) -> Result<Response<Body>, ApiError> {
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
@@ -340,19 +354,19 @@ impl UpstreamBackend {
             *attempt.uri_mut() = uri;
             *attempt.version_mut() = version;
             *attempt.headers_mut() = if retryable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-            ep.outstanding.fetch_add(1, Ordering::Relaxed);
+            // Only when this upstream's timeout ends before the caller's deadline does it need a timer.
+            let limit = by.is_none_or(|by| Instant::now() + self.request_timeout < by).then_some(self.request_timeout);
+            let in_flight = InFlight::new(self, ep, by);
             let answer = match &ep.pool {
                 Some(pool) => {
                     attempt.headers_mut().insert(header::HOST, ep.host.clone());
-                    tokio::time::timeout(self.request_timeout, pool.send(attempt))
-                        .await
-                        .map(|r| r.map_err(Failure::Pool))
+                    bounded(limit, pool.send(attempt)).await.map(|r| r.map_err(Failure::Pool))
                 }
-                None => tokio::time::timeout(self.request_timeout, self.client.request(attempt))
+                None => bounded(limit, self.client.request(attempt))
                     .await
                     .map(|r| r.map(|resp| resp.map(|b| b.map_err(BodyError::new).boxed())).map_err(Failure::Legacy)),
             };
-            ep.outstanding.fetch_sub(1, Ordering::Relaxed);
+            in_flight.done();
             let mut resp = match answer {
                 Err(_) => {
                     self.failed(ep);
@@ -422,6 +436,46 @@ impl UpstreamBackend {
             );
         }
         ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream {:?} at {} failed: {root}", self.name, base))
+    }
+}
+
+/// `work`, cut off after `limit` when there is one.
+async fn bounded<F: std::future::Future>(
+    limit: Option<Duration>,
+    work: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, work).await,
+        None => Ok(work.await),
+    }
+}
+
+/// An attempt waiting for an endpoint's answer: counted as outstanding until done or dropped;
+/// dropped at or after the caller's deadline (cut off by it), it counts as a failure.
+struct InFlight<'a> {
+    up: &'a UpstreamBackend,
+    ep: &'a Endpoint,
+    by: Option<Instant>,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(up: &'a UpstreamBackend, ep: &'a Endpoint, by: Option<Instant>) -> InFlight<'a> {
+        ep.outstanding.fetch_add(1, Ordering::Relaxed);
+        InFlight { up, ep, by }
+    }
+
+    /// The answer (or an error) came: the caller judges it.
+    fn done(mut self) {
+        self.by = None;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.ep.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if self.by.is_some_and(|by| Instant::now() >= by) {
+            self.up.failed(self.ep);
+        }
     }
 }
 
