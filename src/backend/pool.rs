@@ -36,10 +36,17 @@ pub(crate) enum PoolError {
     Request(hyper::Error),
 }
 
-/// A connection with nothing in flight.
-struct Idle {
+/// One connection: its request sender and the future that drives it. Boxed once when made, so
+/// handing it between the idle list, the request and its body moves a pointer, not the
+/// connection's state (its moves were a visible share of the proxy's memmove).
+struct Link {
     send: http1::SendRequest<Body>,
     conn: Conn,
+}
+
+/// A connection with nothing in flight.
+struct Idle {
+    link: Box<Link>,
     since: Instant,
 }
 
@@ -79,19 +86,17 @@ impl HostPool {
     pub async fn send(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<Body>, PoolError> {
         let mut fresh_only = false;
         loop {
-            let (mut send, mut conn, reused) = match if fresh_only { None } else { self.ready_idle().await } {
-                Some((send, conn)) => (send, conn, true),
-                None => {
-                    let (send, conn) = self.connect().await?;
-                    (send, conn, false)
-                }
+            let (mut link, reused) = match if fresh_only { None } else { self.ready_idle().await } {
+                Some(link) => (link, true),
+                None => (self.connect().await?, false),
             };
             let mut conn_done = false;
             let answer = {
+                let Link { send, conn } = &mut *link;
                 let mut answer = pin!(send.try_send_request(req));
                 poll_fn(|cx| {
                     // Closed or failed: the dispatcher has answered the request with an error.
-                    if !conn_done && Pin::new(&mut conn).poll(cx).is_ready() {
+                    if !conn_done && Pin::new(&mut *conn).poll(cx).is_ready() {
                         conn_done = true;
                     }
                     answer.as_mut().poll(cx)
@@ -100,7 +105,7 @@ impl HostPool {
             };
             match answer {
                 Ok(resp) => {
-                    let keep = if conn_done { None } else { Some((send, conn)) };
+                    let keep = if conn_done { None } else { Some(link) };
                     let pool = Arc::clone(self);
                     return Ok(resp.map(|body| {
                         http_body_util::BodyExt::boxed(PooledBody { body, conn: keep, pool: Some(pool) })
@@ -120,19 +125,20 @@ impl HostPool {
     }
 
     /// The newest idle connection that is still open and ready for a request, if any.
-    async fn ready_idle(&self) -> Option<(http1::SendRequest<Body>, Conn)> {
-        while let Some(Idle { mut send, mut conn, .. }) = self.take() {
+    async fn ready_idle(&self) -> Option<Box<Link>> {
+        while let Some(Idle { mut link, .. }) = self.take() {
+            let Link { send, conn } = &mut *link;
             // Poll the connection once first: a server that closed it is seen here (EOF), not by
             // the request. Then wait (driving it) until it takes a new request.
             let ready = poll_fn(|cx| {
-                if Pin::new(&mut conn).poll(cx).is_ready() {
+                if Pin::new(&mut *conn).poll(cx).is_ready() {
                     return Poll::Ready(false);
                 }
                 send.poll_ready(cx).map(|r| r.is_ok())
             })
             .await;
             if ready {
-                return Some((send, conn));
+                return Some(link);
             }
         }
         None
@@ -146,15 +152,15 @@ impl HostPool {
                 idle.clear();
                 return None;
             }
-            if !i.send.is_closed() {
+            if !i.link.send.is_closed() {
                 return Some(i);
             }
         }
         None
     }
 
-    fn put(&self, send: http1::SendRequest<Body>, conn: Conn) {
-        if send.is_closed() {
+    fn put(&self, link: Box<Link>) {
+        if link.send.is_closed() {
             return;
         }
         let Ok(mut idle) = self.idle.lock() else { return };
@@ -162,17 +168,18 @@ impl HostPool {
             idle.pop_front();
         }
         if idle.len() < self.max_idle {
-            idle.push_back(Idle { send, conn, since: Instant::now() });
+            idle.push_back(Idle { link, since: Instant::now() });
         }
     }
 
-    async fn connect(&self) -> Result<(http1::SendRequest<Body>, Conn), PoolError> {
+    async fn connect(&self) -> Result<Box<Link>, PoolError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr.as_str()))
             .await
             .map_err(|_| PoolError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(PoolError::Connect)?;
         stream.set_nodelay(true).map_err(PoolError::Connect)?;
-        http1::handshake(TokioIo::new(stream)).await.map_err(PoolError::Request)
+        let (send, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(PoolError::Request)?;
+        Ok(Box::new(Link { send, conn }))
     }
 }
 
@@ -180,14 +187,14 @@ impl HostPool {
 /// its pool when it ended cleanly (dropped early or failed, the connection is closed).
 struct PooledBody {
     body: Incoming,
-    conn: Option<(http1::SendRequest<Body>, Conn)>,
+    conn: Option<Box<Link>>,
     pool: Option<Arc<HostPool>>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let (Some((send, conn)), Some(pool)) = (self.conn.take(), self.pool.take()) {
-            pool.put(send, conn);
+        if let (Some(link), Some(pool)) = (self.conn.take(), self.pool.take()) {
+            pool.put(link);
         }
     }
 }
@@ -198,8 +205,8 @@ impl HttpBody for PooledBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        if let Some((_, conn)) = &mut this.conn {
-            if Pin::new(conn).poll(cx).is_ready() {
+        if let Some(link) = &mut this.conn {
+            if Pin::new(&mut link.conn).poll(cx).is_ready() {
                 // Closed (or failed): what it read is still in the body's channel.
                 this.conn = None;
             }
