@@ -318,7 +318,7 @@ async fn retries_go_to_another_endpoint_and_never_exceed_the_budget() {
 async fn a_request_cut_off_by_the_gateway_deadline_counts_against_its_variant() {
     let up = Upstream::start(Duration::from_secs(3)).await;
     let yaml = format!(
-        "server:\n  request_timeout: 200ms\nbackends:\n  - name: slow\n    upstream: {{url: \"{}\", request_timeout: 10s}}\nroutes:\n  - path_prefix: /slow/\n    backend: slow\n",
+        "server:\n  request_timeout: 200ms\nbackends:\n  - name: slow\n    upstream: {{url: \"{}\", request_timeout: 10s, outlier: {{consecutive_failures: 3, ejection_time: 60s}}}}\nroutes:\n  - path_prefix: /slow/\n    backend: slow\n",
         up.url()
     );
     let gw = Gateway::start(&yaml).await;
@@ -334,6 +334,8 @@ async fn a_request_cut_off_by_the_gateway_deadline_counts_against_its_variant() 
         .find(|l| l.starts_with("modelgate_requests_total{") && l.contains(r#"code="504""#))
         .unwrap_or_else(|| panic!("no 504 counted for the variant:\n{text}"));
     assert!(line.contains(r#"variant="slow""#) && line.ends_with(" 3"), "{line}");
+    // The gateway's deadline was the only timer; each attempt it cut off failed the endpoint.
+    assert_eq!(gw.upstream("/slow/").ejections, 1, "3 cut-off attempts in a row eject the endpoint");
 }
 
 #[tokio::test]
@@ -387,4 +389,61 @@ async fn forwarded_headers_are_believed_only_from_trusted_proxies() {
     // A bad entry is refused with its place.
     let e = modelgate::config::Config::parse(&routes("\"not-an-ip\""), std::path::Path::new("r.yaml")).unwrap_err();
     assert!(e.to_string().contains("server.trusted_proxies[0]"), "{e}");
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_upstream_connection_and_large_answers_stream() {
+    let up = Upstream::start(Duration::from_millis(0)).await;
+    let gw = Gateway::start(&routes(&up.url(), "")).await;
+    for i in 0..20 {
+        let a = send(Method::GET, &gw.url(&format!("/keep/n{i}")), "", &[]).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(up.last().path_and_query, format!("/keep/n{i}"));
+    }
+    // A body larger than any buffer streams through and leaves the connection reusable.
+    let a = send(Method::GET, &gw.url("/keep/big/3000000"), "", &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body.len(), 3_000_000);
+    assert!(a.body.iter().all(|&b| b == b'x'));
+    let a = send(Method::POST, &gw.url("/keep/after"), "x".repeat(50_000), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(up.last().body.len(), 50_000);
+    let connections = up.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(connections, 1, "one request at a time needs one upstream connection");
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_not_reused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that answers one request per connection (keep-alive implied) and then closes it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+            drop(s);
+            let _ = closed_tx.send(());
+        }
+    });
+    let yaml = format!(
+        "backends:\n  - name: once\n    upstream: {{url: \"http://{addr}\"}}\nroutes:\n  - path_prefix: /once/\n    backend: once\n"
+    );
+    let gw = Gateway::start(&yaml).await;
+    for _ in 0..3 {
+        let a = get(&gw.url("/once/x")).await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&a.body));
+        assert_eq!(&a.body[..], b"ok");
+        // The server has closed its side before the next request goes out.
+        closed.recv().await.unwrap();
+    }
+    server.abort();
 }

@@ -2,6 +2,7 @@
 
 mod batch;
 pub mod onnx;
+mod pool;
 pub mod profile;
 pub mod runtime;
 pub mod upstream;

@@ -1,5 +1,11 @@
-//! Upstream HTTP servers: requests forwarded through a pooled hyper-util client, bodies streamed.
+//! Upstream HTTP servers: requests forwarded through pooled connections, bodies streamed.
+//!
+//! Plain `http://` upstreams speaking HTTP/1.1 go through [`super::pool`], whose connections are
+//! driven on the request's own task; TLS and gRPC (h2) upstreams, and every upstream when
+//! `MODELGATE_UPSTREAM_CLIENT=legacy` is set, go through hyper-util's legacy client (a task per
+//! connection).
 
+use super::pool::{HostPool, PoolError};
 use crate::config::{OutlierPolicy, RetryPolicy, UpstreamProtocol, UpstreamSpec};
 use crate::protocol::ApiError;
 use crate::tls::{self, TlsError};
@@ -16,6 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::retry::budget::{Budget as _, TpsBudget};
 
@@ -67,6 +74,10 @@ struct Endpoint {
     ejected_until: AtomicU64,
     /// Times ejected so far (each ejection lasts longer, up to 10×).
     ejections: AtomicU32,
+    /// Its own connection pool (plain HTTP/1.1), else the backend's legacy client is used.
+    pool: Option<Arc<HostPool>>,
+    /// The `Host` header sent to it through the pool.
+    host: HeaderValue,
 }
 
 /// What an upstream backend has done about failures, for tests and the admin API.
@@ -105,6 +116,15 @@ pub struct UpstreamBackend {
 
 /// How long a request counts toward the retry budget.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// How long an idle upstream connection is kept, and how many per endpoint.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// Whether plain HTTP/1.1 upstreams use the pool driven on the request's task (the default), or
+/// hyper-util's legacy client like TLS and gRPC upstreams (`MODELGATE_UPSTREAM_CLIENT=legacy`).
+fn own_pool_enabled() -> bool {
+    std::env::var("MODELGATE_UPSTREAM_CLIENT").map_or(true, |v| v != "legacy")
+}
 
 impl UpstreamBackend {
     /// A backend for `spec`. Connections are made lazily and pooled; `https://` endpoints are
@@ -129,21 +149,32 @@ impl UpstreamBackend {
             .wrap_connector(connector);
         let grpc = spec.protocol == UpstreamProtocol::Grpc;
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_max_idle_per_host(MAX_IDLE_PER_ENDPOINT)
             // gRPC is HTTP/2 only: prior knowledge over h2c, ALPN h2 over TLS.
             .http2_only(grpc)
             .build(connector);
+        let own_pool = !grpc && !https && own_pool_enabled();
         let endpoints = spec
             .urls
             .iter()
-            .map(|u| Endpoint {
-                base_path: u.path().trim_end_matches('/').to_string(),
-                base: u.clone(),
-                outstanding: AtomicUsize::new(0),
-                failures: AtomicU32::new(0),
-                ejected_until: AtomicU64::new(0),
-                ejections: AtomicU32::new(0),
+            .map(|u| {
+                let authority = u.authority().map_or("", |a| a.as_str());
+                let host = HeaderValue::from_str(authority).unwrap_or(HeaderValue::from_static(""));
+                let pool = own_pool.then(|| {
+                    let addr = format!("{}:{}", u.host().unwrap_or("localhost"), u.port_u16().unwrap_or(80));
+                    Arc::new(HostPool::new(addr, spec.connect_timeout, IDLE_TIMEOUT, MAX_IDLE_PER_ENDPOINT))
+                });
+                Endpoint {
+                    base_path: u.path().trim_end_matches('/').to_string(),
+                    base: u.clone(),
+                    outstanding: AtomicUsize::new(0),
+                    failures: AtomicU32::new(0),
+                    ejected_until: AtomicU64::new(0),
+                    ejections: AtomicU32::new(0),
+                    pool,
+                    host,
+                }
             })
             .collect();
         Ok(UpstreamBackend {
@@ -270,6 +301,20 @@ impl UpstreamBackend {
         path_and_query: &str,
         client: SocketAddr,
     ) -> Result<Response<Body>, ApiError> {
+        self.forward_by(req, path_and_query, client, None).await
+    }
+
+    /// Like [`UpstreamBackend::forward`], for a caller whose own deadline `by` cuts the request
+    /// off: when the upstream's `request_timeout` would end no sooner, no second timer is set
+    /// (the caller's fires first: one timer per request), and an attempt cut off by the caller's
+    /// deadline still counts as a failure of its endpoint.
+    pub async fn forward_by(
+        &self,
+        req: Request<Body>,
+        path_and_query: &str,
+        client: SocketAddr,
+        by: Option<Instant>,
+    ) -> Result<Response<Body>, ApiError> {
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
@@ -292,21 +337,36 @@ impl UpstreamBackend {
         loop {
             let i = self.pick(&tried);
             let ep = &self.endpoints[i];
-            let uri = Uri::builder()
-                .scheme(ep.base.scheme_str().unwrap_or("http"))
-                .authority(ep.base.authority().map_or("", |a| a.as_str()))
-                .path_and_query(format!("{}{}", ep.base_path, path_and_query))
-                .build()
-                .map_err(|e| ApiError::bad_request(format!("cannot forward path {path_and_query:?}: {e}")))?;
+            let uri = if ep.pool.is_some() {
+                // Origin-form: the pool writes the URI as it is, and `Host` names the endpoint.
+                Uri::try_from(format!("{}{}", ep.base_path, path_and_query)).map_err(http::Error::from)
+            } else {
+                Uri::builder()
+                    .scheme(ep.base.scheme_str().unwrap_or("http"))
+                    .authority(ep.base.authority().map_or("", |a| a.as_str()))
+                    .path_and_query(format!("{}{}", ep.base_path, path_and_query))
+                    .build()
+            }
+            .map_err(|e| ApiError::bad_request(format!("cannot forward path {path_and_query:?}: {e}")))?;
             let mut attempt =
                 Request::new(body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()));
             *attempt.method_mut() = parts.method.clone();
             *attempt.uri_mut() = uri;
             *attempt.version_mut() = version;
             *attempt.headers_mut() = if retryable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-            ep.outstanding.fetch_add(1, Ordering::Relaxed);
-            let answer = tokio::time::timeout(self.request_timeout, self.client.request(attempt)).await;
-            ep.outstanding.fetch_sub(1, Ordering::Relaxed);
+            // Only when this upstream's timeout ends before the caller's deadline does it need a timer.
+            let limit = by.is_none_or(|by| Instant::now() + self.request_timeout < by).then_some(self.request_timeout);
+            let in_flight = InFlight::new(self, ep, by);
+            let answer = match &ep.pool {
+                Some(pool) => {
+                    attempt.headers_mut().insert(header::HOST, ep.host.clone());
+                    bounded(limit, pool.send(attempt)).await.map(|r| r.map_err(Failure::Pool))
+                }
+                None => bounded(limit, self.client.request(attempt))
+                    .await
+                    .map(|r| r.map(|resp| resp.map(|b| b.map_err(BodyError::new).boxed())).map_err(Failure::Legacy)),
+            };
+            in_flight.done();
             let mut resp = match answer {
                 Err(_) => {
                     self.failed(ep);
@@ -331,11 +391,11 @@ impl UpstreamBackend {
                 ep.failures.store(0, Ordering::Relaxed);
             }
             strip_hop_by_hop(resp.headers_mut());
-            return Ok(resp.map(|b| b.map_err(BodyError::new).boxed()));
+            return Ok(resp);
         }
     }
 
-    fn classify(&self, e: &hyper_util::client::legacy::Error, base: &Uri) -> ApiError {
+    fn classify(&self, e: &Failure, base: &Uri) -> ApiError {
         let mut cause: Option<&dyn std::error::Error> = e.source();
         let mut root = e.to_string();
         let mut timed_out = false;
@@ -350,6 +410,9 @@ impl UpstreamBackend {
                 too_large |= b.0.is::<http_body_util::LengthLimitError>();
             }
             cause = c.source();
+        }
+        if let Failure::Pool(PoolError::Connect(io)) = e {
+            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
         }
         if too_large {
             return ApiError::new(
@@ -373,6 +436,65 @@ impl UpstreamBackend {
             );
         }
         ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream {:?} at {} failed: {root}", self.name, base))
+    }
+}
+
+/// `work`, cut off after `limit` when there is one.
+async fn bounded<F: std::future::Future>(
+    limit: Option<Duration>,
+    work: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, work).await,
+        None => Ok(work.await),
+    }
+}
+
+/// An attempt waiting for an endpoint's answer: counted as outstanding until done or dropped;
+/// dropped at or after the caller's deadline (cut off by it), it counts as a failure.
+struct InFlight<'a> {
+    up: &'a UpstreamBackend,
+    ep: &'a Endpoint,
+    by: Option<Instant>,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(up: &'a UpstreamBackend, ep: &'a Endpoint, by: Option<Instant>) -> InFlight<'a> {
+        ep.outstanding.fetch_add(1, Ordering::Relaxed);
+        InFlight { up, ep, by }
+    }
+
+    /// The answer (or an error) came: the caller judges it.
+    fn done(mut self) {
+        self.by = None;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.ep.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if self.by.is_some_and(|by| Instant::now() >= by) {
+            self.up.failed(self.ep);
+        }
+    }
+}
+
+/// Why an attempt failed, in either client.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Legacy(hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Pool(PoolError),
+}
+
+impl Failure {
+    /// No connection was made: the request never reached the endpoint.
+    fn is_connect(&self) -> bool {
+        match self {
+            Failure::Legacy(e) => e.is_connect(),
+            Failure::Pool(e) => matches!(e, PoolError::Connect(_)),
+        }
     }
 }
 

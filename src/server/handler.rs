@@ -173,7 +173,8 @@ async fn dispatch(
     let result = entry
         .call(async {
             response::check_length(req.headers(), limit)?;
-            up.forward(req, &target, peer).await
+            // The gateway's deadline is the one timer: the upstream sets its own only when shorter.
+            up.forward_by(req, &target, peer, Some(pending.deadline(state.settings.request_timeout))).await
         })
         .await;
     entry.variant.stats.upstream(sent.elapsed());

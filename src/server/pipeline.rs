@@ -40,6 +40,11 @@ impl Pending {
         Pending { started: Instant::now(), claim: OnceLock::new() }
     }
 
+    /// When a deadline of `timeout` from the request's start passes.
+    pub fn deadline(&self, timeout: Duration) -> Instant {
+        self.started + timeout
+    }
+
     /// How long the request has run.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()

@@ -196,6 +196,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -210,12 +212,14 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let hits = Arc::new(AtomicUsize::new(0));
-        let (seen2, hits2) = (seen.clone(), hits.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (seen2, hits2, connections2) = (seen.clone(), hits.clone(), connections.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                connections2.fetch_add(1, Ordering::SeqCst);
                 let (seen, hits) = (seen2.clone(), hits2.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -241,6 +245,11 @@ impl Upstream {
                                         .and_then(|s| StatusCode::from_u16(s).ok())
                                 })
                                 .unwrap_or(StatusCode::OK);
+                            if let Some(n) = pq.split_once("/big/").and_then(|(_, n)| n.parse::<usize>().ok()) {
+                                // A large answer: `n` bytes, sent in chunks as the client reads.
+                                let resp = hyper::Response::new(Full::new(Bytes::from(vec![b'x'; n])));
+                                return Ok::<_, Infallible>(resp);
+                            }
                             let echo = serde_json::json!({
                                 "method": parts.method.as_str(),
                                 "path": pq,
@@ -263,7 +272,7 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen, hits, task }
+        Upstream { addr, seen, hits, connections, task }
     }
 
     pub fn url(&self) -> String {
