@@ -89,7 +89,11 @@ pub fn sources(config: &Config) -> Vec<Source> {
 pub async fn poll_once(client: &Mlflow, source: &Source, ort_library: &Path) -> Result<Outcome, RegistryError> {
     let spec = &source.spec;
     let pointer_err = |reason: String| RegistryError { url: spec.pointer_path().display().to_string(), reason };
-    let current = spec.read_pointer().map_err(pointer_err)?;
+    let reading = spec.clone();
+    let current = tokio::task::spawn_blocking(move || reading.read_pointer())
+        .await
+        .map_err(|e| pointer_err(e.to_string()))?
+        .map_err(pointer_err)?;
     let version = client.alias(spec).await?;
     if let Some(p) = current.as_ref().filter(|p| p.version == version.version && p.registry == spec.mlflow.to_string())
     {
@@ -309,5 +313,55 @@ fn report(
             controller.record_event("", "registry_failed", format!("{message}; the running table stays"), details);
             last_error.insert(spec.clone(), message);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{DataType, TensorSpec};
+
+    fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
+        TensorSpec { name: name.into(), datatype, shape: shape.to_vec() }
+    }
+
+    fn classifier(features: i64) -> Signature {
+        Signature {
+            inputs: vec![spec("input", DataType::Fp32, &[-1, features])],
+            outputs: vec![spec("label", DataType::Int64, &[-1]), spec("probabilities", DataType::Fp32, &[-1, 2])],
+        }
+    }
+
+    #[test]
+    fn a_model_fits_when_it_takes_the_same_inputs_and_gives_every_output() {
+        assert_eq!(fit(&classifier(30), &classifier(30)), Ok(()));
+        let mut more = classifier(30);
+        more.outputs.push(spec("extra", DataType::Fp32, &[-1]));
+        assert_eq!(fit(&more, &classifier(30)), Ok(()));
+        let e = fit(&classifier(10), &classifier(30)).unwrap_err();
+        assert_eq!(e, "its inputs are [input FP32 [-1, 10]], theirs [input FP32 [-1, 30]]");
+        let mut fewer = classifier(30);
+        fewer.outputs.pop();
+        assert!(fit(&fewer, &classifier(30)).unwrap_err().starts_with("it has no output \"probabilities\""));
+        let mut retyped = classifier(30);
+        retyped.outputs[0].datatype = DataType::Fp32;
+        assert_eq!(fit(&retyped, &classifier(30)).unwrap_err(), "output \"label\" is FP32, theirs INT64");
+    }
+
+    #[test]
+    fn older_downloads_are_pruned_but_the_served_one_and_the_one_before_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, n) in
+            ["m@a-v1-x.onnx", "m@a-v2-x.onnx", "m@a-v3-x.onnx", "m@a-v4-x.onnx", "other@a-v1-x.onnx"].iter().enumerate()
+        {
+            std::fs::write(dir.path().join(n), [i as u8]).unwrap();
+        }
+        prune(dir.path(), "m@a", "m@a-v4-x.onnx", Some("m@a-v3-x.onnx"));
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["m@a-v3-x.onnx", "m@a-v4-x.onnx", "other@a-v1-x.onnx"]);
     }
 }
