@@ -57,7 +57,7 @@ pub struct OnnxSpec {
     pub profile: Option<ProfileRef>,
     /// `onnx.registry`: the model is the version a registry alias names (then `path` is the
     /// downloaded file, empty until a version was fetched).
-    pub registry: Option<RegistryVersion>,
+    pub registry: Option<Box<RegistryVersion>>,
 }
 
 /// `onnx.batching:` — like Triton's dynamic batcher.
@@ -207,7 +207,7 @@ pub(super) fn onnx_spec(raw: &raw::RawOnnx, base: &Path, place: &str, issues: &m
                 Some((_, file, digest)) => (file.clone(), digest.clone()),
                 None => (PathBuf::new(), String::new()),
             };
-            registry_version = Some(RegistryVersion { spec, fetched: fetched.map(|(p, _, _)| p) });
+            registry_version = Some(Box::new(RegistryVersion { spec, fetched: fetched.map(|(p, _, _)| p) }));
             (Some(path), sha256)
         }
         (Some(_), Some(_)) => {
