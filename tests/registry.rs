@@ -193,16 +193,13 @@ fn a_new_version_under_the_alias_starts_a_canary_and_bad_artifacts_or_a_dead_reg
     assert_eq!(infer(&rt), http::StatusCode::OK);
 }
 
-#[test]
-fn a_registry_that_cannot_be_reached_at_start_is_an_error_naming_its_url() {
-    let dir = tempfile::tempdir().unwrap();
-    // Port 1 on loopback: nothing listens there, the connection is refused at once.
-    let config = write(&dir, "routes.yaml", &routes(dir.path(), "http://127.0.0.1:1"));
+/// `modelgate serve` on `config`, which must fail: its stderr.
+fn serve_fails(config: &Path, state: &Path) -> String {
     let mut child = modelgate()
         .args(["serve", "--config"])
-        .arg(&config)
+        .arg(config)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--state-dir"])
-        .arg(dir.path().join("state"))
+        .arg(state)
         .env("MODELGATE_FEEDBACK_KEY", "k")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -212,11 +209,32 @@ fn a_registry_that_cannot_be_reached_at_start_is_an_error_naming_its_url() {
     let mut served = Served(child);
     let status = wait_exit(&mut served, Duration::from_secs(60), "serve did not exit");
     assert!(!status.success());
-    let text: String = BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>().join("\n");
+    BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn a_registry_that_cannot_be_reached_at_start_is_an_error_naming_its_url() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 1 on loopback: nothing listens there, the connection is refused at once.
+    let config = write(&dir, "routes.yaml", &routes(dir.path(), "http://127.0.0.1:1"));
+    let text = serve_fails(&config, &dir.path().join("state"));
     assert!(
         text.contains("http://127.0.0.1:1/api/2.0/mlflow/registered-models/alias?name=bc&alias=production"),
         "{text}"
     );
     assert!(text.contains("unreachable"), "{text}");
+    assert!(text.contains("backends[0].onnx.registry"), "{text}");
+}
+
+#[test]
+fn a_registry_that_answers_garbage_at_start_is_an_error_naming_its_url() {
+    // An HTTP server answering every request with JSON of its own, not MLflow's.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let echo = rt.block_on(Upstream::start(Duration::ZERO));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(&dir, "routes.yaml", &routes(dir.path(), &echo.url()));
+    let text = serve_fails(&config, &dir.path().join("state"));
+    let url = format!("{}/api/2.0/mlflow/registered-models/alias?name=bc&alias=production", echo.url());
+    assert!(text.contains(&format!("{url}: not the JSON MLflow answers (missing field `model_version`")), "{text}");
     assert!(text.contains("backends[0].onnx.registry"), "{text}");
 }
