@@ -2,14 +2,14 @@
 CARGO ?= cargo
 BIN := target/release/modelgate
 
-.PHONY: run test build ort pyenv tools chromium lint validate models profiles check-metrics scenario scenarios bench fuzz faults fleet soak overload decisions clean
+.PHONY: run test build ort pyenv ctenv ct tools chromium lint validate models profiles check-metrics scenario scenarios bench fuzz faults fleet soak overload decisions clean
 
 ## run: fetch ONNX Runtime, build, and serve the demo routes.yaml on 127.0.0.1:8080
 run: ort build
 	./scripts/run-demo.sh
 
 ## test: fetch ONNX Runtime, the Python client environment, etcd, Prometheus and Chromium, check formatting and lints, run every test
-test: ort pyenv tools chromium lint
+test: ort pyenv ctenv tools chromium lint
 	$(CARGO) test --locked --workspace
 
 ## build: release build of the gateway
@@ -27,6 +27,14 @@ tools:
 ## pyenv: the client conformance tests' Python (tritonclient, numpy, onnxruntime; pinned) in .venv/
 pyenv:
 	./scripts/python-env.sh
+
+## ctenv: the continuous-training loop's Python (MLflow, scikit-learn, skl2onnx; pinned) in .venv-ct/
+ctenv:
+	./scripts/ct-env.sh
+
+## ct: the CI/CT/CD loop end to end on loopback: MLflow registry, drift, retraining job, evaluate, canary (exit code = verdict)
+ct: ort build ctenv
+	./scripts/ct.sh
 
 ## chromium: Debian's chromium for the console's browser test (apt-get, only when /usr/bin/chromium is missing)
 chromium:

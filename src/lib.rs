@@ -20,6 +20,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod protocol;
 pub mod quality;
+pub mod registry;
 pub mod rollout;
 pub mod routing;
 pub mod server;

@@ -285,6 +285,7 @@ pub fn stats(controller: &Controller) -> Value {
 /// `GET /admin/routes`.
 pub async fn view(controller: &Controller) -> Value {
     let statuses = controller.statuses();
+    let revisions = controller.revisions();
     let table = controller.table().load();
     let routes: Vec<Value> = table
         .routes()
@@ -318,6 +319,7 @@ pub async fn view(controller: &Controller) -> Value {
                 "shadow": shadow,
                 "unavailable": r.unavailable,
                 "etag": controller.route_etag(&r.name, r.version),
+                "revision": revisions.iter().find(|(n, _)| *n == r.name).map(|(_, rev)| rev),
                 "status": status,
             })
         })

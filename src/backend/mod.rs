@@ -49,6 +49,19 @@ pub fn load(config: &Config, names: &[&str], ort_library: &Path) -> Result<Backe
                     continue;
                 }
             },
+            BackendKind::Onnx(onnx) if onnx.registry.as_ref().is_some_and(|r| r.fetched.is_none()) => {
+                let r = onnx.registry.as_ref().map(|r| &r.spec);
+                let (url, model, alias) =
+                    r.map(|r| (r.mlflow.to_string(), r.model.as_str(), r.alias.as_str())).unwrap_or_default();
+                issues.push(ConfigIssue {
+                    place: format!("backends[{i}].onnx.registry"),
+                    message: format!(
+                        "no version of model {model:?} alias {alias:?} has been fetched from {url} yet (the registry \
+                         poller fetches it when `serve` starts and every poll interval; see its events)"
+                    ),
+                });
+                continue;
+            }
             BackendKind::Onnx(onnx) => {
                 let loaded = runtime::environment(ort_library)
                     .map_err(|e| ("server.ort_library".to_string(), e.to_string()))
@@ -84,7 +97,7 @@ pub fn load(config: &Config, names: &[&str], ort_library: &Path) -> Result<Backe
 
 /// A profile fits a model when it describes one of its inputs, numeric and `[rows, features]`
 /// with as many features as the profile has.
-fn fits(profile: &crate::quality::profile::Profile, sig: &crate::protocol::Signature) -> Result<(), String> {
+pub fn fits(profile: &crate::quality::profile::Profile, sig: &crate::protocol::Signature) -> Result<(), String> {
     let names: Vec<&str> = sig.inputs.iter().map(|i| i.name.as_str()).collect();
     let Some(input) = sig.inputs.iter().find(|i| i.name == profile.input) else {
         return Err(format!("profiles input {:?}, but the model's inputs are {}", profile.input, names.join(", ")));

@@ -249,6 +249,23 @@ impl OnnxBackend {
     }
 }
 
+/// What the model in `path` takes and gives, read from one session (no warm-up, no workers).
+/// Blocking: call it off the async threads.
+pub fn read_signature(path: &std::path::Path, env: &Environment) -> Result<Signature, String> {
+    let spec = OnnxSpec {
+        path: path.to_path_buf(),
+        sha256: String::new(),
+        sessions: 1,
+        intra_op_threads: 1,
+        queue: 1,
+        queue_timeout: std::time::Duration::from_secs(1),
+        batching: None,
+        profile: None,
+        registry: None,
+    };
+    signature(&build_session(&spec, env)?)
+}
+
 fn build_session(spec: &OnnxSpec, env: &Environment) -> Result<Session, String> {
     let err = |e: ort::Error<_>| format!("cannot configure ONNX Runtime session: {e}");
     Session::builder(env)
@@ -533,6 +550,7 @@ pub fn bench(model: &std::path::Path, library: &std::path::Path, threads: usize,
         queue_timeout: std::time::Duration::from_secs(1),
         batching: None,
         profile: None,
+        registry: None,
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     let handles: Vec<_> = (0..threads.max(1))

@@ -59,6 +59,7 @@ pub async fn run_model(model: &Path, ort_library: &Path, rows: &Rows) -> Result<
         queue_timeout: Duration::from_secs(60),
         batching: None,
         profile: None,
+        registry: None,
     };
     let lib = ort_library.to_path_buf();
     let backend = tokio::task::spawn_blocking(move || {

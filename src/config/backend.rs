@@ -55,6 +55,9 @@ pub struct OnnxSpec {
     pub batching: Option<Batching>,
     /// The model's reference profile (`onnx.profile`), for input validation and drift.
     pub profile: Option<ProfileRef>,
+    /// `onnx.registry`: the model is the version a registry alias names (then `path` is the
+    /// downloaded file, empty until a version was fetched).
+    pub registry: Option<Box<RegistryVersion>>,
 }
 
 /// `onnx.batching:` — like Triton's dynamic batcher.
@@ -182,14 +185,39 @@ pub(super) fn file_sha256(path: &Path) -> std::io::Result<String> {
 }
 
 pub(super) fn onnx_spec(raw: &raw::RawOnnx, base: &Path, place: &str, issues: &mut Issues) -> Option<OnnxSpec> {
-    let path = readable_file(base, &raw.path, &format!("{place}.path"), "model file", issues);
-    let sha256 = match path.as_deref().map(file_sha256) {
-        Some(Ok(digest)) => digest,
-        Some(Err(e)) => {
-            issues.push(format!("{place}.path"), format!("cannot read model file: {e}"));
+    let mut registry_version = None;
+    let (path, sha256) = match (&raw.path, &raw.registry) {
+        (Some(p), None) => {
+            let path = readable_file(base, p, &format!("{place}.path"), "model file", issues);
+            let sha256 = match path.as_deref().map(file_sha256) {
+                Some(Ok(digest)) => digest,
+                Some(Err(e)) => {
+                    issues.push(format!("{place}.path"), format!("cannot read model file: {e}"));
+                    return None;
+                }
+                None => String::new(),
+            };
+            (path, sha256)
+        }
+        (None, Some(r)) => {
+            let rplace = format!("{place}.registry");
+            let spec = registry::registry(r, base, &rplace, issues)?;
+            let fetched = registry::resolve(&spec, &rplace, issues);
+            let (path, sha256) = match &fetched {
+                Some((_, file, digest)) => (file.clone(), digest.clone()),
+                None => (PathBuf::new(), String::new()),
+            };
+            registry_version = Some(Box::new(RegistryVersion { spec, fetched: fetched.map(|(p, _, _)| p) }));
+            (Some(path), sha256)
+        }
+        (Some(_), Some(_)) => {
+            issues.push(place, "set either `path` or `registry`, not both");
             return None;
         }
-        None => String::new(),
+        (None, None) => {
+            issues.push(place, "missing `path: model.onnx` (or `registry: {mlflow: URL, model: NAME, alias: NAME}`)");
+            return None;
+        }
     };
     let spec = OnnxSpec {
         path: path.clone().unwrap_or_default(),
@@ -222,6 +250,7 @@ pub(super) fn onnx_spec(raw: &raw::RawOnnx, base: &Path, place: &str, issues: &m
             }
         }),
         profile: raw.profile.as_ref().and_then(|p| quality::profile(base, p, &format!("{place}.profile"), issues)),
+        registry: registry_version,
     };
     path.map(|_| spec)
 }

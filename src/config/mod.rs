@@ -10,6 +10,7 @@ mod error;
 pub mod plan;
 mod quality;
 mod raw;
+mod registry;
 mod route;
 mod server;
 pub mod watch;
@@ -27,6 +28,7 @@ pub use quality::{
     CaptureSpec, DriftSpec, OnInvalid, PerformanceSpec, ProfileRef, ValidationSpec, MAX_LABELLED_FEATURES,
 };
 use raw::{RawAbAnalysis, RawAnalysis, RawBackend, RawCheck, RawConfig, RawRoute, RawServer, RawStep, RawSticky};
+pub use registry::{Pointer, RegistrySpec, RegistryVersion, DEFAULT_MAX_BYTES, DEFAULT_POLL};
 pub use route::*;
 pub use server::*;
 

@@ -109,13 +109,26 @@ pub struct RawFault {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOnnx {
-    pub path: String,
+    pub path: Option<String>,
+    pub registry: Option<RawRegistry>,
     pub sessions: Option<i64>,
     pub intra_op_threads: Option<i64>,
     pub queue: Option<i64>,
     pub queue_timeout: Option<String>,
     pub batching: Option<RawBatching>,
     pub profile: Option<String>,
+}
+
+/// `backends[i].onnx.registry:` — the model comes from a model registry's alias.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    pub mlflow: String,
+    pub model: String,
+    pub alias: String,
+    pub poll: Option<String>,
+    pub cache: Option<String>,
+    pub max_bytes: Option<i64>,
 }
 
 /// `backends[i].onnx.batching:` — dynamic batching of concurrent requests.

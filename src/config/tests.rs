@@ -357,3 +357,67 @@ routes:
     assert_eq!(c.routes[0].validation.as_ref().unwrap().on_invalid, OnInvalid::Reject);
     assert_eq!(c.routes[0].drift.as_ref().unwrap().window, Duration::from_secs(600));
 }
+
+#[test]
+fn a_registry_backend_serves_the_file_its_pointer_names_once_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        "backends:\n  - name: m\n    onnx: {registry: {mlflow: \"http://127.0.0.1:5000\", model: bc, alias: champion, \
+                cache: cache}}\nroutes:\n  - model: risk\n    backend: m\n";
+    // Nothing fetched yet: the file is valid, the backend has no model (loading it says so).
+    let c = parse_in(dir.path(), text).unwrap();
+    let BackendKind::Onnx(o) = &c.backends[0].kind else { panic!() };
+    let reg = o.registry.as_ref().unwrap();
+    assert_eq!((reg.spec.poll, reg.spec.max_bytes, reg.fetched.as_ref()), (DEFAULT_POLL, DEFAULT_MAX_BYTES, None));
+    assert_eq!(reg.spec.pointer_path(), dir.path().join("cache/bc@champion.json"));
+    // Fetched: the pointer's file and digest.
+    std::fs::create_dir(dir.path().join("cache")).unwrap();
+    write_model(&dir.path().join("cache"), "bc@champion-v3-abc.onnx");
+    let digest = backend::file_sha256(&dir.path().join("cache/bc@champion-v3-abc.onnx")).unwrap();
+    let pointer = Pointer {
+        registry: "http://127.0.0.1:5000/".into(),
+        model: "bc".into(),
+        alias: "champion".into(),
+        version: "3".into(),
+        source: "models:/m-1".into(),
+        run_id: String::new(),
+        artifact: "http://127.0.0.1:5000/api/2.0/mlflow-artifacts/artifacts/0/models/m-1/artifacts/model.onnx".into(),
+        file: "bc@champion-v3-abc.onnx".into(),
+        sha256: digest.clone(),
+        fetched_at_ms: 1,
+    };
+    std::fs::write(reg.spec.pointer_path(), serde_json::to_vec(&pointer).unwrap()).unwrap();
+    let c = parse_in(dir.path(), text).unwrap();
+    let BackendKind::Onnx(o) = &c.backends[0].kind else { panic!() };
+    assert_eq!((o.path.clone(), o.sha256.clone()), (dir.path().join("cache/bc@champion-v3-abc.onnx"), digest));
+    // A cached file changed on disk is refused, naming it.
+    write_model(&dir.path().join("cache"), "bc@champion-v3-abc.onnx");
+    std::fs::write(dir.path().join("cache/bc@champion-v3-abc.onnx"), b"changed").unwrap();
+    let e = places(&parse_in(dir.path(), text).unwrap_err());
+    assert!(
+        e[0].starts_with("backends[0].onnx.registry: ") && e[0].contains("bc@champion-v3-abc.onnx has SHA-256"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_registry_needs_an_http_url_and_excludes_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "m.onnx");
+    let e = parse_in(
+        dir.path(),
+        "backends:\n  - name: a\n    onnx: {path: m.onnx, registry: {mlflow: \"http://h:1\", model: m, alias: x}}\n  - name: b\n    \
+         onnx: {registry: {mlflow: \"ftp://h\", model: \"\", alias: x, max_bytes: 0, poll: soon}}\n",
+    )
+    .unwrap_err();
+    let e = places(&e);
+    assert!(e.iter().any(|i| i == "backends[0].onnx: set either `path` or `registry`, not both"), "{e:?}");
+    for place in [
+        "backends[1].onnx.registry.mlflow",
+        "backends[1].onnx.registry.model",
+        "backends[1].onnx.registry.max_bytes",
+        "backends[1].onnx.registry.poll",
+    ] {
+        assert!(e.iter().any(|i| i.starts_with(&format!("{place}: "))), "{place} in {e:?}");
+    }
+}

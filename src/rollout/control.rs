@@ -217,6 +217,16 @@ impl Controller {
         self.events.since(since, route)
     }
 
+    /// The routes.yaml that is applied now.
+    pub async fn config(&self) -> Config {
+        self.inner.lock().await.config.clone()
+    }
+
+    /// Records an event from outside the controller (the registry poller) at the clock's now.
+    pub fn record_event(&self, route: &str, kind: &'static str, message: String, details: serde_json::Value) {
+        self.emit(self.clock.now_ms(), route, kind, message, details);
+    }
+
     /// Records an event (log line, `GET /admin/events`) and sends it to the webhooks.
     pub(super) fn emit(
         &self,

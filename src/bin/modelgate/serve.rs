@@ -7,6 +7,9 @@ use super::*;
 pub(crate) async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     let path = args.config.as_path();
     let mut config = Config::load(path)?;
+    // Registry backends: each alias is looked at once before serving, so a first start has
+    // models to load; one that cannot be looked at serves the version fetched before, if any.
+    let registry_errors = prefetch(&mut config, path, args.ort_library.as_deref()).await?;
     args.apply_tls(&mut config.server);
     let feedback_key = std::env::var("MODELGATE_FEEDBACK_KEY").ok().filter(|k| !k.is_empty());
     if feedback_key.is_none() && !config.server.insecure_unsigned_feedback {
@@ -39,7 +42,14 @@ pub(crate) async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Re
     let (listen, admin_listen, ort_flag) = (args.listen, args.admin_listen, args.ort_library.as_deref());
     // In a fleet, etcd holds the status; the state folder is for a gateway on its own.
     let state_dir = config.cluster.is_none().then_some(state_dir);
-    let (config, controller) = start(config, ort_flag, state_dir).await?;
+    let ort_library = runtime::locate(ort_flag, config.server.ort_library.as_deref());
+    let (config, controller) = match start(config, ort_flag, state_dir).await {
+        Ok(started) => started,
+        Err(e) if !registry_errors.is_empty() => {
+            return Err(e.context(format!("the model registry failed: {}", registry_errors.join("; "))))
+        }
+        Err(e) => return Err(e),
+    };
     let cluster = match config.cluster.clone() {
         Some(settings) => Some(
             modelgate::cluster::Cluster::join(settings, &controller)
@@ -80,6 +90,7 @@ pub(crate) async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Re
     let (local, admin_local) = (listener.local_addr()?, admin.local_addr()?);
 
     let (_watch, reload) = controller.watch_file().with_context(|| format!("cannot watch {}", path.display()))?;
+    modelgate::registry::spawn(&controller, ort_library, reload.clone());
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
         while hup.recv().await.is_some() {
@@ -166,4 +177,32 @@ pub(crate) async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Re
         cluster.leave().await;
     }
     Ok(())
+}
+
+/// Looks at every registry alias of `config` once; when a version was fetched, routes.yaml is
+/// read again so that its backends name the downloaded files. Returns the failures (logged).
+async fn prefetch(config: &mut Config, path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    if modelgate::registry::sources(config).is_empty() {
+        return Ok(Vec::new());
+    }
+    let ort_library = runtime::locate(ort_flag, config.server.ort_library.as_deref());
+    let mut errors = Vec::new();
+    let mut fetched = false;
+    for outcome in modelgate::registry::prefetch(config, &ort_library).await {
+        match outcome {
+            Ok(modelgate::registry::Outcome::Fetched(p)) => {
+                tracing::info!(model = %p.model, alias = %p.alias, version = %p.version, sha256 = %p.sha256, "fetched from the registry");
+                fetched = true;
+            }
+            Ok(modelgate::registry::Outcome::Unchanged(_)) => {}
+            Err(e) => {
+                tracing::error!("model registry: {e}");
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if fetched {
+        *config = Config::load(path)?;
+    }
+    Ok(errors)
 }
