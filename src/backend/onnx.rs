@@ -249,10 +249,9 @@ impl OnnxBackend {
     }
 }
 
-/// What the model in `path` takes and gives, read from one session (no warm-up, no workers).
-/// Blocking: call it off the async threads.
-pub fn read_signature(path: &std::path::Path, env: &Environment) -> Result<Signature, String> {
-    let spec = OnnxSpec {
+/// The spec of one plain session of the model in `path` (one thread, no queue to speak of).
+fn single_session(path: &std::path::Path) -> OnnxSpec {
+    OnnxSpec {
         path: path.to_path_buf(),
         sha256: String::new(),
         sessions: 1,
@@ -262,8 +261,13 @@ pub fn read_signature(path: &std::path::Path, env: &Environment) -> Result<Signa
         batching: None,
         profile: None,
         registry: None,
-    };
-    signature(&build_session(&spec, env)?)
+    }
+}
+
+/// What the model in `path` takes and gives, read from one session (no warm-up, no workers).
+/// Blocking: call it off the async threads.
+pub fn read_signature(path: &std::path::Path, env: &Environment) -> Result<Signature, String> {
+    signature(&build_session(&single_session(path), env)?)
 }
 
 fn build_session(spec: &OnnxSpec, env: &Environment) -> Result<Session, String> {
@@ -541,17 +545,7 @@ fn run(
 /// in-process inference costs at the least.
 pub fn bench(model: &std::path::Path, library: &std::path::Path, threads: usize, seconds: u64) -> Result<u64, String> {
     let env = super::runtime::environment(library).map_err(|e| e.to_string())?;
-    let spec = OnnxSpec {
-        path: model.to_path_buf(),
-        sha256: String::new(),
-        sessions: 1,
-        intra_op_threads: 1,
-        queue: 1,
-        queue_timeout: std::time::Duration::from_secs(1),
-        batching: None,
-        profile: None,
-        registry: None,
-    };
+    let spec = single_session(model);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     let handles: Vec<_> = (0..threads.max(1))
         .map(|_| {
