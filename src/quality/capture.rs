@@ -58,9 +58,17 @@ impl Capture {
         Ok(Capture { tx, dropped, written, synced, labelled: Default::default(), spec })
     }
 
-    /// Whether this answer is sampled (drawn once per answer) and the queue has room now.
+    /// Whether this answer is sampled (drawn once per answer) and the queue has room now. A
+    /// sampled answer the queue has no room for is dropped here, and counted.
     pub fn wants(&self) -> bool {
-        rand::random::<f64>() * 100.0 < self.spec.sample_percent && !self.tx.is_full()
+        if rand::random::<f64>() * 100.0 >= self.spec.sample_percent {
+            return false;
+        }
+        if self.tx.is_full() {
+            self.dropped.increment(1);
+            return false;
+        }
+        true
     }
 
     /// Offers a line; never waits. Lines beyond the queue are dropped and counted (`false`).
