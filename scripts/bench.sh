@@ -227,11 +227,11 @@ cleanup; pids=()
 
 # ---- 3. criterion ---------------------------------------------------------------------------
 echo
-echo "### Routing micro-benchmarks (criterion, \`cargo bench --bench routing\`)"
+echo "### Micro-benchmarks (criterion: \`cargo bench --bench routing\`, \`--bench upstream\`, \`--bench oip\`)"
 echo
 echo "| benchmark | time per operation |"
 echo "|---|---:|"
-cargo bench --locked --quiet --bench routing -- --warm-up-time 1 --measurement-time 3 2>/dev/null | python3 -c '
+for b in routing upstream oip; do cargo bench --locked --quiet --bench $b -- --warm-up-time 1 --measurement-time 3 2>/dev/null; done | python3 -c '
 import re, sys
 name = None
 for line in sys.stdin:
