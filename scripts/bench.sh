@@ -235,7 +235,7 @@ for b in routing upstream oip; do cargo bench --locked --quiet --bench $b -- --w
 import re, sys
 name = None
 for line in sys.stdin:
-    m = re.match(r"^([a-z_]+/[a-z_0-9]+)", line)
+    m = re.match(r"^([a-z_0-9]+/[a-z_0-9]+)", line)
     if m:
         name = m.group(1)
     t = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+) ", line)
