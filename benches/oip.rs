@@ -32,7 +32,7 @@ fn bench(c: &mut Criterion) {
         let name = format!("oip_decode/{rows}_rows{}", if nested { "_nested" } else { "" });
         c.bench_function(&name, |b| {
             b.iter(|| {
-                let request = InferRequest::from_json(black_box(&body)).expect("valid");
+                let mut request = InferRequest::from_json(black_box(&body)).expect("valid");
                 black_box(request.decode_inputs(&sig).expect("fits"))
             })
         });

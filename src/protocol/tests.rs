@@ -12,7 +12,7 @@ fn sig() -> Signature {
 }
 
 fn decode(body: &str) -> Result<Vec<Tensor>, String> {
-    let req = InferRequest::from_json(body.as_bytes()).map_err(|e| e.message)?;
+    let mut req = InferRequest::from_json(body.as_bytes()).map_err(|e| e.message)?;
     req.decode_inputs(&sig()).map_err(|e| e.message)
 }
 
@@ -153,10 +153,11 @@ fn integer_ranges_are_checked() {
         inputs: vec![TensorSpec { name: "i".into(), datatype: DataType::Int8, shape: vec![2] }],
         outputs: vec![],
     };
-    let ok = InferRequest::from_json(br#"{"inputs":[{"name":"i","shape":[2],"datatype":"INT8","data":[-128,127]}]}"#)
-        .unwrap();
+    let mut ok =
+        InferRequest::from_json(br#"{"inputs":[{"name":"i","shape":[2],"datatype":"INT8","data":[-128,127]}]}"#)
+            .unwrap();
     assert_eq!(ok.decode_inputs(&s).unwrap()[0].data, TensorData::Int8(vec![-128, 127]));
-    let bad =
+    let mut bad =
         InferRequest::from_json(br#"{"inputs":[{"name":"i","shape":[2],"datatype":"INT8","data":[1,128]}]}"#).unwrap();
     assert!(bad.decode_inputs(&s).unwrap_err().message.contains("element 1 is 128"));
 }
@@ -190,7 +191,7 @@ fn binary_request(json: serde_json::Value, tail: &[u8]) -> (bytes::Bytes, String
 
 fn decode_binary(sig: &Signature, json: serde_json::Value, tail: &[u8]) -> Result<Vec<Tensor>, String> {
     let (body, length) = binary_request(json, tail);
-    let req = InferRequest::from_body(body, Some(length.as_bytes())).map_err(|e| e.message)?;
+    let mut req = InferRequest::from_body(body, Some(length.as_bytes())).map_err(|e| e.message)?;
     req.decode_inputs(sig).map_err(|e| e.message)
 }
 
@@ -252,7 +253,7 @@ fn every_datatype_but_bf16_round_trips_in_json() {
         assert_eq!(output["datatype"], datatype.as_str());
         let body =
             json!({"inputs": [{"name": "t", "shape": [3], "datatype": datatype.as_str(), "data": output["data"]}]});
-        let req = InferRequest::from_json(&serde_json::to_vec(&body).unwrap()).unwrap();
+        let mut req = InferRequest::from_json(&serde_json::to_vec(&body).unwrap()).unwrap();
         let got = req.decode_inputs(&one_input(datatype)).unwrap();
         assert_eq!(got, vec![t], "{datatype}");
     }
@@ -273,7 +274,7 @@ fn bytes_elements_are_length_prefixed_little_endian() {
 #[test]
 fn bf16_has_no_json_form() {
     let sig = one_input(DataType::Bf16);
-    let req =
+    let mut req =
         InferRequest::from_json(br#"{"inputs":[{"name":"t","shape":[1],"datatype":"BF16","data":[1.0]}]}"#).unwrap();
     let err = req.decode_inputs(&sig).unwrap_err();
     assert_eq!(err.status, http::StatusCode::BAD_REQUEST);
@@ -411,7 +412,7 @@ fn bytes_refusals_name_the_element() {
         let got = decode_binary(&sig, req.clone(), &tail).unwrap_err();
         assert!(got.starts_with(want), "request {req}\n got  {got}\n want {want}");
     }
-    let req =
+    let mut req =
         InferRequest::from_json(br#"{"inputs":[{"name":"t","shape":[1],"datatype":"BYTES","data":[7]}]}"#).unwrap();
     assert!(req.decode_inputs(&sig).unwrap_err().message.contains("element 0 is 7, not a valid BYTES value"));
 }
@@ -436,7 +437,7 @@ fn the_header_length_is_checked_against_the_body() {
     let ok = InferRequest::from_body(body.clone(), Some(b"13")).unwrap();
     assert!(ok.binary.is_empty() && ok.has_binary_header);
     // Binary sizes without the header: the tail is empty, and the message says why.
-    let req = InferRequest::from_json(
+    let mut req = InferRequest::from_json(
         br#"{"inputs":[{"name":"t","shape":[1],"datatype":"INT32","parameters":{"binary_data_size":4}}]}"#,
     )
     .unwrap();
@@ -510,10 +511,10 @@ fn a_binary_request_has_a_plain_json_copy() {
             "outputs": [{"name": "y", "parameters": {"binary_data": true}}]}),
         &raw,
     );
-    let req = InferRequest::from_body(body, Some(length.as_bytes())).unwrap();
+    let mut req = InferRequest::from_body(body, Some(length.as_bytes())).unwrap();
     assert!(req.uses_binary());
     let inputs = req.decode_inputs(&sig()).unwrap();
-    let copy = InferRequest::from_json(&req.to_plain_json(&inputs).unwrap()).unwrap();
+    let mut copy = InferRequest::from_json(&req.to_plain_json(&inputs).unwrap()).unwrap();
     assert!(!copy.uses_binary());
     assert_eq!(copy.decode_inputs(&sig()).unwrap(), inputs);
     assert_eq!(copy.id.as_deref(), Some("r"));

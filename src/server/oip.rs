@@ -288,7 +288,7 @@ fn infer_error(e: InferError) -> ApiError {
 }
 
 /// Runs an in-process model on a decoded request.
-pub(super) async fn run_local(model: &OnnxBackend, request: &InferRequest) -> Result<Vec<Tensor>, ApiError> {
+pub(super) async fn run_local(model: &OnnxBackend, mut request: InferRequest) -> Result<Vec<Tensor>, ApiError> {
     let sig = model.signature();
     let inputs = request.decode_inputs(sig)?;
     let selected = request.selected_outputs(sig)?;
@@ -353,7 +353,7 @@ async fn infer(
         Backend::Onnx(model) => {
             let header_length = req.headers().get(binary::HEADER_LENGTH).map(|v| v.as_bytes().to_vec());
             let body = response::collect(req.into_body(), limit).await?;
-            let request = InferRequest::from_body(body.clone(), header_length.as_deref())?;
+            let mut request = InferRequest::from_body(body.clone(), header_length.as_deref())?;
             let sig = model.signature();
             let forms = request.output_forms(sig)?;
             let inputs = request.decode_inputs(sig)?;

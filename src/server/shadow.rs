@@ -34,7 +34,7 @@ pub(super) fn spawn(target: &ShadowTarget, route: &Route, body: Bytes, primary: 
         let _slot = slot;
         let outputs: Result<Vec<Flat>, String> = match backend.as_ref() {
             Backend::Onnx(m) => match InferRequest::from_json(&body) {
-                Ok(req) => run_local(m, &req).await.map(|t| flatten_tensors(&t)).map_err(|e| e.message),
+                Ok(req) => run_local(m, req).await.map(|t| flatten_tensors(&t)).map_err(|e| e.message),
                 Err(e) => Err(e.message),
             },
             Backend::Upstream(up) if up.speaks_grpc() => {
@@ -89,7 +89,7 @@ pub(super) fn spawn(target: &ShadowTarget, route: &Route, body: Bytes, primary: 
 /// A shadow copy's tensors (plain JSON) as declared, and the outputs it asks for: what a gRPC
 /// shadow is sent.
 fn grpc_inputs(body: &[u8]) -> Result<(Vec<crate::protocol::Tensor>, Option<Vec<String>>), crate::protocol::ApiError> {
-    let request = InferRequest::from_json(body)?;
+    let mut request = InferRequest::from_json(body)?;
     let specs = crate::protocol::grpc::declared(
         request.inputs.iter().map(|i| (i.name.as_str(), i.datatype.as_str(), i.shape.as_slice())),
     )?;

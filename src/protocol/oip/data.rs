@@ -81,26 +81,16 @@ pub enum DataError {
 }
 
 impl InputData {
-    /// The elements as `datatype` (already checked to be the input's declared one).
-    pub fn decode(&self, datatype: DataType) -> Result<TensorData, DataError> {
+    /// The elements as `datatype` (already checked to be the input's declared one). JSON kept
+    /// for later goes through the same reading as a body being parsed (a `&Value` is a
+    /// deserializer too).
+    pub fn decode(self, datatype: DataType) -> Result<TensorData, DataError> {
         match self {
-            InputData::Typed(result) => result.clone(),
-            InputData::Json(value) => {
-                let Value::Array(_) = value else {
-                    return Err(DataError::NotArray);
-                };
-                with_element_type!(
-                    datatype,
-                    T,
-                    {
-                        let mut out = Vec::new();
-                        let mut error = None;
-                        walk::<T>(value, &mut out, &mut error);
-                        error.map_or_else(|| Ok(T::wrap(out)), Err)
-                    },
-                    Err(DataError::NotArray)
-                )
-            }
+            InputData::Typed(result) => result,
+            InputData::Json(value) => match TypedSeed(datatype).deserialize(&value) {
+                Ok(Some(result)) => result,
+                Ok(None) | Err(_) => Err(DataError::NotArray),
+            },
         }
     }
 }
@@ -117,20 +107,6 @@ enum Leaf<'a> {
 }
 
 impl Leaf<'_> {
-    fn of(v: &Value) -> Leaf<'_> {
-        match v {
-            Value::Bool(b) => Leaf::Bool(*b),
-            Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-                (Some(i), _) => Leaf::Int(i),
-                (None, Some(u)) => Leaf::Uint(u),
-                _ => Leaf::Float(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            Value::String(s) => Leaf::Str(s),
-            Value::Null => Leaf::Null,
-            other => Leaf::Other(other.clone()),
-        }
-    }
-
     #[inline]
     fn as_i64(&self) -> Option<i64> {
         match *self {
@@ -261,14 +237,6 @@ fn push<T: Element>(leaf: Leaf<'_>, out: &mut Vec<T>, error: &mut Option<DataErr
     match T::from_leaf(&leaf) {
         Some(x) => out.push(x),
         None => *error = Some(DataError::Element { index: out.len(), found: leaf.snippet() }),
-    }
-}
-
-/// Flattens a `Value` array row-major into `out`.
-fn walk<T: Element>(v: &Value, out: &mut Vec<T>, error: &mut Option<DataError>) {
-    match v {
-        Value::Array(items) => items.iter().for_each(|item| walk(item, out, error)),
-        leaf => push(Leaf::of(leaf), out, error),
     }
 }
 

@@ -168,7 +168,7 @@ impl InferRequest {
 
     /// Each input's binary bytes (in request order, `None` for JSON inputs), checked to consume
     /// the binary part exactly.
-    fn binary_parts(&self) -> Result<Vec<Option<&[u8]>>, ApiError> {
+    fn binary_parts(&self) -> Result<Vec<Option<bytes::Bytes>>, ApiError> {
         let mut rest: &[u8] = &self.binary;
         let mut parts = Vec::with_capacity(self.inputs.len());
         let mut total = 0usize;
@@ -195,7 +195,7 @@ impl InferRequest {
                     rest.len()
                 )));
             };
-            parts.push(Some(raw));
+            parts.push(Some(self.binary.slice_ref(raw)));
             total += size;
             rest = tail;
         }
@@ -211,21 +211,18 @@ impl InferRequest {
     }
 
     /// Decodes and checks every input against `sig`; returns them in the model's input order.
-    pub fn decode_inputs(&self, sig: &Signature) -> Result<Vec<Tensor>, ApiError> {
+    /// The inputs' JSON data is moved into the tensors (a second call finds none).
+    pub fn decode_inputs(&mut self, sig: &Signature) -> Result<Vec<Tensor>, ApiError> {
         let given: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
         check::input_names(&given, sig)?;
         let parts = self.binary_parts()?;
-        sig.inputs
-            .iter()
-            .map(|spec| {
-                let index = self
-                    .inputs
-                    .iter()
-                    .position(|i| i.name == spec.name)
-                    .ok_or_else(|| check::missing_input(spec, sig))?;
-                decode_input(&self.inputs[index], spec, parts[index])
-            })
-            .collect()
+        let mut tensors = Vec::with_capacity(sig.inputs.len());
+        for spec in &sig.inputs {
+            let index =
+                self.inputs.iter().position(|i| i.name == spec.name).ok_or_else(|| check::missing_input(spec, sig))?;
+            tensors.push(decode_input(&mut self.inputs[index], spec, parts[index].as_deref())?);
+        }
+        Ok(tensors)
     }
 
     /// The output names asked for, checked against `sig`; `None` means all.
@@ -259,7 +256,7 @@ impl RequestInput {
     }
 }
 
-fn decode_input(input: &RequestInput, spec: &TensorSpec, raw: Option<&[u8]>) -> Result<Tensor, ApiError> {
+fn decode_input(input: &mut RequestInput, spec: &TensorSpec, raw: Option<&[u8]>) -> Result<Tensor, ApiError> {
     let name = &input.name;
     let checked = check::input(name, &input.datatype, &input.shape, spec)?;
     let (datatype, expected) = (checked.datatype, checked.elements);
@@ -272,7 +269,7 @@ fn decode_input(input: &RequestInput, spec: &TensorSpec, raw: Option<&[u8]>) -> 
         })?;
         return Ok(Tensor { name: name.clone(), shape: checked.shape, data });
     }
-    let Some(json) = &input.data else {
+    let Some(json) = input.data.take() else {
         return Err(ApiError::bad_request(format!(
             "input {name:?} has no data: send data, or parameters.binary_data_size with the bytes after the \
              JSON header (binary tensor data extension)"

@@ -214,7 +214,7 @@ pub(crate) async fn http_infer(
     let header_length = req.headers().get(crate::protocol::binary::HEADER_LENGTH).map(|v| v.as_bytes().to_vec());
     let (parts, body) = req.into_parts();
     let body = response::collect(body, limit).await?;
-    let request = InferRequest::from_body(body.clone(), header_length.as_deref())?;
+    let mut request = InferRequest::from_body(body.clone(), header_length.as_deref())?;
     let specs = declared(request.inputs.iter().map(|i| (i.name.as_str(), i.datatype.as_str(), i.shape.as_slice())))?;
     let mut sig = Signature { inputs: specs, outputs: Vec::new() };
     let inputs = request.decode_inputs(&sig)?;
