@@ -16,10 +16,10 @@ use crate::backend::runtime;
 use crate::config::{BackendKind, Config, Pointer, RegistrySpec};
 use crate::protocol::Signature;
 use crate::quality::profile::Profile;
+use crate::rollout::store::{write_atomic, write_synced};
 use crate::rollout::Controller;
 pub use mlflow::{Mlflow, RegistryError};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,7 +129,9 @@ fn store(
     let clean_version: String = version.version.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let name = format!("{key}-v{clean_version}-{}.onnx", &sha256[..12]);
     let tmp = spec.cache.join(format!(".{name}.tmp"));
-    let written = write_synced(&tmp, bytes).and_then(|()| verify(source, current.as_ref(), &tmp, ort_library));
+    let written = write_synced(&tmp, bytes)
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))
+        .and_then(|()| verify(source, current.as_ref(), &tmp, ort_library));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!("{e} (downloaded to {}, removed)", tmp.display()));
@@ -153,19 +155,9 @@ fn store(
     let text = serde_json::to_vec_pretty(&pointer).map_err(|e| e.to_string())?;
     let path = spec.pointer_path();
     let ptmp = spec.cache.join(format!(".{key}.json.tmp"));
-    write_synced(&ptmp, &text).and_then(|()| {
-        std::fs::rename(&ptmp, &path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))
-    })?;
-    if let Ok(dir) = std::fs::File::open(&spec.cache) {
-        let _ = dir.sync_all();
-    }
+    write_atomic(&ptmp, &path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     prune(&spec.cache, &key, &name, current.as_ref().map(|p| p.file.as_str()));
     Ok(pointer)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let mut f = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Removes this alias's older downloads, keeping the new one and the one it replaces.

@@ -55,14 +55,7 @@ impl Store {
     /// Replaces the status file atomically.
     pub fn save(&self, all: &BTreeMap<String, Saved>) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(all).map_err(std::io::Error::other)?;
-        let tmp = self.dir.join(format!("{STATUS_FILE}.tmp"));
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, self.dir.join(STATUS_FILE))?;
-        File::open(&self.dir)?.sync_all()
+        write_atomic(&self.dir.join(format!("{STATUS_FILE}.tmp")), &self.dir.join(STATUS_FILE), &bytes)
     }
 
     /// Appends a replaced revision's status to the history.
@@ -72,6 +65,21 @@ impl Store {
         writeln!(f, "{line}")?;
         f.sync_all()
     }
+}
+
+/// Writes `bytes` to `path` (created or truncated) and fsyncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Replaces `target` atomically: `bytes` written and fsynced to `tmp` (in the same folder),
+/// renamed over `target`, then the folder fsynced, so a crash leaves the old file or the new one.
+pub fn write_atomic(tmp: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_synced(tmp, bytes)?;
+    fs::rename(tmp, target)?;
+    File::open(target.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 #[cfg(test)]
