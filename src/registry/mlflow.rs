@@ -5,9 +5,9 @@
 //! default since MLflow 2). Every answer is read with a size bound.
 
 use crate::config::RegistrySpec;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -87,22 +87,19 @@ impl Mlflow {
                     return Err(err(format!("the answer is {len} bytes, more than the limit of {limit}")));
                 }
             }
-            let mut body = resp.into_body();
-            let mut out = BytesMut::new();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| err(format!("the answer broke off: {e}")))?;
-                if let Ok(data) = frame.into_data() {
-                    if out.len() as u64 + data.len() as u64 > limit {
-                        return Err(err(format!("the answer is more than the limit of {limit} bytes")));
-                    }
-                    out.extend_from_slice(&data);
+            let out = match Limited::new(resp.into_body(), usize::try_from(limit).unwrap_or(usize::MAX)).collect().await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) if e.is::<LengthLimitError>() => {
+                    return Err(err(format!("the answer is more than the limit of {limit} bytes")))
                 }
-            }
+                Err(e) => return Err(err(format!("the answer broke off: {e}"))),
+            };
             if status != StatusCode::OK {
                 let text = String::from_utf8_lossy(&out[..out.len().min(300)]).into_owned();
                 return Err(err(format!("answered {status}: {}", text.trim())));
             }
-            Ok(out.freeze())
+            Ok(out)
         };
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(r) => r,
