@@ -9,7 +9,8 @@ pub(crate) async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Re
     let mut config = Config::load(path)?;
     // Registry backends: each alias is looked at once before serving, so a first start has
     // models to load; one that cannot be looked at serves the version fetched before, if any.
-    let registry_errors = prefetch(&mut config, path, args.ort_library.as_deref()).await?;
+    let ort_library = runtime::locate(args.ort_library.as_deref(), config.server.ort_library.as_deref());
+    let registry_errors = prefetch(&mut config, path, &ort_library).await?;
     args.apply_tls(&mut config.server);
     let feedback_key = std::env::var("MODELGATE_FEEDBACK_KEY").ok().filter(|k| !k.is_empty());
     if feedback_key.is_none() && !config.server.insecure_unsigned_feedback {
@@ -42,7 +43,6 @@ pub(crate) async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Re
     let (listen, admin_listen, ort_flag) = (args.listen, args.admin_listen, args.ort_library.as_deref());
     // In a fleet, etcd holds the status; the state folder is for a gateway on its own.
     let state_dir = config.cluster.is_none().then_some(state_dir);
-    let ort_library = runtime::locate(ort_flag, config.server.ort_library.as_deref());
     let (config, controller) = match start(config, ort_flag, state_dir).await {
         Ok(started) => started,
         Err(e) if !registry_errors.is_empty() => {
@@ -181,14 +181,10 @@ pub(crate) async fn serve(args: &ServeArgs, token: Option<String>) -> anyhow::Re
 
 /// Looks at every registry alias of `config` once; when a version was fetched, routes.yaml is
 /// read again so that its backends name the downloaded files. Returns the failures (logged).
-async fn prefetch(config: &mut Config, path: &Path, ort_flag: Option<&Path>) -> anyhow::Result<Vec<String>> {
-    if modelgate::registry::sources(config).is_empty() {
-        return Ok(Vec::new());
-    }
-    let ort_library = runtime::locate(ort_flag, config.server.ort_library.as_deref());
+async fn prefetch(config: &mut Config, path: &Path, ort_library: &Path) -> anyhow::Result<Vec<String>> {
     let mut errors = Vec::new();
     let mut fetched = false;
-    for outcome in modelgate::registry::prefetch(config, &ort_library).await {
+    for outcome in modelgate::registry::prefetch(config, ort_library).await {
         match outcome {
             Ok(modelgate::registry::Outcome::Fetched(p)) => {
                 tracing::info!(model = %p.model, alias = %p.alias, version = %p.version, sha256 = %p.sha256, "fetched from the registry");
