@@ -21,10 +21,16 @@ impl Shared {
     async fn feedback_lease(&self, keep: Duration) -> Result<i64, String> {
         // A key put at most LEASE_REUSE after the grant lives at least keep + SKEW more.
         let ttl = (keep + LEASE_REUSE + SKEW).as_secs().clamp(1, MAX_TTL_S);
-        if let Some((id, granted, t)) = self.lock().feedback_lease {
-            if t == ttl && granted.elapsed() < LEASE_REUSE {
-                return Ok(id);
-            }
+        let reusable = || match self.lock().feedback_lease {
+            Some((id, granted, t)) if t == ttl && granted.elapsed() < LEASE_REUSE => Some(id),
+            _ => None,
+        };
+        if let Some(id) = reusable() {
+            return Ok(id);
+        }
+        let _one_grant = self.feedback_grant.lock().await;
+        if let Some(id) = reusable() {
+            return Ok(id);
         }
         let granted = Instant::now();
         let mut client = self.client.clone();

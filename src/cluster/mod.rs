@@ -104,6 +104,9 @@ pub struct Shared {
     client: Client,
     controller: Weak<Controller>,
     state: Mutex<State>,
+    /// One feedback lease grant at a time: the posts that find none wait for it instead of
+    /// each granting its own.
+    feedback_grant: tokio::sync::Mutex<()>,
     /// True once the fleet's statuses were first listed and applied.
     synced: tokio::sync::watch::Sender<bool>,
 }
@@ -171,6 +174,7 @@ impl Cluster {
             client,
             controller: Arc::downgrade(controller),
             state: Mutex::new(State::default()),
+            feedback_grant: tokio::sync::Mutex::new(()),
             synced: tokio::sync::watch::Sender::new(false),
         });
         controller.join_fleet(shared.clone());
