@@ -8,7 +8,7 @@
 
 use super::{Baseline, Reading};
 use crate::telemetry::window::Window;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Another replica's newest published window of a variant.
@@ -61,6 +61,8 @@ pub(super) struct Remote {
     pending: Reading,
     pending_secs: f64,
     changed: Instant,
+    /// The sample that last found it published (a window no longer published is dropped).
+    visited: Instant,
 }
 
 /// Reads every peer window; returns, per (replica, route, variant), its share for a sample
@@ -71,7 +73,6 @@ pub(super) fn gather(
     secs: f64,
     now: Instant,
 ) -> Vec<(String, String, String, Reading, bool)> {
-    let mut seen = HashSet::new();
     peers.visit(&mut |p| {
         let key = (p.replica.to_string(), p.route.to_string(), p.variant.to_string());
         let room = remotes.len() < MAX_PEER_WINDOWS;
@@ -86,11 +87,13 @@ pub(super) fn gather(
                     pending: Reading::default(),
                     pending_secs: 0.0,
                     changed: now,
+                    visited: now,
                 };
-                remotes.insert(key.clone(), remote);
+                remotes.insert(key, remote);
             }
-            None => return,
+            None => {}
             Some(r) if r.published_ms != p.published_ms => {
+                r.visited = now;
                 if r.step.0 != p.revision || r.step.1 != p.epoch {
                     r.baseline.restart();
                     r.step = (p.revision.to_string(), p.epoch);
@@ -105,11 +108,10 @@ pub(super) fn gather(
                 r.published_ms = p.published_ms;
                 r.changed = now;
             }
-            Some(_) => {}
+            Some(r) => r.visited = now,
         }
-        seen.insert(key);
     });
-    remotes.retain(|k, _| seen.contains(k));
+    remotes.retain(|_, r| r.visited == now);
     remotes
         .iter_mut()
         .map(|((replica, route, variant), r)| {
