@@ -216,21 +216,27 @@ async fn an_admin_promote_on_a_follower_takes_effect_on_the_leader_and_a_stale_i
     assert_eq!(cluster["mixed_revisions"], false, "{cluster}");
 }
 
+/// Two replicas `a` and `b` under `prefix` with a canary held at 50% (only windows a plan judges
+/// are published; the analysis never decides), once its step has started on both (with the
+/// leader's first analysis: count from there on); and which of the two leads.
+async fn held_pair(etcd: &Etcd, prefix: &str) -> (Replica, Replica, usize) {
+    let fixed = "  - model: risk\n    strategy:\n      canary:\n        stable: stable\n        canary: good\n        steps: [{weight: 50, pause: until_promoted}]\n        analysis: {interval: 100ms, min_samples: 100000000}\n";
+    let a = Replica::start(&routes(&etcd.url, prefix, "a", fixed)).await;
+    let b = Replica::start(&routes(&etcd.url, prefix, "b", fixed)).await;
+    let (l, _) = leader_of(&[&a, &b]).await;
+    eventually("the step started on both replicas", Duration::from_secs(10), || async {
+        [&a, &b].iter().all(|r| r.status("risk").progress.is_some()).then_some(())
+    })
+    .await;
+    (a, b, l)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_judges_the_sum_of_every_replicas_windows_feedback_included() {
     let etcd = Etcd::start().await;
-    // Held at 50% (only windows a plan judges are published): the analysis never decides.
-    let fixed = "  - model: risk\n    strategy:\n      canary:\n        stable: stable\n        canary: good\n        steps: [{weight: 50, pause: until_promoted}]\n        analysis: {interval: 100ms, min_samples: 100000000}\n";
-    let a = Replica::start(&routes(&etcd.url, "/t/merge", "a", fixed)).await;
-    let b = Replica::start(&routes(&etcd.url, "/t/merge", "b", fixed)).await;
+    let (a, b, l) = held_pair(&etcd, "/t/merge").await;
     let both = [&a, &b];
-    let (l, _) = leader_of(&both).await;
     let leader = both[l];
-    // The step starts with the leader's first analysis; count from there on.
-    eventually("the step started on both replicas", Duration::from_secs(10), || async {
-        both.iter().all(|r| r.status("risk").progress.is_some()).then_some(())
-    })
-    .await;
     for (replica, n) in [(&a, 30), (&b, 20)] {
         for _ in 0..n {
             let r = post_json(&replica.gw.url("/v2/models/risk/infer"), &body()).await;
@@ -292,16 +298,9 @@ fn fleet_conversions(leader: &Replica) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_posted_to_two_replicas_counts_once_fleet_wide_and_waits_for_etcd() {
     let mut etcd = Etcd::start().await;
-    let fixed = "  - model: risk\n    strategy:\n      canary:\n        stable: stable\n        canary: good\n        steps: [{weight: 50, pause: until_promoted}]\n        analysis: {interval: 100ms, min_samples: 100000000}\n";
-    let a = Replica::start(&routes(&etcd.url, "/t/feedback", "a", fixed)).await;
-    let b = Replica::start(&routes(&etcd.url, "/t/feedback", "b", fixed)).await;
+    let (a, b, l) = held_pair(&etcd, "/t/feedback").await;
     let both = [&a, &b];
-    let (l, _) = leader_of(&both).await;
     let leader = both[l];
-    eventually("the step started on both replicas", Duration::from_secs(10), || async {
-        both.iter().all(|r| r.status("risk").progress.is_some()).then_some(())
-    })
-    .await;
     let answer_id = |r: &Replica| {
         let url = r.gw.url("/v2/models/risk/infer");
         async move {
