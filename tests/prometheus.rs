@@ -95,17 +95,21 @@ fn route(name: &str, check: &str, prometheus: u16) -> String {
     )
 }
 
+/// A routes.yaml with backends `stable` (breast-cancer v1) and `good` (v2) and `routes`.
+fn two_models(routes: &str) -> String {
+    format!(
+        "backends:\n  - name: stable\n    onnx: {{path: \"{v1}\"}}\n  - name: good\n    onnx: {{path: \"{v2}\"}}\nroutes:\n{routes}",
+        v1 = model("breast-cancer-v1.onnx"),
+        v2 = model("breast-cancer-v2.onnx"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_without_data_holds_and_a_breached_check_rolls_back_or_stops_an_arm() {
     let port = free_port();
-    let yaml = format!(
-        "backends:\n  - name: stable\n    onnx: {{path: \"{v1}\"}}\n  - name: good\n    onnx: {{path: \"{v2}\"}}\nroutes:\n{quiet}{busy}",
-        v1 = model("breast-cancer-v1.onnx"),
-        v2 = model("breast-cancer-v2.onnx"),
-        quiet = route("quiet", "conversions", port),
-        busy = route("busy", "requests", port),
-    ) + &format!(
-        r#"  - model: arms
+    let yaml = two_models(&(route("quiet", "conversions", port) + &route("busy", "requests", port)))
+        + &format!(
+            r#"  - model: arms
     strategy:
       ab_test:
         variants: {{stable: 50, good: 50}}
@@ -117,7 +121,7 @@ async fn a_check_without_data_holds_and_a_breached_check_rolls_back_or_stops_an_
           checks:
             - {{name: requests, prometheus: "http://127.0.0.1:{port}", query: 'sum(modelgate_requests_total{{route="{{{{route}}}}",variant="{{{{variant}}}}"}})', max: 5}}
 "#
-    );
+        );
     let gw = Gateway::start(&yaml).await;
     let _prometheus = Prometheus::start(port, &gw.admin.to_string()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -185,13 +189,7 @@ fn ab_route(name: &str, bound: &str, prometheus: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ab_winner_is_held_while_its_check_has_no_data_then_found_or_stopped_as_the_data_says() {
     let port = free_port();
-    let yaml = format!(
-        "backends:\n  - name: stable\n    onnx: {{path: \"{v1}\"}}\n  - name: good\n    onnx: {{path: \"{v2}\"}}\nroutes:\n{held}{vetoed}",
-        v1 = model("breast-cancer-v1.onnx"),
-        v2 = model("breast-cancer-v2.onnx"),
-        held = ab_route("held", "min: 0.5", port),
-        vetoed = ab_route("vetoed", "max: 0.5", port),
-    );
+    let yaml = two_models(&(ab_route("held", "min: 0.5", port) + &ab_route("vetoed", "max: 0.5", port)));
     let gw = Gateway::start(&yaml).await;
     let _prometheus = Prometheus::start(port, &gw.admin.to_string()).await;
     let status = |name: &str| gw.controller.statuses().iter().find(|(r, _)| r == name).map(|(_, s)| s.clone()).unwrap();
