@@ -9,6 +9,7 @@
 # in .bench/proxy.* and .bench/inference.*.
 # Installs what it needs when missing: nginx and haproxy (Debian), MLServer (PyPI, in .bench/venv).
 # BENCH_SECONDS (default 10) sets each load run's length; BENCH_CONNECTIONS (default 32) its connections.
+# BENCH_ONLY=proxy,inference,batching,micro (default: all) runs only the named sections.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${BENCH_SECONDS:-10}
@@ -17,6 +18,7 @@ work=.bench
 mkdir -p "$work"
 export MODELGATE_FEEDBACK_KEY=${MODELGATE_FEEDBACK_KEY:-bench}  # serve refuses to start without one
 log() { printf '%s\n' "$*" >&2; }
+want() { [ -z "${BENCH_ONLY:-}" ] || [[ ",$BENCH_ONLY," == *",$1,"* ]]; }
 
 need_apt() {
   local missing=()
@@ -89,6 +91,7 @@ PY
 }
 
 # ---- 1. proxy overhead --------------------------------------------------------------------
+if want proxy; then
 up=$(free_port); mgp=$(free_port); mga=$(free_port); ngp=$(free_port); hap=$(free_port)
 cat >"$work/upstream.conf" <<CONF
 worker_processes 1; daemon off; pid $PWD/$work/upstream.pid; error_log /dev/null;
@@ -144,8 +147,10 @@ row "nginx 1.22 (proxy_pass, keepalive)" "$ngpid" --url "http://127.0.0.1:$ngp" 
 row "HAProxy 2.6 (http-reuse always)" "$hapid" --url "http://127.0.0.1:$hap" --path /bench/x
 profile proxy "$mgpid" --url "http://127.0.0.1:$mgp" --path /bench/x
 cleanup; pids=()
+fi
 
 # ---- 2. in-process inference --------------------------------------------------------------
+if want inference; then
 mip=$(free_port); mia=$(free_port); msp=$(free_port); mig=$(free_port)
 cat >"$work/infer.yaml" <<CONF
 server: {listen: "127.0.0.1:$mip", admin_listen: "127.0.0.1:$mia", grpc_listen: "127.0.0.1:$mig", state_dir: state}
@@ -197,8 +202,10 @@ row "MLServer 1.7.1 + onnxruntime custom runtime (in-process, parallel_workers 0
 cleanup; pids=()
 
 echo "$forms"
+fi
 
 # ---- 2b. dynamic batching ---------------------------------------------------------------------
+if want batching; then
 mbp=$(free_port); mba=$(free_port)
 cat >"$work/batching.yaml" <<CONF
 server: {listen: "127.0.0.1:$mbp", admin_listen: "127.0.0.1:$mba", state_dir: state}
@@ -224,8 +231,10 @@ for c in 1 16 64; do
   done
 done
 cleanup; pids=()
+fi
 
 # ---- 3. criterion ---------------------------------------------------------------------------
+if want micro; then
 echo
 echo "### Micro-benchmarks (criterion: \`cargo bench --bench routing\`, \`--bench upstream\`, \`--bench oip\`)"
 echo
@@ -243,3 +252,5 @@ for line in sys.stdin:
         print(f"| {name} | {t.group(1)} {t.group(2)} |")
 '
 
+
+fi
