@@ -14,8 +14,11 @@
 //!
 //! Names cannot hold `~` (routes.yaml validation refuses it), so the id splits unambiguously.
 
-use super::secret::{constant_time_eq, hex, hmac_sha256};
+use super::secret::{constant_time_eq, push_hex};
 use crate::telemetry::window::Unit;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The response header that carries the id.
@@ -63,14 +66,16 @@ pub enum IdError {
 /// Issues and checks request ids with the replicas' shared key.
 #[derive(Clone)]
 pub struct IdCodec {
-    key: Option<Vec<u8>>,
+    /// HMAC-SHA256 keyed once (its inner and outer pads already hashed): each id then costs
+    /// the hash of its own bytes only.
+    keyed: Option<Hmac<Sha256>>,
     max_age: Duration,
 }
 
 impl std::fmt::Debug for IdCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
-        f.debug_struct("IdCodec").field("signed", &self.key.is_some()).field("max_age", &self.max_age).finish()
+        f.debug_struct("IdCodec").field("signed", &self.keyed.is_some()).field("max_age", &self.max_age).finish()
     }
 }
 
@@ -78,10 +83,21 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Writes a mac: 16 hex digits, or `0` for an unsigned id.
+fn push_mac(out: &mut String, tag: Option<[u8; 8]>) {
+    match tag {
+        Some(tag) => push_hex(out, &tag),
+        None => out.push('0'),
+    }
+}
+
 impl IdCodec {
     /// A codec that signs with `key` (if any) and accepts ids up to `max_age` old.
     pub fn new(key: Option<Vec<u8>>, max_age: Duration) -> Self {
-        Self { key: key.filter(|k| !k.is_empty()), max_age }
+        let keyed = key
+            .filter(|k| !k.is_empty())
+            .map(|k| Hmac::<Sha256>::new_from_slice(&k).expect("HMAC accepts any key length"));
+        Self { keyed, max_age }
     }
 
     /// Reads the key from `MODELGATE_FEEDBACK_KEY`.
@@ -90,29 +106,43 @@ impl IdCodec {
     }
 
     fn mac(&self, body: &str) -> String {
-        match &self.key {
-            None => "0".to_string(),
-            Some(key) => hex(&hmac_sha256(key, body.as_bytes())[..8]),
-        }
+        let mut out = String::with_capacity(16);
+        push_mac(&mut out, self.tag(body));
+        out
+    }
+
+    /// The first 8 bytes of the body's HMAC, when ids are signed.
+    fn tag(&self, body: &str) -> Option<[u8; 8]> {
+        let keyed = self.keyed.as_ref()?;
+        let full = keyed.clone().chain_update(body.as_bytes()).finalize().into_bytes();
+        full[..8].try_into().ok()
     }
 
     /// A new id for an answer of `variant` on `route` given to `unit` (an unkeyed request's
     /// unit id becomes the nonce).
     pub fn issue(&self, route: &str, variant: &str, unit: Unit, prediction: Option<&[i64]>) -> String {
-        let pred = match prediction {
-            Some(p) if !p.is_empty() && p.len() <= MAX_ROWS => {
-                p.iter().map(i64::to_string).collect::<Vec<_>>().join(".")
+        // Written into one string (a request id is made for every answer).
+        let mut id = String::with_capacity(80 + route.len() + variant.len());
+        let nonce = match unit {
+            Unit::Request(id) => id,
+            Unit::Pinned | Unit::Key(_) => rand::random::<u64>(),
+        };
+        let _ = write!(id, "{nonce:016x}~{}~{route}~{variant}~", now());
+        let _ = match unit {
+            Unit::Pinned => id.write_char('p'),
+            Unit::Request(_) => id.write_char('r'),
+            Unit::Key(key) => write!(id, "{key:016x}"),
+        };
+        id.push('~');
+        if let Some(p) = prediction.filter(|p| !p.is_empty() && p.len() <= MAX_ROWS) {
+            for (i, class) in p.iter().enumerate() {
+                let _ = if i == 0 { write!(id, "{class}") } else { write!(id, ".{class}") };
             }
-            _ => String::new(),
-        };
-        let (nonce, unit) = match unit {
-            Unit::Pinned => (rand::random::<u64>(), "p".to_string()),
-            Unit::Request(id) => (id, "r".to_string()),
-            Unit::Key(id) => (rand::random::<u64>(), format!("{id:016x}")),
-        };
-        let body = format!("{nonce:016x}~{}~{route}~{variant}~{unit}~{pred}", now());
-        let mac = self.mac(&body);
-        format!("{body}~{mac}")
+        }
+        let tag = self.tag(&id);
+        id.push('~');
+        push_mac(&mut id, tag);
+        id
     }
 
     /// Reads an id back, checking its shape, signature and age.
@@ -173,6 +203,10 @@ mod tests {
         assert_eq!(a.decode(&a.issue("r", "v", Unit::Request(1), None)).unwrap().prediction, None);
 
         assert!(matches!(a.decode("abc"), Err(IdError::Malformed(_))));
+        // The key's pads are hashed once: the mac is still HMAC-SHA256 of the body.
+        let body = &id[..id.rfind('~').unwrap()];
+        let fresh = crate::protocol::secret::hmac_sha256(b"secret", body.as_bytes());
+        assert_eq!(id.rsplit('~').next().unwrap(), crate::protocol::secret::hex(&fresh[..8]));
         let forged = id.replace("bc-v2", "bc-v1");
         assert_eq!(a.decode(&forged), Err(IdError::BadSignature));
         let other_key = IdCodec::new(Some(b"other".to_vec()), day);

@@ -90,7 +90,7 @@ pub(super) fn request_id(headers: &HeaderMap) -> HeaderValue {
         .cloned()
         .unwrap_or_else(|| {
             // 128 random bits from the thread-local generator: no system call per request.
-            HeaderValue::from_str(&format!("{:032x}", rand::random::<u128>())).unwrap_or(HeaderValue::from_static("-"))
+            HeaderValue::try_from(format!("{:032x}", rand::random::<u128>())).unwrap_or(HeaderValue::from_static("-"))
         })
 }
 

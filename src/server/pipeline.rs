@@ -314,7 +314,8 @@ impl Picked<'_> {
         if let Ok(v) = HeaderValue::from_str(&self.variant.name) {
             headers.insert(OVERRIDE, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&state.ids.issue(route, &self.variant.name, self.unit, prediction)) {
+        // From the String itself: no copy of the id.
+        if let Ok(v) = HeaderValue::try_from(state.ids.issue(route, &self.variant.name, self.unit, prediction)) {
             headers.insert(GATEWAY_ID, v);
         }
         if let Some(cookie) = self.set_cookie.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
