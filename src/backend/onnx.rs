@@ -1,10 +1,12 @@
 //! In-process ONNX models: a pool of ORT sessions, each owned by one dedicated worker thread.
 //!
-//! ORT's `Session::run` takes `&mut self` and blocks, so a session never leaves its worker and
-//! no inference runs on a tokio thread: async callers queue a [`Job`] and await a oneshot reply.
+//! ORT's `Session::run` takes `&mut self` and blocks, so async callers queue a [`Job`] and await
+//! a oneshot reply from a session's worker. The one exception is a run cheaper than the hand-off
+//! itself (see [`super::inline`]): with a session free and nothing queued, the caller runs it.
 //! Dropping the backend closes the queue; workers finish what is queued, then exit.
 
 use super::batch::{self, Batchable, Load};
+use super::inline::{self, RunCost};
 use crate::config::Batching;
 use crate::config::OnnxSpec;
 use crate::protocol::{DataType, Signature, Tensor, TensorData, TensorSpec};
@@ -13,7 +15,7 @@ use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, ValueType};
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -105,6 +107,12 @@ pub struct OnnxBackend {
     workers: Workers,
     released: tokio::sync::watch::Receiver<bool>,
     load: Arc<Load>,
+    /// Every session, each locked by whoever runs it: its worker, or a caller running inline.
+    sessions: Vec<Arc<Mutex<Session>>>,
+    /// The recent run time per row; `None` with batching (whose runs must be queued to meet).
+    cost: Option<Arc<RunCost>>,
+    /// Runs made on the caller's thread.
+    inline_runs: std::sync::atomic::AtomicU64,
 }
 
 /// The worker threads' handles, shared with whoever waits for the model to unload.
@@ -168,21 +176,35 @@ impl OnnxBackend {
         for session in &mut sessions {
             run(session, name, warmup.clone(), None).map_err(|e| format!("warm-up inference failed: {e}"))?;
         }
+        // A second, warm run gives the first estimate of what a run costs.
+        let cost = match spec.batching {
+            Some(_) => None,
+            None => {
+                let started = Instant::now();
+                run(&mut sessions[0], name, warmup.clone(), None)
+                    .map_err(|e| format!("warm-up inference failed: {e}"))?;
+                Some(Arc::new(RunCost::new(inline::rows(&warmup), started.elapsed())))
+            }
+        };
+        let sessions: Vec<_> = sessions.into_iter().map(|s| Arc::new(Mutex::new(s))).collect();
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(spec.queue);
         let batching = spec.batching;
         let load = Arc::new(Load::default());
         let mut workers = Vec::with_capacity(sessions.len());
         let (tx, released) = tokio::sync::watch::channel(false);
         let signal = std::sync::Arc::new(Released(tx));
-        for (i, session) in sessions.into_iter().enumerate() {
+        for (i, session) in sessions.iter().enumerate() {
             let rx = rx.clone();
             let model = name.to_string();
             let signal = signal.clone();
             let load = load.clone();
+            let (session, cost) = (session.clone(), cost.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("onnx-{name}-{i}"))
                 .spawn(move || {
-                    worker(session, &model, rx, batching, &load);
+                    worker(&session, &model, rx, batching, &load, cost.as_deref());
+                    // The session is released before the signal says so.
+                    drop(session);
                     drop(signal);
                 })
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
@@ -197,6 +219,9 @@ impl OnnxBackend {
             workers: std::sync::Arc::new(std::sync::Mutex::new(workers)),
             released,
             load,
+            sessions,
+            cost,
+            inline_runs: Default::default(),
         })
     }
 
@@ -219,6 +244,11 @@ impl OnnxBackend {
         }
     }
 
+    /// How many runs were made on the caller's thread (cheap, a session free, nothing queued).
+    pub fn inline_runs(&self) -> u64 {
+        self.inline_runs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// What the model takes and gives.
     pub fn signature(&self) -> &Signature {
         &self.signature
@@ -228,8 +258,20 @@ impl OnnxBackend {
     /// `outputs` selects outputs by name (all when `None`). With batching, the run may be shared
     /// with other requests: the answer says with how many.
     pub async fn infer(&self, inputs: Vec<Tensor>, outputs: Option<Vec<String>>) -> Result<Ran, InferError> {
-        let (reply, answer) = oneshot::channel();
         let _counted = Outstanding::new(&self.load);
+        let rows = inline::rows(&inputs);
+        if let Some(cost) = self.cost.as_deref().filter(|c| self.jobs.is_empty() && c.cheap(rows)) {
+            // A free session, if any: a busy one means the workers are at work, so queue.
+            if let Some(mut session) = self.sessions.iter().find_map(|s| s.try_lock().ok()) {
+                let started = Instant::now();
+                let result = run(&mut session, &self.name, inputs, outputs.as_deref());
+                drop(session);
+                cost.observe(rows, started.elapsed());
+                self.inline_runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return result.map(|outputs| (outputs, 1));
+            }
+        }
+        let (reply, answer) = oneshot::channel();
         let job = Job {
             inputs,
             outputs,
@@ -366,7 +408,14 @@ fn batchable(sig: &Signature) -> Result<(), String> {
     }
 }
 
-fn worker(mut session: Session, model: &str, jobs: Receiver<Job>, batching: Option<Batching>, load: &Load) {
+fn worker(
+    session: &Mutex<Session>,
+    model: &str,
+    jobs: Receiver<Job>,
+    batching: Option<Batching>,
+    load: &Load,
+    cost: Option<&RunCost>,
+) {
     use std::sync::atomic::Ordering;
     debug_assert!(tokio::runtime::Handle::try_current().is_err(), "ONNX workers must not run inside a tokio runtime");
     let mut next: Option<Job> = None;
@@ -387,13 +436,23 @@ fn worker(mut session: Session, model: &str, jobs: Receiver<Job>, batching: Opti
             continue;
         }
         let Some(limit) = batching else {
-            let result = run(&mut session, model, job.inputs, job.outputs.as_deref());
+            let rows = inline::rows(&job.inputs);
+            let started = Instant::now();
+            let result = run(
+                &mut session.lock().unwrap_or_else(PoisonError::into_inner),
+                model,
+                job.inputs,
+                job.outputs.as_deref(),
+            );
+            if let Some(cost) = cost {
+                cost.observe(rows, started.elapsed());
+            }
             let _ = job.reply.send(result.map(|outputs| (outputs, 1)));
             continue;
         };
         let (batch, rest) = batch::gather(job, &jobs, limit, load);
         next = rest;
-        run_batch(&mut session, model, batch);
+        run_batch(&mut session.lock().unwrap_or_else(PoisonError::into_inner), model, batch);
     }
     tracing::debug!(model, "onnx worker stopped");
 }

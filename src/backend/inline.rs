@@ -1,0 +1,132 @@
+//! When a model run may stay on the caller's thread.
+//!
+//! A run handed to a session's worker thread and back costs two thread wake-ups (a context
+//! switch each way, about 10 µs on this kind of machine) — more than a small model's whole run
+//! (breast-cancer-v2: ~4 µs a row). So a run expected to take less than [`BUDGET`] runs on the
+//! calling thread when a session is free and nothing is queued; anything bigger, or anything
+//! that would overtake a queued request, goes through the workers as before. The expectation is
+//! the model's recent time per row, kept as a moving average of its runs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The longest run expected to stay on the calling (async) thread: short enough that it holds
+/// up the thread's other connections no longer than parsing a request body does.
+pub const BUDGET: Duration = Duration::from_micros(50);
+
+/// A model's recent run time per row.
+#[derive(Debug)]
+pub struct RunCost {
+    /// Nanoseconds per row, an exponentially weighted moving average (weight 1/8).
+    per_row_ns: AtomicU64,
+}
+
+impl RunCost {
+    /// Starts from one measured run of `rows` rows.
+    pub fn new(rows: usize, took: Duration) -> RunCost {
+        RunCost { per_row_ns: AtomicU64::new(per_row(rows, took)) }
+    }
+
+    /// Whether a run of `rows` rows is expected to stay within [`BUDGET`].
+    pub fn cheap(&self, rows: usize) -> bool {
+        let expected = self.per_row_ns.load(Ordering::Relaxed).saturating_mul(rows.max(1) as u64);
+        expected <= BUDGET.as_nanos() as u64
+    }
+
+    /// Adds a run of `rows` rows that took `took`.
+    pub fn observe(&self, rows: usize, took: Duration) {
+        let sample = per_row(rows, took);
+        // Racing updates may lose a sample: an estimate, not an account.
+        let old = self.per_row_ns.load(Ordering::Relaxed);
+        let new = old - old / 8 + sample / 8;
+        self.per_row_ns.store(new, Ordering::Relaxed);
+    }
+}
+
+fn per_row(rows: usize, took: Duration) -> u64 {
+    (took.as_nanos() / rows.max(1) as u128).min(u64::MAX as u128) as u64
+}
+
+/// The rows of a request: the first dimension of its first input (1 for a scalar).
+pub fn rows(inputs: &[crate::protocol::Tensor]) -> usize {
+    inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(1).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::onnx::OnnxBackend;
+    use crate::backend::runtime;
+    use crate::config::OnnxSpec;
+    use crate::protocol::{Tensor, TensorData};
+    use std::path::PathBuf;
+
+    #[test]
+    fn runs_expected_within_the_budget_are_cheap_and_the_estimate_follows_the_runs() {
+        let cost = RunCost::new(1, Duration::from_micros(4));
+        assert!(cost.cheap(1) && cost.cheap(12));
+        assert!(!cost.cheap(13), "13 rows at 4 µs each exceed 50 µs");
+        // The model slows down (a bigger replacement, a busy machine): fewer rows stay inline.
+        for _ in 0..64 {
+            cost.observe(2, Duration::from_micros(200));
+        }
+        assert!(!cost.cheap(1));
+        for _ in 0..64 {
+            cost.observe(1, Duration::from_micros(2));
+        }
+        assert!(cost.cheap(20));
+    }
+
+    fn rows_of_zeros(model: &OnnxBackend, rows: usize) -> Vec<Tensor> {
+        model
+            .signature()
+            .inputs
+            .iter()
+            .map(|s| {
+                let mut shape: Vec<usize> = s.shape.iter().map(|&d| d.max(1) as usize).collect();
+                shape[0] = rows;
+                Tensor { name: s.name.clone(), data: TensorData::zeros(s.datatype, shape.iter().product()), shape }
+            })
+            .collect()
+    }
+
+    // Real ONNX Runtime, the shipped model.
+    #[tokio::test]
+    async fn a_small_run_stays_on_the_callers_thread_and_a_big_one_goes_to_a_worker() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let env = runtime::environment(&runtime::locate(None, None)).expect("make ort");
+        let spec = OnnxSpec {
+            path: root.join("models/breast-cancer-v2.onnx"),
+            sha256: String::new(),
+            sessions: 1,
+            intra_op_threads: 1,
+            queue: 8,
+            queue_timeout: Duration::from_secs(5),
+            batching: None,
+            profile: None,
+            registry: None,
+        };
+        let model = tokio::task::spawn_blocking(move || OnnxBackend::load("bc", &spec, &env)).await.unwrap().unwrap();
+        let (one, _) = model.infer(rows_of_zeros(&model, 1), None).await.unwrap();
+        assert_eq!(model.inline_runs(), 1, "one row of a small model runs inline");
+        // 20,000 rows take milliseconds: a worker runs them, and the rows agree with the inline run.
+        let (many, shared) = model.infer(rows_of_zeros(&model, 20_000), None).await.unwrap();
+        assert_eq!((model.inline_runs(), shared), (1, 1), "a big run is not made on the async thread");
+        for (small, big) in one.iter().zip(&many) {
+            assert_eq!(small.name, big.name);
+            assert_eq!(big.shape[0], 20_000);
+            let width: usize = small.shape.iter().product();
+            match (&small.data, &big.data) {
+                (TensorData::Fp32(a), TensorData::Fp32(b)) => assert_eq!(a[..], b[..width]),
+                (TensorData::Int64(a), TensorData::Int64(b)) => assert_eq!(a[..], b[..width]),
+                other => panic!("unexpected output types {other:?}"),
+            }
+        }
+        // Errors stay the caller's: a wrong shape is refused inline as it is by a worker.
+        let mut bad = rows_of_zeros(&model, 1);
+        bad[0].shape = vec![1, 3];
+        bad[0].data = TensorData::zeros(crate::protocol::DataType::Fp32, 3);
+        let e = model.infer(bad, None).await.unwrap_err();
+        assert!(e.to_string().contains("refused the inputs"), "{e}");
+    }
+}
