@@ -64,9 +64,10 @@ profile() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_port() { for _ in $(seq 1 200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; log "bench: nothing listens on $1"; exit 1; }
-# CPU seconds (user + system) of a process and its children, from /proc.
-cpu() { local t=0; for p in $(pgrep -g "$(ps -o pgid= "$1" | tr -d ' ')" 2>/dev/null || echo "$1"); do
-          [ -r /proc/$p/stat ] && t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo "$t"; }
+# CPU clock ticks "user system" of a process and its children, from /proc.
+cpu() { local u=0 s=0; for p in $(pgrep -g "$(ps -o pgid= "$1" | tr -d ' ')" 2>/dev/null || echo "$1"); do
+          [ -r /proc/$p/stat ] && read -r pu ps < <(awk '{print $14, $15}' /proc/$p/stat) && u=$((u + pu)) && s=$((s + ps)); done
+        echo "$u $s"; }
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -- -"$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -78,14 +79,17 @@ row() {
   local before; before=$(cpu "$pid")
   "$lt" --quiet --duration "${secs}s" -c "$conns" "$@" --report "$work/report.json" >/dev/null
   local after; after=$(cpu "$pid")
-  python3 - "$name" "$before" "$after" "$work/report.json" <<'PY'
+  python3 - "$name" "$before" "$after" "$work/report.json" "${CPU_SPLIT:-}" <<'PY'
 import json, sys, os
-name, before, after, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+name, before, after, path, split = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4], sys.argv[5]
 r = json.load(open(path))
 hz = os.sysconf("SC_CLK_TCK")
-cpu = (after - before) / hz
+user, system = ((int(a) - int(b)) / hz for a, b in zip(after, before))
+n = max(r["requests"], 1)
 bad = r["requests"] - r["statuses"].get("200", 0) + r["transport_errors"]
-per_k = f"{1000 * cpu / max(r['requests'], 1):.3f}" if before >= 0 else "-"
+per_k = f"{1000 * (user + system) / n:.3f}"
+if split:
+    per_k += f" ({1000 * user / n:.4f} + {1000 * system / n:.4f})"
 print(f"| {name} | {r['requests_per_second']:,.0f} | {r['latency_ms']['p50']:.3f} | {r['latency_ms']['p99']:.3f} | {per_k} | {bad} |")
 PY
 }
@@ -139,12 +143,12 @@ hapid=$(start haproxy -f "$work/haproxy.cfg"); pids+=("$hapid"); wait_port "$hap
 echo
 echo "### Proxy overhead (one worker thread each, same upstream, $conns connections, ${secs}s each)"
 echo
-echo "| target | requests/s | p50 ms | p99 ms | proxy CPU s / 1000 req | errors |"
+echo "| target | requests/s | p50 ms | p99 ms | proxy CPU s / 1000 req (user + kernel) | errors |"
 echo "|---|---:|---:|---:|---:|---:|"
-row "direct to the upstream (nginx static)" "$upid" --url "http://127.0.0.1:$up" --path /x
-row "modelgate (path_prefix route)" "$mgpid" --url "http://127.0.0.1:$mgp" --path /bench/x
-row "nginx 1.22 (proxy_pass, keepalive)" "$ngpid" --url "http://127.0.0.1:$ngp" --path /bench/x
-row "HAProxy 2.6 (http-reuse always)" "$hapid" --url "http://127.0.0.1:$hap" --path /bench/x
+CPU_SPLIT=1 row "direct to the upstream (nginx static)" "$upid" --url "http://127.0.0.1:$up" --path /x
+CPU_SPLIT=1 row "modelgate (path_prefix route)" "$mgpid" --url "http://127.0.0.1:$mgp" --path /bench/x
+CPU_SPLIT=1 row "nginx 1.22 (proxy_pass, keepalive)" "$ngpid" --url "http://127.0.0.1:$ngp" --path /bench/x
+CPU_SPLIT=1 row "HAProxy 2.6 (http-reuse always)" "$hapid" --url "http://127.0.0.1:$hap" --path /bench/x
 profile proxy "$mgpid" --url "http://127.0.0.1:$mgp" --path /bench/x
 cleanup; pids=()
 fi
