@@ -275,11 +275,6 @@ async fn admin_call(
     Ok(())
 }
 
-/// mimalloc (thread-local free lists) instead of glibc's malloc, whose locks and frees were ~10%
-/// of the inference path's CPU in `make bench`'s profile.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format);
