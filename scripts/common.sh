@@ -3,7 +3,7 @@
 # inference URL in $gw_url, admin URL in $gw_admin), prefixed by $gw_launcher when set (a
 # command that execs the rest, like `taskset -c 0`); stop_gateway kills it with SIGTERM.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-mg="$root/target/release/modelgate"
+mg="${MODELGATE_BIN:-$root/target/release/modelgate}"  # MODELGATE_BIN: another build to run
 lt="$root/target/release/loadtest"
 export MODELGATE_ADMIN_TOKEN=${MODELGATE_ADMIN_TOKEN:-fault-test-token}
 export MODELGATE_FEEDBACK_KEY=${MODELGATE_FEEDBACK_KEY:-script-feedback-key}  # serve needs one

@@ -244,6 +244,12 @@ impl OnnxBackend {
         }
     }
 
+    /// Requests of this model being run or waiting for a session.
+    #[cfg(test)]
+    pub(crate) fn outstanding(&self) -> usize {
+        self.load.outstanding.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How many runs were made on the caller's thread (cheap, a session free, nothing queued).
     pub fn inline_runs(&self) -> u64 {
         self.inline_runs.load(std::sync::atomic::Ordering::Relaxed)
@@ -258,10 +264,12 @@ impl OnnxBackend {
     /// `outputs` selects outputs by name (all when `None`). With batching, the run may be shared
     /// with other requests: the answer says with how many.
     pub async fn infer(&self, inputs: Vec<Tensor>, outputs: Option<Vec<String>>) -> Result<Ran, InferError> {
-        let _counted = Outstanding::new(&self.load);
+        let counted = Outstanding::new(&self.load);
         let rows = inline::rows(&inputs);
-        if let Some(cost) = self.cost.as_deref().filter(|c| self.jobs.is_empty() && c.cheap(rows)) {
-            // A free session, if any: a busy one means the workers are at work, so queue.
+        // Only on an idle model: with another request queued or held by a worker, a run taken
+        // inline would overtake it (and under overload the async thread, which must keep
+        // reading and shedding, would end up making every run).
+        if let Some(cost) = self.cost.as_deref().filter(|c| counted.others == 0 && c.cheap(rows)) {
             if let Some(mut session) = self.sessions.iter().find_map(|s| s.try_lock().ok()) {
                 let started = Instant::now();
                 let result = run(&mut session, &self.name, inputs, outputs.as_deref());
@@ -380,18 +388,22 @@ pub(crate) fn warmup_inputs(sig: &Signature) -> Vec<Tensor> {
 }
 
 /// Counts a request as outstanding on its model for as long as its caller waits.
-struct Outstanding<'a>(&'a Load);
+struct Outstanding<'a> {
+    load: &'a Load,
+    /// Requests outstanding on the model when this one arrived.
+    others: usize,
+}
 
 impl<'a> Outstanding<'a> {
     fn new(load: &'a Load) -> Self {
-        load.outstanding.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Outstanding(load)
+        let others = load.outstanding.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Outstanding { load, others }
     }
 }
 
 impl Drop for Outstanding<'_> {
     fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.load.outstanding.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
