@@ -170,7 +170,7 @@ impl OnnxBackend {
         }
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(spec.queue);
         let batching = spec.batching;
-        let load = Arc::new(Load::default());
+        let load = Arc::new(Load::new(spec.sessions));
         let mut workers = Vec::with_capacity(sessions.len());
         let (tx, released) = tokio::sync::watch::channel(false);
         let signal = std::sync::Arc::new(Released(tx));
@@ -367,21 +367,15 @@ fn batchable(sig: &Signature) -> Result<(), String> {
 }
 
 fn worker(mut session: Session, model: &str, jobs: Receiver<Job>, batching: Option<Batching>, load: &Load) {
-    use std::sync::atomic::Ordering;
     debug_assert!(tokio::runtime::Handle::try_current().is_err(), "ONNX workers must not run inside a tokio runtime");
     let mut next: Option<Job> = None;
     loop {
         let mut job = match next.take() {
             Some(job) => job,
-            None => {
-                load.idle.fetch_add(1, Ordering::Relaxed);
-                let job = jobs.recv();
-                load.idle.fetch_sub(1, Ordering::Relaxed);
-                match job {
-                    Ok(job) => job,
-                    Err(_) => break,
-                }
-            }
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
         };
         if !job.usable() {
             continue;
