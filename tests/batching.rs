@@ -17,7 +17,11 @@ backends:
     onnx: {{path: "{mlp}", sessions: 1, batching: {{max_batch_size: 64, max_queue_delay: 50ms}}}}
   - name: single
     onnx: {{path: "{mlp}", sessions: 1}}
+  - name: pair
+    onnx: {{path: "{mlp}", sessions: 2, batching: {{max_batch_size: 64, max_queue_delay: 1s}}}}
 routes:
+  - model: pair
+    backend: pair
   - model: batched
     backend: batched
   - model: single
@@ -82,6 +86,36 @@ async fn concurrent_requests_share_runs_and_each_gets_its_own_rows() {
     let (sum, count) = (value("modelgate_batch_requests_sum"), value("modelgate_batch_requests_count"));
     assert_eq!(count, 24.0, "one observation per request");
     assert!(sum > count, "some requests shared a run: sum {sum} over {count} requests\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_sessions_no_request_waits_out_the_queue_delay() {
+    // Two sessions, a delay of 1 s: a free session takes what is queued and runs it; no batch
+    // sits out the delay waiting for requests that the other session would take. (The unit test
+    // `with_other_sessions_a_batch_takes_what_is_queued_and_goes` pins the rule itself; here,
+    // with a debug-built server, requests rarely overlap enough at the model to show it.)
+    let gw = Gateway::start(&routes()).await;
+    let x = vec![0.5f64; 256];
+    let body = json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 256], "data": x}]});
+    assert_eq!(post_json(&gw.url("/v2/models/pair/infer"), &body).await.status, 200);
+    for _ in 0..3 {
+        let calls: Vec<_> = (0..16)
+            .map(|_| {
+                let (url, body) = (gw.url("/v2/models/pair/infer"), body.clone());
+                tokio::spawn(async move { post_json(&url, &body).await.status })
+            })
+            .collect();
+        // A bound on waiting, not a measurement: well under the 1 s delay, far above a run.
+        let all = tokio::time::timeout(std::time::Duration::from_millis(800), async {
+            let mut statuses = Vec::new();
+            for call in calls {
+                statuses.push(call.await.unwrap());
+            }
+            statuses
+        });
+        let statuses = all.await.expect("a batch waited out max_queue_delay with another session free");
+        assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    }
 }
 
 #[tokio::test]

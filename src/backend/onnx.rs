@@ -189,7 +189,7 @@ impl OnnxBackend {
         let sessions: Vec<_> = sessions.into_iter().map(|s| Arc::new(Mutex::new(s))).collect();
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(spec.queue);
         let batching = spec.batching;
-        let load = Arc::new(Load::default());
+        let load = Arc::new(Load::new(spec.sessions));
         let mut workers = Vec::with_capacity(sessions.len());
         let (tx, released) = tokio::sync::watch::channel(false);
         let signal = std::sync::Arc::new(Released(tx));
@@ -428,21 +428,15 @@ fn worker(
     load: &Load,
     cost: Option<&RunCost>,
 ) {
-    use std::sync::atomic::Ordering;
     debug_assert!(tokio::runtime::Handle::try_current().is_err(), "ONNX workers must not run inside a tokio runtime");
     let mut next: Option<Job> = None;
     loop {
         let mut job = match next.take() {
             Some(job) => job,
-            None => {
-                load.idle.fetch_add(1, Ordering::Relaxed);
-                let job = jobs.recv();
-                load.idle.fetch_sub(1, Ordering::Relaxed);
-                match job {
-                    Ok(job) => job,
-                    Err(_) => break,
-                }
-            }
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
         };
         if !job.usable() {
             continue;

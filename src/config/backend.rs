@@ -65,7 +65,8 @@ pub struct OnnxSpec {
 pub struct Batching {
     /// Rows (first-dimension entries) one run may take, summed over its requests (1..=65 536).
     pub max_batch_size: usize,
-    /// Longest the first request of a batch waits for others to join it.
+    /// Longest the first request of a batch waits for others to join it (only a model with a
+    /// single session waits; with more, a free session runs what is queued).
     pub max_queue_delay: Duration,
 }
 
