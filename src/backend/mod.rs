@@ -3,6 +3,7 @@
 mod batch;
 mod inline;
 pub mod onnx;
+mod ort_io;
 mod pool;
 pub mod profile;
 pub mod runtime;
