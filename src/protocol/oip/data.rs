@@ -15,47 +15,16 @@ use std::fmt;
 /// form (it is refused before its data is looked at), gives `$bf16`.
 macro_rules! with_element_type {
     ($datatype:expr, $t:ident, $body:block, $bf16:expr) => {
+        with_element_type!(@arms $datatype, $t, $body, $bf16;
+            Bool bool, Uint8 u8, Int8 i8, Int16 i16, Int32 i32, Int64 i64,
+            Fp32 f32, Fp64 f64, Fp16 f16, Bytes Vec<u8>)
+    };
+    (@arms $datatype:expr, $t:ident, $body:block, $bf16:expr; $($variant:ident $element:ty),*) => {
         match $datatype {
-            DataType::Bool => {
-                type $t = bool;
+            $(DataType::$variant => {
+                type $t = $element;
                 $body
-            }
-            DataType::Uint8 => {
-                type $t = u8;
-                $body
-            }
-            DataType::Int8 => {
-                type $t = i8;
-                $body
-            }
-            DataType::Int16 => {
-                type $t = i16;
-                $body
-            }
-            DataType::Int32 => {
-                type $t = i32;
-                $body
-            }
-            DataType::Int64 => {
-                type $t = i64;
-                $body
-            }
-            DataType::Fp32 => {
-                type $t = f32;
-                $body
-            }
-            DataType::Fp64 => {
-                type $t = f64;
-                $body
-            }
-            DataType::Fp16 => {
-                type $t = f16;
-                $body
-            }
-            DataType::Bytes => {
-                type $t = Vec<u8>;
-                $body
-            }
+            })*
             DataType::Bf16 => $bf16,
         }
     };
