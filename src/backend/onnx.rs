@@ -172,18 +172,17 @@ impl OnnxBackend {
             batchable(&signature)?;
         }
         let warmup = warmup_inputs(&signature);
+        let mut fastest = Duration::MAX;
         for session in &mut sessions {
+            let started = Instant::now();
             run(session, name, warmup.clone(), None).map_err(|e| format!("warm-up inference failed: {e}"))?;
+            fastest = fastest.min(started.elapsed());
         }
-        // A second, warm run gives the first estimate of what a run costs.
+        // The fastest warm-up run is the first estimate of what a run costs (a cold first run
+        // overestimates it; the runs that follow correct it).
         let cost = match spec.batching {
             Some(_) => None,
-            None => {
-                let started = Instant::now();
-                run(&mut sessions[0], name, warmup.clone(), None)
-                    .map_err(|e| format!("warm-up inference failed: {e}"))?;
-                Some(Arc::new(RunCost::new(inline::rows(&warmup), started.elapsed())))
-            }
+            None => Some(Arc::new(RunCost::new(inline::rows(&warmup), fastest))),
         };
         let sessions: Vec<_> = sessions.into_iter().map(|s| Arc::new(Mutex::new(s))).collect();
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(spec.queue);
