@@ -11,33 +11,19 @@ work=$(mktemp -d /tmp/bench-pool.XXXXXX)
 export MODELGATE_FEEDBACK_KEY=bench
 mg=${CARGO_TARGET_DIR:-target}/release/modelgate
 lt=${CARGO_TARGET_DIR:-target}/release/loadtest
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() { for _ in $(seq 1 200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; exit 1; }
+source scripts/bench-lib.sh
 cpu() { awk '{print $14 + $15}' /proc/"$1"/stat; }
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 up=$(free_port)
-cat >"$work/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $work/upstream.pid; error_log /dev/null;
-events { worker_connections 8192; }
-http { access_log off; server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
-CONF
+static_upstream_conf "$work/upstream.conf" "$up"
 nginx -c "$work/upstream.conf" >/dev/null 2>&1 & pids+=($!)
 wait_port "$up"
 run() { # run NAME CLIENT
   local name=$1 client=$2 p a; p=$(free_port); a=$(free_port)
   mkdir -p "$work/state-$p"
-  cat >"$work/proxy-$p.yaml" <<CONF
-server: {listen: "127.0.0.1:$p", admin_listen: "127.0.0.1:$a", state_dir: "$work/state-$p"}
-backends:
-  - name: up
-    upstream: {url: "http://127.0.0.1:$up"}
-routes:
-  - path_prefix: /bench/
-    backend: up
-    rewrite: /
-CONF
+  proxy_routes "$work/proxy-$p.yaml" "$p" "$a" "$up" "$work/state-$p"
   MODELGATE_UPSTREAM_CLIENT=$client "$mg" --workers 1 serve --config "$work/proxy-$p.yaml" >"$work/mg-$p.log" 2>&1 &
   local pid=$!; pids+=("$pid"); wait_port "$p"
   "$lt" --quiet --url "http://127.0.0.1:$p" --path /bench/x -c "$conns" --duration 1s >/dev/null  # warm-up

@@ -62,8 +62,7 @@ profile() {
   log "bench: profile of $name in $work/$name.perf.txt and $work/$name.svg"
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() { for _ in $(seq 1 200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; log "bench: nothing listens on $1"; exit 1; }
+source scripts/bench-lib.sh
 # CPU clock ticks "user system" of a process and its children, from /proc.
 cpu() { local u=0 s=0; for p in $(pgrep -g "$(ps -o pgid= "$1" | tr -d ' ')" 2>/dev/null || echo "$1"); do
           [ -r /proc/$p/stat ] && read -r pu ps < <(awk '{print $14, $15}' /proc/$p/stat) && u=$((u + pu)) && s=$((s + ps)); done
@@ -97,11 +96,7 @@ PY
 # ---- 1. proxy overhead --------------------------------------------------------------------
 if want proxy; then
 up=$(free_port); mgp=$(free_port); mga=$(free_port); ngp=$(free_port); hap=$(free_port)
-cat >"$work/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $PWD/$work/upstream.pid; error_log /dev/null;
-events { worker_connections 8192; }
-http { access_log off; server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
-CONF
+static_upstream_conf "$PWD/$work/upstream.conf" "$up"
 cat >"$work/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $PWD/$work/nginx.pid; error_log /dev/null;
 events { worker_connections 8192; }
@@ -126,16 +121,7 @@ backend b
   http-request set-path %[path,regsub(^/bench/,/)]
   server s1 127.0.0.1:$up
 CONF
-cat >"$work/proxy.yaml" <<CONF
-server: {listen: "127.0.0.1:$mgp", admin_listen: "127.0.0.1:$mga", state_dir: state}
-backends:
-  - name: up
-    upstream: {url: "http://127.0.0.1:$up"}
-routes:
-  - path_prefix: /bench/
-    backend: up
-    rewrite: /
-CONF
+proxy_routes "$work/proxy.yaml" "$mgp" "$mga" "$up" state
 upid=$(start nginx -c "$PWD/$work/upstream.conf"); pids+=("$upid"); wait_port "$up"
 mgpid=$(start "$mg" --workers 1 serve --config "$work/proxy.yaml"); pids+=("$mgpid"); wait_port "$mgp"
 ngpid=$(start nginx -c "$PWD/$work/nginx.conf"); pids+=("$ngpid"); wait_port "$ngp"
