@@ -61,8 +61,8 @@ pub(super) trait Batchable {
 }
 
 /// Rows of a request: the first dimension of its first input.
-pub(super) fn rows<J: Batchable>(job: &J) -> usize {
-    job.inputs().first().and_then(|t| t.shape.first().copied()).unwrap_or(1)
+pub(super) fn rows(inputs: &[Tensor]) -> usize {
+    inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(1)
 }
 
 /// Whether `job` can share a run with `first`.
@@ -82,7 +82,7 @@ fn fits<J: Batchable>(first: &J, job: &J) -> bool {
 /// request that did not fit (the next batch's first), if any.
 pub(super) fn gather<J: Batchable>(first: J, jobs: &Receiver<J>, limit: Batching, load: &Load) -> (Vec<J>, Option<J>) {
     let until = first.queued() + limit.max_queue_delay;
-    let mut total = rows(&first);
+    let mut total = rows(first.inputs());
     let mut batch = vec![first];
     while total < limit.max_batch_size {
         let mut next = jobs.try_recv().ok();
@@ -93,7 +93,7 @@ pub(super) fn gather<J: Batchable>(first: J, jobs: &Receiver<J>, limit: Batching
         if !job.usable() {
             continue;
         }
-        let n = rows(&job);
+        let n = rows(job.inputs());
         if total + n > limit.max_batch_size || !fits(&batch[0], &job) {
             return (batch, Some(job));
         }

@@ -56,11 +56,6 @@ fn per_row(rows: usize, took: Duration) -> u64 {
     (took.as_nanos() / rows.max(1) as u128).min(u64::MAX as u128) as u64
 }
 
-/// The rows of a request: the first dimension of its first input (1 for a scalar).
-pub fn rows(inputs: &[crate::protocol::Tensor]) -> usize {
-    inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(1).max(1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 //! Dropping the backend closes the queue; workers finish what is queued, then exit.
 
 use super::batch::{self, Batchable, Load};
-use super::inline::{self, RunCost};
+use super::inline::RunCost;
 use super::ort_io::{run, signature};
 use crate::config::Batching;
 use crate::config::OnnxSpec;
@@ -182,7 +182,7 @@ impl OnnxBackend {
         // overestimates it; the runs that follow correct it).
         let cost = match spec.batching {
             Some(_) => None,
-            None => Some(Arc::new(RunCost::new(inline::rows(&warmup), fastest))),
+            None => Some(Arc::new(RunCost::new(batch::rows(&warmup), fastest))),
         };
         let sessions: Vec<_> = sessions.into_iter().map(|s| Arc::new(Mutex::new(s))).collect();
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(spec.queue);
@@ -271,18 +271,16 @@ impl OnnxBackend {
     /// with other requests: the answer says with how many.
     pub async fn infer(&self, inputs: Vec<Tensor>, outputs: Option<Vec<String>>) -> Result<Ran, InferError> {
         let counted = Outstanding::new(&self.load);
-        let rows = inline::rows(&inputs);
+        let rows = batch::rows(&inputs);
         // Only on an idle model: with another request queued or held by a worker, a run taken
         // inline would overtake it (and under overload the async thread, which must keep
         // reading and shedding, would end up making every run).
         if let Some(cost) = self.cost.as_deref().filter(|c| counted.others == 0 && c.cheap(rows)) {
             if let Some(mut session) = self.sessions.iter().find_map(|s| s.try_lock().ok()) {
-                let started = Instant::now();
-                let result = run(&mut session, &self.name, inputs, outputs.as_deref());
+                let result = run_timed(&mut session, &self.name, inputs, outputs.as_deref(), Some(cost));
                 drop(session);
-                cost.observe(rows, started.elapsed());
                 self.inline_runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return result.map(|outputs| (outputs, 1));
+                return result;
             }
         }
         let (reply, answer) = oneshot::channel();
@@ -408,18 +406,14 @@ fn worker(
             continue;
         }
         let Some(limit) = batching else {
-            let rows = inline::rows(&job.inputs);
-            let started = Instant::now();
-            let result = run(
+            let result = run_timed(
                 &mut session.lock().unwrap_or_else(PoisonError::into_inner),
                 model,
                 job.inputs,
                 job.outputs.as_deref(),
+                cost,
             );
-            if let Some(cost) = cost {
-                cost.observe(rows, started.elapsed());
-            }
-            let _ = job.reply.send(result.map(|outputs| (outputs, 1)));
+            let _ = job.reply.send(result);
             continue;
         };
         let (batch, rest) = batch::gather(job, &jobs, limit, load);
@@ -429,12 +423,29 @@ fn worker(
     tracing::debug!(model, "onnx worker stopped");
 }
 
+/// One unbatched run; its time per row goes into the model's estimate.
+fn run_timed(
+    session: &mut Session,
+    model: &str,
+    inputs: Vec<Tensor>,
+    outputs: Option<&[String]>,
+    cost: Option<&RunCost>,
+) -> Result<Ran, InferError> {
+    let rows = batch::rows(&inputs);
+    let started = Instant::now();
+    let result = run(session, model, inputs, outputs);
+    if let Some(cost) = cost {
+        cost.observe(rows, started.elapsed());
+    }
+    result.map(|outputs| (outputs, 1))
+}
+
 /// Runs a gathered batch as one run and answers each request with its rows; when the run fails
 /// or its outputs cannot be split, runs each request on its own.
 fn run_batch(session: &mut Session, model: &str, batch: Vec<Job>) {
     let n = batch.len();
     if n > 1 {
-        let rows: Vec<usize> = batch.iter().map(batch::rows).collect();
+        let rows: Vec<usize> = batch.iter().map(|job| batch::rows(&job.inputs)).collect();
         let inputs = batch::concat(&batch);
         if let Ok(outputs) = run(session, model, inputs, batch[0].outputs.as_deref()) {
             if let Some(answers) = batch::split(outputs, &rows) {
