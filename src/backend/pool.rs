@@ -28,9 +28,10 @@ type Conn = http1::Connection<TokioIo<TcpStream>, Body>;
 /// Why a pooled request failed: no connection could be made, or the exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PoolError {
-    /// Connecting failed (refused, unreachable, or not within the connect timeout).
-    #[error(transparent)]
-    Connect(std::io::Error),
+    /// Connecting failed (refused, unreachable, or not within the connect timeout). The
+    /// `io::Error` is the source, so callers walking the cause chain see its kind.
+    #[error("{0}")]
+    Connect(#[source] std::io::Error),
     /// The request or the answer's head failed on an open connection.
     #[error(transparent)]
     Request(hyper::Error),
@@ -107,9 +108,7 @@ impl HostPool {
                 Ok(resp) => {
                     let keep = if conn_done { None } else { Some(link) };
                     let pool = Arc::clone(self);
-                    return Ok(resp.map(|body| {
-                        http_body_util::BodyExt::boxed(PooledBody { body, conn: keep, pool: Some(pool) })
-                    }));
+                    return Ok(resp.map(|body| http_body_util::BodyExt::boxed(PooledBody { body, conn: keep, pool })));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(back) if reused => {
@@ -187,14 +186,15 @@ impl HostPool {
 /// its pool when it ended cleanly (dropped early or failed, the connection is closed).
 struct PooledBody {
     body: Incoming,
+    /// Taken when the connection goes back to the pool (or is dropped), so that happens once.
     conn: Option<Box<Link>>,
-    pool: Option<Arc<HostPool>>,
+    pool: Arc<HostPool>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let (Some(link), Some(pool)) = (self.conn.take(), self.pool.take()) {
-            pool.put(link);
+        if let Some(link) = self.conn.take() {
+            self.pool.put(link);
         }
     }
 }

@@ -411,9 +411,6 @@ impl UpstreamBackend {
             }
             cause = c.source();
         }
-        if let Failure::Pool(PoolError::Connect(io)) = e {
-            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
-        }
         if too_large {
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
