@@ -30,7 +30,7 @@ struct WindowBudget {
     window_retries: AtomicU64,
 }
 
-impl WindowBudget {
+impl Budget for WindowBudget {
     fn deposit(&self) {
         let now = self.born.elapsed().as_millis() as u64;
         let start = self.window_start.load(Ordering::Relaxed);
@@ -62,23 +62,19 @@ fn budgets(c: &mut Criterion) {
         window_retries: AtomicU64::new(0),
     };
     let tps = TpsBudget::new(Duration::from_secs(10), 10, 0.2);
-    // Per request: one deposit; one in ten requests also asks for a retry.
+    per_request(c, "retry_budget/hand_written_window", &window);
+    per_request(c, "retry_budget/tower_tps_budget", &tps);
+}
+
+/// Per request: one deposit; one in ten requests also asks for a retry.
+fn per_request(c: &mut Criterion, name: &str, budget: &impl Budget) {
     let mut n = 0u32;
-    c.bench_function("retry_budget/hand_written_window", |b| {
+    c.bench_function(name, |b| {
         b.iter(|| {
-            window.deposit();
+            budget.deposit();
             n = n.wrapping_add(1);
             if n.is_multiple_of(10) {
-                black_box(window.withdraw());
-            }
-        })
-    });
-    c.bench_function("retry_budget/tower_tps_budget", |b| {
-        b.iter(|| {
-            tps.deposit();
-            n = n.wrapping_add(1);
-            if n.is_multiple_of(10) {
-                black_box(tps.withdraw());
+                black_box(budget.withdraw());
             }
         })
     });
