@@ -166,9 +166,9 @@ impl InferRequest {
         Ok(request)
     }
 
-    /// Each input's binary bytes (in request order, `None` for JSON inputs), checked to consume
-    /// the binary part exactly.
-    fn binary_parts(&self) -> Result<Vec<Option<bytes::Bytes>>, ApiError> {
+    /// Where each input's binary bytes lie in the binary part (in request order, `None` for JSON
+    /// inputs), checked to consume it exactly.
+    fn binary_parts(&self) -> Result<Vec<Option<std::ops::Range<usize>>>, ApiError> {
         let mut rest: &[u8] = &self.binary;
         let mut parts = Vec::with_capacity(self.inputs.len());
         let mut total = 0usize;
@@ -195,7 +195,7 @@ impl InferRequest {
                     rest.len()
                 )));
             };
-            parts.push(Some(self.binary.slice_ref(raw)));
+            parts.push(Some(total..total + raw.len()));
             total += size;
             rest = tail;
         }
@@ -220,7 +220,8 @@ impl InferRequest {
         for spec in &sig.inputs {
             let index =
                 self.inputs.iter().position(|i| i.name == spec.name).ok_or_else(|| check::missing_input(spec, sig))?;
-            tensors.push(decode_input(&mut self.inputs[index], spec, parts[index].as_deref())?);
+            let raw = parts[index].clone().map(|at| &self.binary[at]);
+            tensors.push(decode_input(&mut self.inputs[index], spec, raw)?);
         }
         Ok(tensors)
     }
