@@ -3,9 +3,9 @@
 //! A run handed to a session's worker thread and back costs two thread wake-ups (a context
 //! switch each way, about 10 µs on this kind of machine) — more than a small model's whole run
 //! (breast-cancer-v2: ~4 µs a row). So a run expected to take less than [`BUDGET`] runs on the
-//! calling thread when the model is idle (no other request of it queued or running) and a
-//! session is free; anything bigger, or any run while others wait, goes through the workers as
-//! before, so the async threads keep to reading, admitting and shedding. The expectation is the
+//! calling thread when no request of the model is queued and a session is free; anything
+//! bigger, or any run while others wait, goes through the workers as before, so the async
+//! threads keep to reading, admitting and shedding. The expectation is the
 //! model's recent time per row, kept as a moving average of its runs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,7 +102,7 @@ mod tests {
         let spec = OnnxSpec {
             path: root.join("models/breast-cancer-v2.onnx"),
             sha256: String::new(),
-            sessions: 1,
+            sessions: 2,
             intra_op_threads: 1,
             queue: 8,
             queue_timeout: Duration::from_secs(5),
@@ -128,19 +128,31 @@ mod tests {
                 other => panic!("unexpected output types {other:?}"),
             }
         }
-        // While another request runs, a small one queues for a worker instead of overtaking it.
+        // While a big run holds one session, a small one takes the other session inline: nothing
+        // is queued for it to overtake.
         let model = std::sync::Arc::new(model);
-        let busy = tokio::spawn({
+        let big = |model: &std::sync::Arc<OnnxBackend>| {
             let model = model.clone();
-            async move { model.infer(rows_of_zeros(&model, 300_000), None).await }
-        });
-        while model.outstanding() == 0 {
+            tokio::spawn(async move { model.infer(rows_of_zeros(&model, 300_000), None).await })
+        };
+        let busy = big(&model);
+        while model.sessions_busy() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let (beside, _) = model.infer(rows_of_zeros(&model, 1), None).await.unwrap();
+        assert_eq!(model.inline_runs(), 2, "a small run beside a busy session, with none queued, runs inline");
+        assert_eq!(format!("{beside:?}"), format!("{one:?}"));
+        // With every session held, a small run queues for a worker.
+        let busy2 = big(&model);
+        while model.sessions_busy() < 2 {
             tokio::task::yield_now().await;
         }
         let (during, _) = model.infer(rows_of_zeros(&model, 1), None).await.unwrap();
-        assert_eq!(model.inline_runs(), 1, "a run while another is outstanding goes to a worker");
+        assert_eq!(model.inline_runs(), 2, "a run while every session is held goes to a worker");
         assert_eq!(format!("{during:?}"), format!("{one:?}"));
-        assert_eq!(busy.await.unwrap().unwrap().0[0].shape[0], 300_000);
+        for b in [busy, busy2] {
+            assert_eq!(b.await.unwrap().unwrap().0[0].shape[0], 300_000);
+        }
         // Errors stay the caller's: a wrong shape is refused inline as it is by a worker.
         let mut bad = rows_of_zeros(&model, 1);
         bad[0].shape = vec![1, 3];

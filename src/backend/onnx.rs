@@ -242,10 +242,10 @@ impl OnnxBackend {
         }
     }
 
-    /// Requests of this model being run or waiting for a session.
+    /// Sessions now held by a run (tests).
     #[cfg(test)]
-    pub(crate) fn outstanding(&self) -> usize {
-        self.load.outstanding.load(std::sync::atomic::Ordering::Relaxed)
+    pub(crate) fn sessions_busy(&self) -> usize {
+        self.sessions.iter().filter(|s| s.try_lock().is_err()).count()
     }
 
     /// Sets the run cost estimate per row (tests).
@@ -270,12 +270,10 @@ impl OnnxBackend {
     /// `outputs` selects outputs by name (all when `None`). With batching, the run may be shared
     /// with other requests: the answer says with how many.
     pub async fn infer(&self, inputs: Vec<Tensor>, outputs: Option<Vec<String>>) -> Result<Ran, InferError> {
-        let counted = Outstanding::new(&self.load);
+        let _counted = Outstanding::new(&self.load);
         let rows = batch::rows(&inputs);
-        // Only on an idle model: with another request queued or held by a worker, a run taken
-        // inline would overtake it (and under overload the async thread, which must keep
-        // reading and shedding, would end up making every run).
-        if let Some(cost) = self.cost.as_deref().filter(|c| counted.others == 0 && c.cheap(rows)) {
+        // Only with nothing queued: a run taken inline would overtake a queued request.
+        if let Some(cost) = self.cost.as_deref().filter(|c| self.jobs.is_empty() && c.cheap(rows)) {
             if let Some(mut session) = self.sessions.iter().find_map(|s| s.try_lock().ok()) {
                 let result = run_timed(&mut session, &self.name, inputs, outputs.as_deref(), Some(cost));
                 drop(session);
@@ -354,14 +352,12 @@ pub(crate) fn warmup_inputs(sig: &Signature) -> Vec<Tensor> {
 /// Counts a request as outstanding on its model for as long as its caller waits.
 struct Outstanding<'a> {
     load: &'a Load,
-    /// Requests outstanding on the model when this one arrived.
-    others: usize,
 }
 
 impl<'a> Outstanding<'a> {
     fn new(load: &'a Load) -> Self {
-        let others = load.outstanding.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Outstanding { load, others }
+        load.outstanding.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Outstanding { load }
     }
 }
 
