@@ -42,11 +42,14 @@ impl RunCost {
         self.per_row_ns.store(per_row.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    /// Adds a run of `rows` rows that took `took`.
+    /// Adds a run of `rows` rows that took `took`. A sample counts for at most twice the
+    /// estimate: a run the scheduler preempted (100 µs for a 4 µs run on a busy machine) would
+    /// otherwise lift the estimate over the budget for the next dozen runs, and send them through
+    /// the workers for nothing; a real slowdown still lifts it, by up to 1/8 a run.
     pub fn observe(&self, rows: usize, took: Duration) {
-        let sample = per_row(rows, took);
         // Racing updates may lose a sample: an estimate, not an account.
         let old = self.per_row_ns.load(Ordering::Relaxed);
+        let sample = per_row(rows, took).min(old.saturating_mul(2).max(1));
         let new = old - old / 8 + sample / 8;
         self.per_row_ns.store(new, Ordering::Relaxed);
     }
@@ -79,6 +82,10 @@ mod tests {
             cost.observe(1, Duration::from_micros(2));
         }
         assert!(cost.cheap(4));
+        // One preempted run does not move small runs off the calling thread.
+        let cost = RunCost::new(1, Duration::from_micros(4));
+        cost.observe(1, Duration::from_micros(100));
+        assert!(cost.cheap(2), "one outlier lifts the estimate by at most 1/8");
     }
 
     fn rows_of_zeros(model: &OnnxBackend, rows: usize) -> Vec<Tensor> {
