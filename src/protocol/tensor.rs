@@ -153,6 +153,20 @@ impl TensorData {
         self.len() == 0
     }
 
+    /// Whether the elements are integers (`BOOL` counts); `None` for `BYTES` (see [`Self::numbers`]).
+    pub fn integer(&self) -> Option<bool> {
+        match self {
+            TensorData::Bool(_)
+            | TensorData::Uint8(_)
+            | TensorData::Int8(_)
+            | TensorData::Int16(_)
+            | TensorData::Int32(_)
+            | TensorData::Int64(_) => Some(true),
+            TensorData::Fp32(_) | TensorData::Fp64(_) | TensorData::Fp16(_) | TensorData::Bf16(_) => Some(false),
+            TensorData::Bytes(_) => None,
+        }
+    }
+
     /// The elements as numbers, and whether they are integers (`BOOL` counts as 0/1); `None` for
     /// `BYTES`, which has no numeric reading. Shadow comparison and predictions use this.
     pub fn numbers(&self) -> Option<(bool, Vec<f64>)> {

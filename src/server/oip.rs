@@ -9,7 +9,7 @@ use crate::protocol::binary;
 use crate::protocol::oip::{encode_response, server_metadata, InferRequest, ModelMetadata, OutputForms};
 use crate::protocol::{ApiError, Tensor};
 use crate::routing::{Route, RouteTable, Variant};
-use crate::telemetry::shadow::{flatten_json, flatten_tensors, prediction};
+use crate::telemetry::shadow::{flatten_json, prediction};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -328,11 +328,7 @@ pub(super) async fn in_process(
         entry.capture(&inputs, &outputs);
     }
     entry.check_outputs(&outputs);
-    let flat = flatten_tensors(&outputs);
-    let predicted = prediction(&flat);
-    if let Some((target, copy)) = copy {
-        shadow::spawn(target, entry.route, copy, flat);
-    }
+    let predicted = shadow::predict_and_shadow(&outputs, entry.route, copy);
     Ok((outputs, predicted))
 }
 

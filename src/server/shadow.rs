@@ -6,8 +6,9 @@ use super::response;
 use crate::backend::Backend;
 use crate::config::RouteKind;
 use crate::protocol::oip::InferRequest;
+use crate::protocol::Tensor;
 use crate::routing::{Route, ShadowTarget};
-use crate::telemetry::shadow::{compare, flatten_json, flatten_tensors, Flat};
+use crate::telemetry::shadow::{compare, flatten_json, flatten_tensors, prediction_of, Flat};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
@@ -15,6 +16,20 @@ use std::net::SocketAddr;
 
 /// The largest gRPC answer a shadow's copy may get (its HTTP answers are read as they come).
 const SHADOW_ANSWER_LIMIT: usize = 64 << 20;
+
+/// The top class of each row of a primary's `outputs` (classifiers) and, with a shadow copy to
+/// send, the copy sent off with those outputs reduced for comparison (only then: reducing every
+/// output was a visible share of each in-process request's allocations).
+pub(super) fn predict_and_shadow(
+    outputs: &[Tensor],
+    route: &Route,
+    shadow: Option<(&ShadowTarget, Bytes)>,
+) -> Option<Vec<i64>> {
+    if let Some((target, copy)) = shadow {
+        spawn(target, route, copy, flatten_tensors(outputs));
+    }
+    prediction_of(outputs)
+}
 
 /// Sends `body` (an inference request) to the shadow off the client's path, and records how its
 /// answer compares with the primary's outputs.

@@ -80,13 +80,17 @@ pub enum Comparison {
 /// The top class of each row: an integer label output as it is, or the arg-max of a
 /// `[N, classes]` float output.
 pub fn top_classes(f: &Flat) -> Option<Vec<f64>> {
-    if f.integer && f.shape.len() == 1 {
-        return Some(f.values.clone());
+    classes_of(f.integer, &f.shape, &f.values)
+}
+
+fn classes_of(integer: bool, shape: &[usize], values: &[f64]) -> Option<Vec<f64>> {
+    if integer && shape.len() == 1 {
+        return Some(values.to_vec());
     }
-    if !f.integer && f.shape.len() == 2 && f.shape[1] >= 2 {
+    if !integer && shape.len() == 2 && shape[1] >= 2 {
         return Some(
-            f.values
-                .chunks(f.shape[1])
+            values
+                .chunks(shape[1])
                 .map(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0.0, |(i, _)| i as f64))
                 .collect(),
         );
@@ -260,6 +264,19 @@ pub fn prediction(outputs: &[Flat]) -> Option<Vec<i64>> {
         .map(|rows| rows.into_iter().map(|c| c as i64).collect())
 }
 
+/// [`prediction`] straight from a model's outputs, without reducing every output first (what
+/// the in-process path does on each request that has no shadow to compare with).
+pub fn prediction_of(outputs: &[Tensor]) -> Option<Vec<i64>> {
+    let of_kind = |integer: bool| outputs.iter().filter(move |t| t.data.integer() == Some(integer));
+    of_kind(true)
+        .chain(of_kind(false))
+        .find_map(|t| {
+            let (integer, values) = t.data.numbers()?;
+            classes_of(integer, &t.shape, &values)
+        })
+        .map(|rows| rows.into_iter().map(|c| c as i64).collect())
+}
+
 /// A shadow copy's in-flight slot; given back when dropped.
 #[derive(Debug)]
 pub struct InFlight(Arc<ShadowStats>);
@@ -290,6 +307,26 @@ mod tests {
         ];
         assert_eq!(compare(&p, &s), Comparison::Classes { rows: 3, agreed: 2 });
         assert_eq!(compare(&p[1..], &s[1..]), Comparison::Classes { rows: 3, agreed: 2 });
+    }
+
+    #[test]
+    fn predictions_from_outputs_agree_with_predictions_from_their_reduction() {
+        use crate::protocol::TensorData;
+        let t =
+            |name: &str, shape: &[usize], data: TensorData| Tensor { name: name.into(), shape: shape.to_vec(), data };
+        let probabilities = t("probabilities", &[3, 2], TensorData::Fp32(vec![0.9, 0.1, 0.2, 0.8, 0.4, 0.6]));
+        let cases = [
+            // The integer label wins over the float output listed before it.
+            vec![probabilities.clone(), t("label", &[3], TensorData::Int64(vec![2, 1, 0]))],
+            // No usable label (BYTES, or not one-dimensional): the arg-max of the float output.
+            vec![t("names", &[3], TensorData::Bytes(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])), probabilities],
+            vec![t("label", &[3, 1], TensorData::Int32(vec![1, 1, 1])), t("y", &[3], TensorData::Fp64(vec![0.5; 3]))],
+        ];
+        let expected = [Some(vec![2, 1, 0]), Some(vec![0, 1, 1]), None];
+        for (outputs, expected) in cases.iter().zip(expected) {
+            assert_eq!(prediction_of(outputs), expected, "{outputs:?}");
+            assert_eq!(prediction(&flatten_tensors(outputs)), expected, "{outputs:?}");
+        }
     }
 
     #[test]

@@ -156,11 +156,7 @@ pub(super) async fn pass_infer(
     let outputs = decode_outputs(response.outputs.clone(), response.raw_output_contents.clone()).map_err(|e| {
         ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer is not an inference response: {}", e.message))
     })?;
-    let flat = flatten_tensors(&outputs);
-    let prediction = prediction(&flat);
-    if let Some((target, body)) = shadow {
-        crate::server::shadow::spawn(target, route, body.into(), flat);
-    }
+    let prediction = predict_and_shadow(&outputs, route, shadow.map(|(target, body)| (target, body.into())));
     Ok(Answered { response, prediction })
 }
 
@@ -237,11 +233,7 @@ pub(crate) async fn http_infer(
         })
         .collect();
     let forms = request.output_forms(&sig)?;
-    let flat = flatten_tensors(&outputs);
-    let prediction = prediction(&flat);
-    if let Some((target, copy)) = shadow {
-        crate::server::shadow::spawn(target, route, copy, flat);
-    }
+    let prediction = predict_and_shadow(&outputs, route, shadow);
     let version = if version.is_empty() { variant.name.as_str() } else { version.as_str() };
     Ok((tensor_answer(&route.name, version, &request, &outputs, &forms)?, prediction))
 }

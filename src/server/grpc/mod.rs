@@ -20,7 +20,7 @@ use crate::protocol::oip::{plain_request, server_metadata, InferRequest, Request
 use crate::protocol::request_id;
 use crate::protocol::{ApiError, Signature, Tensor, TensorSpec};
 use crate::routing::{assign, Route};
-use crate::telemetry::shadow::{flatten_tensors, prediction};
+use crate::server::shadow::predict_and_shadow;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;

@@ -51,11 +51,7 @@ pub(super) async fn forward(
     let outputs = upstream_outputs(json).map_err(|e| {
         ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer is not an inference response: {}", e.message))
     })?;
-    let flat = flatten_tensors(&outputs);
-    let prediction = prediction(&flat);
-    if let Some(target) = entry.shadow() {
-        crate::server::shadow::spawn(target, route, body, flat);
-    }
+    let prediction = predict_and_shadow(&outputs, route, entry.shadow().map(|target| (target, body)));
     let (outputs, raw_output_contents) = encode_outputs(outputs, raw);
     let response = ModelInferResponse {
         model_name: route.name.clone(),
