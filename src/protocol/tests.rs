@@ -522,3 +522,25 @@ fn a_binary_request_has_a_plain_json_copy() {
     let bf = [Tensor { name: "t".into(), shape: vec![1], data: TensorData::Bf16(vec![bf16::ONE]) }];
     assert_eq!(req.to_plain_json(&bf), None, "BF16 has no JSON form");
 }
+
+#[test]
+fn a_shape_sets_the_first_reservation_but_a_huge_claim_reserves_no_more_than_a_cap() {
+    use super::oip::InputData;
+    let parsed = |shape: &str| {
+        let body = format!(r#"{{"inputs":[{{"name":"x","shape":{shape},"datatype":"FP32","data":[1,2,3]}}]}}"#);
+        let mut req = InferRequest::from_json(body.as_bytes()).unwrap();
+        match req.inputs.remove(0).data {
+            Some(InputData::Typed(Ok(TensorData::Fp32(v)))) => v,
+            other => panic!("not typed FP32 data: {other:?}"),
+        }
+    };
+    // Three elements announced: one allocation of three.
+    let v = parsed("[1,3]");
+    assert_eq!((v.len(), v.capacity()), (3, 3));
+    // An absurd claim reserves at most 4,096 elements (else a tiny body could reserve gigabytes).
+    for claim in ["[1000000000000]", "[4294967296,4294967296]", "[-1,3]"] {
+        let v = parsed(claim);
+        assert_eq!(v, vec![1.0, 2.0, 3.0], "{claim}");
+        assert!(v.capacity() <= 4096, "{claim}: capacity {}", v.capacity());
+    }
+}

@@ -56,7 +56,7 @@ impl InputData {
     pub fn decode(self, datatype: DataType) -> Result<TensorData, DataError> {
         match self {
             InputData::Typed(result) => result,
-            InputData::Json(value) => match TypedSeed(datatype).deserialize(&value) {
+            InputData::Json(value) => match TypedSeed(datatype, 0).deserialize(&value) {
                 Ok(Some(result)) => result,
                 Ok(None) | Err(_) => Err(DataError::NotArray),
             },
@@ -210,7 +210,12 @@ fn push<T: Element>(leaf: Leaf<'_>, out: &mut Vec<T>, error: &mut Option<DataErr
 }
 
 /// Reads `data` as `datatype`'s elements: `None` for JSON `null` (no data).
-pub(super) struct TypedSeed(pub DataType);
+/// The second field is how many elements the input's `shape` (when it came first) announces:
+/// the first allocation's size, capped at [`EXPECTED_CAP`] (a claim costs no more than that).
+pub(super) struct TypedSeed(pub DataType, pub usize);
+
+/// The most elements reserved up front on the word of a request's `shape`.
+const EXPECTED_CAP: usize = 4096;
 
 impl<'de> DeserializeSeed<'de> for TypedSeed {
     type Value = Option<Result<TensorData, DataError>>;
@@ -219,7 +224,7 @@ impl<'de> DeserializeSeed<'de> for TypedSeed {
         with_element_type!(
             self.0,
             T,
-            { Ok(d.deserialize_any(Top::<T>(std::marker::PhantomData))?.map(|r| r.map(T::wrap))) },
+            { Ok(d.deserialize_any(Top::<T>(self.1, std::marker::PhantomData))?.map(|r| r.map(T::wrap))) },
             {
                 IgnoredAny::deserialize(d)?;
                 Ok(Some(Err(DataError::NotArray)))
@@ -229,7 +234,7 @@ impl<'de> DeserializeSeed<'de> for TypedSeed {
 }
 
 /// The top of `data`: an array is flattened; anything else is not an array (`null`: no data).
-struct Top<T>(std::marker::PhantomData<T>);
+struct Top<T>(usize, std::marker::PhantomData<T>);
 
 impl<'de, T: Element> Visitor<'de> for Top<T> {
     type Value = Option<Result<Vec<T>, DataError>>;
@@ -239,7 +244,7 @@ impl<'de, T: Element> Visitor<'de> for Top<T> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(self.0).min(EXPECTED_CAP));
         let mut error = None;
         while seq.next_element_seed(Flat { out: &mut out, error: &mut error })?.is_some() {}
         Ok(Some(error.map_or(Ok(out), Err)))

@@ -100,7 +100,12 @@ impl<'de> serde::de::Visitor<'de> for InputVisitor {
                 InputField::Data if data.is_some() => return Err(A::Error::duplicate_field("data")),
                 InputField::Data => {
                     data = Some(match datatype.as_deref().and_then(DataType::parse) {
-                        Some(dt) => map.next_value_seed(data::TypedSeed(dt))?.map(InputData::Typed),
+                        Some(dt) => {
+                            let expected = shape.as_deref().map_or(0, |s: &[i64]| {
+                                s.iter().try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?)).unwrap_or(0)
+                            });
+                            map.next_value_seed(data::TypedSeed(dt, expected))?.map(InputData::Typed)
+                        }
                         None => map.next_value::<Option<Value>>()?.map(InputData::Json),
                     })
                 }
