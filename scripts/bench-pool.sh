@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A/B of the upstream client: modelgate (--workers 1) in front of an nginx static upstream, the
-# legacy hyper-util client (MODELGATE_UPSTREAM_CLIENT=legacy) and the pool driven on the
-# request's task, in interleaved rounds (the machine may be loaded: compare within a round).
+# A/B/C of the upstream client: modelgate (--workers 1) in front of an nginx static upstream, the
+# legacy hyper-util client (MODELGATE_UPSTREAM_CLIENT=legacy), the pool driven on the request's
+# task over hyper's client::conn (=hyper) and over our own HTTP/1.1 client (=own, the default),
+# in interleaved rounds, each round in another order (the machine may be loaded: compare within
+# a round).
 # Prints one row per run: requests/s, p50, p99, and the proxy's CPU seconds per 1,000 requests.
 # ROUNDS (default 3), SECS (default 8), CONNS (default 32).
 set -euo pipefail
@@ -42,7 +44,7 @@ PY
 }
 echo "| client | requests/s | p50 ms | p99 ms | proxy CPU s / 1000 req | errors |"
 echo "|---|---:|---:|---:|---:|---:|"
+clients=(legacy hyper own)
 for i in $(seq 1 "$rounds"); do
-  if [ $((i % 2)) -eq 1 ]; then run "legacy r$i" legacy; run "pool r$i" pool
-  else run "pool r$i" pool; run "legacy r$i" legacy; fi
+  for j in 0 1 2; do c=${clients[$(( (i + j) % 3 ))]}; run "$c r$i" "$c"; done
 done
