@@ -104,6 +104,10 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<H
             map.append(name, value);
         }
         let framing = framing(status, &map, head_only)?;
+        if map.contains_key(TRANSFER_ENCODING) {
+            // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3): not passed on.
+            map.remove(CONTENT_LENGTH);
+        }
         let keep_alive = version == Version::HTTP_11
             && !matches!(framing, Framing::Eof)
             && !map.get_all(CONNECTION).iter().any(|v| has_token(v, "close"));
@@ -270,6 +274,16 @@ mod tests {
             let out = chunked(&[&whole[..cut], &whole[cut..]]).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
             assert_eq!(out, b"hello, chunked!!", "cut {cut}");
         }
+    }
+
+    #[test]
+    fn transfer_encoding_wins_over_content_length() {
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n"[..]);
+        let head = parse_head(&mut buf, false).unwrap().expect("a whole head");
+        assert!(matches!(head.framing, Framing::Chunked(Chunk::Size)), "{:?}", head.framing);
+        assert!(!head.parts.headers.contains_key(CONTENT_LENGTH), "a length the body does not have is not passed on");
+        assert!(head.keep_alive);
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub(super) async fn write_request(conn: &mut Conn, parts: &Parts, mut body: Body
         }
     }
     let mut sent = data.len() as u64;
+    if let Framing::Length(declared) = framing {
+        if sent > declared {
+            return Err(fail(Error::BodyLength { declared, sent }, false, None));
+        }
+    }
     let mut wrote = false;
     let mut line = [0u8; 18];
     {

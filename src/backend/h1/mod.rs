@@ -127,6 +127,17 @@ pub(crate) async fn send<P: Recycle>(
     let idempotent =
         matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE);
     let (error, again) = match encode::write_request(&mut conn, &parts, body).await {
+        Err(fail) if fail.wrote && matches!(fail.error, Error::Write(_)) => {
+            // The upstream may have answered before it took the whole body (a 413, say) and
+            // closed: that answer is the one to pass on. The socket failed, so this read ends.
+            match read_head(&mut conn, head_only).await {
+                Ok(mut head) => {
+                    head.keep_alive = false;
+                    return Ok(body::answer(conn, head, pool));
+                }
+                Err(_) => (fail.error, None),
+            }
+        }
         Err(fail) => (fail.error, fail.body.filter(|_| !fail.wrote)),
         Ok(kept) => match read_head(&mut conn, head_only).await {
             Ok(head) => return Ok(body::answer(conn, head, pool)),

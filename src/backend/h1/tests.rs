@@ -321,3 +321,24 @@ async fn a_streaming_request_body_goes_chunked_as_it_comes() {
     assert!(got.ends_with(b"\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "{}", String::from_utf8_lossy(&got));
     assert_eq!(within(call).await.unwrap().expect("request failed"), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_answer_sent_before_the_body_was_taken_is_passed_on() {
+    // The server answers 413 on seeing the head and closes without reading the body.
+    let server = Server::start(|mut s| async move {
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig").await;
+    })
+    .await;
+    let body = Full::new(Bytes::from(vec![b'x'; 64 << 20])).map_err(|never| match never {}).boxed();
+    let (status, body) = server.call(request(Method::POST, "/upload", body)).await.expect("the early answer");
+    assert_eq!((status, &body[..]), (StatusCode::PAYLOAD_TOO_LARGE, &b"big"[..]));
+    assert_eq!(server.pool.idle_count(), 0, "a connection whose request was cut short is not reused");
+}
