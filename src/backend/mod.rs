@@ -1,6 +1,7 @@
 //! Backends: things that can answer a request — an ONNX model run in-process, or an upstream server.
 
 mod batch;
+mod h1;
 mod inline;
 pub mod onnx;
 mod ort_io;

@@ -1,11 +1,12 @@
 //! Upstream HTTP servers: requests forwarded through pooled connections, bodies streamed.
 //!
 //! Plain `http://` upstreams speaking HTTP/1.1 go through [`super::pool`], whose connections are
-//! driven on the request's own task; TLS and gRPC (h2) upstreams, and every upstream when
-//! `MODELGATE_UPSTREAM_CLIENT=legacy` is set, go through hyper-util's legacy client (a task per
-//! connection).
+//! driven on the request's own task (our own HTTP/1.1 client, [`super::h1`], or hyper's
+//! `client::conn` with `MODELGATE_UPSTREAM_CLIENT=hyper`); TLS and gRPC (h2) upstreams, and every
+//! upstream when `MODELGATE_UPSTREAM_CLIENT=legacy` is set, go through hyper-util's legacy client
+//! (a task per connection).
 
-use super::pool::{HostPool, PoolError};
+use super::pool::{self, HostPool, PoolError};
 use crate::config::{OutlierPolicy, RetryPolicy, UpstreamProtocol, UpstreamSpec};
 use crate::protocol::ApiError;
 use crate::tls::{self, TlsError};
@@ -120,10 +121,16 @@ const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
-/// Whether plain HTTP/1.1 upstreams use the pool driven on the request's task (the default), or
-/// hyper-util's legacy client like TLS and gRPC upstreams (`MODELGATE_UPSTREAM_CLIENT=legacy`).
-fn own_pool_enabled() -> bool {
-    std::env::var("MODELGATE_UPSTREAM_CLIENT").map_or(true, |v| v != "legacy")
+/// The client of the pool driven on the request's task that plain HTTP/1.1 upstreams use: our
+/// own (the default) or hyper's `client::conn` (`MODELGATE_UPSTREAM_CLIENT=hyper`); none with
+/// `MODELGATE_UPSTREAM_CLIENT=legacy`, where they use hyper-util's legacy client like TLS and gRPC
+/// upstreams.
+fn pool_client() -> Option<pool::Client> {
+    match std::env::var("MODELGATE_UPSTREAM_CLIENT").as_deref() {
+        Ok("legacy") => None,
+        Ok("hyper") => Some(pool::Client::Hyper),
+        _ => Some(pool::Client::Own),
+    }
 }
 
 impl UpstreamBackend {
@@ -154,16 +161,16 @@ impl UpstreamBackend {
             // gRPC is HTTP/2 only: prior knowledge over h2c, ALPN h2 over TLS.
             .http2_only(grpc)
             .build(connector);
-        let own_pool = !grpc && !https && own_pool_enabled();
+        let pool_client = if grpc || https { None } else { pool_client() };
         let endpoints = spec
             .urls
             .iter()
             .map(|u| {
                 let authority = u.authority().map_or("", |a| a.as_str());
                 let host = HeaderValue::from_str(authority).unwrap_or(HeaderValue::from_static(""));
-                let pool = own_pool.then(|| {
+                let pool = pool_client.map(|client| {
                     let addr = format!("{}:{}", u.host().unwrap_or("localhost"), u.port_u16().unwrap_or(80));
-                    Arc::new(HostPool::new(addr, spec.connect_timeout, IDLE_TIMEOUT, MAX_IDLE_PER_ENDPOINT))
+                    Arc::new(HostPool::new(addr, client, spec.connect_timeout, IDLE_TIMEOUT, MAX_IDLE_PER_ENDPOINT))
                 });
                 Endpoint {
                     base_path: u.path().trim_end_matches('/').to_string(),
