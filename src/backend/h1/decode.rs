@@ -11,6 +11,8 @@ use std::mem::MaybeUninit;
 const MAX_CHUNK_LINE: usize = 4096;
 /// The most the trailers after the last chunk may take (they are read and dropped).
 const MAX_TRAILERS: usize = 64 * 1024;
+/// The most interim (1xx) answers taken before the final one.
+const MAX_INTERIM: usize = 16;
 
 /// A final answer's head and what it says about its body and connection.
 pub(super) struct Head {
@@ -58,6 +60,7 @@ pub(super) enum Decoded {
 /// Parses a final answer's head off `buf`, skipping interim 1xx answers; `None` while it is not
 /// all there. `head_only`: the request was `HEAD`, so the answer has no body.
 pub(super) fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error> {
+    let mut interim = 0;
     loop {
         // Where each header's name and value lie in the head: the parsed slices borrow `buf`,
         // which is split (without a copy) before the header map is made.
@@ -89,6 +92,12 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<H
                     "101 Switching Protocols to a request that asked for no upgrade".into(),
                 ));
             }
+            // Bounded: an upstream sending `102 Processing` forever is stopped here, not by the
+            // request's deadline alone.
+            interim += 1;
+            if interim > MAX_INTERIM {
+                return Err(Error::MalformedHead(format!("more than {MAX_INTERIM} interim (1xx) answers")));
+            }
             let _ = buf.split_to(len);
             continue;
         }
@@ -104,11 +113,11 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<H
             map.append(name, value);
         }
         let framing = framing(status, &map, head_only)?;
-        if map.contains_key(TRANSFER_ENCODING) {
-            // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3): not passed on.
-            map.remove(CONTENT_LENGTH);
-        }
-        let keep_alive = version == Version::HTTP_11
+        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3), which is not passed on;
+        // an answer with both is a smuggling pattern, so its connection is not used again.
+        let both = map.contains_key(TRANSFER_ENCODING) && map.remove(CONTENT_LENGTH).is_some();
+        let keep_alive = !both
+            && version == Version::HTTP_11
             && !matches!(framing, Framing::Eof)
             && !map.get_all(CONNECTION).iter().any(|v| has_token(v, "close"));
         let (mut parts, ()) = Response::new(()).into_parts();
@@ -124,17 +133,19 @@ fn framing(status: StatusCode, headers: &HeaderMap, head_only: bool) -> Result<F
     if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Length(0));
     }
-    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::Eof });
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        // Only `chunked` alone: another coding would reach the client coded but unlabelled (the
+        // header is hop-by-hop), and `chunked, chunked` is a desync pattern. As Envoy does.
+        let mut names = codings.flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(|c| c.trim_ascii());
+        return match (names.next(), names.next()) {
+            (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked(Chunk::Size)),
+            _ => Err(Error::MalformedHead("transfer-encoding other than a single `chunked`".into())),
+        };
     }
     let mut length = None;
     for v in headers.get_all(CONTENT_LENGTH) {
-        let n = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
+        let n = content_length(v.as_bytes());
         match (n, length) {
             (None, _) => return Err(Error::MalformedHead("content-length is not a number".into())),
             (Some(n), Some(l)) if n != l => return Err(Error::MalformedHead("content-length values differ".into())),
@@ -142,6 +153,15 @@ fn framing(status: StatusCode, headers: &HeaderMap, head_only: bool) -> Result<F
         }
     }
     Ok(length.map_or(Framing::Eof, Framing::Length))
+}
+
+/// A Content-Length value: digits only (no sign, no spaces inside; `str::parse` would take `+5`).
+pub(super) fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 fn has_token(value: &HeaderValue, token: &str) -> bool {
@@ -191,7 +211,7 @@ fn decode_chunked(step: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Error
                 };
                 let line = buf.split_to(end);
                 let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-                if digits == 0 || digits > 16 {
+                if digits == 0 || digits > 16 || !size_line_rest_ok(&line[digits..]) {
                     return Err(Error::MalformedBody("bad chunk size"));
                 }
                 let size = line[..digits].iter().fold(0u64, |n, &b| (n << 4) | u64::from(hex(b)));
@@ -219,12 +239,23 @@ fn decode_chunked(step: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Error
                 let Some(end) = line_end(buf, MAX_TRAILERS - seen, "trailers too long")? else {
                     return Ok(Decoded::More);
                 };
-                let _ = buf.split_to(end);
-                // The empty line (just CRLF) ends the body.
-                *step = if end <= 2 { Chunk::Done } else { Chunk::Trailers(seen + end) };
+                let line = buf.split_to(end);
+                // Only the empty line ends the body (a short trailer line like `x\n` does not).
+                *step = if &line[..] == b"\r\n" { Chunk::Done } else { Chunk::Trailers(seen + end) };
             }
             Chunk::Done => return Ok(Decoded::End),
         }
+    }
+}
+
+/// What may follow a chunk size (RFC 9112 §7.1): optional whitespace, `;` extensions, CRLF.
+fn size_line_rest_ok(rest: &[u8]) -> bool {
+    let Some(rest) = rest.strip_suffix(b"\r\n") else { return false };
+    let ws = rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+    match &rest[ws..] {
+        [] => true,
+        [b';', ext @ ..] => !ext.contains(&b'\r'),
+        _ => false,
     }
 }
 
@@ -283,7 +314,48 @@ mod tests {
         let head = parse_head(&mut buf, false).unwrap().expect("a whole head");
         assert!(matches!(head.framing, Framing::Chunked(Chunk::Size)), "{:?}", head.framing);
         assert!(!head.parts.headers.contains_key(CONTENT_LENGTH), "a length the body does not have is not passed on");
-        assert!(head.keep_alive);
+        assert!(!head.keep_alive, "an answer with both framings is a smuggling pattern: its connection is not reused");
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"[..]);
+        assert!(parse_head(&mut buf, false).unwrap().expect("a whole head").keep_alive);
+    }
+
+    fn head_of(text: &str) -> Result<Head, Error> {
+        parse_head(&mut BytesMut::from(text.as_bytes()), false).map(|h| h.expect("a whole head"))
+    }
+
+    #[test]
+    fn framing_headers_are_read_strictly() {
+        for refused in [
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+        ] {
+            assert!(matches!(head_of(refused), Err(Error::MalformedHead(_))), "{refused:?}");
+        }
+        let same_twice = head_of("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n").unwrap();
+        assert!(matches!(same_twice.framing, Framing::Length(5)));
+        let interim = "HTTP/1.1 102 Processing\r\n\r\n".repeat(MAX_INTERIM);
+        assert!(head_of(&format!("{interim}HTTP/1.1 204 No Content\r\n\r\n")).is_ok());
+        let endless = format!("{interim}HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n");
+        assert!(matches!(head_of(&endless), Err(Error::MalformedHead(_))), "interim answers are bounded");
+    }
+
+    #[test]
+    fn chunk_size_lines_and_trailers_are_read_strictly() {
+        assert_eq!(chunked(&[b"5 ;ext=1\r\nhello\r\n0\r\n\r\n"]).unwrap(), b"hello");
+        for bad in [&b"0x5\r\nhello\r\n0\r\n\r\n"[..], b"5garbage\r\nhello\r\n0\r\n\r\n", b"5\nhello\r\n0\r\n\r\n"] {
+            assert!(matches!(chunked(&[bad]), Err(Error::MalformedBody(_))), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // A two-byte trailer line is a trailer, not the end: the body ends at the blank line.
+        let mut framing = Framing::Chunked(Chunk::Size);
+        let mut buf = BytesMut::from(&b"0\r\nx\n"[..]);
+        assert!(matches!(framing.decode(&mut buf), Ok(Decoded::More)));
+        assert!(!framing.is_done(), "the body has not ended before its blank line");
+        buf.extend_from_slice(b"\r\n");
+        assert!(matches!(framing.decode(&mut buf), Ok(Decoded::End)));
     }
 
     #[test]
