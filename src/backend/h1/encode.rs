@@ -1,6 +1,7 @@
 //! Writing a request: its head into the connection's reused buffer, a whole small body in the
 //! same write, a body of unknown size chunked as it streams.
 
+use super::decode::content_length;
 use super::{Conn, Error};
 use crate::backend::upstream::Body;
 use bytes::Bytes;
@@ -50,6 +51,8 @@ enum Framing {
 }
 
 const CRLF: &[u8] = b"\r\n";
+/// The most a connection's head buffer keeps between requests.
+const KEPT_HEAD_CAPACITY: usize = 8 * 1024;
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 const CRLF_LAST_CHUNK: &[u8] = b"\r\n0\r\n\r\n";
 
@@ -59,7 +62,8 @@ pub(super) async fn write_request(conn: &mut Conn, parts: &Parts, mut body: Body
     let fail = |error, wrote, body| WriteFail { error, wrote, body };
     let framing = match head(&mut conn.write, parts, &body) {
         Ok(framing) => framing,
-        Err(e) => return Err(fail(e, false, Some(body))),
+        // Refused before a byte went out, and a fresh connection would refuse it the same way.
+        Err(e) => return Err(fail(e, false, None)),
     };
     // The first frame if it is there now: the head never waits for the body.
     let mut data = Bytes::new();
@@ -163,6 +167,15 @@ async fn stream(conn: &mut Conn, framing: &Framing, body: &mut Body, sent: &mut 
 /// Writes the request line and headers into `buf`, adding the body's framing header when the
 /// request has none: `Content-Length` when its size is known, else chunked.
 fn head(buf: &mut Vec<u8>, parts: &Parts, body: &Body) -> Result<Framing, Error> {
+    if parts.method == Method::CONNECT {
+        // A 2xx answer would turn the connection into a tunnel: not a pooled exchange.
+        return Err(Error::Unsupported("CONNECT"));
+    }
+    // One big head (a client may send hundreds of KiB of headers) is not kept for the life of
+    // the pooled connection.
+    if buf.capacity() > KEPT_HEAD_CAPACITY {
+        *buf = Vec::with_capacity(1024);
+    }
     buf.clear();
     buf.extend_from_slice(parts.method.as_str().as_bytes());
     buf.push(b' ');
@@ -175,11 +188,13 @@ fn head(buf: &mut Vec<u8>, parts: &Parts, body: &Body) -> Result<Framing, Error>
             continue;
         }
         if name == CONTENT_LENGTH {
-            let n = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or(Error::RequestLength)?;
+            // Written once below, in canonical form.
+            let n = content_length(value.as_bytes()).ok_or(Error::RequestLength)?;
             if declared.is_some_and(|d| d != n) {
                 return Err(Error::RequestLength);
             }
             declared = Some(n);
+            continue;
         }
         buf.extend_from_slice(name.as_str().as_bytes());
         buf.extend_from_slice(b": ");
@@ -187,7 +202,11 @@ fn head(buf: &mut Vec<u8>, parts: &Parts, body: &Body) -> Result<Framing, Error>
         buf.extend_from_slice(CRLF);
     }
     let framing = match declared {
-        Some(n) => Framing::Length(n),
+        Some(n) => {
+            // Writing into a Vec does not fail.
+            let _ = write!(buf, "content-length: {n}\r\n");
+            Framing::Length(n)
+        }
         None if body.is_end_stream() => {
             // Methods that carry a body say it is empty; the others send no framing at all.
             if !matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE) {

@@ -28,7 +28,8 @@ use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-/// The most an answer's head (status line, headers, interim answers) may take.
+/// The most an answer's head (status line and headers) may take; so may each of at most 16
+/// interim (1xx) answers before it.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// The most headers an answer's head may have.
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -74,6 +75,9 @@ pub(crate) enum Error {
     /// The request's own `Content-Length` is not a number.
     #[error("the request's content-length is not a number")]
     RequestLength,
+    /// A request this client does not forward.
+    #[error("{0} requests are not forwarded to HTTP/1.1 upstreams")]
+    Unsupported(&'static str),
 }
 
 /// A failed exchange, with the request when it may go once more on another connection: none of
@@ -124,8 +128,7 @@ pub(crate) async fn send<P: Recycle>(
 ) -> Result<Response<Body>, Refused> {
     let (parts, body) = req.into_parts();
     let head_only = parts.method == Method::HEAD;
-    let idempotent =
-        matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE);
+    let idempotent = super::upstream::is_idempotent(&parts.method);
     let (error, again) = match encode::write_request(&mut conn, &parts, body).await {
         Err(fail) if fail.wrote && matches!(fail.error, Error::Write(_)) => {
             // The upstream may have answered before it took the whole body (a 413, say) and
