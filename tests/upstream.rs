@@ -447,3 +447,28 @@ async fn an_idle_connection_the_upstream_closed_is_not_reused() {
     }
     server.abort();
 }
+
+#[tokio::test]
+async fn a_client_that_breaks_off_its_upload_does_not_count_against_the_endpoint() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start(Duration::ZERO).await;
+    let yaml = format!(
+        "backends:\n  - name: pool\n    upstream: {{url: \"{}\", outlier: {{consecutive_failures: 1, ejection_time: 60s}}}}\nroutes:\n  - path_prefix: /svc/\n    backend: pool\n",
+        up.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let addr = gw.url("/").trim_start_matches("http://").trim_end_matches('/').to_string();
+    // Declares 100 bytes, sends 10, and stops sending (its side of the connection closed).
+    let mut s = tokio::net::TcpStream::connect(addr.as_str()).await.unwrap();
+    s.write_all(b"POST /svc/x HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\n\r\n0123456789").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await.expect("no answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("could not be forwarded"), "{answer}");
+    // The endpoint did nothing wrong: one failure would have ejected it.
+    let stats = gw.upstream("/svc/");
+    assert_eq!((stats.ejections, stats.ejected.len()), (0, 0));
+    assert_eq!(get(&gw.url("/svc/x")).await.status, StatusCode::OK);
+}

@@ -300,8 +300,10 @@ impl UpstreamBackend {
     /// Forwards `req` to `path_and_query` (which starts with `/`) under an endpoint's base URL,
     /// and streams the answer back. Refused → 502, too slow → 504, both with JSON errors. With
     /// several endpoints, a bodiless idempotent request whose connection failed is retried on
-    /// another endpoint while the budget allows; anything that reached an endpoint is never retried, and a failing
-    /// backend's answers (5xx) come back as they are.
+    /// another endpoint while the budget allows, and a failing backend's answers (5xx) come back
+    /// as they are. Apart from that, a request goes once more only on a fresh connection to the
+    /// same endpoint when a reused one was closed under it before any answer (see
+    /// [`super::h1::send`]): never one whose body went out in part.
     pub async fn forward(
         &self,
         req: Request<Body>,
@@ -335,7 +337,7 @@ impl UpstreamBackend {
             Version::HTTP_11
         };
         parts.version = version;
-        let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE);
+        let idempotent = is_idempotent(&parts.method);
         // Another endpoint is what makes a retry worth it (and the header copy it needs).
         let retryable = self.retry.attempts > 0 && self.endpoints.len() > 1 && idempotent && body.is_end_stream();
         self.budget.deposit();
@@ -382,6 +384,7 @@ impl UpstreamBackend {
                         format!("upstream {:?} did not answer within {:?}", self.name, self.request_timeout),
                     ));
                 }
+                Ok(Err(e)) if e.is_client_side() => return Err(self.classify(&e, &ep.base)),
                 Ok(Err(e)) => {
                     self.failed(ep);
                     if e.is_connect() && retryable && (tried.len() as u32) < self.retry.attempts && self.withdraw() {
@@ -423,6 +426,14 @@ impl UpstreamBackend {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is larger than the limit: {root}"),
             );
+        }
+        if e.is_client_side() {
+            let what = e.to_string();
+            let why = if root == what { what } else { format!("{what}: {root}") };
+            return ApiError::bad_request(format!(
+                "the request could not be forwarded to upstream {:?}: {why}",
+                self.name
+            ));
         }
         if e.is_connect() && (timed_out || root.contains("timed out")) {
             return ApiError::new(
@@ -500,6 +511,24 @@ impl Failure {
             Failure::Pool(e) => matches!(e, PoolError::Connect(_)),
         }
     }
+
+    /// The client's request broke, not the endpoint (an aborted upload, a body of another length
+    /// than declared, a method not forwarded): the endpoint is not blamed for it.
+    fn is_client_side(&self) -> bool {
+        use super::h1::Error as E;
+        matches!(
+            self,
+            Failure::Pool(PoolError::Exchange(
+                E::Body(_) | E::BodyLength { .. } | E::RequestLength | E::Unsupported(_)
+            ))
+        )
+    }
+}
+
+/// Methods whose request may be sent twice without changing what it does (RFC 9110 §9.2.2;
+/// PUT left out: it carries a body).
+pub(crate) fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE)
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
