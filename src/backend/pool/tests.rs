@@ -65,7 +65,11 @@ async fn idle_connections_are_bounded_per_endpoint_and_reused() {
 
 #[tokio::test]
 async fn a_refused_connection_is_a_connect_error() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // A port held bound but not listening for the whole test: connecting is refused, and no
+    // other test can take the port meanwhile.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = reserved.local_addr().unwrap();
     for client in [Client::Own, Client::Hyper] {
         let pool =
             Arc::new(HostPool::new(dead.to_string(), client, Duration::from_secs(5), Duration::from_secs(90), 2));
