@@ -8,6 +8,8 @@
 //! buffer without a copy. Hand-written because no crate offers an HTTP/1.1 client connection
 //! without a task or channel of its own.
 //!
+//! Request trailers are not forwarded (HTTP/1.1 upstreams seldom read them; gRPC goes over h2).
+//!
 //! One request is written whole before its answer is read (no full duplex): an upstream that
 //! answers before it has read the whole request body (an echo that streams back) can stall a
 //! body larger than the socket buffers. Model servers read the request first.
@@ -156,12 +158,20 @@ pub(crate) async fn send<P: Recycle>(
 /// Reads until a final answer's head is parsed (interim 1xx answers are skipped).
 async fn read_head(conn: &mut Conn, head_only: bool) -> Result<decode::Head, Error> {
     let mut answered = false;
+    // How far the buffer was searched for a head's end: an upstream trickling its head a byte
+    // at a time costs a scan of each new byte, not a parse of the whole head per read.
+    let mut scanned = 0usize;
     loop {
         if !conn.read.is_empty() {
             answered = true;
-            if let Some(head) = decode::parse_head(&mut conn.read, head_only)? {
-                return Ok(head);
+            let from = scanned.saturating_sub(3);
+            if conn.read[from..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r") {
+                if let Some(head) = decode::parse_head(&mut conn.read, head_only)? {
+                    return Ok(head);
+                }
             }
+            // What is left (interim answers may have been taken off the front) has been searched.
+            scanned = conn.read.len();
             if conn.read.len() >= MAX_HEAD {
                 return Err(Error::HeadTooLarge);
             }
