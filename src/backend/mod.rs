@@ -11,7 +11,7 @@ pub mod runtime;
 pub mod upstream;
 
 pub use onnx::{InferError, OnnxBackend};
-pub use upstream::{Body, BodyError, UpstreamBackend, UpstreamStats};
+pub use upstream::{full, Body, BodyError, UpstreamBackend, UpstreamStats};
 
 use crate::config::{BackendKind, Config, ConfigErrors, ConfigIssue};
 use std::collections::HashMap;

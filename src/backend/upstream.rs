@@ -17,7 +17,7 @@ use headers::{add_forwarded, strip_hop_by_hop};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -47,6 +47,11 @@ impl BodyError {
 
 /// The body type on both sides of the gateway.
 pub type Body = BoxBody<Bytes, BodyError>;
+
+/// A body of bytes already in memory (none: an empty body, at its end from the start).
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
 
 /// One endpoint of an upstream backend, with its passive health.
 #[derive(Debug)]
@@ -343,8 +348,7 @@ impl UpstreamBackend {
                     .build()
             }
             .map_err(|e| ApiError::bad_request(format!("cannot forward path {path_and_query:?}: {e}")))?;
-            let mut attempt =
-                Request::new(body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()));
+            let mut attempt = Request::new(body.take().unwrap_or_else(|| full(Bytes::new())));
             *attempt.method_mut() = parts.method.clone();
             *attempt.uri_mut() = uri;
             *attempt.version_mut() = version;

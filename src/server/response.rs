@@ -4,7 +4,7 @@ use crate::backend::{Body, BodyError};
 use crate::protocol::ApiError;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 
 /// `path`, with `?query` when there is one.
 pub fn with_query(path: &str, query: Option<&str>) -> String {
@@ -14,10 +14,7 @@ pub fn with_query(path: &str, query: Option<&str>) -> String {
     }
 }
 
-/// A body of bytes already in memory.
-pub fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
+pub use crate::backend::full;
 
 /// A JSON answer.
 pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {

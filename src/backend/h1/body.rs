@@ -3,10 +3,10 @@
 
 use super::decode::{Decoded, Framing, Head};
 use super::{Conn, Error};
-use crate::backend::upstream::{Body, BodyError};
+use crate::backend::upstream::{full, Body, BodyError};
 use bytes::Bytes;
 use http::Response;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -26,20 +26,21 @@ pub(super) fn answer<P: Recycle>(mut conn: Box<Conn>, head: Head, pool: &Arc<P>)
     if let Framing::Length(n) = framing {
         if n as usize <= conn.read.len() {
             let data = conn.read.split_to(n as usize).freeze();
-            // Bytes beyond the answer were never asked for: such a connection is not reused.
-            if keep_alive && conn.read.is_empty() {
-                pool.recycle(conn);
-            }
-            let body = if data.is_empty() {
-                Empty::new().map_err(|never| match never {}).boxed()
-            } else {
-                Full::new(data).map_err(|never| match never {}).boxed()
-            };
-            return Response::from_parts(parts, body);
+            release(pool.as_ref(), conn, keep_alive);
+            return Response::from_parts(parts, full(data));
         }
     }
     let body = ConnBody { conn: Some(conn), framing, keep_alive, pool: Arc::clone(pool) };
     Response::from_parts(parts, body.boxed())
+}
+
+/// Gives `conn`, whose answer has ended, back to `pool` when it may take another request: the
+/// answer allowed it, and nothing beyond the answer was sent (bytes never asked for would be
+/// read as the next answer's).
+fn release<P: Recycle>(pool: &P, conn: Box<Conn>, reusable: bool) {
+    if reusable && conn.read.is_empty() {
+        pool.recycle(conn);
+    }
 }
 
 /// An answer's body still to be read from its connection.
@@ -55,9 +56,7 @@ impl<P: Recycle> ConnBody<P> {
     /// The body ended: the connection goes back when it may take another request.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
-            if self.keep_alive && conn.read.is_empty() && self.framing.is_done() {
-                self.pool.recycle(conn);
-            }
+            release(self.pool.as_ref(), conn, self.keep_alive && self.framing.is_done());
         }
     }
 

@@ -3,12 +3,12 @@
 
 use super::decode::content_length;
 use super::{Conn, Error};
-use crate::backend::upstream::Body;
+use crate::backend::upstream::{full, Body};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::Method;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
@@ -39,7 +39,7 @@ impl Kept {
     pub fn into_body(self) -> Option<Body> {
         match self {
             Kept::Whole(body) => Some(body),
-            Kept::Data(data) => Some(Full::new(data).map_err(|never| match never {}).boxed()),
+            Kept::Data(data) => Some(full(data)),
             Kept::Gone => None,
         }
     }
