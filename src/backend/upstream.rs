@@ -503,15 +503,17 @@ impl Failure {
     }
 
     /// The client's request broke, not the endpoint (an aborted upload, a body of another length
-    /// than declared, a method not forwarded): the endpoint is not blamed for it.
+    /// than declared, a method not forwarded): the endpoint is not blamed for it. The request's
+    /// body fails as a [`BodyError`] in every client's cause chain.
     fn is_client_side(&self) -> bool {
         use super::h1::Error as E;
-        matches!(
+        if matches!(
             self,
-            Failure::Pool(PoolError::Exchange(
-                E::Body(_) | E::BodyLength { .. } | E::RequestLength | E::Unsupported(_)
-            ))
-        )
+            Failure::Pool(PoolError::Exchange(E::BodyLength { .. } | E::RequestLength | E::Unsupported(_)))
+        ) {
+            return true;
+        }
+        std::iter::successors(self.source(), |&c| c.source()).any(|c| c.is::<BodyError>())
     }
 }
 
