@@ -170,19 +170,20 @@ impl TensorData {
     /// The elements as numbers, and whether they are integers (`BOOL` counts as 0/1); `None` for
     /// `BYTES`, which has no numeric reading. Shadow comparison and predictions use this.
     pub fn numbers(&self) -> Option<(bool, Vec<f64>)> {
-        Some(match self {
-            TensorData::Bool(v) => (true, v.iter().map(|&b| f64::from(u8::from(b))).collect()),
-            TensorData::Uint8(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
-            TensorData::Int8(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
-            TensorData::Int16(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
-            TensorData::Int32(v) => (true, v.iter().map(|&x| f64::from(x)).collect()),
-            TensorData::Int64(v) => (true, v.iter().map(|&x| x as f64).collect()),
-            TensorData::Fp32(v) => (false, v.iter().map(|&x| f64::from(x)).collect()),
-            TensorData::Fp64(v) => (false, v.clone()),
-            TensorData::Fp16(v) => (false, v.iter().map(|&x| x.to_f64()).collect()),
-            TensorData::Bf16(v) => (false, v.iter().map(|&x| x.to_f64()).collect()),
+        let values = match self {
+            TensorData::Bool(v) => v.iter().map(|&b| f64::from(u8::from(b))).collect(),
+            TensorData::Uint8(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::Int8(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::Int16(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::Int32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::Int64(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::Fp32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::Fp64(v) => v.clone(),
+            TensorData::Fp16(v) => v.iter().map(|&x| x.to_f64()).collect(),
+            TensorData::Bf16(v) => v.iter().map(|&x| x.to_f64()).collect(),
             TensorData::Bytes(_) => return None,
-        })
+        };
+        Some((self.integer()?, values))
     }
 
     /// `len` zeros (or `false`s, or empty strings) of `datatype`: the input of a warm-up run.

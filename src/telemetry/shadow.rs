@@ -256,25 +256,32 @@ impl ShadowStats {
 /// The top class of each row of a classifier's answer: its integer label output if it has one,
 /// else the arg-max of a `[N, classes]` float output. `None` for other models.
 pub fn prediction(outputs: &[Flat]) -> Option<Vec<i64>> {
-    outputs
-        .iter()
-        .filter(|o| o.integer)
-        .chain(outputs.iter().filter(|o| !o.integer))
-        .find_map(top_classes)
-        .map(|rows| rows.into_iter().map(|c| c as i64).collect())
+    first_classes(outputs, |o| Some(o.integer), top_classes)
 }
 
 /// [`prediction`] straight from a model's outputs, without reducing every output first (what
 /// the in-process path does on each request that has no shadow to compare with).
 pub fn prediction_of(outputs: &[Tensor]) -> Option<Vec<i64>> {
-    let of_kind = |integer: bool| outputs.iter().filter(move |t| t.data.integer() == Some(integer));
-    of_kind(true)
-        .chain(of_kind(false))
-        .find_map(|t| {
+    first_classes(
+        outputs,
+        |t| t.data.integer(),
+        |t| {
             let (integer, values) = t.data.numbers()?;
             classes_of(integer, &t.shape, &values)
-        })
-        .map(|rows| rows.into_iter().map(|c| c as i64).collect())
+        },
+    )
+}
+
+/// The classes of the first output that has them, integer outputs first (`integer`: `None` for
+/// an output with no numeric reading, which is skipped).
+fn first_classes<T>(
+    outputs: &[T],
+    integer: impl Fn(&T) -> Option<bool>,
+    classes: impl Fn(&T) -> Option<Vec<f64>>,
+) -> Option<Vec<i64>> {
+    let integer = &integer;
+    let of_kind = |kind: bool| outputs.iter().filter(move |o| integer(o) == Some(kind));
+    of_kind(true).chain(of_kind(false)).find_map(classes).map(|rows| rows.into_iter().map(|c| c as i64).collect())
 }
 
 /// A shadow copy's in-flight slot; given back when dropped.
