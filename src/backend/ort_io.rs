@@ -76,13 +76,12 @@ fn string_tensor(name: &str, shape: Vec<usize>, elements: Vec<Vec<u8>>) -> Resul
     Ok(ort::value::Tensor::from_string_array((shape, text.as_slice()))?.into_dyn())
 }
 
-fn ort_value(t: Tensor) -> Result<DynValue, ValueError> {
+fn ort_value(name: &str, shape: Vec<usize>, data: TensorData) -> Result<DynValue, ValueError> {
     use ort::value::Tensor as OrtTensor;
-    let shape = t.shape;
-    Ok(match t.data {
+    Ok(match data {
         TensorData::Fp16(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
         TensorData::Bf16(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Bytes(v) => string_tensor(&t.name, shape, v)?,
+        TensorData::Bytes(v) => string_tensor(name, shape, v)?,
         TensorData::Bool(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
         TensorData::Uint8(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
         TensorData::Int8(v) => OrtTensor::from_array((shape, v))?.into_dyn(),
@@ -145,9 +144,8 @@ pub(super) fn run(
         }
     };
     let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
-    for t in inputs {
-        let name = t.name.clone();
-        let value = ort_value(t).map_err(|e| match e {
+    for Tensor { name, shape, data } in inputs {
+        let value = ort_value(&name, shape, data).map_err(|e| match e {
             ValueError::Input(message) => InferError::Invalid { model: model.to_string(), message },
             ValueError::Ort(e) => failed(e),
         })?;
