@@ -1,6 +1,10 @@
 //! The `modelgate` command line: its arguments, and every command but `serve` (in [`serve`]):
 //! `validate`, the admin CLI, `cluster`, `profile`, `evaluate`.
 
+/// mimalloc for the gateway's own allocations (ONNX Runtime keeps the C allocator): see Cargo.toml.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod serve;
 
 use anyhow::Context;
