@@ -367,6 +367,14 @@ async fn a_huge_shape_is_refused_without_allocating_and_a_slow_client_is_cut_off
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the server closed the connection on its own");
+    // A kept-alive connection left idle after its answer is closed after the same time (the
+    // head timer runs while the connection waits for its next head): the idle timeout.
+    let mut idle = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server closed the idle connection on its own");
+    assert!(buf.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
     // Meanwhile and afterwards, others are served.
     assert_eq!(get(&gw.url("/v2/health/live")).await.status, StatusCode::OK);
 }
