@@ -457,9 +457,8 @@ async fn a_client_that_breaks_off_its_upload_does_not_count_against_the_endpoint
         up.url()
     );
     let gw = Gateway::start(&yaml).await;
-    let addr = gw.url("/").trim_start_matches("http://").trim_end_matches('/').to_string();
     // Declares 100 bytes, sends 10, and stops sending (its side of the connection closed).
-    let mut s = tokio::net::TcpStream::connect(addr.as_str()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"POST /svc/x HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\n\r\n0123456789").await.unwrap();
     s.shutdown().await.unwrap();
     let mut answer = Vec::new();

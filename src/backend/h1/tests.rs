@@ -1,10 +1,10 @@
 //! The client against raw servers on 127.0.0.1, through the pool that uses it.
 
 use crate::backend::pool::{Client, HostPool, PoolError};
-use crate::backend::upstream::{Body, BodyError};
+use crate::backend::upstream::{full, Body, BodyError};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::Frame;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,12 +24,8 @@ fn request(method: Method, path: &str, body: Body) -> Request<Body> {
     Request::builder().method(method).uri(path).header(http::header::HOST, "upstream").body(body).unwrap()
 }
 
-fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
-}
-
 fn get(path: &str) -> Request<Body> {
-    request(Method::GET, path, empty())
+    request(Method::GET, path, full(Bytes::new()))
 }
 
 /// A server that runs `serve` on every connection it accepts, counting them.
@@ -198,7 +194,7 @@ async fn head_204_and_304_answers_have_no_body() {
         }
     })
     .await;
-    let (status, body) = server.call(request(Method::HEAD, "/", empty())).await.expect("HEAD failed");
+    let (status, body) = server.call(request(Method::HEAD, "/", full(Bytes::new()))).await.expect("HEAD failed");
     assert_eq!((status, body.len()), (StatusCode::OK, 0));
     let (status, body) = server.call(get("/204")).await.expect("204 failed");
     assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
@@ -219,7 +215,7 @@ async fn an_interim_100_continue_is_skipped() {
         }
     })
     .await;
-    let body = Full::new(Bytes::from_static(b"payload")).map_err(|never| match never {}).boxed();
+    let body = full(Bytes::from_static(b"payload"));
     let req = request(Method::POST, "/", body);
     let (status, body) = server.call(req).await.expect("request failed");
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
@@ -271,8 +267,7 @@ async fn an_idle_connection_the_server_closed_is_replaced_by_a_fresh_one() {
     // POSTs: never sent twice once written, so only seeing the closed connection before use
     // (not a resend after the failure) makes each succeed.
     for _ in 0..3 {
-        let post =
-            request(Method::POST, "/", Full::new(Bytes::from_static(b"x")).map_err(|never| match never {}).boxed());
+        let post = request(Method::POST, "/", full(Bytes::from_static(b"x")));
         let (status, body) = server.call(post).await.expect("request failed");
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
         within(closed.recv()).await.unwrap();
@@ -296,7 +291,7 @@ async fn a_request_a_reused_connection_dropped_unanswered_goes_again_only_when_s
     let (status, _) = server.call(get("/b")).await.expect("an idempotent request goes again");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(server.accepted(), 2);
-    let body = Full::new(Bytes::from_static(b"once")).map_err(|never| match never {}).boxed();
+    let body = full(Bytes::from_static(b"once"));
     let e = server.call(request(Method::POST, "/c", body)).await.expect_err("a POST the server may have seen");
     assert!(matches!(e, PoolError::Exchange(super::Error::ClosedBeforeHead)), "{e:?}");
     assert_eq!(server.accepted(), 2, "a POST is not sent twice");
@@ -362,7 +357,7 @@ async fn an_answer_sent_before_the_body_was_taken_is_passed_on() {
         let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig").await;
     })
     .await;
-    let body = Full::new(Bytes::from(vec![b'x'; 64 << 20])).map_err(|never| match never {}).boxed();
+    let body = full(Bytes::from(vec![b'x'; 64 << 20]));
     let (status, body) = server.call(request(Method::POST, "/upload", body)).await.expect("the early answer");
     assert_eq!((status, &body[..]), (StatusCode::PAYLOAD_TOO_LARGE, &b"big"[..]));
     assert_eq!(server.pool.idle_count(), 0, "a connection whose request was cut short is not reused");

@@ -1,15 +1,12 @@
 use super::*;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn get(path: &str) -> Request<Body> {
-    Request::get(path)
-        .header(http::header::HOST, "upstream")
-        .body(Empty::new().map_err(|never| match never {}).boxed())
-        .unwrap()
+    Request::get(path).header(http::header::HOST, "upstream").body(crate::backend::full(Bytes::new())).unwrap()
 }
 
 async fn idle_connections_are_bounded_and_reused(client: Client) {
