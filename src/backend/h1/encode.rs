@@ -109,12 +109,14 @@ pub(super) async fn write_request(conn: &mut Conn, parts: &Parts, mut body: Body
             _ => {}
         }
         if let Err(e) = write_all(io, &mut slices[..n], &mut wrote).await {
-            let body = if !ended {
-                data.is_empty().then_some(body)
-            } else if data.is_empty() {
+            // What of the body is still at hand for another connection: all of it when no frame
+            // was taken, the one frame taken when it was the whole body, else nothing.
+            let body = if data.is_empty() {
                 Some(body)
+            } else if ended {
+                Some(full(data))
             } else {
-                Kept::Data(data).into_body()
+                None
             };
             return Err(fail(Error::Write(e), wrote, body));
         }
