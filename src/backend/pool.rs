@@ -36,6 +36,13 @@ pub(crate) enum PoolError {
     Exchange(h1::Error),
 }
 
+impl PoolError {
+    /// The request itself is at fault, not the endpoint (see [`h1::Error::is_request_fault`]).
+    pub(crate) fn is_request_fault(&self) -> bool {
+        matches!(self, PoolError::Exchange(e) if e.is_request_fault())
+    }
+}
+
 /// Which HTTP/1.1 client a pool's connections speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Client {

@@ -506,14 +506,8 @@ impl Failure {
     /// than declared, a method not forwarded): the endpoint is not blamed for it. The request's
     /// body fails as a [`BodyError`] in every client's cause chain.
     fn is_client_side(&self) -> bool {
-        use super::h1::Error as E;
-        if matches!(
-            self,
-            Failure::Pool(PoolError::Exchange(E::BodyLength { .. } | E::RequestLength | E::Unsupported(_)))
-        ) {
-            return true;
-        }
-        std::iter::successors(self.source(), |&c| c.source()).any(|c| c.is::<BodyError>())
+        matches!(self, Failure::Pool(e) if e.is_request_fault())
+            || std::iter::successors(self.source(), |&c| c.source()).any(|c| c.is::<BodyError>())
     }
 }
 

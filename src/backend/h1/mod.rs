@@ -82,6 +82,14 @@ pub(crate) enum Error {
     Unsupported(&'static str),
 }
 
+impl Error {
+    /// The request itself is at fault (a body of another length than declared, a content-length
+    /// that is no number, a method not forwarded), not the connection or the server.
+    pub(crate) fn is_request_fault(&self) -> bool {
+        matches!(self, Error::BodyLength { .. } | Error::RequestLength | Error::Unsupported(_))
+    }
+}
+
 /// A failed exchange, with the request when it may go once more on another connection: none of
 /// it was written, or the method is idempotent, the whole body is still at hand and not a byte
 /// of an answer came (the server closed a kept-alive connection under us).
