@@ -59,6 +59,14 @@ enum Link {
     Hyper(Box<hyper_link::Link>),
 }
 
+impl Link {
+    /// Known to be closed without a system call: a hyper connection whose dispatcher is gone
+    /// (our own client's connections are checked when taken for a request).
+    fn is_closed(&self) -> bool {
+        matches!(self, Link::Hyper(link) if link.is_closed())
+    }
+}
+
 /// A connection with nothing in flight.
 struct Idle {
     link: Link,
@@ -158,19 +166,16 @@ impl HostPool {
                 idle.clear();
                 return None;
             }
-            match &i.link {
-                Link::Hyper(link) if link.is_closed() => {}
-                _ => return Some(i.link),
+            if !i.link.is_closed() {
+                return Some(i.link);
             }
         }
         None
     }
 
     fn put(&self, link: Link) {
-        if let Link::Hyper(link) = &link {
-            if link.is_closed() {
-                return;
-            }
+        if link.is_closed() {
+            return;
         }
         let Ok(mut idle) = self.idle.lock() else { return };
         while idle.front().is_some_and(|i| i.since.elapsed() >= self.idle_timeout) {
