@@ -8,10 +8,13 @@ BIN := target/release/modelgate
 run: ort build
 	./scripts/run-demo.sh
 
+# `make test` and `make lint` build once and throw the build state away on CI: no incremental
+# state (it was 4 GB of a clean clone's target/).
+test lint: export CARGO_INCREMENTAL := 0
+
 ## test: fetch ONNX Runtime, the Python client environment, etcd, Prometheus and Chromium, check formatting and lints, run every test
-# (no incremental state for these one-shot builds: it was 4 GB of a clean clone's target/)
 test: ort pyenv ctenv tools chromium lint
-	CARGO_INCREMENTAL=0 $(CARGO) test --locked --workspace
+	$(CARGO) test --locked --workspace
 	@echo "target/ after the tests: $$(du -sh target | cut -f1)"
 
 ## build: release build of the gateway
@@ -45,7 +48,7 @@ chromium:
 ## lint: rustfmt and clippy, warnings are errors
 lint: tools
 	$(CARGO) fmt --all -- --check
-	CARGO_INCREMENTAL=0 $(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 ## validate: check routes.yaml and load every model in it
 validate: ort build
