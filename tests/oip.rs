@@ -349,11 +349,17 @@ async fn concurrent_batched_requests_all_answer() {
 
 #[tokio::test]
 async fn a_huge_shape_is_refused_without_allocating_and_a_slow_client_is_cut_off() {
-    let gw = Gateway::start(&format!(
-        "server:\n  header_read_timeout: 300ms\n{}",
-        routes().replace("server:\n  max_body_bytes: 65536\n", "")
-    ))
-    .await;
+    // A model that answers after 800 ms: a request in flight longer than header_read_timeout.
+    let slow = format!(
+        "backends:\n  - name: slow\n    onnx: {{path: \"{}\"}}\n    fault: {{delay: 800ms}}\n",
+        model("breast-cancer-v2.onnx")
+    );
+    let config = routes().replace("server:\n  max_body_bytes: 65536\n", "").replacen("backends:\n", &slow, 1).replacen(
+        "routes:\n",
+        "routes:\n  - model: slow\n    backend: slow\n",
+        1,
+    );
+    let gw = Gateway::start(&format!("server:\n  header_read_timeout: 300ms\n  keepalive_timeout: 3s\n{config}")).await;
     let body =
         json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1_000_000_000u64, 30], "data": [1.0]}]});
     let a = post_json(&gw.url("/v2/models/breast-cancer/infer"), &body).await;
@@ -367,10 +373,35 @@ async fn a_huge_shape_is_refused_without_allocating_and_a_slow_client_is_cut_off
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the server closed the connection on its own");
-    // A kept-alive connection left idle after its answer is closed after the same time (the
-    // head timer runs while the connection waits for its next head): the idle timeout.
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+
+    // A kept-alive connection may wait longer than header_read_timeout for its next request
+    // (keepalive_timeout is its own clock)...
+    let mut kept = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let live = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n";
+    for _ in 0..2 {
+        kept.write_all(live).await.unwrap();
+        assert!(read_answer(&mut kept).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    // A request that runs longer than header_read_timeout is not cut off either.
+    let sample = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": vec![0.5; 30]}]});
+    let sample = sample.to_string();
+    let post = format!(
+        "POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{sample}",
+        sample.len()
+    );
+    kept.write_all(post.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut kept).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // ...but a head begun on it is held to header_read_timeout, not to keepalive_timeout.
+    kept.write_all(b"GET /v2/health/live HTTP/1.1\r\n").await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(2), kept.read_to_end(&mut Vec::new())).await;
+    assert!(read.is_ok(), "a slow head on a kept-alive connection is cut off after header_read_timeout");
+
+    // A connection left idle after its answer is closed after keepalive_timeout.
     let mut idle = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    idle.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    idle.write_all(live).await.unwrap();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the server closed the idle connection on its own");
@@ -416,4 +447,25 @@ async fn requests_that_wait_too_long_for_a_session_are_shed_not_run_late() {
     }
     assert!(shed > 0, "{ok} answered, {shed} shed");
     println!("queue deadline: {ok} answered, {shed} shed");
+}
+
+/// Reads one HTTP/1.1 answer (head and a `content-length` body) from `conn`.
+async fn read_answer(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(conn.read(&mut byte).await.unwrap(), 1, "connection closed in an answer's head");
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).to_string();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).await.unwrap();
+    head + &String::from_utf8_lossy(&body)
 }

@@ -61,6 +61,7 @@ pub struct RawServer {
     pub max_body_bytes: Option<u64>,
     pub max_connections: Option<i64>,
     pub header_read_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub drain_delay: Option<String>,

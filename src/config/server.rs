@@ -63,6 +63,9 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// How long a client may take to send the request head.
     pub header_read_timeout: Duration,
+    /// How long a kept-alive HTTP/1 connection may wait for its next request before it is
+    /// closed (longer than the idle timeout of the clients and load balancers in front).
+    pub keepalive_timeout: Duration,
     /// Deadline for a whole request, inference or forwarding included.
     pub request_timeout: Duration,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
@@ -132,6 +135,9 @@ impl Default for ServerSettings {
             max_body_bytes: 4 * 1024 * 1024,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
+            // nginx's: longer than the idle timeouts of common load balancers (60 s), so that
+            // they, not the gateway, close an idle connection and never send on a closing one.
+            keepalive_timeout: Duration::from_secs(75),
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
@@ -198,6 +204,7 @@ pub(super) fn server(raw: &RawServer, base: &Path, issues: &mut Issues) -> Serve
             "server.header_read_timeout",
             issues,
         ),
+        keepalive_timeout: duration(&raw.keepalive_timeout, d.keepalive_timeout, "server.keepalive_timeout", issues),
         request_timeout: duration(&raw.request_timeout, d.request_timeout, "server.request_timeout", issues),
         shutdown_grace: duration(&raw.shutdown_grace, d.shutdown_grace, "server.shutdown_grace", issues),
         drain_delay: duration(&raw.drain_delay, d.drain_delay, "server.drain_delay", issues),

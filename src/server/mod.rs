@@ -10,6 +10,7 @@ mod rename;
 pub mod response;
 mod shadow;
 mod triton;
+mod watch;
 
 pub use feedback::{ClaimError, FeedbackClaims, FeedbackLedger};
 pub use handler::{bearer, carries_token, AppState};
@@ -32,6 +33,8 @@ use tokio::net::TcpListener;
 pub struct ListenerSettings {
     /// How long a client may take to send a request head (and to finish a TLS handshake).
     pub header_read_timeout: Duration,
+    /// How long a kept-alive HTTP/1 connection may wait for its next request.
+    pub keepalive_timeout: Duration,
     /// How long in-flight requests may run on after shutdown begins.
     pub shutdown_grace: Duration,
     /// Serve TLS with this config (see [`crate::tls::listener_config`]); plain HTTP when unset.
@@ -47,6 +50,7 @@ impl ListenerSettings {
     pub fn admin(settings: &crate::config::ServerSettings, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         ListenerSettings {
             header_read_timeout: settings.header_read_timeout,
+            keepalive_timeout: settings.keepalive_timeout,
             shutdown_grace: settings.shutdown_grace,
             tls,
             max_connections: 1024,
@@ -61,6 +65,7 @@ impl ListenerSettings {
         let label = metrics::Label::new("listener", listener);
         ListenerSettings {
             header_read_timeout: settings.header_read_timeout,
+            keepalive_timeout: settings.keepalive_timeout,
             shutdown_grace: settings.shutdown_grace,
             tls,
             max_connections: settings.max_connections,
@@ -90,11 +95,12 @@ pub async fn serve_with<H, F, B>(
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
-    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout).max_buf_size(64 * 1024);
+    // The head and keep-alive clocks are the connection's own (see `watch`), not hyper's.
+    builder.http1().header_read_timeout(None).max_buf_size(64 * 1024);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
     let builder = Arc::new(builder);
     let acceptor = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
@@ -125,20 +131,29 @@ pub async fn serve_with<H, F, B>(
                 };
                 let _ = stream.set_nodelay(true);
                 let handle = handle.clone();
+                let phase = watch::Phase::new();
+                let limits = watch::Limits { head: settings.header_read_timeout, keepalive: settings.keepalive_timeout };
+                let answers = phase.clone();
                 let svc = service_fn(move |req: Request<Incoming>| {
+                    answers.taken(req.version());
                     let fut = handle(req, peer);
-                    async move { Ok::<_, Infallible>(fut.await) }
+                    let phase = answers.clone();
+                    async move { Ok::<_, Infallible>(fut.await.map(|body| watch::Answer::new(body, phase))) }
                 });
                 let (builder, watcher, acceptor) = (builder.clone(), graceful.watcher(), acceptor.clone());
                 let handshake_limit = settings.header_read_timeout;
                 tokio::spawn(async move {
                     let _slot = slot;
                     let served = match acceptor {
-                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
+                        None => {
+                            let io = TokioIo::new(watch::Watched::new(stream, phase, limits));
+                            watcher.watch(builder.serve_connection(io, svc).into_owned()).await
+                        }
                         // The handshake runs on the connection's own task, bounded like a request head.
                         Some(acceptor) => match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => {
-                                watcher.watch(builder.serve_connection(TokioIo::new(tls), svc).into_owned()).await
+                                let io = TokioIo::new(watch::Watched::new(tls, phase, limits));
+                                watcher.watch(builder.serve_connection(io, svc).into_owned()).await
                             }
                             Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
