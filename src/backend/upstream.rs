@@ -359,11 +359,15 @@ impl UpstreamBackend {
             let answer = match &ep.pool {
                 Some(pool) => {
                     attempt.headers_mut().insert(header::HOST, ep.host.clone());
-                    bounded(limit, pool.send(attempt)).await.map(|r| r.map_err(Failure::Pool))
+                    let send = std::pin::pin!(pool.send(attempt));
+                    bounded(limit, send).await.map(|r| r.map_err(Failure::Pool))
                 }
-                None => bounded(limit, self.client.request(attempt))
-                    .await
-                    .map(|r| r.map(|resp| resp.map(|b| b.map_err(BodyError::new).boxed())).map_err(Failure::Legacy)),
+                None => {
+                    let send = std::pin::pin!(self.client.request(attempt));
+                    bounded(limit, send)
+                        .await
+                        .map(|r| r.map(|resp| resp.map(|b| b.map_err(BodyError::new).boxed())).map_err(Failure::Legacy))
+                }
             };
             in_flight.done();
             let mut resp = match answer {
@@ -444,10 +448,11 @@ impl UpstreamBackend {
     }
 }
 
-/// `work`, cut off after `limit` when there is one.
+/// `work`, cut off after `limit` when there is one. Pinned where the caller made it: taken by
+/// value, the send (a kilobyte and more) would be stored twice in this future.
 async fn bounded<F: std::future::Future>(
     limit: Option<Duration>,
-    work: F,
+    work: std::pin::Pin<&mut F>,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
     match limit {
         Some(limit) => tokio::time::timeout(limit, work).await,

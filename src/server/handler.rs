@@ -141,12 +141,24 @@ async fn dispatch(
         let pq = response::with_query(&normal, req.uri().query());
         *req.uri_mut() = pq.parse().map_err(|e| ApiError::bad_request(format!("invalid path {normal:?}: {e}")))?;
     }
-    // A Uri clone shares its bytes: the path is borrowed from it, not copied.
-    let uri = req.uri().clone();
-    let path = uri.path();
+    let path = req.uri().path();
     if path == "/v2" || path.starts_with("/v2/") {
         return oip::handle(state, req, peer, pending).await;
     }
+    // Boxed: the forwarding state is kilobytes that every OIP request would otherwise carry.
+    Box::pin(forward_prefix(state, req, peer, pending)).await
+}
+
+/// A request for a path-prefix route, forwarded to its upstream.
+async fn forward_prefix(
+    state: &AppState,
+    req: Request<Body>,
+    peer: SocketAddr,
+    pending: &Pending,
+) -> Result<Response<Body>, ApiError> {
+    // A Uri clone shares its bytes: the path is borrowed from it, not copied.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let table = state.table.load();
     let Some((route, rest)) = table.prefix(path) else {
         return Err(ApiError::not_found(format!("no route for path {path:?}")));
@@ -170,13 +182,14 @@ async fn dispatch(
     let limit = state.settings.max_body_bytes;
     let req = Request::from_parts(parts, response::limited(body, limit));
     let sent = Instant::now();
-    let result = entry
-        .call(async {
+    let result = {
+        let step = std::pin::pin!(async {
             response::check_length(req.headers(), limit)?;
             // The gateway's deadline is the one timer: the upstream sets its own only when shorter.
             up.forward_by(req, &target, peer, Some(pending.deadline(state.settings.request_timeout))).await
-        })
-        .await;
+        });
+        entry.call(step).await
+    };
     entry.variant.stats.upstream(sent.elapsed());
     let mut resp = result.unwrap_or_else(|e| response::error(&e));
     entry.business_value(up, resp.headers());

@@ -3,12 +3,12 @@
 use super::handler::AppState;
 use super::pipeline::{self, pick, strip_gateway_headers, Entry, Pending};
 use super::{feedback, response, shadow};
-use crate::backend::{Backend, Body, InferError, OnnxBackend};
+use crate::backend::{Backend, Body, InferError, OnnxBackend, UpstreamBackend};
 use crate::config::RouteKind;
 use crate::protocol::binary;
 use crate::protocol::oip::{encode_response, server_metadata, InferRequest, ModelMetadata, OutputForms};
 use crate::protocol::{ApiError, Tensor};
-use crate::routing::{Route, RouteTable, Variant};
+use crate::routing::{Route, RouteTable, ShadowTarget, Variant};
 use crate::telemetry::shadow::{flatten_json, prediction};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -168,12 +168,13 @@ async fn infer_call(
         }
     };
     let req = Request::from_parts(parts, body);
-    let answered = entry
-        .call(async {
+    let answered = {
+        let step = std::pin::pin!(async {
             let req = super::encoding::decode_request(req, state.settings.max_body_bytes).await?;
             infer(state, &entry, req, peer).await
-        })
-        .await;
+        });
+        entry.call(step).await
+    };
     let (mut resp, prediction) = answered.unwrap_or_else(|e| (response::error(&e), None));
     entry.finish_response(state, pending, &mut resp, prediction.as_deref());
     Ok(resp)
@@ -315,7 +316,7 @@ pub(super) async fn in_process(
     model: &OnnxBackend,
     inputs: Vec<Tensor>,
     selected: Option<Vec<String>>,
-    shadow: Option<&crate::routing::ShadowTarget>,
+    shadow: Option<&ShadowTarget>,
     copy: impl FnOnce(&[Tensor]) -> Option<Bytes>,
 ) -> Result<(Vec<Tensor>, Option<Vec<i64>>), ApiError> {
     entry.check_inputs(&inputs)?;
@@ -368,46 +369,62 @@ async fn infer(
             let resp = tensor_answer(&route.name, &variant.name, &request, &outputs, &forms)?;
             Ok((resp, predicted))
         }
-        Backend::Upstream(up) if up.speaks_grpc() => super::grpc::client::http_infer(state, entry, up, req, peer).await,
-        Backend::Upstream(up) => {
-            let target = upstream_path(route, Action::Infer, req.uri().query());
-            let (parts, body) = req.into_parts();
-            // The request is buffered when a shadow needs a copy; otherwise it streams.
-            let (body, copy) = match shadow {
-                Some(_) => {
-                    let bytes = response::collect(body, limit).await?;
-                    (response::full(bytes.clone()), Some(bytes))
-                }
-                None => (response::limited(body, limit), None),
-            };
-            let started = Instant::now();
-            let resp = up.forward(Request::from_parts(parts, body), &target, peer).await?;
-            variant.stats.upstream(started.elapsed());
-            let resp = client_facing(route, resp, limit).await?;
-            entry.business_value(up, resp.headers());
-            // Small successful answers are read to learn the prediction (and for the shadow).
-            let small = resp
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-                .is_some_and(|n| n <= limit);
-            if !(resp.status().is_success() && (small || copy.is_some())) {
-                return Ok((resp, None));
-            }
-            let (parts, answer) = resp.into_parts();
-            let answer = answer
-                .collect()
-                .await
-                .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer broke off: {e}")))?
-                .to_bytes();
-            let flat = serde_json::from_slice(&answer).ok().as_ref().and_then(flatten_json);
-            let predicted = flat.as_deref().and_then(prediction);
-            if let (Some(target), Some(copy), Some(flat)) = (shadow, copy, flat) {
-                shadow::spawn(target, route, copy, flat);
-            }
-            Ok((Response::from_parts(parts, response::full(answer)), predicted))
+        // The forwarding steps are boxed: kilobytes of state that an in-process inference would
+        // otherwise carry (and copy) too.
+        Backend::Upstream(up) if up.speaks_grpc() => {
+            Box::pin(super::grpc::client::http_infer(state, entry, up, req, peer)).await
         }
+        Backend::Upstream(up) => Box::pin(forward_infer(state, entry, up, req, peer, shadow)).await,
     }
+}
+
+/// An inference forwarded to an HTTP upstream model server (streamed, or buffered for a shadow).
+async fn forward_infer(
+    state: &AppState,
+    entry: &Entry<'_>,
+    up: &UpstreamBackend,
+    req: Request<Body>,
+    peer: SocketAddr,
+    shadow: Option<&ShadowTarget>,
+) -> Result<Answered, ApiError> {
+    let (route, variant) = (entry.route, entry.variant);
+    let limit = state.settings.max_body_bytes;
+    let target = upstream_path(route, Action::Infer, req.uri().query());
+    let (parts, body) = req.into_parts();
+    // The request is buffered when a shadow needs a copy; otherwise it streams.
+    let (body, copy) = match shadow {
+        Some(_) => {
+            let bytes = response::collect(body, limit).await?;
+            (response::full(bytes.clone()), Some(bytes))
+        }
+        None => (response::limited(body, limit), None),
+    };
+    let started = Instant::now();
+    let resp = up.forward(Request::from_parts(parts, body), &target, peer).await?;
+    variant.stats.upstream(started.elapsed());
+    let resp = client_facing(route, resp, limit).await?;
+    entry.business_value(up, resp.headers());
+    // Small successful answers are read to learn the prediction (and for the shadow).
+    let small = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n <= limit);
+    if !(resp.status().is_success() && (small || copy.is_some())) {
+        return Ok((resp, None));
+    }
+    let (parts, answer) = resp.into_parts();
+    let answer = answer
+        .collect()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("upstream answer broke off: {e}")))?
+        .to_bytes();
+    let flat = serde_json::from_slice(&answer).ok().as_ref().and_then(flatten_json);
+    let predicted = flat.as_deref().and_then(prediction);
+    if let (Some(target), Some(copy), Some(flat)) = (shadow, copy, flat) {
+        shadow::spawn(target, route, copy, flat);
+    }
+    Ok((Response::from_parts(parts, response::full(answer)), predicted))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::telemetry::{Feedback, VariantStats};
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
@@ -113,8 +114,10 @@ pub(super) fn enter<'r>(
 
 impl Entry<'_> {
     /// The variant's injected faults (its delay, then an error for its share of requests), then
-    /// the protocol's backend step.
-    pub async fn call<T>(&self, step: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+    /// the protocol's backend step. The step is pinned where the caller made it: a future taken
+    /// by value would be stored twice in this one (as the argument and as what it awaits), and
+    /// the protocol steps are kilobytes that every request would copy.
+    pub async fn call<T>(&self, step: Pin<&mut impl Future<Output = Result<T, ApiError>>>) -> Result<T, ApiError> {
         inject_fault(self.variant).await?;
         step.await
     }

@@ -229,17 +229,20 @@ impl Inference {
         let route = find_model(&table, &message.model_name)?;
         let version = Some(message.model_version.clone()).filter(|v| !v.is_empty());
         let entry = pipeline::enter(state, pending, route, version.as_deref(), headers, None)?;
-        let answered = entry
-            .call(async {
+        // The forwarding steps are boxed: kilobytes of state that an in-process call would
+        // otherwise carry (and copy) too.
+        let answered = {
+            let step = std::pin::pin!(async {
                 match entry.variant.backend.as_ref() {
                     Backend::Onnx(model) => answer(&entry, model, message).await,
                     Backend::Upstream(up) if up.speaks_grpc() => {
-                        client::pass_infer(state, &entry, up, message, headers, call).await
+                        Box::pin(client::pass_infer(state, &entry, up, message, headers, call)).await
                     }
-                    Backend::Upstream(up) => forward(state, &entry, up, message, call).await,
+                    Backend::Upstream(up) => Box::pin(forward(state, &entry, up, message, call)).await,
                 }
-            })
-            .await;
+            });
+            entry.call(step).await
+        };
         let code = match &answered {
             Ok(_) => StatusCode::OK,
             Err(e) => e.status,
