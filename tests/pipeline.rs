@@ -158,11 +158,11 @@ async fn every_way_in_is_admitted_before_it_is_picked_and_counted_alike() {
 }
 
 #[tokio::test]
-async fn connections_beyond_max_connections_are_closed_on_accept() {
+async fn a_full_listener_closes_its_idlest_connection_and_refuses_only_when_none_is_idle() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Gateway::start(&format!(
-        "server:\n  max_connections: 2\nbackends:\n  - name: m\n    onnx: {{path: \"{}\"}}\nroutes:\n  - model: m\n    backend: m\n",
-        model("breast-cancer-v1.onnx")
+        "server:\n  max_connections: 2\nbackends:\n  - name: m\n    onnx: {{path: \"{m}\"}}\n  - name: slow\n    onnx: {{path: \"{m}\"}}\n    fault: {{delay: 5s}}\nroutes:\n  - model: m\n    backend: m\n  - model: slow\n    backend: slow\n",
+        m = model("breast-cancer-v1.onnx")
     ))
     .await;
     let request = b"GET /v2/health/live HTTP/1.1\r\nhost: gw\r\n\r\n";
@@ -183,20 +183,48 @@ async fn connections_beyond_max_connections_are_closed_on_accept() {
         assert!(ask(&mut conn, request).await.starts_with("HTTP/1.1 200"), "within the limit");
         held.push(conn);
     }
+    // Full, both idle: a third connection takes the place of the one idle the longest, which is
+    // closed (its reads end).
     let mut third = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    assert_eq!(ask(&mut third, request).await, "", "the third connection is closed unanswered");
+    assert!(ask(&mut third, request).await.starts_with("HTTP/1.1 200"), "the idlest connection made room");
+    let mut first = held.remove(0);
+    let read = tokio::time::timeout(Duration::from_secs(5), first.read(&mut [0u8; 64])).await;
+    assert!(matches!(read, Ok(Ok(0))), "the connection idle the longest was closed: {read:?}");
     let m = metrics(&gw).await;
-    assert_eq!(metric(&m, "modelgate_connections_refused_total", &[r#"listener="http""#]), 1.0, "{m}");
-    // A held connection closes; its place is free again.
-    drop(held.pop());
-    let mut answered = false;
-    for _ in 0..100 {
-        let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        if ask(&mut conn, request).await.starts_with("HTTP/1.1 200") {
-            answered = true;
+    assert_eq!(metric(&m, "modelgate_connections_idle_closed_total", &[r#"listener="http""#]), 1.0, "{m}");
+    assert_eq!(metric(&m, "modelgate_connections_refused_total", &[r#"listener="http""#]), 0.0, "{m}");
+
+    // Full, none idle (both wait for a slow answer): a new connection is closed unanswered.
+    let sample = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": vec![0.5; 30]}]});
+    let sample = sample.to_string();
+    let slow = format!(
+        "POST /v2/models/slow/infer HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{sample}",
+        sample.len()
+    );
+    for conn in [&mut held[0], &mut third] {
+        conn.write_all(slow.as_bytes()).await.unwrap();
+    }
+    let in_flight = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("modelgate_requests_in_flight ").and_then(|v| v.trim().parse::<f64>().ok()))
+    };
+    let mut busy = false;
+    for _ in 0..250 {
+        if in_flight(&metrics(&gw).await) == Some(2.0) {
+            busy = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(answered, "a freed place takes a new connection");
+    assert!(busy, "both connections wait for their answers");
+    let mut fourth = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    assert_eq!(ask(&mut fourth, request).await, "", "with none idle, a new connection is closed unanswered");
+    let m = metrics(&gw).await;
+    assert_eq!(metric(&m, "modelgate_connections_refused_total", &[r#"listener="http""#]), 1.0, "{m}");
+    // The busy connections are not cut: their answers come.
+    for conn in [&mut held[0], &mut third] {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf)).await.unwrap().unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    }
 }

@@ -39,10 +39,13 @@ pub struct ListenerSettings {
     pub shutdown_grace: Duration,
     /// Serve TLS with this config (see [`crate::tls::listener_config`]); plain HTTP when unset.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Connections held at once; beyond it new ones are closed as soon as they are accepted.
+    /// Connections held at once; beyond it the connection idle the longest is closed to make
+    /// room, and with none idle the new one is closed as soon as it is accepted.
     pub max_connections: usize,
     /// Counts the connections closed for being beyond `max_connections`.
     pub refused: Option<metrics::Counter>,
+    /// Counts the idle connections closed to make room.
+    pub idle_closed: Option<metrics::Counter>,
 }
 
 impl ListenerSettings {
@@ -55,6 +58,7 @@ impl ListenerSettings {
             tls,
             max_connections: 1024,
             refused: None,
+            idle_closed: None,
         }
     }
 
@@ -69,7 +73,8 @@ impl ListenerSettings {
             shutdown_grace: settings.shutdown_grace,
             tls,
             max_connections: settings.max_connections,
-            refused: Some(state.telemetry.counter(crate::telemetry::names::CONNECTIONS_REFUSED, vec![label])),
+            refused: Some(state.telemetry.counter(crate::telemetry::names::CONNECTIONS_REFUSED, vec![label.clone()])),
+            idle_closed: Some(state.telemetry.counter(crate::telemetry::names::CONNECTIONS_IDLE_CLOSED, vec![label])),
         }
     }
 }
@@ -83,6 +88,17 @@ pub async fn serve(
 ) {
     let settings = ListenerSettings::inference(&state, tls, "http");
     serve_with(listener, settings, shutdown, move |req, peer| handler::handle(state.clone(), req, peer)).await;
+}
+
+/// How long a new connection waits for the place of an idle one asked to close.
+const ROOM_WAIT: Duration = Duration::from_secs(1);
+
+/// A new connection's place under `max_connections`.
+enum Admitted {
+    /// A place was free.
+    Now(tokio::sync::OwnedSemaphorePermit),
+    /// An idle connection was asked to close: its place comes soon.
+    Soon(Arc<tokio::sync::Semaphore>),
 }
 
 /// Serves `handle` on `listener` until `shutdown` completes, then stops accepting and lets
@@ -105,6 +121,7 @@ pub async fn serve_with<H, F, B>(
     let builder = Arc::new(builder);
     let acceptor = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let connections = watch::Connections::default();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -119,19 +136,31 @@ pub async fn serve_with<H, F, B>(
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    // Beyond max_connections: closed at once, so that file descriptors and
-                    // memory stay bounded whatever the clients do; the client sees the
-                    // connection close and may retry (elsewhere).
-                    if let Some(refused) = &settings.refused {
-                        refused.increment(1);
+                let admitted = match slots.clone().try_acquire_owned() {
+                    Ok(slot) => Admitted::Now(slot),
+                    // Full: the connection idle the longest makes room (each new connection asks
+                    // a different one, so those waiting stay as few as the idle ones).
+                    Err(_) if connections.close_idlest() => {
+                        if let Some(closed) = &settings.idle_closed {
+                            closed.increment(1);
+                        }
+                        Admitted::Soon(slots.clone())
                     }
-                    drop(stream);
-                    continue;
+                    Err(_) => {
+                        // None idle: closed at once, so that file descriptors and memory stay
+                        // bounded whatever the clients do; the client sees the connection close
+                        // and may retry (elsewhere).
+                        if let Some(refused) = &settings.refused {
+                            refused.increment(1);
+                        }
+                        drop(stream);
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
                 let handle = handle.clone();
                 let phase = watch::Phase::new();
+                connections.add(&phase);
                 let limits = watch::Limits { head: settings.header_read_timeout, keepalive: settings.keepalive_timeout };
                 let answers = phase.clone();
                 let svc = service_fn(move |req: Request<Incoming>| {
@@ -142,8 +171,21 @@ pub async fn serve_with<H, F, B>(
                 });
                 let (builder, watcher, acceptor) = (builder.clone(), graceful.watcher(), acceptor.clone());
                 let handshake_limit = settings.header_read_timeout;
+                let refused = settings.refused.clone();
                 tokio::spawn(async move {
-                    let _slot = slot;
+                    let _slot = match admitted {
+                        Admitted::Now(slot) => slot,
+                        Admitted::Soon(slots) => match tokio::time::timeout(ROOM_WAIT, slots.acquire_owned()).await {
+                            Ok(Ok(slot)) => slot,
+                            // The idle connection took a request after all: no room.
+                            _ => {
+                                if let Some(refused) = refused {
+                                    refused.increment(1);
+                                }
+                                return;
+                            }
+                        },
+                    };
                     let served = match acceptor {
                         None => {
                             let io = TokioIo::new(watch::Watched::new(stream, phase, limits));

@@ -12,14 +12,19 @@
 //! ([`Phase::taken`]) and its answer's body being dropped tells when it is done
 //! ([`Answer`]). HTTP/2 (its preface, or a request of that version) turns the clocks off:
 //! hyper's HTTP/2 settings govern those connections.
+//!
+//! A full listener (`max_connections`) makes room by closing the connection idle the longest
+//! ([`Connections::close_idlest`]), as nginx reuses idle keep-alive connections; only with none
+//! idle is a new connection refused.
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -43,6 +48,10 @@ pub(super) struct Phase {
     head_since: AtomicU64,
     /// Off for HTTP/2.
     off: AtomicBool,
+    /// Asked to close while idle, to make room for a new connection.
+    closing: AtomicBool,
+    /// Wakes the connection's reads when it is asked to close.
+    waker: AtomicWaker,
 }
 
 impl Phase {
@@ -54,6 +63,8 @@ impl Phase {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             off: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         })
     }
 
@@ -69,6 +80,23 @@ impl Phase {
         }
         self.in_flight.fetch_add(1, Relaxed);
         self.head_since.store(NONE, Relaxed);
+        // Asked too late: a request came first, so the connection stays.
+        self.closing.store(false, Relaxed);
+    }
+
+    /// Since when the connection has waited idle for its next request, if it does.
+    fn idle_since(&self) -> Option<Instant> {
+        let idle = !self.off.load(Relaxed)
+            && !self.closing.load(Relaxed)
+            && self.in_flight.load(Relaxed) == 0
+            && self.head_since.load(Relaxed) == NONE;
+        idle.then(|| self.origin + Duration::from_nanos(self.idle_since.load(Relaxed)))
+    }
+
+    /// Asks the connection to close at once if it is still idle.
+    fn close(&self) {
+        self.closing.store(true, Relaxed);
+        self.waker.wake();
     }
 
     fn done(&self) {
@@ -150,6 +178,9 @@ impl<T> Watched<T> {
     /// Pending until what the connection waits for is overdue: then an error for a head, the
     /// end of the stream for an idle wait.
     fn poll_clock(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Registered before anything is read, so that a close asked meanwhile (or while an answer
+        // is still being sent) wakes the reads again.
+        self.phase.waker.register(cx.waker());
         loop {
             let (wait, due_at) = match self.phase.waiting(&self.limits) {
                 Waiting::Off => return Poll::Pending,
@@ -165,6 +196,9 @@ impl<T> Watched<T> {
                 }
                 Waiting::Due(wait, due) => (wait, self.phase.origin + Duration::from_nanos(due)),
             };
+            if matches!(wait, Wait::Idle) && self.phase.closing.load(Relaxed) {
+                return Poll::Ready(Ok(()));
+            }
             // Early is fine (it re-arms below), late is not.
             if self.timer.deadline().into_std() > due_at {
                 self.timer.as_mut().reset(due_at.into());
@@ -226,6 +260,40 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The connections of one listener, so that a full one can make room.
+#[derive(Debug, Default)]
+pub(super) struct Connections {
+    all: Mutex<Vec<Weak<Phase>>>,
+}
+
+impl Connections {
+    /// Counts in a connection that was just accepted.
+    pub fn add(&self, phase: &Arc<Phase>) {
+        let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() == all.capacity() {
+            // Forget the closed ones before the list grows: amortized, the list stays within
+            // twice the connections open.
+            all.retain(|c| c.strong_count() > 0);
+        }
+        all.push(Arc::downgrade(phase));
+    }
+
+    /// Asks the connection idle the longest to close (it answers nothing more and closes as
+    /// soon as its task runs); false when none is idle.
+    pub fn close_idlest(&self) -> bool {
+        let all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        let idlest =
+            all.iter().filter_map(Weak::upgrade).filter_map(|c| Some((c.idle_since()?, c))).min_by_key(|(t, _)| *t);
+        match idlest {
+            Some((_, c)) => {
+                c.close();
+                true
+            }
+            None => false,
+        }
     }
 }
 

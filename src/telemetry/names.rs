@@ -31,6 +31,9 @@ pub const FEEDBACK_REWARD_SUM: &str = "modelgate_feedback_reward";
 pub const SHED_TOTAL: &str = "modelgate_shed_requests_total";
 /// Connections closed on accept for being beyond `server.max_connections`, by listener.
 pub const CONNECTIONS_REFUSED: &str = "modelgate_connections_refused_total";
+/// Idle kept-alive connections closed to make room for new ones at `server.max_connections`, by
+/// listener.
+pub const CONNECTIONS_IDLE_CLOSED: &str = "modelgate_connections_idle_closed_total";
 /// routes.yaml reloads by outcome (`applied`, `refused`).
 pub const RELOADS_TOTAL: &str = "modelgate_reloads_total";
 /// Share of unpinned traffic each variant gets, 0 to 1, by route and variant.
@@ -61,7 +64,7 @@ pub enum Kind {
 }
 
 /// Every metric with its kind and help text.
-pub const ALL: [(&str, Kind, &str); 21] = [
+pub const ALL: [(&str, Kind, &str); 22] = [
     (REQUESTS_TOTAL, Kind::Counter, "Answered requests by route, variant and status code."),
     (REQUEST_DURATION, Kind::Histogram, "Request latency through the gateway, by route and variant."),
     (INFERENCE_DURATION, Kind::Histogram, "In-process inference time (queue and run), by route and variant."),
@@ -77,6 +80,11 @@ pub const ALL: [(&str, Kind, &str); 21] = [
     (FEEDBACK_REWARD_SUM, Kind::Gauge, "Sum of rewards reported by route and variant."),
     (SHED_TOTAL, Kind::Counter, "Requests shed at a route's concurrency limit."),
     (CONNECTIONS_REFUSED, Kind::Counter, "Connections closed on accept beyond server.max_connections, by listener."),
+    (
+        CONNECTIONS_IDLE_CLOSED,
+        Kind::Counter,
+        "Idle kept-alive connections closed to make room for new ones at server.max_connections, by listener.",
+    ),
     (RELOADS_TOTAL, Kind::Counter, "routes.yaml reloads by outcome."),
     (VARIANT_WEIGHT, Kind::Gauge, "Share of unpinned traffic per variant, 0 to 1."),
     (TABLE_GENERATION, Kind::Gauge, "Generation of the published routing table."),
