@@ -186,10 +186,15 @@ impl<T> Watched<T> {
                 Waiting::Off => return Poll::Pending,
                 Waiting::Answer => {
                     // Nothing is due, but the answer may end without another read being polled
-                    // (hyper reads ahead while it still holds the answer's body): a check stays
-                    // armed, at most one `head` away, so that the idle clock then starts.
-                    if self.timer.is_elapsed() {
-                        self.timer.as_mut().reset((Instant::now() + self.limits.head).into());
+                    // (hyper reads ahead while it still holds the answer's body): the timer stays
+                    // armed, never later than the idle wait that follows could be due, so that
+                    // the idle clock is looked at in time. (Every deadline set so far is within
+                    // `head` or `keepalive` of a time before the answer ends: only a keep-alive
+                    // shorter than `head` needs the clock read here.)
+                    let check = self.limits.head.min(self.limits.keepalive);
+                    let bound = (self.limits.keepalive < self.limits.head).then(|| Instant::now() + check);
+                    if self.timer.is_elapsed() || bound.is_some_and(|b| self.timer.deadline().into_std() > b) {
+                        self.timer.as_mut().reset(bound.unwrap_or_else(|| Instant::now() + check).into());
                     }
                     ready!(self.timer.as_mut().poll(cx));
                     continue;
@@ -331,5 +336,60 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Answer<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn an_idle_wait_is_closed_on_time_even_when_its_answer_ended_unseen() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let phase = Phase::new();
+        let limits = Limits { head: Duration::from_secs(60), keepalive: Duration::from_millis(200) };
+        let mut io = Watched::new(server, phase.clone(), limits);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        phase.taken(http::Version::HTTP_11);
+        let answer = Answer::new(http_body_util::Empty::<Bytes>::new(), phase.clone());
+        // The server reads ahead while it still holds the answer (nothing is there yet), and
+        // that read is not polled again until something wakes it: only the clock can.
+        let reader = tokio::spawn(async move { io.read(&mut [0u8; 64]).await });
+        tokio::task::yield_now().await;
+        drop(answer);
+        // The idle wait is due 200 ms after the answer, long before the head limit.
+        let read = tokio::time::timeout(Duration::from_secs(10), reader).await.map(Result::unwrap);
+        assert!(matches!(read, Ok(Ok(0))), "closed as idle: {read:?}");
+    }
+
+    #[tokio::test]
+    async fn a_full_listener_closes_the_connection_idle_the_longest_and_never_a_busy_one() {
+        let limits = Limits { head: Duration::from_secs(60), keepalive: Duration::from_secs(60) };
+        let connections = Connections::default();
+        let mut watched = Vec::new();
+        for _ in 0..3 {
+            let (client, server) = tokio::io::duplex(1024);
+            let phase = Phase::new();
+            connections.add(&phase);
+            watched.push((client, Watched::new(server, phase.clone(), limits), phase));
+        }
+        // None has finished a request yet: none is idle.
+        assert!(!connections.close_idlest());
+        for (_, io, phase) in &mut watched {
+            phase.taken(http::Version::HTTP_11);
+            drop(Answer::new(http_body_util::Empty::<Bytes>::new(), phase.clone()));
+            // Waiting for the next head.
+            assert!(tokio::time::timeout(Duration::from_millis(5), io.read(&mut [0u8; 8])).await.is_err());
+        }
+        // The second takes a request: busy.
+        watched[1].2.taken(http::Version::HTTP_11);
+        assert!(connections.close_idlest());
+        let read = tokio::time::timeout(Duration::from_secs(10), watched[0].1.read(&mut [0u8; 8])).await;
+        assert!(matches!(read, Ok(Ok(0))), "the idlest was closed: {read:?}");
+        assert!(connections.close_idlest(), "the third is idle too");
+        assert!(!connections.close_idlest(), "the busy one is never closed");
     }
 }
