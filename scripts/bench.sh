@@ -167,6 +167,22 @@ echo "|---|---:|---:|---:|---:|---:|"
 mipid=$(start "$mg" serve --config "$work/infer.yaml"); pids+=("$mipid"); wait_port "$mip"
 row "modelgate OIP infer (2 sessions)" "$mipid" --url "http://127.0.0.1:$mip" --model breast-cancer-v2
 profile inference "$mipid" --url "http://127.0.0.1:$mip" --model breast-cancer-v2
+# The HTTP ceiling for this exchange (the static nginx row of the proxy table answers a GET with
+# "ok"): nginx answering the same POSTs with a copy of modelgate's answer and its headers.
+python3 -c 'import json; print(json.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [1.5] * 30}]}))' >"$work/one-row.json"
+answer=$(curl -sf -D "$work/answer.head" -H 'content-type: application/json' --data @"$work/one-row.json" \
+  "http://127.0.0.1:$mip/v2/models/breast-cancer-v2/infer")
+shp=$(free_port)
+{
+  echo "worker_processes 1; daemon off; pid $PWD/$work/shape.pid; error_log /dev/null;"
+  echo "events { worker_connections 8192; }"
+  echo "http { access_log off; server { listen 127.0.0.1:$shp; location / { default_type application/json;"
+  grep -i '^x-' "$work/answer.head" | tr -d '\r' | sed -E 's/^([^:]+): (.*)$/  add_header \1 "\2";/'
+  echo "  return 200 '$answer'; } } }"
+} >"$work/shape.conf"
+shpid=$(start nginx -c "$PWD/$work/shape.conf"); pids+=("$shpid"); wait_port "$shp"
+row "nginx, static copy of that answer to the same POSTs (the HTTP ceiling for this exchange)" "$shpid" \
+  --url "http://127.0.0.1:$shp" --model breast-cancer-v2
 forms=$(
   echo
   echo "### Tensor forms over HTTP and gRPC (the same modelgate and model, $conns connections, ${secs}s each)"
