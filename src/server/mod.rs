@@ -140,12 +140,7 @@ pub async fn serve_with<H, F, B>(
                     Ok(slot) => Admitted::Now(slot),
                     // Full: the connection idle the longest makes room (each new connection asks
                     // a different one, so those waiting stay as few as the idle ones).
-                    Err(_) if connections.close_idlest() => {
-                        if let Some(closed) = &settings.idle_closed {
-                            closed.increment(1);
-                        }
-                        Admitted::Soon(slots.clone())
-                    }
+                    Err(_) if connections.close_idlest() => Admitted::Soon(slots.clone()),
                     Err(_) => {
                         // None idle: closed at once, so that file descriptors and memory stay
                         // bounded whatever the clients do; the client sees the connection close
@@ -171,7 +166,7 @@ pub async fn serve_with<H, F, B>(
                 });
                 let (builder, watcher, acceptor) = (builder.clone(), graceful.watcher(), acceptor.clone());
                 let handshake_limit = settings.header_read_timeout;
-                let refused = settings.refused.clone();
+                let (refused, idle_closed) = (settings.refused.clone(), settings.idle_closed.clone());
                 tokio::spawn(async move {
                     let _slot = match admitted {
                         Admitted::Now(slot) => slot,
@@ -188,13 +183,13 @@ pub async fn serve_with<H, F, B>(
                     };
                     let served = match acceptor {
                         None => {
-                            let io = TokioIo::new(watch::Watched::new(stream, phase, limits));
+                            let io = TokioIo::new(watch::Watched::new(stream, phase, limits, idle_closed));
                             watcher.watch(builder.serve_connection(io, svc).into_owned()).await
                         }
                         // The handshake runs on the connection's own task, bounded like a request head.
                         Some(acceptor) => match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => {
-                                let io = TokioIo::new(watch::Watched::new(tls, phase, limits));
+                                let io = TokioIo::new(watch::Watched::new(tls, phase, limits, idle_closed));
                                 watcher.watch(builder.serve_connection(io, svc).into_owned()).await
                             }
                             Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),

@@ -9,9 +9,11 @@
 //! (it then re-arms for the deadline that applies now), never late.
 //!
 //! The connection's reads tell when a head begins; the service tells when a request is taken
-//! ([`Phase::taken`]) and its answer's body being dropped tells when it is done
-//! ([`Answer`]). HTTP/2 (its preface, or a request of that version) turns the clocks off:
-//! hyper's HTTP/2 settings govern those connections.
+//! ([`Phase::taken`]); an answer is done when its body has been dropped ([`Answer`]) and the
+//! connection's writes flushed. Bytes that arrive after an answer was made and before it is done
+//! may be the next head: the head clock then starts when the answer is done. HTTP/2 (its whole
+//! preface, or a request of that version) turns the clocks off: hyper's HTTP/2 settings govern
+//! those connections.
 //!
 //! A full listener (`max_connections`) makes room by closing the connection idle the longest
 //! ([`Connections::close_idlest`]), as nginx reuses idle keep-alive connections; only with none
@@ -23,15 +25,15 @@ use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// The start of HTTP/2's connection preface.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// HTTP/2's connection preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A head has not begun.
 const NONE: u64 = u64::MAX;
 
@@ -40,11 +42,18 @@ const NONE: u64 = u64::MAX;
 pub(super) struct Phase {
     /// When the connection was accepted; the times below count nanoseconds from it.
     origin: Instant,
-    /// Requests taken whose answers are not done.
+    /// Requests taken whose answers' bodies are not dropped yet.
     in_flight: AtomicU32,
+    /// The answer to the request in flight is made (bytes read now may be the next head).
+    answered: AtomicBool,
+    /// Every answer's body is dropped but the writes may not be flushed yet: still busy.
+    unflushed: AtomicBool,
+    /// Bytes arrived after an answer was made and before it was done.
+    early: AtomicBool,
     /// When the last answer was done (idle since then, while nothing is in flight).
     idle_since: AtomicU64,
-    /// When the first byte of the next head arrived, or [`NONE`].
+    /// When the first byte of the next head arrived (or the answer before it was done), or
+    /// [`NONE`].
     head_since: AtomicU64,
     /// Off for HTTP/2.
     off: AtomicBool,
@@ -60,6 +69,9 @@ impl Phase {
         Arc::new(Phase {
             origin: Instant::now(),
             in_flight: AtomicU32::new(0),
+            answered: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
+            early: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             off: AtomicBool::new(false),
@@ -78,42 +90,82 @@ impl Phase {
         if version >= http::Version::HTTP_2 {
             self.off.store(true, Relaxed);
         }
-        self.in_flight.fetch_add(1, Relaxed);
+        // Sequentially consistent with `close`: either it sees this request, or this sees it.
+        self.in_flight.fetch_add(1, SeqCst);
         self.head_since.store(NONE, Relaxed);
-        // Asked too late: a request came first, so the connection stays.
-        self.closing.store(false, Relaxed);
+        self.early.store(false, Relaxed);
+        if self.closing.load(SeqCst) {
+            // Asked too late: a request came first, so the connection stays.
+            self.closing.store(false, SeqCst);
+        }
+    }
+
+    /// The answer to the request in flight is made.
+    fn answered(&self) {
+        self.answered.store(true, Relaxed);
+    }
+
+    /// An answer's body was dropped: once nothing else is in flight, the answer is done when the
+    /// writes are flushed.
+    fn done(&self) {
+        if self.in_flight.fetch_sub(1, SeqCst) == 1 {
+            self.answered.store(false, Relaxed);
+            self.unflushed.store(true, Relaxed);
+        }
+    }
+
+    /// The connection's writes are flushed: a done answer is now sent, and the connection idle,
+    /// or waiting for a head whose first bytes came early.
+    fn flushed(&self) {
+        if self.unflushed.load(Relaxed) && self.in_flight.load(Relaxed) == 0 {
+            self.unflushed.store(false, Relaxed);
+            let now = self.now();
+            if self.early.swap(false, Relaxed) {
+                self.head_since.store(now, Relaxed);
+            } else {
+                self.idle_since.store(now, Relaxed);
+            }
+        }
+    }
+
+    /// Bytes arrived: the first of a head when the connection was idle; perhaps the first of
+    /// the next head when an answer is made but not done.
+    fn read(&self) {
+        if self.in_flight.load(Relaxed) > 0 {
+            if self.answered.load(Relaxed) {
+                self.early.store(true, Relaxed);
+            }
+        } else if self.unflushed.load(Relaxed) {
+            self.early.store(true, Relaxed);
+        } else if self.head_since.load(Relaxed) == NONE {
+            self.head_since.store(self.now(), Relaxed);
+        }
+    }
+
+    /// Whether nothing is in flight, sent, begun or asked of the connection.
+    fn idle(&self) -> bool {
+        !self.off.load(Relaxed)
+            && self.in_flight.load(SeqCst) == 0
+            && !self.unflushed.load(Relaxed)
+            && !self.early.load(Relaxed)
+            && self.head_since.load(SeqCst) == NONE
     }
 
     /// Since when the connection has waited idle for its next request, if it does.
     fn idle_since(&self) -> Option<Instant> {
-        let idle = !self.off.load(Relaxed)
-            && !self.closing.load(Relaxed)
-            && self.in_flight.load(Relaxed) == 0
-            && self.head_since.load(Relaxed) == NONE;
-        idle.then(|| self.origin + Duration::from_nanos(self.idle_since.load(Relaxed)))
+        (self.idle() && !self.closing.load(Relaxed))
+            .then(|| self.origin + Duration::from_nanos(self.idle_since.load(Relaxed)))
     }
 
-    /// Asks the connection to close at once if it is still idle.
-    fn close(&self) {
-        self.closing.store(true, Relaxed);
+    /// Asks the connection to close at once; false (and nothing asked) when it is no longer idle.
+    fn close(&self) -> bool {
+        self.closing.store(true, SeqCst);
+        if !self.idle() {
+            self.closing.store(false, SeqCst);
+            return false;
+        }
         self.waker.wake();
-    }
-
-    fn done(&self) {
-        if self.in_flight.fetch_sub(1, Relaxed) == 1 {
-            self.idle_since.store(self.now(), Relaxed);
-        }
-    }
-
-    /// Bytes arrived: the first of a head, when the connection was idle. The very first bytes
-    /// of a connection tell HTTP/2 by its preface.
-    fn read(&self, first: bool, bytes: &[u8]) {
-        if first && !bytes.is_empty() && H2_PREFACE.starts_with(&bytes[..bytes.len().min(H2_PREFACE.len())]) {
-            self.off.store(true, Relaxed);
-        }
-        if self.in_flight.load(Relaxed) == 0 && self.head_since.load(Relaxed) == NONE {
-            self.head_since.store(self.now(), Relaxed);
-        }
+        true
     }
 
     /// What the connection waits for now and until when (nanoseconds from `origin`).
@@ -121,7 +173,7 @@ impl Phase {
         if self.off.load(Relaxed) {
             return Waiting::Off;
         }
-        if self.in_flight.load(Relaxed) > 0 {
+        if self.in_flight.load(Relaxed) > 0 || self.unflushed.load(Relaxed) {
             return Waiting::Answer;
         }
         let nanos = |d: Duration| d.as_nanos().min(u128::from(NONE / 2)) as u64;
@@ -135,7 +187,7 @@ impl Phase {
 enum Waiting {
     /// HTTP/2: no clock.
     Off,
-    /// A request is in flight: nothing is due.
+    /// A request is in flight or its answer not yet sent: nothing is due.
     Answer,
     /// A head or the next request, due at this time.
     Due(Wait, u64),
@@ -157,26 +209,47 @@ pub(super) struct Limits {
 }
 
 /// A connection's byte stream with its clocks: a head that takes too long ends the reads with
-/// an error (hyper closes the connection), an idle wait that does ends them as a clean close.
+/// an error (hyper closes the connection), an idle wait that does, or a close asked to make
+/// room, ends them as a clean close.
 pub(super) struct Watched<T> {
     io: T,
     phase: Arc<Phase>,
     limits: Limits,
     timer: Pin<Box<Sleep>>,
-    first: bool,
+    /// Bytes of HTTP/2's preface matched so far by the connection's first bytes; `usize::MAX`
+    /// once they differ.
+    preface: usize,
+    /// Counts the connections closed to make room.
+    closed: Option<metrics::Counter>,
 }
 
 impl<T> Watched<T> {
     /// `io` with the clocks of `phase`, ready for its first request (after a TLS handshake, if
-    /// any): the first head is due within `limits.head` from now.
-    pub fn new(io: T, phase: Arc<Phase>, limits: Limits) -> Self {
+    /// any): the first head is due within `limits.head` from now. `closed` counts a close asked
+    /// to make room when it happens.
+    pub fn new(io: T, phase: Arc<Phase>, limits: Limits, closed: Option<metrics::Counter>) -> Self {
         phase.head_since.store(phase.now(), Relaxed);
         let timer = Box::pin(tokio::time::sleep(limits.head));
-        Watched { io, phase, limits, timer, first: true }
+        Watched { io, phase, limits, timer, preface: 0, closed }
+    }
+
+    /// Matches the connection's first bytes against HTTP/2's preface; all of it turns the
+    /// clocks off.
+    fn match_preface(&mut self, bytes: &[u8]) {
+        let at = self.preface;
+        let n = bytes.len().min(H2_PREFACE.len() - at);
+        if bytes[..n] == H2_PREFACE[at..at + n] {
+            self.preface = at + n;
+            if self.preface == H2_PREFACE.len() {
+                self.phase.off.store(true, Relaxed);
+            }
+        } else {
+            self.preface = usize::MAX;
+        }
     }
 
     /// Pending until what the connection waits for is overdue: then an error for a head, the
-    /// end of the stream for an idle wait.
+    /// end of the stream for an idle wait (or a close asked to make room).
     fn poll_clock(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Registered before anything is read, so that a close asked meanwhile (or while an answer
         // is still being sent) wakes the reads again.
@@ -186,7 +259,7 @@ impl<T> Watched<T> {
                 Waiting::Off => return Poll::Pending,
                 Waiting::Answer => {
                     // Nothing is due, but the answer may end without another read being polled
-                    // (hyper reads ahead while it still holds the answer's body): the timer stays
+                    // (hyper reads ahead while it still sends the answer): the timer stays
                     // armed, never later than the idle wait that follows could be due, so that
                     // the idle clock is looked at in time. (Every deadline set so far is within
                     // `head` or `keepalive` of a time before the answer ends: only a keep-alive
@@ -201,7 +274,10 @@ impl<T> Watched<T> {
                 }
                 Waiting::Due(wait, due) => (wait, self.phase.origin + Duration::from_nanos(due)),
             };
-            if matches!(wait, Wait::Idle) && self.phase.closing.load(Relaxed) {
+            if matches!(wait, Wait::Idle) && self.phase.closing.load(SeqCst) {
+                if let Some(closed) = &self.closed {
+                    closed.increment(1);
+                }
                 return Poll::Ready(Ok(()));
             }
             // Early is fine (it re-arms below), late is not.
@@ -231,8 +307,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
                 if !got.is_empty() {
-                    this.phase.read(this.first, got);
-                    this.first = false;
+                    if this.preface < H2_PREFACE.len() {
+                        this.match_preface(got);
+                    }
+                    this.phase.read();
                 }
                 Poll::Ready(Ok(()))
             }
@@ -259,8 +337,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         self.io.is_write_vectored()
     }
 
+    /// hyper flushes the stream once its own buffer is written out: a done answer is then sent.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            this.phase.flushed();
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -271,34 +355,50 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 /// The connections of one listener, so that a full one can make room.
 #[derive(Debug, Default)]
 pub(super) struct Connections {
-    all: Mutex<Vec<Weak<Phase>>>,
+    inner: Mutex<Registry>,
 }
+
+#[derive(Debug, Default)]
+struct Registry {
+    all: Vec<Weak<Phase>>,
+    /// Until when a search that found none idle is not repeated: a flood of connections at the
+    /// limit is then refused without a search each.
+    none_idle_until: Option<Instant>,
+}
+
+/// How long a search for an idle connection that found none is not repeated.
+const NONE_IDLE_FOR: Duration = Duration::from_millis(10);
 
 impl Connections {
     /// Counts in a connection that was just accepted.
     pub fn add(&self, phase: &Arc<Phase>) {
-        let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
-        if all.len() == all.capacity() {
+        let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if r.all.len() == r.all.capacity() {
             // Forget the closed ones before the list grows: amortized, the list stays within
             // twice the connections open.
-            all.retain(|c| c.strong_count() > 0);
+            r.all.retain(|c| c.strong_count() > 0);
         }
-        all.push(Arc::downgrade(phase));
+        r.all.push(Arc::downgrade(phase));
     }
 
     /// Asks the connection idle the longest to close (it answers nothing more and closes as
     /// soon as its task runs); false when none is idle.
     pub fn close_idlest(&self) -> bool {
-        let all = self.all.lock().unwrap_or_else(|p| p.into_inner());
-        let idlest =
-            all.iter().filter_map(Weak::upgrade).filter_map(|c| Some((c.idle_since()?, c))).min_by_key(|(t, _)| *t);
-        match idlest {
-            Some((_, c)) => {
-                c.close();
-                true
-            }
-            None => false,
+        let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if r.none_idle_until.is_some_and(|until| now < until) {
+            return false;
         }
+        let mut idle: Vec<(Instant, Arc<Phase>)> =
+            r.all.iter().filter_map(Weak::upgrade).filter_map(|c| Some((c.idle_since()?, c))).collect();
+        idle.sort_unstable_by_key(|(since, _)| *since);
+        // One that took a request since it was looked at says no: the next one is asked.
+        if idle.iter().any(|(_, c)| c.close()) {
+            r.none_idle_until = None;
+            return true;
+        }
+        r.none_idle_until = Some(now + NONE_IDLE_FOR);
+        false
     }
 }
 
@@ -312,6 +412,7 @@ pub(super) struct Answer<B> {
 impl<B> Answer<B> {
     /// `body`, the answer to a request `phase` counted as taken.
     pub fn new(body: B, phase: Arc<Phase>) -> Self {
+        phase.answered();
         Answer { body, phase }
     }
 }
@@ -349,7 +450,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1024);
         let phase = Phase::new();
         let limits = Limits { head: Duration::from_secs(60), keepalive: Duration::from_millis(200) };
-        let mut io = Watched::new(server, phase.clone(), limits);
+        let mut io = Watched::new(server, phase.clone(), limits, None);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
         assert!(io.read(&mut buf).await.unwrap() > 0);
@@ -360,6 +461,8 @@ mod tests {
         let reader = tokio::spawn(async move { io.read(&mut [0u8; 64]).await });
         tokio::task::yield_now().await;
         drop(answer);
+        // hyper flushes what it wrote.
+        phase.flushed();
         // The idle wait is due 200 ms after the answer, long before the head limit.
         let read = tokio::time::timeout(Duration::from_secs(10), reader).await.map(Result::unwrap);
         assert!(matches!(read, Ok(Ok(0))), "closed as idle: {read:?}");
@@ -374,13 +477,16 @@ mod tests {
             let (client, server) = tokio::io::duplex(1024);
             let phase = Phase::new();
             connections.add(&phase);
-            watched.push((client, Watched::new(server, phase.clone(), limits), phase));
+            watched.push((client, Watched::new(server, phase.clone(), limits, None), phase));
         }
         // None has finished a request yet: none is idle.
         assert!(!connections.close_idlest());
         for (_, io, phase) in &mut watched {
             phase.taken(http::Version::HTTP_11);
             drop(Answer::new(http_body_util::Empty::<Bytes>::new(), phase.clone()));
+            // Sent but not flushed yet: not idle.
+            assert!(!phase.idle());
+            phase.flushed();
             // Waiting for the next head.
             assert!(tokio::time::timeout(Duration::from_millis(5), io.read(&mut [0u8; 8])).await.is_err());
         }
@@ -391,5 +497,47 @@ mod tests {
         assert!(matches!(read, Ok(Ok(0))), "the idlest was closed: {read:?}");
         assert!(connections.close_idlest(), "the third is idle too");
         assert!(!connections.close_idlest(), "the busy one is never closed");
+    }
+
+    #[tokio::test]
+    async fn only_the_whole_http2_preface_turns_the_clocks_off() {
+        let limits = Limits { head: Duration::from_millis(100), keepalive: Duration::from_secs(60) };
+        // A "P" alone (of POST, PUT, PATCH) keeps the head clock running.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = Watched::new(server, Phase::new(), limits, None);
+        client.write_all(b"P").await.unwrap();
+        assert_eq!(io.read(&mut [0u8; 64]).await.unwrap(), 1);
+        let read = tokio::time::timeout(Duration::from_secs(10), io.read(&mut [0u8; 64])).await;
+        assert!(matches!(&read, Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut), "{read:?}");
+        // The whole preface, in two reads: no clock.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = Watched::new(server, Phase::new(), limits, None);
+        for part in [&H2_PREFACE[..3], &H2_PREFACE[3..]] {
+            client.write_all(part).await.unwrap();
+            assert_eq!(io.read(&mut [0u8; 64]).await.unwrap(), part.len());
+        }
+        assert!(tokio::time::timeout(Duration::from_millis(400), io.read(&mut [0u8; 64])).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_head_that_came_with_an_answer_in_flight_is_held_to_the_head_limit() {
+        let limits = Limits { head: Duration::from_millis(100), keepalive: Duration::from_secs(60) };
+        let (mut client, server) = tokio::io::duplex(1024);
+        let phase = Phase::new();
+        let connections = Connections::default();
+        connections.add(&phase);
+        let mut io = Watched::new(server, phase.clone(), limits, None);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(io.read(&mut [0u8; 64]).await.unwrap() > 0);
+        phase.taken(http::Version::HTTP_11);
+        let answer = Answer::new(http_body_util::Empty::<Bytes>::new(), phase.clone());
+        // Pipelined: the next head begins while the answer is still being sent.
+        client.write_all(b"GET / HT").await.unwrap();
+        assert!(io.read(&mut [0u8; 64]).await.unwrap() > 0);
+        drop(answer);
+        phase.flushed();
+        assert!(!connections.close_idlest(), "a head has begun: not idle");
+        let read = tokio::time::timeout(Duration::from_secs(10), io.read(&mut [0u8; 64])).await;
+        assert!(matches!(&read, Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut), "{read:?}");
     }
 }
