@@ -182,14 +182,13 @@ async fn forward_prefix(
     let limit = state.settings.max_body_bytes;
     let req = Request::from_parts(parts, response::limited(body, limit));
     let sent = Instant::now();
-    let result = {
-        let step = std::pin::pin!(async {
+    let result = entry
+        .call(std::pin::pin!(async {
             response::check_length(req.headers(), limit)?;
             // The gateway's deadline is the one timer: the upstream sets its own only when shorter.
             up.forward_by(req, &target, peer, Some(pending.deadline(state.settings.request_timeout))).await
-        });
-        entry.call(step).await
-    };
+        }))
+        .await;
     entry.variant.stats.upstream(sent.elapsed());
     let mut resp = result.unwrap_or_else(|e| response::error(&e));
     entry.business_value(up, resp.headers());

@@ -168,13 +168,12 @@ async fn infer_call(
         }
     };
     let req = Request::from_parts(parts, body);
-    let answered = {
-        let step = std::pin::pin!(async {
+    let answered = entry
+        .call(std::pin::pin!(async {
             let req = super::encoding::decode_request(req, state.settings.max_body_bytes).await?;
             infer(state, &entry, req, peer).await
-        });
-        entry.call(step).await
-    };
+        }))
+        .await;
     let (mut resp, prediction) = answered.unwrap_or_else(|e| (response::error(&e), None));
     entry.finish_response(state, pending, &mut resp, prediction.as_deref());
     Ok(resp)

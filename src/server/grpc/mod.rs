@@ -231,8 +231,8 @@ impl Inference {
         let entry = pipeline::enter(state, pending, route, version.as_deref(), headers, None)?;
         // The forwarding steps are boxed: kilobytes of state that an in-process call would
         // otherwise carry (and copy) too.
-        let answered = {
-            let step = std::pin::pin!(async {
+        let answered = entry
+            .call(std::pin::pin!(async {
                 match entry.variant.backend.as_ref() {
                     Backend::Onnx(model) => answer(&entry, model, message).await,
                     Backend::Upstream(up) if up.speaks_grpc() => {
@@ -240,9 +240,8 @@ impl Inference {
                     }
                     Backend::Upstream(up) => Box::pin(forward(state, &entry, up, message, call)).await,
                 }
-            });
-            entry.call(step).await
-        };
+            }))
+            .await;
         let code = match &answered {
             Ok(_) => StatusCode::OK,
             Err(e) => e.status,
