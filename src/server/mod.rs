@@ -97,8 +97,9 @@ const ROOM_WAIT: Duration = Duration::from_secs(1);
 enum Admitted {
     /// A place was free.
     Now(tokio::sync::OwnedSemaphorePermit),
-    /// An idle connection was asked to close: its place comes soon.
-    Soon(Arc<tokio::sync::Semaphore>),
+    /// An idle connection was asked to close: its place comes soon (or the new one is counted
+    /// as refused).
+    Soon(Arc<tokio::sync::Semaphore>, Option<metrics::Counter>),
 }
 
 /// Serves `handle` on `listener` until `shutdown` completes, then stops accepting and lets
@@ -122,6 +123,7 @@ pub async fn serve_with<H, F, B>(
     let acceptor = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
     let connections = watch::Connections::default();
+    let limits = watch::Limits { head: settings.header_read_timeout, keepalive: settings.keepalive_timeout };
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -140,7 +142,7 @@ pub async fn serve_with<H, F, B>(
                     Ok(slot) => Admitted::Now(slot),
                     // Full: the connection idle the longest makes room (each new connection asks
                     // a different one, so those waiting stay as few as the idle ones).
-                    Err(_) if connections.close_idlest() => Admitted::Soon(slots.clone()),
+                    Err(_) if connections.close_idlest() => Admitted::Soon(slots.clone(), settings.refused.clone()),
                     Err(_) => {
                         // None idle: closed at once, so that file descriptors and memory stay
                         // bounded whatever the clients do; the client sees the connection close
@@ -156,7 +158,6 @@ pub async fn serve_with<H, F, B>(
                 let handle = handle.clone();
                 let phase = watch::Phase::new();
                 connections.add(&phase);
-                let limits = watch::Limits { head: settings.header_read_timeout, keepalive: settings.keepalive_timeout };
                 let answers = phase.clone();
                 let svc = service_fn(move |req: Request<Incoming>| {
                     answers.taken(req.version());
@@ -165,12 +166,11 @@ pub async fn serve_with<H, F, B>(
                     async move { Ok::<_, Infallible>(fut.await.map(|body| watch::Answer::new(body, phase))) }
                 });
                 let (builder, watcher, acceptor) = (builder.clone(), graceful.watcher(), acceptor.clone());
-                let handshake_limit = settings.header_read_timeout;
-                let (refused, idle_closed) = (settings.refused.clone(), settings.idle_closed.clone());
+                let idle_closed = settings.idle_closed.clone();
                 tokio::spawn(async move {
                     let _slot = match admitted {
                         Admitted::Now(slot) => slot,
-                        Admitted::Soon(slots) => match tokio::time::timeout(ROOM_WAIT, slots.acquire_owned()).await {
+                        Admitted::Soon(slots, refused) => match tokio::time::timeout(ROOM_WAIT, slots.acquire_owned()).await {
                             Ok(Ok(slot)) => slot,
                             // The idle connection took a request after all: no room.
                             _ => {
@@ -187,7 +187,7 @@ pub async fn serve_with<H, F, B>(
                             watcher.watch(builder.serve_connection(io, svc).into_owned()).await
                         }
                         // The handshake runs on the connection's own task, bounded like a request head.
-                        Some(acceptor) => match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                        Some(acceptor) => match tokio::time::timeout(limits.head, acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => {
                                 let io = TokioIo::new(watch::Watched::new(tls, phase, limits, idle_closed));
                                 watcher.watch(builder.serve_connection(io, svc).into_owned()).await
