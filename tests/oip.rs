@@ -385,13 +385,7 @@ async fn a_huge_shape_is_refused_without_allocating_and_a_slow_client_is_cut_off
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     // A request that runs longer than header_read_timeout is not cut off either.
-    let sample = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": vec![0.5; 30]}]});
-    let sample = sample.to_string();
-    let post = format!(
-        "POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{sample}",
-        sample.len()
-    );
-    kept.write_all(post.as_bytes()).await.unwrap();
+    kept.write_all(raw_infer_post("slow").as_bytes()).await.unwrap();
     let answer = read_answer(&mut kept).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // ...but a head begun on it is held to header_read_timeout, not to keepalive_timeout.

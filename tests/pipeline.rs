@@ -43,9 +43,10 @@ routes:
 }
 
 fn metric(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    let (labelled, bare) = (format!("{name}{{"), format!("{name} "));
     metrics
         .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+        .filter(|l| (l.starts_with(&labelled) || l.starts_with(&bare)) && labels.iter().all(|x| l.contains(x)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -195,22 +196,13 @@ async fn a_full_listener_closes_its_idlest_connection_and_refuses_only_when_none
     assert_eq!(metric(&m, "modelgate_connections_refused_total", &[r#"listener="http""#]), 0.0, "{m}");
 
     // Full, none idle (both wait for a slow answer): a new connection is closed unanswered.
-    let sample = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": vec![0.5; 30]}]});
-    let sample = sample.to_string();
-    let slow = format!(
-        "POST /v2/models/slow/infer HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{sample}",
-        sample.len()
-    );
+    let slow = raw_infer_post("slow");
     for conn in [&mut held[0], &mut third] {
         conn.write_all(slow.as_bytes()).await.unwrap();
     }
-    let in_flight = |m: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("modelgate_requests_in_flight ").and_then(|v| v.trim().parse::<f64>().ok()))
-    };
     let mut busy = false;
     for _ in 0..250 {
-        if in_flight(&metrics(&gw).await) == Some(2.0) {
+        if metric(&metrics(&gw).await, "modelgate_requests_in_flight", &[]) == 2.0 {
             busy = true;
             break;
         }

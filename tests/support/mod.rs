@@ -48,6 +48,18 @@ pub fn body() -> Value {
     serde_json::json!({ "inputs": [input] })
 }
 
+/// A one-row inference of `model` as raw HTTP/1.1, for tests that write on a connection of
+/// their own.
+pub fn raw_infer_post(model: &str) -> String {
+    let body =
+        serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": vec![0.5; 30]}]});
+    let body = body.to_string();
+    format!(
+        "POST /v2/models/{model}/infer HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// The checkout's root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
