@@ -173,13 +173,8 @@ python3 -c 'import json; print(json.dumps({"inputs": [{"name": "input", "shape":
 answer=$(curl -sf -D "$work/answer.head" -H 'content-type: application/json' --data @"$work/one-row.json" \
   "http://127.0.0.1:$mip/v2/models/breast-cancer-v2/infer")
 shp=$(free_port)
-{
-  echo "worker_processes 1; daemon off; pid $PWD/$work/shape.pid; error_log /dev/null;"
-  echo "events { worker_connections 8192; }"
-  echo "http { access_log off; server { listen 127.0.0.1:$shp; location / { default_type application/json;"
-  grep -i '^x-' "$work/answer.head" | tr -d '\r' | sed -E 's/^([^:]+): (.*)$/  add_header \1 "\2";/'
-  echo "  return 200 '$answer'; } } }"
-} >"$work/shape.conf"
+headers=$(grep -i '^x-' "$work/answer.head" | tr -d '\r' | sed -E 's/^([^:]+): (.*)$/add_header \1 "\2";/' | tr '\n' ' ')
+static_upstream_conf "$PWD/$work/shape.conf" "$shp" "default_type application/json; $headers return 200 '$answer';"
 shpid=$(start nginx -c "$PWD/$work/shape.conf"); pids+=("$shpid"); wait_port "$shp"
 row "nginx, static copy of that answer to the same POSTs (the HTTP ceiling for this exchange)" "$shpid" \
   --url "http://127.0.0.1:$shp" --model breast-cancer-v2
